@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Idempotent machine set-up for building and testing interceptor on Debian.
+# Safe to run again: every step checks before it installs. CI and `make demo`/`make test` call it.
+set -euo pipefail
+
+log() { printf '\033[1mbootstrap:\033[0m %s\n' "$*" >&2; }
+export PATH="$HOME/.cargo/bin:$PATH"
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+# System packages: the eBPF linker's LLVM, and the real peers the tests talk to.
+APT_PACKAGES=(llvm-22-dev libpolly-22-dev libzstd-dev postgresql pgbouncer python3-venv iproute2 procps)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  log "apt-get install ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# Nightly with rust-src: aya-build compiles the eBPF crate with -Z build-std.
+if ! rustup toolchain list | grep -q '^nightly'; then
+  log "installing nightly toolchain"
+  rustup toolchain install nightly --profile minimal -c rust-src
+fi
+if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src'; then
+  log "adding rust-src to nightly"
+  rustup component add rust-src --toolchain nightly
+fi
+
+# bpf-linker built against the system LLVM 22.
+if ! command -v bpf-linker >/dev/null 2>&1; then
+  log "cargo install bpf-linker (llvm-22), about 2 minutes"
+  PATH=/usr/lib/llvm-22/bin:$PATH cargo install --locked bpf-linker --no-default-features --features llvm-22
+fi
+
+# Python clients for the integration tests, in a project-local venv so the system stays clean.
+VENV="${INTERCEPTOR_VENV:-$(cd "$(dirname "$0")/.." && pwd)/.venv}"
+if [ ! -x "$VENV/bin/python" ]; then
+  log "creating python venv at $VENV"
+  python3 -m venv "$VENV"
+fi
+if ! "$VENV/bin/python" -c 'import psycopg, asyncpg' 2>/dev/null; then
+  log "pip install test clients"
+  "$VENV/bin/pip" install -q 'psycopg[binary]' asyncpg
+fi
+log "ok"
