@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Idempotent machine set-up for building and testing interceptor on Debian.
 # Safe to run again: every step checks before it installs. CI and `make demo`/`make test` call it.
+# Works from any cwd: everything is resolved from this script's own location.
 set -euo pipefail
 
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 log() { printf '\033[1mbootstrap:\033[0m %s\n' "$*" >&2; }
 export PATH="$HOME/.cargo/bin:$PATH"
 
@@ -19,6 +21,11 @@ if [ "${#missing[@]}" -gt 0 ]; then
   log "apt-get install ${missing[*]}"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if ! command -v rustup >/dev/null 2>&1 || ! command -v cargo >/dev/null 2>&1; then
+  log "rustup and cargo are required (looked in \$HOME/.cargo/bin and PATH); install rustup first"
+  exit 1
 fi
 
 # Nightly with rust-src: aya-build compiles the eBPF crate with -Z build-std.
@@ -38,13 +45,21 @@ if ! command -v bpf-linker >/dev/null 2>&1; then
 fi
 
 # Python clients for the integration tests, in a project-local venv so the system stays clean.
-VENV="${INTERCEPTOR_VENV:-$(cd "$(dirname "$0")/.." && pwd)/.venv}"
-if [ ! -x "$VENV/bin/python" ]; then
-  log "creating python venv at $VENV"
-  python3 -m venv "$VENV"
+# The venv is built on the Debian interpreter (/usr/bin/python3), never on a per-user one such as
+# pyenv under /root: tests run clients as unprivileged users, who must be able to execute it.
+SYSTEM_PYTHON=/usr/bin/python3
+VENV="${INTERCEPTOR_VENV:-$ROOT/.venv}"
+venv_usable() {
+  [ -x "$VENV/bin/python" ] \
+    && grep -qx "home = $(dirname "$SYSTEM_PYTHON")" "$VENV/pyvenv.cfg" 2>/dev/null \
+    && "$VENV/bin/python" -c 'import sys; sys.exit(0)' 2>/dev/null
+}
+if ! venv_usable; then
+  log "creating python venv at $VENV with $SYSTEM_PYTHON"
+  "$SYSTEM_PYTHON" -m venv --clear "$VENV"
 fi
 if ! "$VENV/bin/python" -c 'import psycopg, asyncpg' 2>/dev/null; then
   log "pip install test clients"
-  "$VENV/bin/pip" install -q 'psycopg[binary]' asyncpg
+  "$VENV/bin/python" -m pip install -q 'psycopg[binary]' asyncpg
 fi
 log "ok"

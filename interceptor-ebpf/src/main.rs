@@ -295,18 +295,44 @@ pub fn record_client_tuple(ctx: SockOpsContext) -> u32 {
         return 1; // not an intercepted connection
     };
     let family = ctx.family();
-    let remote6 = ctx.remote_ip6();
+    let remote6 = sock_ops_remote_ip6(&ctx);
     let key = if family == AF_INET || (family == AF_INET6 && AddrKey::is_v4_mapped(&remote6)) {
         AddrKey::from_v4(ctx.local_ip4(), ctx.local_port())
     } else {
         AddrKey {
-            ip: ctx.local_ip6(),
+            ip: sock_ops_local_ip6(&ctx),
             port: ctx.local_port(),
         }
     };
     // If this insert fails the proxy finds no record and closes the connection: fail closed.
     let _ = CONN_BY_CLIENT.insert(&key, &record, 0);
     1
+}
+
+// The verifier rejects loads through a ctx pointer with an added offset, which is what copying
+// the whole array compiles to: read each word at its own constant offset.
+fn sock_ops_local_ip6(ctx: &SockOpsContext) -> [u32; 4] {
+    // SAFETY: context pointer.
+    unsafe {
+        [
+            core::ptr::read_volatile(&(*ctx.ops).local_ip6[0]),
+            core::ptr::read_volatile(&(*ctx.ops).local_ip6[1]),
+            core::ptr::read_volatile(&(*ctx.ops).local_ip6[2]),
+            core::ptr::read_volatile(&(*ctx.ops).local_ip6[3]),
+        ]
+    }
+}
+
+fn sock_ops_remote_ip6(ctx: &SockOpsContext) -> [u32; 4] {
+    // SAFETY: context pointer.
+    unsafe {
+        [
+            core::ptr::read_volatile(&(*ctx.ops).remote_ip6[0]),
+            core::ptr::read_volatile(&(*ctx.ops).remote_ip6[1]),
+            core::ptr::read_volatile(&(*ctx.ops).remote_ip6[2]),
+            core::ptr::read_volatile(&(*ctx.ops).remote_ip6[3]),
+        ]
+    }
 }
 
 /// Raw sockets would let the agent craft packets that no connect() hook ever sees.

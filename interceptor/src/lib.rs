@@ -1,1 +1,24 @@
+//! interceptor: a host-level gate between AI agents and the infrastructure they touch.
+//!
+//! The pipeline, end to end (see `docs/architecture.md` for the picture):
+//!
+//! ```text
+//! capture ──▶ gateway::session ──▶ protocol ──▶ (policy, approval, masking: later) ──▶ journal ──▶ relay
+//! ```
+//!
+//! - [`capture`]: eBPF programs on the agent's cgroup steer its connections into the proxy and
+//!   say who made them.
+//! - [`gateway`]: loopback listeners; every connection runs the phases in [`gateway::session`].
+//! - [`protocol`]: what happens to the bytes of a session (plain TCP today).
+//! - [`journal`]: SQLite, committed before forwarding.
+//! - [`exec`] and [`service`]: the two ways to put an agent under the gate.
+//! - [`config`]: the one TOML file, with embedded defaults.
 
+pub mod capture;
+pub mod config;
+pub mod doctor;
+pub mod exec;
+pub mod gateway;
+pub mod journal;
+pub mod protocol;
+pub mod service;

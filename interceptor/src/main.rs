@@ -1,4 +1,224 @@
-fn main() {
-    let obj = include_bytes!(concat!(env!("OUT_DIR"), "/interceptor"));
-    println!("{}", obj.len());
+//! The `interceptor` command line: parse, validate into a config, dispatch. Everything with
+//! logic lives in the library; this file only turns errors into messages and exit codes.
+
+use std::{io::IsTerminal as _, path::PathBuf, process::ExitCode};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use interceptor::{
+    config::{Config, DEFAULT_CONFIG_PATH},
+    journal::reader::{list_sessions, open_read_only, SessionFilter, SessionRow},
+};
+
+#[derive(Parser)]
+#[command(name = "interceptor", version, about = "A host-level gate between AI agents and the infrastructure they touch")]
+struct Cli {
+    /// Configuration file. Without one, embedded defaults apply.
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one command with all its outbound connections captured, journaled and relayed.
+    Exec {
+        /// Run CMD as this user (default: $SUDO_USER if set, else the caller).
+        #[arg(long)]
+        user: Option<String>,
+        /// The command and its arguments (after `--`).
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
+    /// Service mode: capture the cgroups and systemd units named in the config.
+    Run,
+    /// Check that this host can run the gate, with a fix for each problem.
+    Doctor,
+    /// Remove the service's pinned capture (detaches the programs from its cgroups).
+    Detach,
+    /// Look at journaled sessions.
+    Sessions {
+        #[command(subcommand)]
+        command: SessionsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SessionsCommand {
+    /// List sessions, oldest first.
+    List {
+        /// Print a JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Only sessions started at or after this RFC 3339 time (a prefix such as 2026-11-28 works).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only sessions started at or before this RFC 3339 time.
+        #[arg(long)]
+        until: Option<String>,
+        /// Only sessions of this target.
+        #[arg(long)]
+        target: Option<String>,
+        /// Only sessions of this user name or uid.
+        #[arg(long)]
+        user: Option<String>,
+        /// Only sessions of this run id.
+        #[arg(long)]
+        run: Option<String>,
+        /// Only sessions with this outcome (closed, refused, upstream_failed, error, anomaly).
+        #[arg(long)]
+        outcome: Option<String>,
+    },
+}
+
+fn init_logging(default_level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
+
+fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
+    let explicit = path.is_some();
+    let path = path.cloned().unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
+    Ok(Config::load(&path, explicit)?)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // exec shares the terminal with CMD: only warnings and errors by default.
+    init_logging(match cli.command {
+        Command::Exec { .. } => "warn",
+        _ => "info",
+    });
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("interceptor: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let config = load_config(cli.config.as_ref())?;
+    match cli.command {
+        Command::Exec { user, command } => {
+            let code = runtime()?.block_on(interceptor::exec::exec(config, user.as_deref(), &command))?;
+            Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+        }
+        Command::Run => {
+            runtime()?.block_on(interceptor::service::run(config))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Doctor => Ok(if interceptor::doctor::report(&config) {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }),
+        Command::Detach => {
+            let pin_dir = &config.capture.pin_dir;
+            if interceptor::service::detach(pin_dir)? {
+                println!("detached: removed {}", pin_dir.display());
+            } else {
+                println!("nothing pinned at {}", pin_dir.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sessions {
+            command:
+                SessionsCommand::List {
+                    json,
+                    since,
+                    until,
+                    target,
+                    user,
+                    run,
+                    outcome,
+                },
+        } => {
+            let conn = open_read_only(&config.journal.path)?;
+            let filter = SessionFilter {
+                since,
+                until,
+                target,
+                user,
+                run,
+                outcome,
+            };
+            let rows = list_sessions(&conn, &filter)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print_table(&rows);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Aligned columns; long values (exe, cmdline) are left to `--json`.
+fn print_table(rows: &[SessionRow]) {
+    let header = [
+        "ID", "RUN", "PID", "USER", "EXE", "DESTINATION", "TARGET", "PROTO", "UP", "DOWN",
+        "STARTED", "OUTCOME",
+    ];
+    let cells: Vec<[String; 12]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.id.to_string(),
+                r.run_id.clone().unwrap_or_else(|| "-".into()),
+                r.pid.to_string(),
+                r.user.clone().unwrap_or_else(|| r.uid.to_string()),
+                r.exe.clone().unwrap_or_else(|| format!("({})", r.comm)),
+                r.original_dst.clone(),
+                r.target.clone().unwrap_or_else(|| "-".into()),
+                r.protocol.clone(),
+                r.bytes_up.to_string(),
+                r.bytes_down.to_string(),
+                r.started_at.clone(),
+                r.outcome.clone().unwrap_or_else(|| "open".into()),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &cells {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let bold = std::io::stdout().is_terminal();
+    let line = |row: &[String]| {
+        row.iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    let head = line(&header.map(String::from));
+    if bold {
+        println!("\x1b[1m{head}\x1b[0m");
+    } else {
+        println!("{head}");
+    }
+    for row in &cells {
+        println!("{}", line(row));
+    }
+    if rows.is_empty() {
+        println!("(no sessions)");
+    }
 }

@@ -1,0 +1,165 @@
+//! Who is behind a connection: the kernel's connect-time record, completed from /proc.
+//!
+//! The kernel record (pid, uid, gid, cgroup id, comm) is authoritative: it was taken inside the
+//! caller's own connect(). /proc adds what policy and auditors want to read (exe, cmdline, user
+//! name, cgroup path, systemd unit). Because pids are reused, /proc details are only trusted if
+//! the process started before the connection was made; otherwise they are dropped and the
+//! identity is marked `stale` rather than attributing the connection to an unrelated process.
+
+use std::{fs, time::Duration};
+
+use interceptor_common::ConnRecord;
+use serde::Serialize;
+
+use super::cgroup::{cgroup_of_pid, unit_of_cgroup};
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Identity {
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub user: Option<String>,
+    pub comm: String,
+    pub exe: Option<String>,
+    pub cmdline: Option<String>,
+    pub cgroup_id: u64,
+    pub cgroup_path: Option<String>,
+    pub unit: Option<String>,
+    /// Process start, in nanoseconds since boot (CLOCK_BOOTTIME), when /proc still had it.
+    pub start_boot_ns: Option<u64>,
+    /// The pid was gone or reused by the time we looked: /proc details are absent.
+    pub stale: bool,
+}
+
+impl Identity {
+    /// Builds the identity for a connect-time record, reading /proc for the details.
+    pub fn from_record(record: &ConnRecord) -> Identity {
+        let comm_len = record.comm.iter().position(|&b| b == 0).unwrap_or(16);
+        let mut identity = Identity {
+            pid: record.tgid,
+            uid: record.uid,
+            gid: record.gid,
+            user: user_name(record.uid),
+            comm: String::from_utf8_lossy(&record.comm[..comm_len]).into_owned(),
+            cgroup_id: record.cgroup_id,
+            ..Identity::default()
+        };
+        match process_start_boot_ns(record.tgid) {
+            // A process that started after the connect() cannot be the one that connected.
+            Some(start) if start <= record.boot_ns => {
+                identity.start_boot_ns = Some(start);
+                let pid = record.tgid;
+                identity.exe = fs::read_link(format!("/proc/{pid}/exe"))
+                    .ok()
+                    .map(|p| p.display().to_string());
+                identity.cmdline = fs::read(format!("/proc/{pid}/cmdline"))
+                    .ok()
+                    .map(|raw| cmdline_text(&raw));
+                identity.cgroup_path = cgroup_of_pid(pid);
+                identity.unit = identity.cgroup_path.as_deref().and_then(unit_of_cgroup);
+            }
+            _ => identity.stale = true,
+        }
+        identity
+    }
+}
+
+pub fn user_name(uid: u32) -> Option<String> {
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+}
+
+/// NUL-separated argv as one line; arguments with spaces are quoted.
+fn cmdline_text(raw: &[u8]) -> String {
+    raw.split(|&b| b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| {
+            let arg = String::from_utf8_lossy(a);
+            if arg.contains(char::is_whitespace) {
+                format!("{arg:?}")
+            } else {
+                arg.into_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Field 22 of /proc/PID/stat (start time in clock ticks since boot), in nanoseconds.
+fn process_start_boot_ns(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_start_ticks(&stat).map(|ticks| ticks_to_ns(ticks, clock_ticks_per_second()))
+}
+
+fn parse_start_ticks(stat: &str) -> Option<u64> {
+    // comm (field 2) may contain spaces and parentheses: fields after it follow the last ')'.
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    // after_comm starts at field 3; field 22 is the 20th from there.
+    after_comm.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn ticks_to_ns(ticks: u64, hz: u64) -> u64 {
+    let per_tick = Duration::from_secs(1).as_nanos() as u64 / hz.max(1);
+    ticks.saturating_mul(per_tick)
+}
+
+fn clock_ticks_per_second() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz > 0 {
+        hz as u64
+    } else {
+        100
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_time_survives_odd_process_names() {
+        let stat = "1234 (evil) name (x)) S 1 1234 1234 0 -1 4194304 100 0 0 0 1 2 0 0 20 0 1 0 98765 1000 10";
+        assert_eq!(parse_start_ticks(stat), Some(98765));
+        assert_eq!(parse_start_ticks("garbage"), None);
+    }
+
+    #[test]
+    fn cmdline_is_readable() {
+        assert_eq!(
+            cmdline_text(b"python3\0agent.py\0--name\0my agent\0"),
+            "python3 agent.py --name \"my agent\""
+        );
+    }
+
+    #[test]
+    fn own_process_is_not_stale() {
+        let pid = std::process::id();
+        let start = process_start_boot_ns(pid).expect("own start time");
+        let record = ConnRecord {
+            tgid: pid,
+            boot_ns: start + 1,
+            comm: *b"test\0\0\0\0\0\0\0\0\0\0\0\0",
+            ..ConnRecord::default()
+        };
+        let identity = Identity::from_record(&record);
+        assert!(!identity.stale);
+        assert!(identity.exe.is_some());
+        assert_eq!(identity.comm, "test");
+    }
+
+    #[test]
+    fn a_process_younger_than_the_connection_is_not_trusted() {
+        let pid = std::process::id();
+        let record = ConnRecord {
+            tgid: pid,
+            boot_ns: 1,
+            ..ConnRecord::default()
+        };
+        let identity = Identity::from_record(&record);
+        assert!(identity.stale);
+        assert_eq!(identity.exe, None);
+    }
+}

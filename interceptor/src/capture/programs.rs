@@ -1,0 +1,360 @@
+//! Loading the embedded eBPF object, attaching it to capture cgroups, and the maps it shares
+//! with the proxy.
+//!
+//! Two lifetimes:
+//! - `exec`: links are owned by this process. When the run ends (or the process dies), the
+//!   kernel detaches them together with the run's cgroup.
+//! - `run` (service): links and maps are pinned in bpffs, so they outlive the daemon. While it is
+//!   down, captured connections are still rewritten to the proxy port, where nothing listens:
+//!   they are refused, never sent direct. A restarted daemon adopts the pins.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    sync::Mutex,
+};
+
+use aya::{
+    maps::{Array, HashMap, Map, MapData},
+    programs::{
+        links::FdLink,
+        CgroupAttachMode,
+    },
+    Ebpf,
+};
+use interceptor_common::{self as common, AddrKey, CaptureConfig, ConnRecord};
+
+use super::{cgroup::Cgroup, CaptureError, ConnectionLookup};
+use crate::config::DestPattern;
+
+/// The object built by `interceptor/build.rs`; the daemon needs no toolchain at run time.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/interceptor-ebpf"));
+
+/// Every program, in attach order. The record-keeping programs go first so that by the time
+/// connect4/6 start redirecting, sock_ops is there to publish the record.
+const PROGRAMS: [&str; 9] = [
+    common::programs::SOCK_OPS,
+    common::programs::SOCK_RELEASE,
+    common::programs::GETPEERNAME4,
+    common::programs::GETPEERNAME6,
+    common::programs::SOCK_CREATE,
+    common::programs::SENDMSG4,
+    common::programs::SENDMSG6,
+    common::programs::CONNECT4,
+    common::programs::CONNECT6,
+];
+
+/// What the programs should do, written to the CONFIG and INTERCEPT maps.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub intercept_all: bool,
+    pub intercept: Vec<DestPattern>,
+    pub udp_allow_all: bool,
+    pub proxy_port4: u16,
+    pub proxy_port6: u16,
+}
+
+/// Loaded (or adopted) programs and the maps the proxy uses.
+pub struct Programs {
+    /// Present when we loaded the object ourselves; dropping it detaches unpinned links.
+    ebpf: Option<Ebpf>,
+    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    /// exec mode: links detached when this is dropped.
+    owned_links: Vec<FdLink>,
+    config: Array<MapData, CaptureConfig>,
+    intercept: HashMap<MapData, AddrKey, u32>,
+    by_client: Mutex<HashMap<MapData, AddrKey, ConnRecord>>,
+}
+
+fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> CaptureError {
+    move |e| CaptureError::Map {
+        map,
+        message: e.to_string(),
+    }
+}
+
+impl Programs {
+    /// Loads the embedded object. Attach it with [`Programs::attach`]. With `pin_dir`, the maps
+    /// the proxy uses are pinned under `<pin_dir>/maps` for a restarted daemon to adopt.
+    pub fn load(pin_dir: Option<&Path>) -> Result<Programs, CaptureError> {
+        let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(|e| CaptureError::Load(e.to_string()))?;
+        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(logger) => Some(logger),
+            Err(e) => {
+                // Only the refusal log lines are lost; capture itself is unaffected.
+                tracing::debug!(error = %e, "eBPF logger not initialised");
+                None
+            }
+        };
+        for name in PROGRAMS {
+            load_program(&mut ebpf, name)?;
+        }
+        let maps_dir = pin_dir.map(|d| d.join("maps"));
+        if let Some(dir) = &maps_dir {
+            std::fs::create_dir_all(dir).map_err(|e| pin_err(dir, e))?;
+        }
+        let mut take = |name: &'static str| -> Result<Map, CaptureError> {
+            let map = ebpf.take_map(name).ok_or(CaptureError::Map {
+                map: name,
+                message: "missing from the eBPF object".to_owned(),
+            })?;
+            if let Some(dir) = &maps_dir {
+                let path = dir.join(name);
+                map.pin(&path).map_err(|e| pin_err(&path, e))?;
+            }
+            Ok(map)
+        };
+        let config = Array::try_from(take(common::maps::CONFIG)?)
+            .map_err(map_err(common::maps::CONFIG))?;
+        let intercept = HashMap::try_from(take(common::maps::INTERCEPT)?)
+            .map_err(map_err(common::maps::INTERCEPT))?;
+        let by_client = HashMap::try_from(take(common::maps::CONN_BY_CLIENT)?)
+            .map_err(map_err(common::maps::CONN_BY_CLIENT))?;
+        Ok(Programs {
+            ebpf: Some(ebpf),
+            logger,
+            owned_links: Vec::new(),
+            config,
+            intercept,
+            by_client: Mutex::new(by_client),
+        })
+    }
+
+    /// The eBPF side's log lines (refusals), to be forwarded by [`forward_kernel_logs`].
+    pub fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
+        self.logger.take()
+    }
+
+    /// Writes the settings into the maps. Until this runs, CONFIG is all zero and the programs
+    /// refuse every TCP connect.
+    pub fn configure(&mut self, settings: &Settings) -> Result<(), CaptureError> {
+        let keys: Vec<AddrKey> = self.intercept.keys().filter_map(Result::ok).collect();
+        for key in keys {
+            self.intercept
+                .remove(&key)
+                .map_err(map_err(common::maps::INTERCEPT))?;
+        }
+        for pattern in &settings.intercept {
+            self.intercept
+                .insert(dest_key(pattern), 1, 0)
+                .map_err(map_err(common::maps::INTERCEPT))?;
+        }
+        let config = CaptureConfig {
+            mode: if settings.intercept_all {
+                common::MODE_ALL
+            } else {
+                common::MODE_LISTED
+            },
+            proxy_port4: u32::from(settings.proxy_port4),
+            proxy_port6: u32::from(settings.proxy_port6),
+            udp_allow_all: u32::from(settings.udp_allow_all),
+        };
+        self.config
+            .set(0, config, 0)
+            .map_err(map_err(common::maps::CONFIG))
+    }
+
+    /// Attaches every program to `cgroup`, owned by this process (exec mode): the links are
+    /// detached when `self` is dropped or the process dies.
+    pub fn attach(&mut self, cgroup: &Cgroup) -> Result<(), CaptureError> {
+        for name in PROGRAMS {
+            let link = self.attach_one(cgroup, name)?;
+            self.owned_links.push(link);
+        }
+        Ok(())
+    }
+
+    /// Attaches every program to `cgroup` and pins the links under `link_dir`, so they stay
+    /// attached when this process exits (service mode).
+    pub fn attach_pinned(&mut self, cgroup: &Cgroup, link_dir: &Path) -> Result<(), CaptureError> {
+        std::fs::create_dir_all(link_dir).map_err(|e| pin_err(link_dir, e))?;
+        for name in PROGRAMS {
+            let path = link_dir.join(name);
+            self.attach_one(cgroup, name)?
+                .pin(&path)
+                .map_err(|e| pin_err(&path, e))?;
+        }
+        Ok(())
+    }
+
+    fn attach_one(&mut self, cgroup: &Cgroup, name: &'static str) -> Result<FdLink, CaptureError> {
+        let attach_error = |message: String| CaptureError::Attach {
+            program: name,
+            cgroup: cgroup.path().display().to_string(),
+            message,
+        };
+        let ebpf = self
+            .ebpf
+            .as_mut()
+            .ok_or_else(|| attach_error("programs were adopted from pins, not loaded".to_owned()))?;
+        let fd = cgroup.open()?;
+        let program = ebpf
+            .program_mut(name)
+            .ok_or_else(|| attach_error("missing from the eBPF object".to_owned()))?;
+        // Single: nobody can attach programs below ours in this cgroup to override them.
+        // The link is taken out of aya's bookkeeping so the caller decides its lifetime.
+        macro_rules! attach_and_take {
+            ($p:expr) => {{
+                let id = $p
+                    .attach(&fd, CgroupAttachMode::Single)
+                    .map_err(|e| attach_error(e.to_string()))?;
+                let link = $p.take_link(id).map_err(|e| attach_error(e.to_string()))?;
+                FdLink::try_from(link).map_err(|e| attach_error(e.to_string()))
+            }};
+        }
+        match program {
+            aya::programs::Program::CgroupSockAddr(p) => attach_and_take!(p),
+            aya::programs::Program::CgroupSock(p) => attach_and_take!(p),
+            aya::programs::Program::SockOps(p) => attach_and_take!(p),
+            _ => Err(attach_error("unexpected program type".to_owned())),
+        }
+    }
+
+    /// Adopts the maps a previous daemon pinned under `pin_dir` (whose links are still
+    /// attached), so capture continues without re-attaching.
+    pub fn adopt(pin_dir: &Path) -> Result<Programs, CaptureError> {
+        let dir = pin_dir.join("maps");
+        let open = |name: &'static str| -> Result<Map, CaptureError> {
+            let path = dir.join(name);
+            let data = MapData::from_pin(&path).map_err(|e| pin_err(&path, e))?;
+            Map::from_map_data(data).map_err(map_err(name))
+        };
+        Ok(Programs {
+            ebpf: None,
+            logger: None,
+            owned_links: Vec::new(),
+            config: Array::try_from(open(common::maps::CONFIG)?)
+                .map_err(map_err(common::maps::CONFIG))?,
+            intercept: HashMap::try_from(open(common::maps::INTERCEPT)?)
+                .map_err(map_err(common::maps::INTERCEPT))?,
+            by_client: Mutex::new(
+                HashMap::try_from(open(common::maps::CONN_BY_CLIENT)?)
+                    .map_err(map_err(common::maps::CONN_BY_CLIENT))?,
+            ),
+        })
+    }
+
+    fn by_client_data(&self) -> std::sync::MutexGuard<'_, HashMap<MapData, AddrKey, ConnRecord>> {
+        self.by_client.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn pin_err(path: &Path, e: impl std::fmt::Display) -> CaptureError {
+    CaptureError::Pin {
+        path: path.to_owned(),
+        message: e.to_string(),
+    }
+}
+
+fn load_program(ebpf: &mut Ebpf, name: &'static str) -> Result<(), CaptureError> {
+    let program = ebpf
+        .program_mut(name)
+        .ok_or_else(|| CaptureError::Load(format!("program {name} missing from the object")))?;
+    let result = match program {
+        aya::programs::Program::CgroupSockAddr(p) => p.load(),
+        aya::programs::Program::CgroupSock(p) => p.load(),
+        aya::programs::Program::SockOps(p) => p.load(),
+        _ => return Err(CaptureError::Load(format!("{name}: unexpected program type"))),
+    };
+    result.map_err(|e| CaptureError::Load(format!("{name}: {e}")))
+}
+
+/// The `INTERCEPT` key for a destination pattern.
+pub fn dest_key(pattern: &DestPattern) -> AddrKey {
+    match *pattern {
+        DestPattern::Exact(addr) => addr_key(addr),
+        DestPattern::AnyAddress(port) => AddrKey {
+            ip: [0; 4],
+            port: u32::from(port),
+        },
+    }
+}
+
+/// The map encoding of a socket address: IPv4 as v4-mapped, words in network order.
+pub fn addr_key(addr: SocketAddr) -> AddrKey {
+    let octets = match addr.ip() {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    };
+    let word = |i: usize| u32::from_ne_bytes([octets[i], octets[i + 1], octets[i + 2], octets[i + 3]]);
+    AddrKey {
+        ip: [word(0), word(4), word(8), word(12)],
+        port: u32::from(addr.port()),
+    }
+}
+
+/// The socket address an [`AddrKey`] encodes (IPv4 for v4-mapped).
+pub fn key_addr(key: &AddrKey) -> SocketAddr {
+    let mut octets = [0u8; 16];
+    for (i, w) in key.ip.iter().enumerate() {
+        octets[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+    }
+    let v6 = std::net::Ipv6Addr::from(octets);
+    let ip = match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(v6),
+    };
+    SocketAddr::new(ip, key.port as u16)
+}
+
+impl ConnectionLookup for Programs {
+    fn take(&self, peer: SocketAddr) -> Option<ConnRecord> {
+        let key = addr_key(crate::config::normalize(peer));
+        let mut map = self.by_client_data();
+        let record = map.get(&key, 0).ok()?;
+        // The record is consumed: a later connection reusing this source port must not inherit it.
+        let _ = map.remove(&key);
+        Some(record)
+    }
+}
+
+/// Where the service keeps its pins for one cgroup: `<pin_dir>/links/<cgroup id>/`.
+pub fn link_dir(pin_dir: &Path, cgroup_id: u64) -> PathBuf {
+    pin_dir.join("links").join(cgroup_id.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_round_trip_through_the_map_encoding() {
+        for text in ["127.0.0.2:5432", "[::1]:80", "[fe80::1]:22"] {
+            let addr: SocketAddr = text.parse().unwrap();
+            assert_eq!(key_addr(&addr_key(addr)), addr);
+        }
+        let mapped: SocketAddr = "[::ffff:127.0.0.3]:9".parse().unwrap();
+        assert_eq!(addr_key(mapped), addr_key("127.0.0.3:9".parse().unwrap()));
+        assert_eq!(key_addr(&addr_key(mapped)), "127.0.0.3:9".parse().unwrap());
+    }
+
+    #[test]
+    fn ipv4_matches_the_kernel_layout() {
+        let key = addr_key("127.0.0.1:1".parse().unwrap());
+        assert_eq!(key.ip[2], common::V4_MAPPED_WORD);
+        assert_eq!(key.ip[3].to_ne_bytes(), [127, 0, 0, 1]);
+    }
+}
+
+/// Forwards the eBPF programs' log lines (through the `log` facade) until the task is dropped.
+pub async fn forward_kernel_logs(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
+    // SAFETY: the logger owns its ring buffer fd and never replaces or closes it while the
+    // AsyncFd owns the logger.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+    };
+    let mut fd = match registered {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot poll the eBPF log ring");
+            return;
+        }
+    };
+    loop {
+        let Ok(mut guard) = fd.readable_mut().await else {
+            return;
+        };
+        guard.get_inner_mut().flush();
+        guard.clear_ready();
+    }
+}

@@ -1,0 +1,57 @@
+use super::*;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, Path::new("test.toml"))
+}
+
+#[test]
+fn empty_file_gives_embedded_defaults() {
+    let config = parse("").expect("empty config");
+    assert_eq!(
+        config.journal.path,
+        PathBuf::from("/var/lib/interceptor/journal.db")
+    );
+    assert_eq!(config.capture.udp, UdpPolicy::DnsOnly);
+    assert!(config.targets.is_empty());
+}
+
+#[test]
+fn syntax_error_names_line_and_column() {
+    let err = parse("[journal]\npath = \"/tmp/j.db\"\nbogus = = 1\n").unwrap_err();
+    let text = err.to_string();
+    assert!(text.starts_with("test.toml:3:"), "{text}");
+}
+
+#[test]
+fn unknown_key_is_an_error_with_its_line() {
+    let err = parse("[proxy]\nport = 1\nprot = 2\n").unwrap_err();
+    let text = err.to_string();
+    assert!(text.starts_with("test.toml:3:"), "{text}");
+    assert!(text.contains("prot"), "{text}");
+}
+
+#[test]
+fn targets_parse_and_match() {
+    let config = parse(
+        "[[target]]\nname = \"db\"\nintercept = [\"127.0.0.2:5432\", \"*:6379\"]\nupstream = \"127.0.0.1:5433\"\n",
+    )
+    .expect("config");
+    let targets = config.targets().expect("targets");
+    assert_eq!(targets[0].upstream, Some("127.0.0.1:5433".parse().unwrap()));
+    assert!(targets[0].intercept[0].matches("127.0.0.2:5432".parse().unwrap()));
+    assert!(targets[0].intercept[0].matches("[::ffff:127.0.0.2]:5432".parse().unwrap()));
+    assert!(!targets[0].intercept[0].matches("127.0.0.3:5432".parse().unwrap()));
+    assert!(targets[0].intercept[1].matches("[::1]:6379".parse().unwrap()));
+}
+
+#[test]
+fn bad_intercept_pattern_is_rejected() {
+    let err = parse("[[target]]\nname = \"db\"\nintercept = [\"localhost\"]\n").unwrap_err();
+    assert!(err.to_string().contains("localhost"), "{err}");
+}
+
+#[test]
+fn duplicate_target_names_are_rejected() {
+    let err = parse("[[target]]\nname = \"a\"\n[[target]]\nname = \"a\"\n").unwrap_err();
+    assert!(err.to_string().contains("twice"), "{err}");
+}

@@ -1,0 +1,296 @@
+//! `interceptor exec -- CMD`: put one command (an agent run) under the gate for its lifetime.
+//!
+//! Why this exists: the quickest way to capture an agent with zero configuration. This process
+//! owns everything for the run: a transient cgroup, the eBPF links (detached when it exits,
+//! even if it is killed), a private gateway on a free loopback port, and the run's row in the
+//! journal. CMD runs inside the cgroup as an unprivileged user, so it can neither detach the
+//! programs nor move itself out.
+
+use std::{
+    ffi::CString,
+    os::fd::AsRawFd as _,
+    sync::Arc,
+    time::Duration,
+};
+
+use nix::{
+    sys::signal::{kill, Signal},
+    unistd::{Pid, User},
+};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::{
+    capture::{
+        cgroup::{cgroup2_mount, Cgroup},
+        programs::{forward_kernel_logs, Programs, Settings},
+        CaptureError,
+    },
+    config::{CaptureMode, Config, UdpPolicy},
+    gateway::{self, Gateway, Listeners, RunIds},
+    journal::{Journal, JournalError, RunRecord},
+};
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ExecError {
+    #[error("interceptor {0} needs root: it loads eBPF programs and creates cgroups (run it with sudo)")]
+    NotRoot(&'static str),
+    #[error("unknown user {0:?} for --user")]
+    UnknownUser(String),
+    #[error("no command given: use `interceptor exec -- CMD [ARGS…]`")]
+    NoCommand,
+    #[error(transparent)]
+    Capture(#[from] CaptureError),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("proxy listener: {0}")]
+    Listen(std::io::Error),
+    #[error("cannot start {command:?}: {source}")]
+    Spawn {
+        command: String,
+        source: std::io::Error,
+    },
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+/// The account CMD runs as.
+#[derive(Debug, Clone)]
+pub struct RunAs {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+    pub name: String,
+    pub home: std::path::PathBuf,
+}
+
+/// `--user`, else `$SUDO_USER`, else the caller (no switch).
+pub fn resolve_user(requested: Option<&str>) -> Result<Option<RunAs>, ExecError> {
+    let name = match requested {
+        Some(name) => name.to_owned(),
+        None => match std::env::var("SUDO_USER") {
+            Ok(name) if !name.is_empty() => name,
+            _ => return Ok(None),
+        },
+    };
+    let user = match name.parse::<u32>() {
+        Ok(uid) => User::from_uid(uid.into()),
+        Err(_) => User::from_name(&name),
+    }
+    .ok()
+    .flatten()
+    .ok_or_else(|| ExecError::UnknownUser(name.clone()))?;
+    let cname = CString::new(user.name.clone()).map_err(|_| ExecError::UnknownUser(name))?;
+    let groups = nix::unistd::getgrouplist(&cname, user.gid)
+        .map(|gs| gs.into_iter().map(|g| g.as_raw()).collect())
+        .unwrap_or_else(|_| vec![user.gid.as_raw()]);
+    Ok(Some(RunAs {
+        uid: user.uid.as_raw(),
+        gid: user.gid.as_raw(),
+        groups,
+        name: user.name,
+        home: user.dir,
+    }))
+}
+
+pub fn require_root(what: &'static str) -> Result<(), ExecError> {
+    if nix::unistd::geteuid().is_root() {
+        Ok(())
+    } else {
+        Err(ExecError::NotRoot(what))
+    }
+}
+
+/// A short, unique, unguessable-enough label for this run.
+fn new_run_id() -> String {
+    let uuid = uuid::Uuid::new_v4().simple().to_string();
+    format!("run-{}", &uuid[..16])
+}
+
+/// Runs `command` under capture and returns the exit code to exit with.
+pub async fn exec(config: Config, user: Option<&str>, command: &[String]) -> Result<i32, ExecError> {
+    let program = command.first().ok_or(ExecError::NoCommand)?;
+    require_root("exec")?;
+    let run_as = resolve_user(user)?;
+    let mount = cgroup2_mount()?;
+    let targets = config.targets().map_err(ExecError::Config)?;
+    let extra = config.extra_intercepts().map_err(ExecError::Config)?;
+
+    let journal = Journal::open(&config.journal.path)?;
+    let listeners = Listeners::bind(0).map_err(ExecError::Listen)?;
+    let mut programs = Programs::load(None)?;
+    let intercept_all = config.capture.mode.unwrap_or(CaptureMode::All) == CaptureMode::All;
+    programs.configure(&Settings {
+        intercept_all,
+        intercept: targets
+            .iter()
+            .flat_map(|t| t.intercept.iter().copied())
+            .chain(extra)
+            .collect(),
+        udp_allow_all: config.capture.udp == UdpPolicy::Allow,
+        proxy_port4: listeners.port4(),
+        proxy_port6: listeners.port6(),
+    })?;
+    let kernel_logs = programs.take_logger().map(|l| tokio::spawn(forward_kernel_logs(l)));
+
+    let run_id = new_run_id();
+    let cgroup = Cgroup::create_owned(mount.join("interceptor").join(&run_id))?;
+    programs.attach(&cgroup)?;
+    let programs = Arc::new(programs);
+
+    let cgroup_rel = cgroup
+        .path()
+        .strip_prefix(&mount)
+        .map(|p| format!("/{}", p.display()))
+        .unwrap_or_else(|_| cgroup.path().display().to_string());
+    journal
+        .start_run(RunRecord {
+            id: run_id.clone(),
+            mode: "exec",
+            command: Some(shell_words(command)),
+            uid: Some(run_as.as_ref().map_or_else(|| nix::unistd::getuid().as_raw(), |u| u.uid)),
+            user: run_as.as_ref().map(|u| u.name.clone()),
+            cgroup_path: cgroup_rel,
+        })
+        .await?;
+
+    let gateway = Arc::new(Gateway {
+        lookup: programs.clone(),
+        journal: journal.clone(),
+        targets,
+        run_ids: RunIds::Fixed(run_id.clone()),
+        connect_timeout: Duration::from_secs(config.proxy.connect_timeout_secs),
+        own_addrs: listeners.addrs(),
+    });
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(gateway::serve(gateway, listeners, stop_rx));
+    tracing::info!(run_id, cgroup = %cgroup.path().display(), "capture attached; starting command");
+
+    let status = run_command(&cgroup, run_as.as_ref(), program, &command[1..], &run_id).await;
+
+    // Tear down in dependency order: nothing of the run may outlive it.
+    if let Err(e) = cgroup.remove() {
+        tracing::warn!(error = %e, "could not clean up the run cgroup");
+    }
+    let _ = stop_tx.send(true);
+    if let Ok(tracker) = server.await {
+        // Sessions whose client just died still journal their close.
+        let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
+    }
+    if let Some(task) = kernel_logs {
+        task.abort();
+    }
+    drop(programs);
+    let code = status?;
+    journal.end_run(&run_id, Some(code)).await?;
+    Ok(code)
+}
+
+/// Spawns CMD inside the cgroup as `run_as`, forwards signals, and returns its exit code
+/// (128 + signal number if it was killed, as shells do).
+async fn run_command(
+    cgroup: &Cgroup,
+    run_as: Option<&RunAs>,
+    program: &str,
+    args: &[String],
+    run_id: &str,
+) -> Result<i32, ExecError> {
+    let procs = cgroup.procs_file()?;
+    let procs_fd = procs.as_raw_fd();
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args).env("INTERCEPTOR_RUN_ID", run_id);
+    let switch = run_as.map(|u| (u.uid, u.gid, u.groups.clone()));
+    if let Some(user) = run_as {
+        cmd.env("HOME", &user.home)
+            .env("USER", &user.name)
+            .env("LOGNAME", &user.name);
+    }
+    // SAFETY: the closure runs between fork and exec and only makes async-signal-safe syscalls
+    // on memory allocated before the fork. It joins the cgroup first, while still root, then
+    // drops privileges; std's own uid/gid handling would run before it, too early.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::write(procs_fd, b"0".as_ptr().cast(), 1) != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if let Some((uid, gid, groups)) = &switch {
+                if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                    || libc::setgid(*gid) != 0
+                    || libc::setuid(*uid) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|source| ExecError::Spawn {
+        command: program.to_owned(),
+        source,
+    })?;
+    drop(procs);
+    let pid = child.id().map(|p| Pid::from_raw(p as i32));
+
+    let mut forwarded = Vec::new();
+    for (kind, sig) in [
+        (SignalKind::interrupt(), Signal::SIGINT),
+        (SignalKind::terminate(), Signal::SIGTERM),
+        (SignalKind::hangup(), Signal::SIGHUP),
+        (SignalKind::quit(), Signal::SIGQUIT),
+        (SignalKind::user_defined1(), Signal::SIGUSR1),
+        (SignalKind::user_defined2(), Signal::SIGUSR2),
+    ] {
+        if let Ok(stream) = signal(kind) {
+            forwarded.push((stream, sig));
+        }
+    }
+    let status = loop {
+        let any_signal = futures_select_signal(&mut forwarded);
+        tokio::select! {
+            status = child.wait() => break status,
+            sig = any_signal => {
+                if let (Some(pid), Some(sig)) = (pid, sig) {
+                    let _ = kill(pid, sig);
+                }
+            }
+        }
+    };
+    let status = status.map_err(|source| ExecError::Spawn {
+        command: program.to_owned(),
+        source,
+    })?;
+    use std::os::unix::process::ExitStatusExt as _;
+    Ok(status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(1))
+}
+
+/// Waits for the first of several signal streams.
+async fn futures_select_signal(
+    streams: &mut [(tokio::signal::unix::Signal, Signal)],
+) -> Option<Signal> {
+    if streams.is_empty() {
+        std::future::pending::<()>().await;
+    }
+    let futures = streams.iter_mut().map(|(stream, sig)| {
+        let sig = *sig;
+        Box::pin(async move { stream.recv().await.map(|_| sig) })
+    });
+    let (result, _, _) = futures_util::future::select_all(futures).await;
+    result
+}
+
+fn shell_words(command: &[String]) -> String {
+    command
+        .iter()
+        .map(|a| {
+            if a.is_empty() || a.contains(|c: char| c.is_whitespace() || c == '\'' || c == '"') {
+                format!("{a:?}")
+            } else {
+                a.clone()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}

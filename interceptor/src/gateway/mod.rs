@@ -1,0 +1,164 @@
+//! The gateway: listeners on loopback, one task per captured connection.
+//!
+//! Why this exists: it ties capture, journal and protocols together without any of them
+//! knowing about each other. The accept loop here is deliberately dull; the interesting part,
+//! the fixed sequence of phases every session goes through, is in [`session`].
+
+pub mod session;
+
+use std::{
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
+
+use tokio::net::{TcpListener, TcpSocket};
+use tokio_util::task::TaskTracker;
+
+use crate::{
+    capture::ConnectionLookup,
+    config::{DestPattern, Target},
+    journal::Journal,
+};
+
+/// How sessions get their run id.
+#[derive(Debug, Clone)]
+pub enum RunIds {
+    /// `exec`: the gateway serves exactly one run.
+    Fixed(String),
+    /// Service: one run per incarnation of a captured cgroup (a restarted unit gets a new
+    /// cgroup, hence a new id).
+    PerCgroup,
+}
+
+impl RunIds {
+    pub fn for_cgroup(&self, cgroup_id: u64) -> String {
+        match self {
+            RunIds::Fixed(id) => id.clone(),
+            RunIds::PerCgroup => format!("cg-{cgroup_id}"),
+        }
+    }
+}
+
+/// Everything a session task needs; shared read-only by all of them.
+pub struct Gateway {
+    pub lookup: Arc<dyn ConnectionLookup>,
+    pub journal: Journal,
+    pub targets: Vec<Target>,
+    pub run_ids: RunIds,
+    pub connect_timeout: Duration,
+    /// The listeners' own addresses: a captured connection to them would loop.
+    pub own_addrs: Vec<SocketAddr>,
+}
+
+impl Gateway {
+    /// The first target whose `intercept` list matches the original destination.
+    pub fn route(&self, original_dst: SocketAddr) -> Option<&Target> {
+        self.targets
+            .iter()
+            .find(|t| t.intercept.iter().any(|p: &DestPattern| p.matches(original_dst)))
+    }
+
+    pub fn is_own_address(&self, dst: SocketAddr) -> bool {
+        let dst = crate::config::normalize(dst);
+        self.own_addrs.iter().any(|own| {
+            own.port() == dst.port() && (own.ip() == dst.ip() || dst.ip().is_unspecified())
+        })
+    }
+}
+
+/// The proxy's listening sockets: 127.0.0.1 and, when the host has IPv6, [::1].
+pub struct Listeners {
+    pub v4: TcpListener,
+    pub v6: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds both on `port` (0: any free port, the same one for both when possible).
+    pub fn bind(port: u16) -> std::io::Result<Listeners> {
+        for _ in 0..20 {
+            let v4 = listen(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))?;
+            let chosen = v4.local_addr()?.port();
+            match listen(SocketAddr::from((Ipv6Addr::LOCALHOST, chosen))) {
+                Ok(v6) => return Ok(Listeners { v4, v6: Some(v6) }),
+                // Another process holds [::1]:chosen; with an ephemeral port, try another.
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && port == 0 => continue,
+                // No IPv6 on this host: IPv6 connects will be refused (fail closed).
+                Err(e) => {
+                    tracing::warn!(error = %e, "no IPv6 loopback listener; captured IPv6 connections will be refused");
+                    return Ok(Listeners { v4, v6: None });
+                }
+            }
+        }
+        Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            "could not find a port free on both 127.0.0.1 and [::1]",
+        ))
+    }
+
+    pub fn port4(&self) -> u16 {
+        self.v4.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    pub fn port6(&self) -> u16 {
+        self.v6
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map_or(0, |a| a.port())
+    }
+
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        let mut addrs: Vec<SocketAddr> = self.v4.local_addr().into_iter().collect();
+        if let Some(v6) = &self.v6 {
+            addrs.extend(v6.local_addr());
+        }
+        addrs
+    }
+}
+
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}
+
+/// Accepts on all listeners until `shutdown` fires, one task per connection. Returns the
+/// tracker so the caller can wait for in-flight sessions to finish journaling.
+pub async fn serve(
+    gateway: Arc<Gateway>,
+    listeners: Listeners,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> TaskTracker {
+    let tracker = TaskTracker::new();
+    let mut accepts = Vec::new();
+    let all = std::iter::once(listeners.v4).chain(listeners.v6);
+    for listener in all {
+        let gateway = gateway.clone();
+        let tracker = tracker.clone();
+        accepts.push(tokio::spawn(async move {
+            loop {
+                match listener.accept().await {
+                    Ok((stream, peer)) => {
+                        tracker.spawn(session::run(gateway.clone(), stream, peer));
+                    }
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning; keep serving.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        }));
+    }
+    let _ = shutdown.wait_for(|stop| *stop).await;
+    for accept in accepts {
+        accept.abort();
+    }
+    tracker.close();
+    tracker
+}

@@ -1,0 +1,400 @@
+//! The journal: the host's source of truth for what agents did, in SQLite.
+//!
+//! Why this exists: auditors must be able to reconstruct every session, and the gateway must
+//! never forward something it failed to record. Writes go through one writer thread
+//! ([`Journal`]) that commits in groups: every caller waits for its own commit, but concurrent
+//! callers share one transaction, so "record before forward" stays cheap under load. Readers
+//! (the CLI) open the file separately ([`reader`]); WAL lets them read while the daemon writes.
+//!
+//! Schema changes are migrations keyed by `PRAGMA user_version` ([`schema`]).
+
+pub mod reader;
+pub mod schema;
+
+use std::{
+    path::{Path, PathBuf},
+    sync::mpsc,
+    thread,
+    time::SystemTime,
+};
+
+use rusqlite::{params, Connection};
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use crate::capture::identity::Identity;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum JournalError {
+    #[error("journal {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("journal directory {path}: {source}")]
+    Directory {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("journal write failed: {0}")]
+    Write(String),
+    #[error("journal query failed: {0}")]
+    Query(#[from] rusqlite::Error),
+    #[error("journal {path} has schema version {found}, newer than this binary understands ({supported})")]
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
+    },
+    /// The writer thread is gone (it failed or the daemon is shutting down).
+    #[error("the journal writer has stopped")]
+    Stopped,
+}
+
+/// A run: one `exec` invocation, or one incarnation of a captured cgroup under the service.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRecord {
+    pub id: String,
+    pub mode: &'static str,
+    pub command: Option<String>,
+    pub uid: Option<u32>,
+    pub user: Option<String>,
+    pub cgroup_path: String,
+}
+
+/// A new session, written (and committed) before the gateway connects upstream.
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    pub run_id: Option<String>,
+    pub identity: Identity,
+    pub client_addr: String,
+    pub original_dst: String,
+    pub target: Option<String>,
+    pub protocol: String,
+    pub upstream: Option<String>,
+}
+
+/// How a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Relayed and closed normally.
+    Closed,
+    /// The gateway refused it (policy, loop guard, journal failure).
+    Refused,
+    /// The upstream could not be reached.
+    UpstreamFailed,
+    /// The relay ended with an I/O error.
+    Error,
+    /// No capture record: the connection did not come through our hooks.
+    Anomaly,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Closed => "closed",
+            Outcome::Refused => "refused",
+            Outcome::UpstreamFailed => "upstream_failed",
+            Outcome::Error => "error",
+            Outcome::Anomaly => "anomaly",
+        }
+    }
+}
+
+/// One entry in the events table: general enough for connections now and statements,
+/// decisions, approvals and masking counts later. `detail` is JSON and must never hold secrets.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub session_id: Option<i64>,
+    pub kind: &'static str,
+    pub decision: Option<String>,
+    pub detail: serde_json::Value,
+}
+
+enum Op {
+    StartRun(RunRecord),
+    EndRun {
+        id: String,
+        exit_code: Option<i32>,
+    },
+    OpenSession(Box<NewSession>),
+    CloseSession {
+        id: i64,
+        bytes_up: u64,
+        bytes_down: u64,
+        outcome: Outcome,
+        detail: Option<String>,
+    },
+    Event(Event),
+}
+
+struct Request {
+    op: Op,
+    reply: oneshot::Sender<Result<i64, String>>,
+}
+
+/// Handle to the writer thread. Cheap to clone; every method returns after the commit.
+#[derive(Clone)]
+pub struct Journal {
+    tx: mpsc::Sender<Request>,
+}
+
+/// Upper bound on operations per transaction, so one commit never holds the lock for long.
+const MAX_GROUP: usize = 512;
+
+impl Journal {
+    /// Opens (creating and migrating) the journal at `path` and starts the writer thread.
+    pub fn open(path: &Path) -> Result<Journal, JournalError> {
+        let conn = open_connection(path)?;
+        let (tx, rx) = mpsc::channel::<Request>();
+        thread::Builder::new()
+            .name("journal-writer".into())
+            .spawn(move || writer_loop(conn, rx))
+            .map_err(|source| JournalError::Directory {
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok(Journal { tx })
+    }
+
+    async fn submit(&self, op: Op) -> Result<i64, JournalError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request { op, reply })
+            .map_err(|_| JournalError::Stopped)?;
+        match rx.await {
+            Ok(Ok(id)) => Ok(id),
+            Ok(Err(message)) => Err(JournalError::Write(message)),
+            Err(_) => Err(JournalError::Stopped),
+        }
+    }
+
+    pub async fn start_run(&self, run: RunRecord) -> Result<(), JournalError> {
+        self.submit(Op::StartRun(run)).await.map(drop)
+    }
+
+    pub async fn end_run(&self, id: &str, exit_code: Option<i32>) -> Result<(), JournalError> {
+        self.submit(Op::EndRun {
+            id: id.to_owned(),
+            exit_code,
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Records a session and returns its id once committed.
+    pub async fn open_session(&self, session: NewSession) -> Result<i64, JournalError> {
+        self.submit(Op::OpenSession(Box::new(session))).await
+    }
+
+    pub async fn close_session(
+        &self,
+        id: i64,
+        bytes_up: u64,
+        bytes_down: u64,
+        outcome: Outcome,
+        detail: Option<String>,
+    ) -> Result<(), JournalError> {
+        self.submit(Op::CloseSession {
+            id,
+            bytes_up,
+            bytes_down,
+            outcome,
+            detail,
+        })
+        .await
+        .map(drop)
+    }
+
+    pub async fn event(&self, event: Event) -> Result<i64, JournalError> {
+        self.submit(Op::Event(event)).await
+    }
+}
+
+pub(crate) fn open_connection(path: &Path) -> Result<Connection, JournalError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|source| JournalError::Directory {
+            path: dir.to_owned(),
+            source,
+        })?;
+    }
+    let open_err = |source| JournalError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let mut conn = Connection::open(path).map_err(open_err)?;
+    // Several `exec` runs may share one journal file: wait for each other's commits.
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .map_err(open_err)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(open_err)?;
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(open_err)?;
+    conn.pragma_update(None, "foreign_keys", "ON")
+        .map_err(open_err)?;
+    schema::migrate(&mut conn, path)?;
+    restrict_permissions(path);
+    Ok(conn)
+}
+
+/// The journal holds who did what: readable by root (and the file's group) only.
+fn restrict_permissions(path: &Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640));
+    }
+}
+
+fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Request>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(req) => batch.push(req),
+                Err(_) => break,
+            }
+        }
+        let results = apply_batch(&mut conn, &batch);
+        for (req, result) in batch.into_iter().zip(results) {
+            let _ = req.reply.send(result);
+        }
+    }
+}
+
+/// Applies a group in one transaction. If the commit fails, every caller in the group gets the
+/// error: nothing is reported as recorded unless it is on disk.
+fn apply_batch(conn: &mut Connection, batch: &[Request]) -> Vec<Result<i64, String>> {
+    let tx = match conn.transaction() {
+        Ok(tx) => tx,
+        Err(e) => return batch.iter().map(|_| Err(e.to_string())).collect(),
+    };
+    let mut results: Vec<Result<i64, String>> = batch
+        .iter()
+        .map(|req| apply(&tx, &req.op).map_err(|e| e.to_string()))
+        .collect();
+    if let Err(e) = tx.commit() {
+        tracing::error!(error = %e, "journal commit failed; the affected commands are refused");
+        results = batch.iter().map(|_| Err(e.to_string())).collect();
+    }
+    results
+}
+
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+fn apply(tx: &rusqlite::Transaction<'_>, op: &Op) -> rusqlite::Result<i64> {
+    let now = now_rfc3339();
+    match op {
+        Op::StartRun(run) => {
+            tx.execute(
+                "INSERT INTO runs (id, mode, command, uid, user, cgroup_path, started_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT(id) DO NOTHING",
+                params![run.id, run.mode, run.command, run.uid, run.user, run.cgroup_path, now],
+            )?;
+            Ok(0)
+        }
+        Op::EndRun { id, exit_code } => {
+            tx.execute(
+                "UPDATE runs SET ended_at = ?2, exit_code = ?3 WHERE id = ?1",
+                params![id, now, exit_code],
+            )?;
+            Ok(0)
+        }
+        Op::OpenSession(s) => {
+            let i = &s.identity;
+            tx.execute(
+                "INSERT INTO sessions (run_id, pid, uid, gid, user, comm, exe, cmdline, cgroup_id,
+                   cgroup_path, unit, process_start_ns, identity_stale, client_addr, original_dst,
+                   target, protocol, upstream, started_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
+                   ?17, ?18, ?19)",
+                params![
+                    s.run_id,
+                    i.pid,
+                    i.uid,
+                    i.gid,
+                    i.user,
+                    i.comm,
+                    i.exe,
+                    i.cmdline,
+                    i.cgroup_id as i64,
+                    i.cgroup_path,
+                    i.unit,
+                    i.start_boot_ns.map(|n| n as i64),
+                    i.stale,
+                    s.client_addr,
+                    s.original_dst,
+                    s.target,
+                    s.protocol,
+                    s.upstream,
+                    now
+                ],
+            )?;
+            let id = tx.last_insert_rowid();
+            insert_event(
+                tx,
+                &Event {
+                    session_id: Some(id),
+                    kind: "connect",
+                    decision: None,
+                    detail: serde_json::json!({ "original_dst": s.original_dst, "upstream": s.upstream }),
+                },
+                &now,
+            )?;
+            Ok(id)
+        }
+        Op::CloseSession {
+            id,
+            bytes_up,
+            bytes_down,
+            outcome,
+            detail,
+        } => {
+            tx.execute(
+                "UPDATE sessions SET bytes_up = ?2, bytes_down = ?3, outcome = ?4, detail = ?5,
+                   ended_at = ?6 WHERE id = ?1",
+                params![id, *bytes_up as i64, *bytes_down as i64, outcome.as_str(), detail, now],
+            )?;
+            insert_event(
+                tx,
+                &Event {
+                    session_id: Some(*id),
+                    kind: "close",
+                    decision: None,
+                    detail: serde_json::json!({
+                        "outcome": outcome.as_str(),
+                        "bytes_up": bytes_up,
+                        "bytes_down": bytes_down,
+                        "detail": detail,
+                    }),
+                },
+                &now,
+            )?;
+            Ok(*id)
+        }
+        Op::Event(event) => insert_event(tx, event, &now),
+    }
+}
+
+fn insert_event(tx: &rusqlite::Transaction<'_>, event: &Event, now: &str) -> rusqlite::Result<i64> {
+    tx.execute(
+        "INSERT INTO events (session_id, at, kind, decision, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            event.session_id,
+            now,
+            event.kind,
+            event.decision,
+            event.detail.to_string()
+        ],
+    )?;
+    Ok(tx.last_insert_rowid())
+}
+
+#[cfg(test)]
+mod tests;

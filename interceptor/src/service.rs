@@ -1,0 +1,207 @@
+//! `interceptor run`: the service that captures configured cgroups and systemd units.
+//!
+//! Why this exists: on an agent host the gate must hold even while the daemon restarts. Links
+//! and maps are pinned in bpffs, so the kernel keeps steering captured connections to the proxy
+//! port while the daemon is down, where nothing listens: they are refused, never sent direct.
+//! A restarted daemon adopts the pins instead of re-attaching, so there is no window in which
+//! the cgroups are unprotected.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::{
+    capture::{
+        cgroup::{cgroup2_mount, cgroup_of_unit, Cgroup},
+        programs::{forward_kernel_logs, link_dir, Programs, Settings},
+        CaptureError,
+    },
+    config::{CaptureMode, Config, UdpPolicy},
+    exec::{require_root, ExecError},
+    gateway::{self, Gateway, Listeners, RunIds},
+    journal::Journal,
+};
+
+/// The cgroups the config names: `[capture] cgroups` and the cgroups of `[capture] units`.
+pub fn captured_cgroups(config: &Config, mount: &Path) -> Result<Vec<Cgroup>, ExecError> {
+    let mut paths: Vec<String> = config.capture.cgroups.clone();
+    for unit in &config.capture.units {
+        paths.push(cgroup_of_unit(unit)?);
+    }
+    if paths.is_empty() {
+        return Err(ExecError::Config(
+            "nothing to capture: set [capture] cgroups or units".to_owned(),
+        ));
+    }
+    paths
+        .iter()
+        .map(|p| {
+            let rel = p.trim_start_matches('/');
+            if rel.is_empty() || rel.split('/').any(|c| c == "..") {
+                return Err(ExecError::Config(format!(
+                    "capture cgroup {p:?} must be a path below the cgroup2 mount"
+                )));
+            }
+            Ok(Cgroup::ensure(mount.join(rel))?)
+        })
+        .collect()
+}
+
+/// Mounts bpffs at /sys/fs/bpf if no bpf filesystem covers `pin_dir`.
+pub fn ensure_bpffs(pin_dir: &Path) -> Result<(), CaptureError> {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let covered = mounts.lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() > 2 && f[2] == "bpf" && pin_dir.starts_with(f[1])
+    });
+    if covered {
+        return Ok(());
+    }
+    let target = Path::new("/sys/fs/bpf");
+    if !pin_dir.starts_with(target) {
+        return Err(CaptureError::Pin {
+            path: pin_dir.to_owned(),
+            message: "not on a bpf filesystem; mount one (`mount -t bpf bpf DIR`) or use a pin_dir under /sys/fs/bpf".to_owned(),
+        });
+    }
+    std::fs::create_dir_all(target).map_err(|e| CaptureError::Pin {
+        path: target.to_owned(),
+        message: e.to_string(),
+    })?;
+    nix::mount::mount(
+        Some("bpf"),
+        target,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|e| CaptureError::Pin {
+        path: target.to_owned(),
+        message: format!("mounting bpffs: {e}"),
+    })
+}
+
+/// True when a previous daemon left a complete capture for every cgroup behind.
+fn pins_complete(pin_dir: &Path, cgroups: &[Cgroup]) -> bool {
+    pin_dir.join("maps").join(interceptor_common::maps::CONFIG).exists()
+        && cgroups.iter().all(|cg| {
+            cg.id().ok().is_some_and(|id| {
+                std::fs::read_dir(link_dir(pin_dir, id)).is_ok_and(|d| d.count() > 0)
+            })
+        })
+}
+
+/// Unpins everything under `pin_dir`: the links detach once no process holds them.
+pub fn detach(pin_dir: &Path) -> Result<bool, CaptureError> {
+    if !pin_dir.exists() {
+        return Ok(false);
+    }
+    std::fs::remove_dir_all(pin_dir).map_err(|e| CaptureError::Pin {
+        path: pin_dir.to_owned(),
+        message: e.to_string(),
+    })?;
+    Ok(true)
+}
+
+pub async fn run(config: Config) -> Result<(), ExecError> {
+    require_root("run")?;
+    let mount = cgroup2_mount()?;
+    let targets = config.targets().map_err(ExecError::Config)?;
+    let extra = config.extra_intercepts().map_err(ExecError::Config)?;
+    let cgroups = captured_cgroups(&config, &mount)?;
+    let pin_dir: PathBuf = config.capture.pin_dir.clone();
+    ensure_bpffs(&pin_dir)?;
+
+    let journal = Journal::open(&config.journal.path)?;
+    let listeners = Listeners::bind(config.proxy.port).map_err(ExecError::Listen)?;
+    let settings = Settings {
+        intercept_all: config.capture.mode.unwrap_or(CaptureMode::Listed) == CaptureMode::All,
+        intercept: targets
+            .iter()
+            .flat_map(|t| t.intercept.iter().copied())
+            .chain(extra)
+            .collect(),
+        udp_allow_all: config.capture.udp == UdpPolicy::Allow,
+        proxy_port4: listeners.port4(),
+        proxy_port6: listeners.port6(),
+    };
+
+    let mut programs = if pins_complete(&pin_dir, &cgroups) {
+        tracing::info!(pin_dir = %pin_dir.display(), "adopting the pinned capture");
+        Programs::adopt(&pin_dir)?
+    } else {
+        // Stale or partial pins (config changed, or a cgroup was re-created): start over.
+        detach(&pin_dir)?;
+        let mut programs = Programs::load(Some(&pin_dir))?;
+        // Configure before attaching, so the first connect already finds the proxy.
+        programs.configure(&settings)?;
+        for cgroup in &cgroups {
+            programs.attach_pinned(cgroup, &link_dir(&pin_dir, cgroup.id()?))?;
+        }
+        programs
+    };
+    programs.configure(&settings)?;
+    let kernel_logs = programs.take_logger().map(|l| tokio::spawn(forward_kernel_logs(l)));
+
+    let gateway = Arc::new(Gateway {
+        lookup: Arc::new(programs),
+        journal,
+        targets,
+        run_ids: RunIds::PerCgroup,
+        connect_timeout: Duration::from_secs(config.proxy.connect_timeout_secs),
+        own_addrs: listeners.addrs(),
+    });
+    let port = listeners.port4();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(gateway::serve(gateway, listeners, stop_rx));
+    let names: Vec<String> = cgroups.iter().map(|c| c.path().display().to_string()).collect();
+    tracing::info!(port, cgroups = ?names, "capture ready");
+    sd_notify("READY=1");
+
+    wait_for_stop().await;
+    tracing::info!("stopping; the pinned capture stays attached and refuses connections until restart");
+    let _ = stop_tx.send(true);
+    if let Ok(tracker) = server.await {
+        let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
+    }
+    if let Some(task) = kernel_logs {
+        task.abort();
+    }
+    Ok(())
+}
+
+async fn wait_for_stop() {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// Tells systemd (Type=notify) about our state, if it is listening.
+fn sd_notify(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let Ok(socket) = std::os::unix::net::UnixDatagram::unbound() else {
+        return;
+    };
+    let path = PathBuf::from(path);
+    let result = if let Some(abstract_name) = path.to_str().and_then(|p| p.strip_prefix('@')) {
+        use std::os::linux::net::SocketAddrExt as _;
+        std::os::unix::net::SocketAddr::from_abstract_name(abstract_name.as_bytes())
+            .and_then(|addr| socket.send_to_addr(state.as_bytes(), &addr))
+    } else {
+        socket.send_to(state.as_bytes(), &path)
+    };
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "sd_notify failed");
+    }
+}
