@@ -25,8 +25,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use interceptor_common::{
-    AddrKey, CaptureConfig, ConnRecord, AF_INET, AF_INET6, CONN_MAP_ENTRIES,
-    INTERCEPT_MAP_ENTRIES, MODE_ALL, MODE_LISTED,
+    AddrKey, CaptureConfig, ConnRecord, AF_INET, AF_INET6, CONN_MAP_ENTRIES, INTERCEPT_MAP_ENTRIES,
+    MODE_ALL, MODE_LISTED,
 };
 
 /// Return codes of cgroup sock/sock_addr programs.
@@ -77,7 +77,8 @@ fn should_intercept(cfg: &CaptureConfig, dst: &AddrKey) -> Result<bool, Refused>
                 port: dst.port,
             };
             // SAFETY: the values are plain u32 flags; we only test for presence.
-            let listed = unsafe { INTERCEPT.get(dst).is_some() || INTERCEPT.get(&any_addr).is_some() };
+            let listed =
+                unsafe { INTERCEPT.get(dst).is_some() || INTERCEPT.get(&any_addr).is_some() };
             Ok(listed)
         }
         // Never configured (all zero) or garbage: refuse rather than let traffic out unseen.
@@ -106,7 +107,9 @@ fn record_for(dst: AddrKey, family: u32) -> ConnRecord {
 fn remember(ctx: &SockAddrContext, record: &ConnRecord) -> Result<(), Refused> {
     // SAFETY: the context pointer is valid for the whole program run.
     let cookie = unsafe { aya_ebpf::helpers::bpf_get_socket_cookie(ctx.as_ptr()) };
-    CONN_BY_COOKIE.insert(&cookie, record, 0).map_err(|_| Refused)
+    CONN_BY_COOKIE
+        .insert(&cookie, record, 0)
+        .map_err(|_| Refused)
 }
 
 fn read_user_ip6(sa: *const bpf_sock_addr) -> [u32; 4] {
@@ -166,7 +169,10 @@ pub fn intercept_connect4(ctx: SockAddrContext) -> i32 {
     match try_connect4(&ctx) {
         Ok(verdict) => verdict,
         Err(Refused) => {
-            warn!(&ctx, "interceptor: refused a TCP connect4 that could not be recorded");
+            warn!(
+                &ctx,
+                "interceptor: refused a TCP connect4 that could not be recorded"
+            );
             DENY
         }
     }
@@ -198,7 +204,10 @@ pub fn intercept_connect6(ctx: SockAddrContext) -> i32 {
     match try_connect6(&ctx) {
         Ok(verdict) => verdict,
         Err(Refused) => {
-            warn!(&ctx, "interceptor: refused a TCP connect6 that could not be recorded");
+            warn!(
+                &ctx,
+                "interceptor: refused a TCP connect6 that could not be recorded"
+            );
             DENY
         }
     }

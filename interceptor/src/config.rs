@@ -118,7 +118,7 @@ pub enum UdpPolicy {
     Allow,
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CaptureConfig {
     /// Default: `all` for `exec`, `listed` for `run`.
@@ -137,6 +137,19 @@ pub struct CaptureConfig {
     /// Service mode: where programs' links and maps are pinned so capture outlives the daemon.
     #[serde(default = "default_bpffs_dir")]
     pub pin_dir: PathBuf,
+}
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        CaptureConfig {
+            mode: None,
+            intercept: Vec::new(),
+            udp: UdpPolicy::default(),
+            cgroups: Vec::new(),
+            units: Vec::new(),
+            pin_dir: default_bpffs_dir(),
+        }
+    }
 }
 
 fn default_bpffs_dir() -> PathBuf {
@@ -311,7 +324,10 @@ impl Config {
 fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let column = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
+    let column = before
+        .rfind('\n')
+        .map_or(before.len(), |nl| before.len() - nl - 1)
+        + 1;
     (line, column)
 }
 

@@ -16,8 +16,18 @@ pub struct Check {
 
 fn check(name: &'static str, result: Result<String, String>, fix: &'static str) -> Check {
     match result {
-        Ok(detail) => Check { name, ok: true, detail, fix },
-        Err(detail) => Check { name, ok: false, detail, fix },
+        Ok(detail) => Check {
+            name,
+            ok: true,
+            detail,
+            fix,
+        },
+        Err(detail) => Check {
+            name,
+            ok: false,
+            detail,
+            fix,
+        },
     }
 }
 
@@ -25,7 +35,9 @@ fn kernel() -> Result<String, String> {
     let release = nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())
         .map_err(|e| e.to_string())?;
-    let mut parts = release.split(|c: char| !c.is_ascii_digit()).filter_map(|p| p.parse::<u32>().ok());
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse::<u32>().ok());
     let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
     // bpf_link for cgroup programs (5.7) and cgroup.kill (5.14).
     if (major, minor) >= (5, 14) {
@@ -57,7 +69,10 @@ fn bpffs(config: &Config) -> Result<String, String> {
         (f.len() > 2 && f[2] == "bpf").then(|| f[1].to_owned())
     });
     match mount {
-        Some(m) => Ok(format!("mounted at {m}; pins go to {}", config.capture.pin_dir.display())),
+        Some(m) => Ok(format!(
+            "mounted at {m}; pins go to {}",
+            config.capture.pin_dir.display()
+        )),
         None => Err("not mounted (the service mounts it at /sys/fs/bpf when it starts)".to_owned()),
     }
 }
@@ -82,7 +97,10 @@ fn programs_load() -> Result<String, String> {
 fn journal(config: &Config) -> Result<String, String> {
     let path = &config.journal.path;
     let dir = path.parent().unwrap_or(Path::new("/"));
-    let existing = dir.ancestors().find(|d| d.exists()).unwrap_or(Path::new("/"));
+    let existing = dir
+        .ancestors()
+        .find(|d| d.exists())
+        .unwrap_or(Path::new("/"));
     let writable = nix::unistd::access(existing, nix::unistd::AccessFlags::W_OK).is_ok();
     if writable {
         Ok(path.display().to_string())

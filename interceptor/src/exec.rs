@@ -6,12 +6,7 @@
 //! journal. CMD runs inside the cgroup as an unprivileged user, so it can neither detach the
 //! programs nor move itself out.
 
-use std::{
-    ffi::CString,
-    os::fd::AsRawFd as _,
-    sync::Arc,
-    time::Duration,
-};
+use std::{ffi::CString, os::fd::AsRawFd as _, sync::Arc, time::Duration};
 
 use nix::{
     sys::signal::{kill, Signal},
@@ -33,7 +28,9 @@ use crate::{
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ExecError {
-    #[error("interceptor {0} needs root: it loads eBPF programs and creates cgroups (run it with sudo)")]
+    #[error(
+        "interceptor {0} needs root: it loads eBPF programs and creates cgroups (run it with sudo)"
+    )]
     NotRoot(&'static str),
     #[error("unknown user {0:?} for --user")]
     UnknownUser(String),
@@ -108,7 +105,11 @@ fn new_run_id() -> String {
 }
 
 /// Runs `command` under capture and returns the exit code to exit with.
-pub async fn exec(config: Config, user: Option<&str>, command: &[String]) -> Result<i32, ExecError> {
+pub async fn exec(
+    config: Config,
+    user: Option<&str>,
+    command: &[String],
+) -> Result<i32, ExecError> {
     let program = command.first().ok_or(ExecError::NoCommand)?;
     require_root("exec")?;
     let run_as = resolve_user(user)?;
@@ -131,7 +132,9 @@ pub async fn exec(config: Config, user: Option<&str>, command: &[String]) -> Res
         proxy_port4: listeners.port4(),
         proxy_port6: listeners.port6(),
     })?;
-    let kernel_logs = programs.take_logger().map(|l| tokio::spawn(forward_kernel_logs(l)));
+    let kernel_logs = programs
+        .take_logger()
+        .map(|l| tokio::spawn(forward_kernel_logs(l)));
 
     let run_id = new_run_id();
     let cgroup = Cgroup::create_owned(mount.join("interceptor").join(&run_id))?;
@@ -148,7 +151,11 @@ pub async fn exec(config: Config, user: Option<&str>, command: &[String]) -> Res
             id: run_id.clone(),
             mode: "exec",
             command: Some(shell_words(command)),
-            uid: Some(run_as.as_ref().map_or_else(|| nix::unistd::getuid().as_raw(), |u| u.uid)),
+            uid: Some(
+                run_as
+                    .as_ref()
+                    .map_or_else(|| nix::unistd::getuid().as_raw(), |u| u.uid),
+            ),
             user: run_as.as_ref().map(|u| u.name.clone()),
             cgroup_path: cgroup_rel,
         })
@@ -220,6 +227,13 @@ async fn run_command(
                 {
                     return Err(std::io::Error::last_os_error());
                 }
+            }
+            // If this process dies, its links detach and CMD would be uncaptured: take CMD
+            // down with it. Set after setuid, which clears the parent-death signal. The
+            // "parent" is the forking thread: this runs on the block_on (main) thread, which
+            // lives as long as the process.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
             }
             Ok(())
         });

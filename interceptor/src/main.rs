@@ -11,7 +11,11 @@ use interceptor::{
 };
 
 #[derive(Parser)]
-#[command(name = "interceptor", version, about = "A host-level gate between AI agents and the infrastructure they touch")]
+#[command(
+    name = "interceptor",
+    version,
+    about = "A host-level gate between AI agents and the infrastructure they touch"
+)]
 struct Cli {
     /// Configuration file. Without one, embedded defaults apply.
     #[arg(long, global = true, value_name = "PATH")]
@@ -28,7 +32,12 @@ enum Command {
         #[arg(long)]
         user: Option<String>,
         /// The command and its arguments (after `--`).
-        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
+        #[arg(
+            required = true,
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "CMD"
+        )]
         command: Vec<String>,
     },
     /// Service mode: capture the cgroups and systemd units named in the config.
@@ -84,7 +93,9 @@ fn init_logging(default_level: &str) {
 
 fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
     let explicit = path.is_some();
-    let path = path.cloned().unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
+    let path = path
+        .cloned()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
     Ok(Config::load(&path, explicit)?)
 }
 
@@ -104,7 +115,19 @@ fn main() -> ExitCode {
     }
 }
 
+/// Each session holds two sockets: lift the soft fd limit to the hard one so a busy gateway is
+/// not capped at the common default of 1024.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    }
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    raise_fd_limit();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -115,7 +138,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = load_config(cli.config.as_ref())?;
     match cli.command {
         Command::Exec { user, command } => {
-            let code = runtime()?.block_on(interceptor::exec::exec(config, user.as_deref(), &command))?;
+            let code =
+                runtime()?.block_on(interceptor::exec::exec(config, user.as_deref(), &command))?;
             Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
         }
         Command::Run => {
@@ -171,8 +195,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// Aligned columns; long values (exe, cmdline) are left to `--json`.
 fn print_table(rows: &[SessionRow]) {
     let header = [
-        "ID", "RUN", "PID", "USER", "EXE", "DESTINATION", "TARGET", "PROTO", "UP", "DOWN",
-        "STARTED", "OUTCOME",
+        "ID",
+        "RUN",
+        "PID",
+        "USER",
+        "EXE",
+        "DESTINATION",
+        "TARGET",
+        "PROTO",
+        "UP",
+        "DOWN",
+        "STARTED",
+        "OUTCOME",
     ];
     let cells: Vec<[String; 12]> = rows
         .iter()

@@ -87,7 +87,10 @@ pub fn ensure_bpffs(pin_dir: &Path) -> Result<(), CaptureError> {
 
 /// True when a previous daemon left a complete capture for every cgroup behind.
 fn pins_complete(pin_dir: &Path, cgroups: &[Cgroup]) -> bool {
-    pin_dir.join("maps").join(interceptor_common::maps::CONFIG).exists()
+    pin_dir
+        .join("maps")
+        .join(interceptor_common::maps::CONFIG)
+        .exists()
         && cgroups.iter().all(|cg| {
             cg.id().ok().is_some_and(|id| {
                 std::fs::read_dir(link_dir(pin_dir, id)).is_ok_and(|d| d.count() > 0)
@@ -145,7 +148,9 @@ pub async fn run(config: Config) -> Result<(), ExecError> {
         programs
     };
     programs.configure(&settings)?;
-    let kernel_logs = programs.take_logger().map(|l| tokio::spawn(forward_kernel_logs(l)));
+    let kernel_logs = programs
+        .take_logger()
+        .map(|l| tokio::spawn(forward_kernel_logs(l)));
 
     let gateway = Arc::new(Gateway {
         lookup: Arc::new(programs),
@@ -158,12 +163,17 @@ pub async fn run(config: Config) -> Result<(), ExecError> {
     let port = listeners.port4();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(gateway::serve(gateway, listeners, stop_rx));
-    let names: Vec<String> = cgroups.iter().map(|c| c.path().display().to_string()).collect();
+    let names: Vec<String> = cgroups
+        .iter()
+        .map(|c| c.path().display().to_string())
+        .collect();
     tracing::info!(port, cgroups = ?names, "capture ready");
     sd_notify("READY=1");
 
     wait_for_stop().await;
-    tracing::info!("stopping; the pinned capture stays attached and refuses connections until restart");
+    tracing::info!(
+        "stopping; the pinned capture stays attached and refuses connections until restart"
+    );
     let _ = stop_tx.send(true);
     if let Ok(tracker) = server.await {
         let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
@@ -175,7 +185,10 @@ pub async fn run(config: Config) -> Result<(), ExecError> {
 }
 
 async fn wait_for_stop() {
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         std::future::pending::<()>().await;
         return;
     };

@@ -236,7 +236,10 @@ mod tests {
             cgroup2_mount_in(mounts),
             Some(PathBuf::from("/sys/fs/cgroup/unified"))
         );
-        assert_eq!(cgroup2_mount_in("cgroup2 /sys/fs/cgroup cgroup2 rw 0 0"), Some(PathBuf::from("/sys/fs/cgroup")));
+        assert_eq!(
+            cgroup2_mount_in("cgroup2 /sys/fs/cgroup cgroup2 rw 0 0"),
+            Some(PathBuf::from("/sys/fs/cgroup"))
+        );
         assert_eq!(cgroup2_mount_in("proc /proc proc rw 0 0\n"), None);
         assert_eq!(
             cgroup2_mount_in("none /mnt/my\\040cg cgroup2 rw 0 0"),

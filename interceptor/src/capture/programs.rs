@@ -16,10 +16,7 @@ use std::{
 
 use aya::{
     maps::{Array, HashMap, Map, MapData},
-    programs::{
-        links::FdLink,
-        CgroupAttachMode,
-    },
+    programs::{links::FdLink, CgroupAttachMode},
     Ebpf,
 };
 use interceptor_common::{self as common, AddrKey, CaptureConfig, ConnRecord};
@@ -28,7 +25,8 @@ use super::{cgroup::Cgroup, CaptureError, ConnectionLookup};
 use crate::config::DestPattern;
 
 /// The object built by `interceptor/build.rs`; the daemon needs no toolchain at run time.
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/interceptor-ebpf"));
+static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/interceptor-ebpf"));
 
 /// Every program, in attach order. The record-keeping programs go first so that by the time
 /// connect4/6 start redirecting, sock_ops is there to publish the record.
@@ -104,8 +102,8 @@ impl Programs {
             }
             Ok(map)
         };
-        let config = Array::try_from(take(common::maps::CONFIG)?)
-            .map_err(map_err(common::maps::CONFIG))?;
+        let config =
+            Array::try_from(take(common::maps::CONFIG)?).map_err(map_err(common::maps::CONFIG))?;
         let intercept = HashMap::try_from(take(common::maps::INTERCEPT)?)
             .map_err(map_err(common::maps::INTERCEPT))?;
         let by_client = HashMap::try_from(take(common::maps::CONN_BY_CLIENT)?)
@@ -183,10 +181,9 @@ impl Programs {
             cgroup: cgroup.path().display().to_string(),
             message,
         };
-        let ebpf = self
-            .ebpf
-            .as_mut()
-            .ok_or_else(|| attach_error("programs were adopted from pins, not loaded".to_owned()))?;
+        let ebpf = self.ebpf.as_mut().ok_or_else(|| {
+            attach_error("programs were adopted from pins, not loaded".to_owned())
+        })?;
         let fd = cgroup.open()?;
         let program = ebpf
             .program_mut(name)
@@ -254,7 +251,11 @@ fn load_program(ebpf: &mut Ebpf, name: &'static str) -> Result<(), CaptureError>
         aya::programs::Program::CgroupSockAddr(p) => p.load(),
         aya::programs::Program::CgroupSock(p) => p.load(),
         aya::programs::Program::SockOps(p) => p.load(),
-        _ => return Err(CaptureError::Load(format!("{name}: unexpected program type"))),
+        _ => {
+            return Err(CaptureError::Load(format!(
+                "{name}: unexpected program type"
+            )))
+        }
     };
     result.map_err(|e| CaptureError::Load(format!("{name}: {e}")))
 }
@@ -276,7 +277,8 @@ pub fn addr_key(addr: SocketAddr) -> AddrKey {
         IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
         IpAddr::V6(v6) => v6.octets(),
     };
-    let word = |i: usize| u32::from_ne_bytes([octets[i], octets[i + 1], octets[i + 2], octets[i + 3]]);
+    let word =
+        |i: usize| u32::from_ne_bytes([octets[i], octets[i + 1], octets[i + 2], octets[i + 3]]);
     AddrKey {
         ip: [word(0), word(4), word(8), word(12)],
         port: u32::from(addr.port()),
@@ -313,29 +315,6 @@ pub fn link_dir(pin_dir: &Path, cgroup_id: u64) -> PathBuf {
     pin_dir.join("links").join(cgroup_id.to_string())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn addresses_round_trip_through_the_map_encoding() {
-        for text in ["127.0.0.2:5432", "[::1]:80", "[fe80::1]:22"] {
-            let addr: SocketAddr = text.parse().unwrap();
-            assert_eq!(key_addr(&addr_key(addr)), addr);
-        }
-        let mapped: SocketAddr = "[::ffff:127.0.0.3]:9".parse().unwrap();
-        assert_eq!(addr_key(mapped), addr_key("127.0.0.3:9".parse().unwrap()));
-        assert_eq!(key_addr(&addr_key(mapped)), "127.0.0.3:9".parse().unwrap());
-    }
-
-    #[test]
-    fn ipv4_matches_the_kernel_layout() {
-        let key = addr_key("127.0.0.1:1".parse().unwrap());
-        assert_eq!(key.ip[2], common::V4_MAPPED_WORD);
-        assert_eq!(key.ip[3].to_ne_bytes(), [127, 0, 0, 1]);
-    }
-}
-
 /// Forwards the eBPF programs' log lines (through the `log` facade) until the task is dropped.
 pub async fn forward_kernel_logs(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
     // SAFETY: the logger owns its ring buffer fd and never replaces or closes it while the
@@ -356,5 +335,28 @@ pub async fn forward_kernel_logs(logger: aya_log::EbpfLogger<&'static dyn log::L
         };
         guard.get_inner_mut().flush();
         guard.clear_ready();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_round_trip_through_the_map_encoding() {
+        for text in ["127.0.0.2:5432", "[::1]:80", "[fe80::1]:22"] {
+            let addr: SocketAddr = text.parse().unwrap();
+            assert_eq!(key_addr(&addr_key(addr)), addr);
+        }
+        let mapped: SocketAddr = "[::ffff:127.0.0.3]:9".parse().unwrap();
+        assert_eq!(addr_key(mapped), addr_key("127.0.0.3:9".parse().unwrap()));
+        assert_eq!(key_addr(&addr_key(mapped)), "127.0.0.3:9".parse().unwrap());
+    }
+
+    #[test]
+    fn ipv4_matches_the_kernel_layout() {
+        let key = addr_key("127.0.0.1:1".parse().unwrap());
+        assert_eq!(key.ip[2], common::V4_MAPPED_WORD);
+        assert_eq!(key.ip[3].to_ne_bytes(), [127, 0, 0, 1]);
     }
 }

@@ -12,6 +12,11 @@ fn empty_file_gives_embedded_defaults() {
         PathBuf::from("/var/lib/interceptor/journal.db")
     );
     assert_eq!(config.capture.udp, UdpPolicy::DnsOnly);
+    assert_eq!(
+        config.capture.pin_dir,
+        PathBuf::from("/sys/fs/bpf/interceptor")
+    );
+    assert_eq!(Config::default().capture.pin_dir, config.capture.pin_dir);
     assert!(config.targets.is_empty());
 }
 

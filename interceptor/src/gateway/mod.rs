@@ -54,9 +54,11 @@ pub struct Gateway {
 impl Gateway {
     /// The first target whose `intercept` list matches the original destination.
     pub fn route(&self, original_dst: SocketAddr) -> Option<&Target> {
-        self.targets
-            .iter()
-            .find(|t| t.intercept.iter().any(|p: &DestPattern| p.matches(original_dst)))
+        self.targets.iter().find(|t| {
+            t.intercept
+                .iter()
+                .any(|p: &DestPattern| p.matches(original_dst))
+        })
     }
 
     pub fn is_own_address(&self, dst: SocketAddr) -> bool {

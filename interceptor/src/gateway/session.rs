@@ -64,7 +64,15 @@ async fn handle(gateway: Arc<Gateway>, client: TcpStream, peer: SocketAddr) {
     tracing::info!(session_id, pid, %original_dst, "session opened");
 
     let counters = Counters::default();
-    let (outcome, detail) = relay_phases(&gateway, client, original_dst, upstream_addr, protocol, &counters).await;
+    let (outcome, detail) = relay_phases(
+        &gateway,
+        client,
+        original_dst,
+        upstream_addr,
+        protocol,
+        &counters,
+    )
+    .await;
 
     // Phase 7: log. Always runs.
     let (up, down) = counters.snapshot();
@@ -75,7 +83,14 @@ async fn handle(gateway: Arc<Gateway>, client: TcpStream, peer: SocketAddr) {
     {
         tracing::error!(session_id, error = %e, "could not journal session close");
     }
-    tracing::info!(session_id, outcome = outcome.as_str(), bytes_up = up, bytes_down = down, detail = detail.as_deref().unwrap_or(""), "session closed");
+    tracing::info!(
+        session_id,
+        outcome = outcome.as_str(),
+        bytes_up = up,
+        bytes_down = down,
+        detail = detail.as_deref().unwrap_or(""),
+        "session closed"
+    );
 }
 
 /// Phases 4 to 6. Returns the outcome for the log phase.
@@ -107,7 +122,10 @@ async fn relay_phases(
         Err(_) => {
             return (
                 Outcome::UpstreamFailed,
-                Some(format!("connect timed out after {:?}", gateway.connect_timeout)),
+                Some(format!(
+                    "connect timed out after {:?}",
+                    gateway.connect_timeout
+                )),
             )
         }
     };

@@ -295,7 +295,15 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &Op) -> rusqlite::Result<i64> {
                 "INSERT INTO runs (id, mode, command, uid, user, cgroup_path, started_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                  ON CONFLICT(id) DO NOTHING",
-                params![run.id, run.mode, run.command, run.uid, run.user, run.cgroup_path, now],
+                params![
+                    run.id,
+                    run.mode,
+                    run.command,
+                    run.uid,
+                    run.user,
+                    run.cgroup_path,
+                    now
+                ],
             )?;
             Ok(0)
         }
@@ -359,7 +367,14 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &Op) -> rusqlite::Result<i64> {
             tx.execute(
                 "UPDATE sessions SET bytes_up = ?2, bytes_down = ?3, outcome = ?4, detail = ?5,
                    ended_at = ?6 WHERE id = ?1",
-                params![id, *bytes_up as i64, *bytes_down as i64, outcome.as_str(), detail, now],
+                params![
+                    id,
+                    *bytes_up as i64,
+                    *bytes_down as i64,
+                    outcome.as_str(),
+                    detail,
+                    now
+                ],
             )?;
             insert_event(
                 tx,

@@ -60,7 +60,10 @@ async fn concurrent_writers_share_commits_and_lose_nothing() {
         let journal = journal.clone();
         tasks.push(tokio::spawn(async move {
             journal
-                .open_session(session(if i % 2 == 0 { "even" } else { "odd" }, "127.0.0.2:7"))
+                .open_session(session(
+                    if i % 2 == 0 { "even" } else { "odd" },
+                    "127.0.0.2:7",
+                ))
                 .await
         }));
     }
@@ -105,5 +108,8 @@ async fn an_unwritable_journal_reports_errors_instead_of_pretending() {
     // Break the schema underneath the writer: every write must now fail loudly.
     let conn = open_connection(&path).expect("side connection");
     conn.execute_batch("DROP TABLE events").expect("drop");
-    assert!(journal.open_session(session("r", "127.0.0.2:7")).await.is_err());
+    assert!(journal
+        .open_session(session("r", "127.0.0.2:7"))
+        .await
+        .is_err());
 }

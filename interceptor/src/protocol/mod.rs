@@ -24,7 +24,10 @@ pub struct Counters {
 
 impl Counters {
     pub fn snapshot(&self) -> (u64, u64) {
-        (self.up.load(Ordering::Relaxed), self.down.load(Ordering::Relaxed))
+        (
+            self.up.load(Ordering::Relaxed),
+            self.down.load(Ordering::Relaxed),
+        )
     }
 }
 

@@ -14,7 +14,11 @@ use super::Counters;
 /// Per-direction buffer. Large enough for bulk transfers to amortise syscalls.
 const BUFFER: usize = 64 * 1024;
 
-pub async fn relay(client: TcpStream, upstream: TcpStream, counters: &Counters) -> std::io::Result<()> {
+pub async fn relay(
+    client: TcpStream,
+    upstream: TcpStream,
+    counters: &Counters,
+) -> std::io::Result<()> {
     let _ = client.set_nodelay(true);
     let _ = upstream.set_nodelay(true);
     let (client_read, client_write) = client.into_split();
