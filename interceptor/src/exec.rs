@@ -20,7 +20,7 @@ use crate::{
         programs::{forward_kernel_logs, Programs, Settings},
         CaptureError,
     },
-    config::{CaptureMode, Config, UdpPolicy},
+    config::{CaptureMode, Config},
     gateway::{self, Gateway, Listeners, RunIds},
     journal::{Journal, JournalError, RunRecord},
 };
@@ -115,23 +115,14 @@ pub async fn exec(
     let run_as = resolve_user(user)?;
     let mount = cgroup2_mount()?;
     let targets = config.targets().map_err(ExecError::Config)?;
-    let extra = config.extra_intercepts().map_err(ExecError::Config)?;
 
     let journal = Journal::open(&config.journal.path)?;
     let listeners = Listeners::bind(0).map_err(ExecError::Listen)?;
     let mut programs = Programs::load(None)?;
-    let intercept_all = config.capture.mode.unwrap_or(CaptureMode::All) == CaptureMode::All;
-    programs.configure(&Settings {
-        intercept_all,
-        intercept: targets
-            .iter()
-            .flat_map(|t| t.intercept.iter().copied())
-            .chain(extra)
-            .collect(),
-        udp_allow_all: config.capture.udp == UdpPolicy::Allow,
-        proxy_port4: listeners.port4(),
-        proxy_port6: listeners.port6(),
-    })?;
+    programs.configure(
+        &Settings::from_config(&config, &targets, CaptureMode::All, &listeners)
+            .map_err(ExecError::Config)?,
+    )?;
     let kernel_logs = programs
         .take_logger()
         .map(|l| tokio::spawn(forward_kernel_logs(l)));
@@ -168,6 +159,7 @@ pub async fn exec(
         run_ids: RunIds::Fixed(run_id.clone()),
         connect_timeout: Duration::from_secs(config.proxy.connect_timeout_secs),
         own_addrs: listeners.addrs(),
+        identities: Default::default(),
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(gateway::serve(gateway, listeners, stop_rx));
@@ -184,6 +176,7 @@ pub async fn exec(
         // Sessions whose client just died still journal their close.
         let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
     }
+    journal.flush().await?;
     if let Some(task) = kernel_logs {
         task.abort();
     }

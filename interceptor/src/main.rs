@@ -128,7 +128,7 @@ fn raise_fd_limit() {
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     raise_fd_limit();
-    tokio::runtime::Builder::new_multi_thread()
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")

@@ -20,7 +20,7 @@ use crate::{
         programs::{forward_kernel_logs, link_dir, Programs, Settings},
         CaptureError,
     },
-    config::{CaptureMode, Config, UdpPolicy},
+    config::{CaptureMode, Config},
     exec::{require_root, ExecError},
     gateway::{self, Gateway, Listeners, RunIds},
     journal::Journal,
@@ -114,24 +114,14 @@ pub async fn run(config: Config) -> Result<(), ExecError> {
     require_root("run")?;
     let mount = cgroup2_mount()?;
     let targets = config.targets().map_err(ExecError::Config)?;
-    let extra = config.extra_intercepts().map_err(ExecError::Config)?;
     let cgroups = captured_cgroups(&config, &mount)?;
     let pin_dir: PathBuf = config.capture.pin_dir.clone();
     ensure_bpffs(&pin_dir)?;
 
     let journal = Journal::open(&config.journal.path)?;
     let listeners = Listeners::bind(config.proxy.port).map_err(ExecError::Listen)?;
-    let settings = Settings {
-        intercept_all: config.capture.mode.unwrap_or(CaptureMode::Listed) == CaptureMode::All,
-        intercept: targets
-            .iter()
-            .flat_map(|t| t.intercept.iter().copied())
-            .chain(extra)
-            .collect(),
-        udp_allow_all: config.capture.udp == UdpPolicy::Allow,
-        proxy_port4: listeners.port4(),
-        proxy_port6: listeners.port6(),
-    };
+    let settings = Settings::from_config(&config, &targets, CaptureMode::Listed, &listeners)
+        .map_err(ExecError::Config)?;
 
     let mut programs = if pins_complete(&pin_dir, &cgroups) {
         tracing::info!(pin_dir = %pin_dir.display(), "adopting the pinned capture");
@@ -154,11 +144,12 @@ pub async fn run(config: Config) -> Result<(), ExecError> {
 
     let gateway = Arc::new(Gateway {
         lookup: Arc::new(programs),
-        journal,
+        journal: journal.clone(),
         targets,
         run_ids: RunIds::PerCgroup,
         connect_timeout: Duration::from_secs(config.proxy.connect_timeout_secs),
         own_addrs: listeners.addrs(),
+        identities: Default::default(),
     });
     let port = listeners.port4();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -178,6 +169,7 @@ pub async fn run(config: Config) -> Result<(), ExecError> {
     if let Ok(tracker) = server.await {
         let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
     }
+    journal.flush().await?;
     if let Some(task) = kernel_logs {
         task.abort();
     }

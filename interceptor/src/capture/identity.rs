@@ -6,7 +6,7 @@
 //! the process started before the connection was made; otherwise they are dropped and the
 //! identity is marked `stale` rather than attributing the connection to an unrelated process.
 
-use std::{fs, time::Duration};
+use std::{collections::HashMap, fs, sync::Mutex, time::Duration};
 
 use interceptor_common::ConnRecord;
 use serde::Serialize;
@@ -31,15 +31,52 @@ pub struct Identity {
     pub stale: bool,
 }
 
-impl Identity {
+/// What /proc says about one process incarnation (pid + start time), which cannot change
+/// except for the cmdline; agents open many connections, so this is read once per process.
+#[derive(Debug, Clone, Default)]
+struct ProcDetails {
+    exe: Option<String>,
+    cmdline: Option<String>,
+    cgroup_path: Option<String>,
+    unit: Option<String>,
+}
+
+/// Remembers /proc details per process incarnation and user names per uid. Bounded: it is
+/// simply emptied when full, which only costs a re-read.
+#[derive(Debug, Default)]
+pub struct IdentityCache {
+    processes: Mutex<HashMap<(u32, u64), ProcDetails>>,
+    users: Mutex<HashMap<u32, Option<String>>>,
+}
+
+const CACHE_LIMIT: usize = 4096;
+
+fn cached<K: std::hash::Hash + Eq, V: Clone>(
+    map: &Mutex<HashMap<K, V>>,
+    key: K,
+    load: impl FnOnce() -> V,
+) -> V {
+    if let Some(v) = map.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        return v.clone();
+    }
+    let value = load();
+    let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+    if map.len() >= CACHE_LIMIT {
+        map.clear();
+    }
+    map.insert(key, value.clone());
+    value
+}
+
+impl IdentityCache {
     /// Builds the identity for a connect-time record, reading /proc for the details.
-    pub fn from_record(record: &ConnRecord) -> Identity {
+    pub fn identify(&self, record: &ConnRecord) -> Identity {
         let comm_len = record.comm.iter().position(|&b| b == 0).unwrap_or(16);
         let mut identity = Identity {
             pid: record.tgid,
             uid: record.uid,
             gid: record.gid,
-            user: user_name(record.uid),
+            user: cached(&self.users, record.uid, || user_name(record.uid)),
             comm: String::from_utf8_lossy(&record.comm[..comm_len]).into_owned(),
             cgroup_id: record.cgroup_id,
             ..Identity::default()
@@ -47,20 +84,31 @@ impl Identity {
         match process_start_boot_ns(record.tgid) {
             // A process that started after the connect() cannot be the one that connected.
             Some(start) if start <= record.boot_ns => {
-                identity.start_boot_ns = Some(start);
                 let pid = record.tgid;
-                identity.exe = fs::read_link(format!("/proc/{pid}/exe"))
-                    .ok()
-                    .map(|p| p.display().to_string());
-                identity.cmdline = fs::read(format!("/proc/{pid}/cmdline"))
-                    .ok()
-                    .map(|raw| cmdline_text(&raw));
-                identity.cgroup_path = cgroup_of_pid(pid);
-                identity.unit = identity.cgroup_path.as_deref().and_then(unit_of_cgroup);
+                let details = cached(&self.processes, (pid, start), || read_details(pid));
+                identity.start_boot_ns = Some(start);
+                identity.exe = details.exe;
+                identity.cmdline = details.cmdline;
+                identity.cgroup_path = details.cgroup_path;
+                identity.unit = details.unit;
             }
             _ => identity.stale = true,
         }
         identity
+    }
+}
+
+fn read_details(pid: u32) -> ProcDetails {
+    let cgroup_path = cgroup_of_pid(pid);
+    ProcDetails {
+        exe: fs::read_link(format!("/proc/{pid}/exe"))
+            .ok()
+            .map(|p| p.display().to_string()),
+        cmdline: fs::read(format!("/proc/{pid}/cmdline"))
+            .ok()
+            .map(|raw| cmdline_text(&raw)),
+        unit: cgroup_path.as_deref().and_then(unit_of_cgroup),
+        cgroup_path,
     }
 }
 
@@ -144,7 +192,7 @@ mod tests {
             comm: *b"test\0\0\0\0\0\0\0\0\0\0\0\0",
             ..ConnRecord::default()
         };
-        let identity = Identity::from_record(&record);
+        let identity = IdentityCache::default().identify(&record);
         assert!(!identity.stale);
         assert!(identity.exe.is_some());
         assert_eq!(identity.comm, "test");
@@ -158,7 +206,7 @@ mod tests {
             boot_ns: 1,
             ..ConnRecord::default()
         };
-        let identity = Identity::from_record(&record);
+        let identity = IdentityCache::default().identify(&record);
         assert!(identity.stale);
         assert_eq!(identity.exe, None);
     }

@@ -22,7 +22,10 @@ use aya::{
 use interceptor_common::{self as common, AddrKey, CaptureConfig, ConnRecord};
 
 use super::{cgroup::Cgroup, CaptureError, ConnectionLookup};
-use crate::config::DestPattern;
+use crate::{
+    config::{CaptureMode, Config, DestPattern, Target, UdpPolicy},
+    gateway::Listeners,
+};
 
 /// The object built by `interceptor/build.rs`; the daemon needs no toolchain at run time.
 static EBPF_OBJECT: &[u8] =
@@ -50,6 +53,29 @@ pub struct Settings {
     pub udp_allow_all: bool,
     pub proxy_port4: u16,
     pub proxy_port6: u16,
+}
+
+impl Settings {
+    /// The programs' settings for `config`, steering into `listeners`. `default_mode` applies
+    /// when the config does not choose (`exec`: all; `run`: listed).
+    pub fn from_config(
+        config: &Config,
+        targets: &[Target],
+        default_mode: CaptureMode,
+        listeners: &Listeners,
+    ) -> Result<Settings, String> {
+        Ok(Settings {
+            intercept_all: config.capture.mode.unwrap_or(default_mode) == CaptureMode::All,
+            intercept: targets
+                .iter()
+                .flat_map(|t| t.intercept.iter().copied())
+                .chain(config.extra_intercepts()?)
+                .collect(),
+            udp_allow_all: config.capture.udp == UdpPolicy::Allow,
+            proxy_port4: listeners.port4(),
+            proxy_port6: listeners.port6(),
+        })
+    }
 }
 
 /// Loaded (or adopted) programs and the maps the proxy uses.

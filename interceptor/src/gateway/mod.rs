@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::task::TaskTracker;
 
 use crate::{
-    capture::ConnectionLookup,
+    capture::{identity::IdentityCache, ConnectionLookup},
     config::{DestPattern, Target},
     journal::Journal,
 };
@@ -49,6 +49,7 @@ pub struct Gateway {
     pub connect_timeout: Duration,
     /// The listeners' own addresses: a captured connection to them would loop.
     pub own_addrs: Vec<SocketAddr>,
+    pub identities: IdentityCache,
 }
 
 impl Gateway {

@@ -35,7 +35,7 @@ async fn handle(gateway: Arc<Gateway>, client: TcpStream, peer: SocketAddr) {
         journal_anomaly(&gateway, peer).await;
         return; // dropping `client` closes it
     };
-    let identity = Identity::from_record(&record);
+    let identity = gateway.identities.identify(&record);
     let original_dst = key_addr(&record.dst);
 
     // Phase 2: route.
@@ -75,14 +75,12 @@ async fn handle(gateway: Arc<Gateway>, client: TcpStream, peer: SocketAddr) {
     .await;
 
     // Phase 7: log. Always runs.
+    // Nothing is forwarded after this point, so the close need not hold up the task: it is
+    // queued in order, and shutdown waits for the queue (`Journal::flush`).
     let (up, down) = counters.snapshot();
-    if let Err(e) = gateway
+    gateway
         .journal
-        .close_session(session_id, up, down, outcome, detail.clone())
-        .await
-    {
-        tracing::error!(session_id, error = %e, "could not journal session close");
-    }
+        .record_close(session_id, up, down, outcome, detail.clone());
     tracing::info!(
         session_id,
         outcome = outcome.as_str(),

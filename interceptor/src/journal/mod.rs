@@ -1,9 +1,9 @@
 //! The journal: the host's source of truth for what agents did, in SQLite.
 //!
 //! Why this exists: auditors must be able to reconstruct every session, and the gateway must
-//! never forward something it failed to record. Writes go through one writer thread
-//! ([`Journal`]) that commits in groups: every caller waits for its own commit, but concurrent
-//! callers share one transaction, so "record before forward" stays cheap under load. Readers
+//! never forward something it failed to record. Writes are committed in groups ([`Journal`]):
+//! every caller waits for its own commit, but callers that arrive while a commit is running
+//! share the next transaction, so "record before forward" stays cheap under load. Readers
 //! (the CLI) open the file separately ([`reader`]); WAL lets them read while the daemon writes.
 //!
 //! Schema changes are migrations keyed by `PRAGMA user_version` ([`schema`]).
@@ -13,8 +13,7 @@ pub mod schema;
 
 use std::{
     path::{Path, PathBuf},
-    sync::mpsc,
-    thread,
+    sync::{Arc, Mutex, TryLockError},
     time::SystemTime,
 };
 
@@ -128,6 +127,8 @@ enum Op {
         detail: Option<String>,
     },
     Event(Event),
+    /// Does nothing; answered once everything queued before it is committed.
+    Flush,
 }
 
 struct Request {
@@ -135,36 +136,88 @@ struct Request {
     reply: oneshot::Sender<Result<i64, String>>,
 }
 
-/// Handle to the writer thread. Cheap to clone; every method returns after the commit.
+/// Handle to the journal. Cheap to clone; the async methods return after the commit.
+///
+/// Group commit without a writer thread: a caller queues its request, then tries to become the
+/// committer by taking the connection lock. The committer drains the queue in transactions
+/// until it is empty; callers that find the lock taken just wait for their reply, because the
+/// committer re-checks the queue after releasing the lock. With no contention a write costs
+/// no thread hand-off, which is most of the cost of a short connection.
 #[derive(Clone)]
 pub struct Journal {
-    tx: mpsc::Sender<Request>,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    conn: Mutex<Connection>,
+    queue: Mutex<Vec<Request>>,
 }
 
 /// Upper bound on operations per transaction, so one commit never holds the lock for long.
 const MAX_GROUP: usize = 512;
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 impl Journal {
-    /// Opens (creating and migrating) the journal at `path` and starts the writer thread.
+    /// Opens (creating and migrating) the journal at `path`.
     pub fn open(path: &Path) -> Result<Journal, JournalError> {
         let conn = open_connection(path)?;
-        let (tx, rx) = mpsc::channel::<Request>();
-        thread::Builder::new()
-            .name("journal-writer".into())
-            .spawn(move || writer_loop(conn, rx))
-            .map_err(|source| JournalError::Directory {
-                path: path.to_owned(),
-                source,
-            })?;
-        Ok(Journal { tx })
+        Ok(Journal {
+            inner: Arc::new(Inner {
+                conn: Mutex::new(conn),
+                queue: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    fn enqueue(&self, op: Op) -> oneshot::Receiver<Result<i64, String>> {
+        let (reply, rx) = oneshot::channel();
+        lock(&self.inner.queue).push(Request { op, reply });
+        self.commit_queued();
+        rx
+    }
+
+    /// Commits everything queued, unless another caller is already doing so.
+    fn commit_queued(&self) {
+        loop {
+            let mut conn = match self.inner.conn.try_lock() {
+                Ok(conn) => conn,
+                Err(TryLockError::Poisoned(p)) => p.into_inner(),
+                // The current committer re-checks the queue after unlocking: it will see ours.
+                Err(TryLockError::WouldBlock) => return,
+            };
+            loop {
+                let batch: Vec<Request> = {
+                    let mut queue = lock(&self.inner.queue);
+                    let n = queue.len().min(MAX_GROUP);
+                    queue.drain(..n).collect()
+                };
+                if batch.is_empty() {
+                    break;
+                }
+                let results = apply_batch(&mut conn, &batch);
+                for (req, result) in batch.into_iter().zip(results) {
+                    if let Err(e) = &result {
+                        if req.reply.is_closed() {
+                            // Nobody waits for this one (a queued close): the log is its trace.
+                            tracing::error!(error = %e, "journal write failed");
+                        }
+                    }
+                    let _ = req.reply.send(result);
+                }
+            }
+            drop(conn);
+            // A request queued between our last drain and the unlock found the lock taken.
+            if lock(&self.inner.queue).is_empty() {
+                return;
+            }
+        }
     }
 
     async fn submit(&self, op: Op) -> Result<i64, JournalError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Request { op, reply })
-            .map_err(|_| JournalError::Stopped)?;
-        match rx.await {
+        match self.enqueue(op).await {
             Ok(Ok(id)) => Ok(id),
             Ok(Err(message)) => Err(JournalError::Write(message)),
             Err(_) => Err(JournalError::Stopped),
@@ -208,6 +261,31 @@ impl Journal {
         .map(drop)
     }
 
+    /// Queues a session close without waiting for its commit. Only for records that nothing
+    /// waits on (the session has already stopped forwarding); failures are logged by the
+    /// writer. Call [`Journal::flush`] before exiting.
+    pub fn record_close(
+        &self,
+        id: i64,
+        bytes_up: u64,
+        bytes_down: u64,
+        outcome: Outcome,
+        detail: Option<String>,
+    ) {
+        drop(self.enqueue(Op::CloseSession {
+            id,
+            bytes_up,
+            bytes_down,
+            outcome,
+            detail,
+        }));
+    }
+
+    /// Returns once everything queued so far is committed (or has failed).
+    pub async fn flush(&self) -> Result<(), JournalError> {
+        self.submit(Op::Flush).await.map(drop)
+    }
+
     pub async fn event(&self, event: Event) -> Result<i64, JournalError> {
         self.submit(Op::Event(event)).await
     }
@@ -246,22 +324,6 @@ fn restrict_permissions(path: &Path) {
         let mut p = path.as_os_str().to_owned();
         p.push(suffix);
         let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640));
-    }
-}
-
-fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Request>) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(req) => batch.push(req),
-                Err(_) => break,
-            }
-        }
-        let results = apply_batch(&mut conn, &batch);
-        for (req, result) in batch.into_iter().zip(results) {
-            let _ = req.reply.send(result);
-        }
     }
 }
 
@@ -394,6 +456,7 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &Op) -> rusqlite::Result<i64> {
             Ok(*id)
         }
         Op::Event(event) => insert_event(tx, event, &now),
+        Op::Flush => Ok(0),
     }
 }
 

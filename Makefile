@@ -1,0 +1,66 @@
+# interceptor: the two commands that matter are `make demo` and `make test`.
+#
+#   make bootstrap  idempotent machine set-up (apt packages, nightly + rust-src, bpf-linker, venv)
+#   make build      bootstrap, then the release binary (build.rs compiles the eBPF object)
+#   make demo       build, then capture one python client on loopback and show the journal
+#   make test       build, then the whole workspace test suite (needs root; uses sudo -E if not)
+#   make bench      scripts/bench.sh, once it exists
+#   make lint       rustfmt check and clippy with warnings as errors
+#   make clean      cargo clean
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := build
+
+# cargo, rustup and bpf-linker live in ~/.cargo/bin; build.rs needs bpf-linker on PATH.
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+
+CARGO ?= cargo
+ROOT := $(CURDIR)
+
+# Tests attach eBPF programs and create cgroups: they run as root. Compiling does not, so a
+# non-root user compiles as themselves and only the test run goes through sudo.
+ifeq ($(shell id -u),0)
+AS_ROOT :=
+else
+# HOME, CARGO_HOME and RUSTUP_HOME are pinned so root reuses this user's toolchains and build.
+AS_ROOT := sudo -E env PATH="$(PATH)" HOME="$(HOME)" \
+	CARGO_HOME="$(or $(CARGO_HOME),$(HOME)/.cargo)" RUSTUP_HOME="$(or $(RUSTUP_HOME),$(HOME)/.rustup)"
+endif
+
+.PHONY: bootstrap build demo test bench lint clean
+
+bootstrap:
+	"$(ROOT)/scripts/bootstrap.sh"
+
+build: bootstrap
+	$(CARGO) build --release -p interceptor
+
+demo: build
+	"$(ROOT)/scripts/demo.sh"
+
+# interceptor-ebpf only builds for the BPF target (interceptor's build.rs does that); on the host
+# its no_std panic handler collides with std's, so --workspace leaves it out explicitly.
+WORKSPACE := --workspace --exclude interceptor-ebpf
+
+test: build
+	$(CARGO) build $(WORKSPACE)
+	$(CARGO) test $(WORKSPACE) --no-run
+	$(AS_ROOT) $(if $(CI),CI="$(CI)") INTERCEPTOR_BIN="$(ROOT)/target/debug/interceptor" \
+		$(CARGO) test $(WORKSPACE) -- --test-threads=1
+
+# Placeholder until the benchmark issue lands scripts/bench.sh.
+bench:
+	@if [ -x "$(ROOT)/scripts/bench.sh" ]; then \
+		$(MAKE) --no-print-directory build && "$(ROOT)/scripts/bench.sh"; \
+	else \
+		echo "bench: scripts/bench.sh does not exist yet (benchmarks arrive with a later issue)"; \
+	fi
+
+# clippy compiles interceptor's build.rs, which needs the eBPF toolchain from bootstrap.
+lint: bootstrap
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,147 @@
+//! `interceptor run` (service mode): captures a configured cgroup through pinned programs;
+//! while the daemon is down the cgroup's connects are refused (fail closed, never direct);
+//! a restarted daemon adopts the pins and capture works again.
+
+use std::time::Duration;
+
+use interceptor_tests::*;
+
+/// argv: host, port. Reports status "ok" (+ echo result), "refused" or "error".
+const SERVICE_CLIENT: &str = r#"
+host, port = sys.argv[1], int(sys.argv[2])
+try:
+    r = echo_once(socket.AF_INET, (host, port), payload(1500, port), timeout=10)
+    report(status="ok", **r)
+except ConnectionRefusedError:
+    report(status="refused")
+except Exception as e:
+    report(status="error", error=repr(e))
+"#;
+
+const PAYLOAD_LEN: u64 = 1500;
+
+fn client_in_cgroup(cg: &CgroupDir, echo: &EchoServer) -> Value {
+    let out = run_python_in_cgroup(
+        cg,
+        SERVICE_CLIENT,
+        &["127.0.0.2".into(), echo.port().to_string()],
+        Duration::from_secs(40),
+    );
+    assert!(out.success(), "{}", out.describe());
+    out.json()
+}
+
+/// The journal gets a finished session for the client's pid with the right destination/bytes.
+fn assert_journaled(cfg: &TempConfig, client: &Value, echo: &EchoServer) {
+    let pid = client["pid"].clone();
+    let rows = wait_sessions(cfg, None, Duration::from_secs(15), |rows| {
+        rows.iter().any(|s| s["pid"] == pid && session_finished(s))
+    });
+    let mine: Vec<&Value> = rows.iter().filter(|s| s["pid"] == pid).collect();
+    assert_eq!(
+        mine.len(),
+        1,
+        "one session for client pid {pid}\n{}",
+        pretty_rows(&rows)
+    );
+    let s = mine[0];
+    assert_eq!(
+        s["original_dst"],
+        json!(format!("127.0.0.2:{}", echo.port())),
+        "{}",
+        pretty(s)
+    );
+    assert_eq!(s["bytes_up"], json!(PAYLOAD_LEN), "{}", pretty(s));
+    assert_eq!(s["bytes_down"], json!(PAYLOAD_LEN), "{}", pretty(s));
+    assert_eq!(s["outcome"], json!("closed"), "{}", pretty(s));
+    assert_eq!(s["uid"], client["uid"], "{}", pretty(s));
+}
+
+#[test]
+fn service_captures_cgroup_fails_closed_while_down_and_adopts_pins_on_restart() {
+    require_root!();
+    // Declaration order = reverse drop order: daemon killed first, then detach + rm pins,
+    // then the cgroup's processes killed and the cgroup removed.
+    let cgroup = CgroupDir::new(&unique_name("interceptor-test"));
+    let cfg = TempConfig::new("");
+    let pins = PinDir::new(&cfg.path);
+    let port = free_port();
+    cfg.write(&format!(
+        "{}\n[proxy]\nport = {port}\n\n[capture]\nmode = \"all\"\ncgroups = [\"{}\"]\npin_dir = \"{}\"\n",
+        cfg.journal_section(),
+        cgroup.relative(),
+        pins.path.display()
+    ));
+    let echo = EchoServer::start("127.0.0.2");
+
+    // 1. Daemon up: a process in the cgroup is captured and journaled.
+    let daemon = Daemon::start(&cfg);
+    assert!(
+        pins.path.exists(),
+        "pin_dir {} not created",
+        pins.path.display()
+    );
+    let c1 = client_in_cgroup(&cgroup, &echo);
+    assert_eq!(c1["status"], json!("ok"), "{}", pretty(&c1));
+    assert_eq!(c1["echoed"], json!(true), "{}", pretty(&c1));
+    assert_eq!(
+        c1["peer"],
+        json!(["127.0.0.2", echo.port()]),
+        "{}",
+        pretty(&c1)
+    );
+    assert_eq!(echo.accepted(), 1);
+    assert_ne!(
+        echo.peers()[0].port() as u64,
+        c1["local"][1].as_u64().unwrap(),
+        "echo server saw the client's own socket: not relayed"
+    );
+    assert_journaled(&cfg, &c1, &echo);
+
+    // 2. Daemon crashes: capture stays pinned, connects are refused, nothing goes direct.
+    let log = daemon.kill();
+    assert!(pins.path.exists(), "pins must outlive the daemon\n{log}");
+    let c2 = client_in_cgroup(&cgroup, &echo);
+    assert_eq!(
+        c2["status"],
+        json!("refused"),
+        "connect from the captured cgroup while the daemon is down: {}",
+        pretty(&c2)
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        echo.accepted(),
+        1,
+        "the echo server got a connection while the daemon was down (sent direct): {:?}",
+        echo.peers()
+    );
+
+    // 3. Restart with the same config: adopts the pins, capture works again.
+    let daemon = Daemon::start(&cfg);
+    let c3 = client_in_cgroup(&cgroup, &echo);
+    assert_eq!(c3["status"], json!("ok"), "after restart: {}", pretty(&c3));
+    assert_eq!(c3["echoed"], json!(true), "{}", pretty(&c3));
+    assert_eq!(echo.accepted(), 2);
+    assert_journaled(&cfg, &c3, &echo);
+    assert!(daemon.log().contains("capture ready"));
+    drop(daemon);
+
+    // 4. detach removes the capture: the cgroup's connects then go direct (not refused).
+    let out = run_command(
+        {
+            let mut c = interceptor_cmd(Some(&cfg));
+            c.arg("detach");
+            c
+        },
+        Duration::from_secs(30),
+    );
+    assert!(out.success(), "detach failed\n{}", out.describe());
+    let c4 = client_in_cgroup(&cgroup, &echo);
+    assert_eq!(c4["status"], json!("ok"), "after detach: {}", pretty(&c4));
+    assert_eq!(echo.accepted(), 3);
+    assert_eq!(
+        echo.peers()[2].port() as u64,
+        c4["local"][1].as_u64().unwrap(),
+        "after detach the connection should go direct"
+    );
+}
