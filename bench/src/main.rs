@@ -66,8 +66,12 @@ fn main() -> anyhow::Result<()> {
         Command::Serve { addr, mode, bytes } => serve(addr, &mode, bytes),
         Command::Setup { addr, count } => {
             require_loopback(addr)?;
+            let mut in_connect = Duration::ZERO;
             let (done, elapsed) = repeat(count, || {
+                // socket() + connect(): where the capture hooks run.
+                let started = Instant::now();
                 let mut stream = TcpStream::connect(addr)?;
+                in_connect += started.elapsed();
                 let mut got = Vec::with_capacity(1);
                 stream.read_to_end(&mut got)?;
                 if got != b"x" {
@@ -77,7 +81,7 @@ fn main() -> anyhow::Result<()> {
                 }
                 Ok(())
             })?;
-            report("setup", done, elapsed, None)
+            report("setup", done, elapsed, None, Some(in_connect))
         }
         Command::Bulk { addr, bytes } => {
             require_loopback(addr)?;
@@ -97,7 +101,7 @@ fn main() -> anyhow::Result<()> {
             if total != bytes {
                 bail!("received {total} bytes, expected {bytes}");
             }
-            report("bulk", 1, elapsed, Some(total))
+            report("bulk", 1, elapsed, Some(total), None)
         }
     }
 }
@@ -115,7 +119,13 @@ fn repeat(
     Ok((done, start.elapsed()))
 }
 
-fn report(workload: &str, ops: u64, elapsed: Duration, bytes: Option<u64>) -> anyhow::Result<()> {
+fn report(
+    workload: &str,
+    ops: u64,
+    elapsed: Duration,
+    bytes: Option<u64>,
+    in_connect: Option<Duration>,
+) -> anyhow::Result<()> {
     let secs = elapsed.as_secs_f64();
     let mut line = serde_json::json!({
         "workload": workload,
@@ -123,6 +133,9 @@ fn report(workload: &str, ops: u64, elapsed: Duration, bytes: Option<u64>) -> an
         "seconds": secs,
         "ops_per_sec": ops as f64 / secs,
     });
+    if let Some(t) = in_connect {
+        line["connects_per_sec"] = (ops as f64 / t.as_secs_f64()).into();
+    }
     if let Some(bytes) = bytes {
         line["bytes"] = bytes.into();
         line["mb_per_sec"] = (bytes as f64 / secs / 1e6).into();

@@ -145,3 +145,57 @@ fn service_captures_cgroup_fails_closed_while_down_and_adopts_pins_on_restart() 
         "after detach the connection should go direct"
     );
 }
+
+/// A connection that reaches the proxy without passing through the capture hooks (here: a
+/// process outside the cgroup dialing the listener directly) has no record: it is closed
+/// without being relayed and journaled as an anomaly.
+#[test]
+fn connection_without_capture_record_is_closed_and_journaled_as_anomaly() {
+    require_root!();
+    let cgroup = CgroupDir::new(&unique_name("interceptor-test"));
+    let cfg = TempConfig::new("");
+    let pins = PinDir::new(&cfg.path);
+    let port = free_port();
+    cfg.write(&format!(
+        "{}\n[proxy]\nport = {port}\n\n[capture]\nmode = \"all\"\ncgroups = [\"{}\"]\npin_dir = \"{}\"\n",
+        cfg.journal_section(),
+        cgroup.relative(),
+        pins.path.display()
+    ));
+    let _daemon = Daemon::start(&cfg);
+
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to proxy");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let _ = stream.write_all(b"hello?");
+    let mut buf = [0u8; 16];
+    // EOF or a reset: either way nothing comes back and the proxy hung up.
+    let n = stream.read(&mut buf).unwrap_or(0);
+    assert_eq!(
+        n, 0,
+        "the proxy answered a connection it could not attribute"
+    );
+
+    let rows = wait_sessions(&cfg, None, Duration::from_secs(15), |rows| {
+        rows.iter().any(|s| s["outcome"] == json!("anomaly"))
+    });
+    let anomaly = rows
+        .iter()
+        .find(|s| s["outcome"] == json!("anomaly"))
+        .expect("anomaly session");
+    assert_eq!(anomaly["bytes_up"], json!(0), "{}", pretty(anomaly));
+    assert_eq!(
+        anomaly["original_dst"],
+        json!("unknown"),
+        "{}",
+        pretty(anomaly)
+    );
+    assert_eq!(
+        anomaly["client_addr"],
+        json!(stream.local_addr().expect("local").to_string()),
+        "{}",
+        pretty(anomaly)
+    );
+}

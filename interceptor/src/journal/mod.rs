@@ -164,25 +164,32 @@ impl Journal {
     /// Opens (creating and migrating) the journal at `path`.
     pub fn open(path: &Path) -> Result<Journal, JournalError> {
         let conn = open_connection(path)?;
-        Ok(Journal {
-            inner: Arc::new(Inner {
-                conn: Mutex::new(conn),
-                queue: Mutex::new(Vec::new()),
-            }),
-        })
+        let inner = Arc::new(Inner {
+            conn: Mutex::new(conn),
+            queue: Mutex::new(Vec::new()),
+        });
+        start_checkpointer(path, Arc::downgrade(&inner))?;
+        Ok(Journal { inner })
     }
 
     fn enqueue(&self, op: Op) -> oneshot::Receiver<Result<i64, String>> {
+        let rx = self.inner.queue_only(op);
+        self.inner.commit_queued();
+        rx
+    }
+}
+
+impl Inner {
+    fn queue_only(&self, op: Op) -> oneshot::Receiver<Result<i64, String>> {
         let (reply, rx) = oneshot::channel();
-        lock(&self.inner.queue).push(Request { op, reply });
-        self.commit_queued();
+        lock(&self.queue).push(Request { op, reply });
         rx
     }
 
     /// Commits everything queued, unless another caller is already doing so.
     fn commit_queued(&self) {
         loop {
-            let mut conn = match self.inner.conn.try_lock() {
+            let mut conn = match self.conn.try_lock() {
                 Ok(conn) => conn,
                 Err(TryLockError::Poisoned(p)) => p.into_inner(),
                 // The current committer re-checks the queue after unlocking: it will see ours.
@@ -190,7 +197,7 @@ impl Journal {
             };
             loop {
                 let batch: Vec<Request> = {
-                    let mut queue = lock(&self.inner.queue);
+                    let mut queue = lock(&self.queue);
                     let n = queue.len().min(MAX_GROUP);
                     queue.drain(..n).collect()
                 };
@@ -210,12 +217,14 @@ impl Journal {
             }
             drop(conn);
             // A request queued between our last drain and the unlock found the lock taken.
-            if lock(&self.inner.queue).is_empty() {
+            if lock(&self.queue).is_empty() {
                 return;
             }
         }
     }
+}
 
+impl Journal {
     async fn submit(&self, op: Op) -> Result<i64, JournalError> {
         match self.enqueue(op).await {
             Ok(Ok(id)) => Ok(id),
@@ -272,7 +281,9 @@ impl Journal {
         outcome: Outcome,
         detail: Option<String>,
     ) {
-        drop(self.enqueue(Op::CloseSession {
+        // Not committed here: it rides along with the next commit (usually the next session's
+        // open), or the background thread's within CHECKPOINT_EVERY. One commit per session.
+        drop(self.inner.queue_only(Op::CloseSession {
             id,
             bytes_up,
             bytes_down,
@@ -312,10 +323,53 @@ pub(crate) fn open_connection(path: &Path) -> Result<Connection, JournalError> {
         .map_err(open_err)?;
     conn.pragma_update(None, "foreign_keys", "ON")
         .map_err(open_err)?;
+    conn.pragma_update(None, "wal_autocheckpoint", FALLBACK_CHECKPOINT_PAGES)
+        .map_err(open_err)?;
+    // Reads of b-tree pages through mmap instead of a pread per page per transaction.
+    conn.pragma_update(None, "mmap_size", 256i64 << 20)
+        .map_err(open_err)?;
     schema::migrate(&mut conn, path)?;
     restrict_permissions(path);
     Ok(conn)
 }
+
+/// How often the background thread commits queued closes.
+const COMMIT_QUEUED_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+/// How often it folds the WAL back into the database.
+const CHECKPOINT_EVERY: u32 = 10;
+
+/// Checkpoints (and their fsync) run here, off the commit path that connections wait on. The
+/// committing connection only checkpoints itself as a fallback, when the WAL grows past
+/// [`FALLBACK_CHECKPOINT_PAGES`], e.g. if this thread could not keep up. It also commits
+/// records nobody waits for (session closes) when no other commit has taken them along.
+fn start_checkpointer(path: &Path, journal: std::sync::Weak<Inner>) -> Result<(), JournalError> {
+    let conn = open_connection(path)?;
+    std::thread::Builder::new()
+        .name("journal-checkpoint".into())
+        .spawn(move || {
+            for tick in 1u32.. {
+                std::thread::sleep(COMMIT_QUEUED_EVERY);
+                let Some(inner) = journal.upgrade() else {
+                    return;
+                };
+                inner.commit_queued();
+                drop(inner);
+                if tick % CHECKPOINT_EVERY == 0 {
+                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                    {
+                        tracing::warn!(error = %e, "journal checkpoint failed");
+                    }
+                }
+            }
+        })
+        .map(drop)
+        .map_err(|source| JournalError::Directory {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+const FALLBACK_CHECKPOINT_PAGES: i64 = 20_000;
 
 /// The journal holds who did what: readable by root (and the file's group) only.
 fn restrict_permissions(path: &Path) {
@@ -407,16 +461,6 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &Op) -> rusqlite::Result<i64> {
                 ],
             )?;
             let id = tx.last_insert_rowid();
-            insert_event(
-                tx,
-                &Event {
-                    session_id: Some(id),
-                    kind: "connect",
-                    decision: None,
-                    detail: serde_json::json!({ "original_dst": s.original_dst, "upstream": s.upstream }),
-                },
-                &now,
-            )?;
             Ok(id)
         }
         Op::CloseSession {
@@ -437,21 +481,6 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &Op) -> rusqlite::Result<i64> {
                     detail,
                     now
                 ],
-            )?;
-            insert_event(
-                tx,
-                &Event {
-                    session_id: Some(*id),
-                    kind: "close",
-                    decision: None,
-                    detail: serde_json::json!({
-                        "outcome": outcome.as_str(),
-                        "bytes_up": bytes_up,
-                        "bytes_down": bytes_down,
-                        "detail": detail,
-                    }),
-                },
-                &now,
             )?;
             Ok(*id)
         }

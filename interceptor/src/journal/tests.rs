@@ -107,9 +107,45 @@ async fn an_unwritable_journal_reports_errors_instead_of_pretending() {
     let journal = Journal::open(&path).expect("open");
     // Break the schema underneath the writer: every write must now fail loudly.
     let conn = open_connection(&path).expect("side connection");
-    conn.execute_batch("DROP TABLE events").expect("drop");
+    conn.execute_batch("DROP TABLE events; DROP TABLE sessions")
+        .expect("drop");
     assert!(journal
         .open_session(session("r", "127.0.0.2:7"))
         .await
         .is_err());
+}
+
+#[tokio::test]
+async fn queued_closes_are_committed_by_flush_or_in_the_background() {
+    let (_dir, path) = temp_journal();
+    let journal = Journal::open(&path).expect("open");
+    let conn = open_read_only(&path).expect("reader");
+    let a = journal
+        .open_session(session("r", "127.0.0.2:7"))
+        .await
+        .expect("a");
+    journal.record_close(a, 1, 2, Outcome::Closed, None);
+    journal.flush().await.expect("flush");
+    let rows = list_sessions(&conn, &SessionFilter::default()).expect("list");
+    assert_eq!(rows[0].outcome.as_deref(), Some("closed"));
+
+    // Nobody commits after this close: the background thread must.
+    let b = journal
+        .open_session(session("r", "127.0.0.2:7"))
+        .await
+        .expect("b");
+    journal.record_close(b, 3, 4, Outcome::Error, Some("reset".to_owned()));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let rows = list_sessions(&conn, &SessionFilter::default()).expect("list");
+        if rows[1].outcome.as_deref() == Some("error") {
+            assert_eq!((rows[1].bytes_up, rows[1].bytes_down), (3, 4));
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "queued close never committed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }

@@ -91,11 +91,16 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
 }
 
 async fn pump(from: &TcpStream, to: &TcpStream, counter: &AtomicU64) -> io::Result<()> {
-    let pipe = Pipe::new()?;
+    // Created on the first data, not up front: many connections only ever talk one way.
+    let mut pipe: Option<Pipe> = None;
     loop {
         // Fill the pipe from the source socket. The pipe is always empty here.
         let n = loop {
             from.readable().await?;
+            let pipe = match &pipe {
+                Some(pipe) => pipe,
+                None => pipe.insert(Pipe::new()?),
+            };
             match from.try_io(Interest::READABLE, || {
                 splice(from.as_raw_fd(), pipe.write.as_raw_fd(), CHUNK)
             }) {
@@ -110,6 +115,9 @@ async fn pump(from: &TcpStream, to: &TcpStream, counter: &AtomicU64) -> io::Resu
             unsafe { libc::shutdown(to.as_raw_fd(), libc::SHUT_WR) };
             return Ok(());
         }
+        let Some(pipe) = &pipe else {
+            return Err(io::Error::other("splice buffer missing"));
+        };
         // Drain the pipe into the destination socket.
         let mut left = n;
         while left > 0 {
