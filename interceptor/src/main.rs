@@ -3,7 +3,6 @@
 
 use std::{io::IsTerminal as _, path::PathBuf, process::ExitCode};
 
-use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use interceptor::{
     config::{Config, DEFAULT_CONFIG_PATH},
@@ -109,7 +108,8 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("interceptor: {e:#}");
+            // Our error types already include their causes in their messages.
+            eprintln!("interceptor: {e}");
             ExitCode::from(2)
         }
     }
@@ -131,7 +131,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .context("starting the async runtime")
+        .map_err(|e| anyhow::anyhow!("starting the async runtime: {e}"))
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {

@@ -46,7 +46,9 @@ pub enum JournalError {
         found: i64,
         supported: i64,
     },
-    /// The writer thread is gone (it failed or the daemon is shutting down).
+    #[error("no journal at {0}: nothing recorded yet, or another --config / [journal] path")]
+    Missing(PathBuf),
+    /// The journal handle is gone (the daemon is shutting down).
     #[error("the journal writer has stopped")]
     Stopped,
 }

@@ -53,10 +53,7 @@ pub fn open_read_only(path: &Path) -> Result<Connection, JournalError> {
         source,
     };
     if !path.exists() {
-        return Err(JournalError::Open {
-            path: path.to_owned(),
-            source: rusqlite::Error::InvalidPath(path.to_owned()),
-        });
+        return Err(JournalError::Missing(path.to_owned()));
     }
     let conn = Connection::open_with_flags(
         path,
