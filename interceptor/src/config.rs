@@ -33,9 +33,14 @@ pub enum ConfigError {
         column: usize,
         message: String,
     },
-    /// Well-formed TOML whose values don't make sense together.
-    #[error("{path}: {message}")]
-    Invalid { path: PathBuf, message: String },
+    /// Well-formed TOML whose values don't make sense (together). `line` is where the
+    /// offending value is, when it can be found.
+    #[error("{path}{}: {message}", line.map(|l| format!(":{l}")).unwrap_or_default())]
+    Invalid {
+        path: PathBuf,
+        line: Option<usize>,
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -47,8 +52,30 @@ pub struct Config {
     pub proxy: ProxyConfig,
     #[serde(default)]
     pub capture: CaptureConfig,
+    #[serde(default)]
+    pub state: StateConfig,
     #[serde(default, rename = "target")]
     pub targets: Vec<TargetConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// Where the daemon keeps what it creates for itself (the local CA for client-side TLS).
+    #[serde(default = "default_state_dir")]
+    pub dir: PathBuf,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            dir: default_state_dir(),
+        }
+    }
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/interceptor")
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -162,17 +189,20 @@ pub enum Protocol {
     /// Plain TCP relay: the connection itself is the command.
     #[default]
     Tcp,
+    /// PostgreSQL v3 wire protocol: every statement is a command.
+    Postgres,
 }
 
 impl Protocol {
     pub fn as_str(self) -> &'static str {
         match self {
             Protocol::Tcp => "tcp",
+            Protocol::Postgres => "postgres",
         }
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct TargetConfig {
     pub name: String,
@@ -183,6 +213,102 @@ pub struct TargetConfig {
     pub intercept: Vec<String>,
     /// Where the gateway connects instead (default: the dialed address).
     pub upstream: Option<String>,
+    /// Largest protocol message accepted in either direction; larger ends the session.
+    pub max_message_bytes: Option<usize>,
+    /// Credentials the gateway uses upstream instead of the client's (the client never sees them).
+    pub credentials: Option<CredentialsConfig>,
+    /// TLS on the gateway's upstream leg.
+    #[serde(default)]
+    pub tls: UpstreamTlsConfig,
+    /// How the client authenticates to the gateway when `credentials` are set.
+    #[serde(default)]
+    pub local_auth: LocalAuthConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialsConfig {
+    pub user: String,
+    /// Exactly one of these names the password's source.
+    pub password_file: Option<PathBuf>,
+    pub password_env: Option<String>,
+    /// A file name inside systemd's `$CREDENTIALS_DIRECTORY` (LoadCredential=).
+    pub password_credential: Option<String>,
+    /// Connect to this database instead of the one the client asked for.
+    pub database: Option<String>,
+}
+
+/// Where a secret comes from. Resolved at start-up (so a missing file stops the daemon with a
+/// clear error) and read again for each connection (so rotation needs no restart).
+#[derive(Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    File(PathBuf),
+    Env(String),
+}
+
+impl std::fmt::Debug for SecretSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SecretSource::File(p) => write!(f, "file {}", p.display()),
+            SecretSource::Env(v) => write!(f, "env ${v}"),
+        }
+    }
+}
+
+impl SecretSource {
+    /// Reads the secret. Trailing newlines (as `echo` writes them) are not part of it.
+    pub fn read(&self) -> Result<String, String> {
+        let raw =
+            match self {
+                SecretSource::File(path) => std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read {path:?}: {e}"))?,
+                SecretSource::Env(var) => std::env::var(var)
+                    .map_err(|_| format!("environment variable {var} is not set"))?,
+            };
+        Ok(raw.trim_end_matches(['\n', '\r']).to_owned())
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpstreamTlsMode {
+    Disable,
+    /// TLS if the server offers it, plaintext otherwise; certificates are not checked.
+    #[default]
+    Prefer,
+    /// TLS or nothing; certificates are not checked.
+    Require,
+    /// TLS with the certificate chain and host name checked.
+    VerifyFull,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsConfig {
+    #[serde(default)]
+    pub mode: UpstreamTlsMode,
+    /// CA bundle (PEM) for verify-full; default: the system's trust store.
+    pub ca_file: Option<PathBuf>,
+    /// Name to verify; default: the upstream host.
+    pub server_name: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LocalAuthMode {
+    /// The kernel already told us who the caller is.
+    #[default]
+    Trust,
+    /// The client must present `password_file`'s password (cleartext, on the loopback leg).
+    Password,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LocalAuthConfig {
+    #[serde(default)]
+    pub mode: LocalAuthMode,
+    pub password_file: Option<PathBuf>,
 }
 
 /// A destination pattern from `intercept` lists: an exact address, or any address on a port.
@@ -224,23 +350,85 @@ pub fn normalize(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-/// A target after validation: patterns parsed, upstream resolved to an address.
+/// A target after validation: patterns parsed, upstream resolved to an address, secret
+/// sources checked.
 #[derive(Debug, Clone)]
 pub struct Target {
     pub name: String,
     pub protocol: Protocol,
     pub intercept: Vec<DestPattern>,
     pub upstream: Option<SocketAddr>,
+    pub max_message_bytes: usize,
+    pub credentials: Option<Credentials>,
+    pub tls: UpstreamTlsConfig,
+    /// `Some` when clients must present this password to the gateway.
+    pub local_password: Option<SecretSource>,
+}
+
+/// Validated upstream credentials. The password is only read when a connection needs it.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub user: String,
+    pub password: SecretSource,
+    pub database: Option<String>,
+}
+
+/// 64 MiB: larger than any sane statement or row, small enough that one client cannot make
+/// the gateway buffer gigabytes.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+impl CredentialsConfig {
+    fn validate(&self) -> Result<Credentials, String> {
+        let sources = [
+            self.password_file.clone().map(SecretSource::File),
+            self.password_env.clone().map(SecretSource::Env),
+            self.password_credential.as_ref().map(|name| {
+                let dir = std::env::var_os("CREDENTIALS_DIRECTORY").unwrap_or_default();
+                SecretSource::File(Path::new(&dir).join(name))
+            }),
+        ];
+        let mut given = sources.into_iter().flatten();
+        let password = given.next().ok_or(
+            "credentials: one of password_file, password_env or password_credential is required",
+        )?;
+        if given.next().is_some() {
+            return Err(
+                "credentials: give only one of password_file, password_env, password_credential"
+                    .to_owned(),
+            );
+        }
+        // Fail at start-up, not at the first connection.
+        password.read().map_err(|e| format!("credentials: {e}"))?;
+        Ok(Credentials {
+            user: self.user.clone(),
+            password,
+            database: self.database.clone(),
+        })
+    }
 }
 
 impl Config {
+    /// The configuration without any file: PostgreSQL on its standard port is understood (and
+    /// journaled statement by statement) with the client's own credentials passing through.
+    pub fn embedded() -> Config {
+        Config {
+            targets: vec![TargetConfig {
+                name: "postgres".to_owned(),
+                protocol: Protocol::Postgres,
+                intercept: vec!["*:5432".to_owned()],
+                ..TargetConfig::default()
+            }],
+            ..Config::default()
+        }
+    }
+
     /// Loads `path`. A missing file at the default path means "embedded defaults"; a missing file
     /// the operator named explicitly is an error.
     pub fn load(path: &Path, explicit: bool) -> Result<Config, ConfigError> {
         match std::fs::read_to_string(path) {
             Ok(text) => Config::parse(&text, path),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
-                Ok(Config::default())
+                Ok(Config::embedded())
             }
             Err(source) => Err(ConfigError::Read {
                 path: path.to_owned(),
@@ -262,16 +450,13 @@ impl Config {
                 message: e.message().to_owned(),
             }
         })?;
-        config.targets().map_err(|message| ConfigError::Invalid {
+        let invalid = |message: String| ConfigError::Invalid {
             path: path.to_owned(),
+            line: line_of_quoted_value(text, &message),
             message,
-        })?;
-        config
-            .extra_intercepts()
-            .map_err(|message| ConfigError::Invalid {
-                path: path.to_owned(),
-                message,
-            })?;
+        };
+        config.targets().map_err(invalid)?;
+        config.extra_intercepts().map_err(invalid)?;
         Ok(config)
     }
 
@@ -301,11 +486,48 @@ impl Config {
                         })
                     })
                     .transpose()?;
+                let credentials = t
+                    .credentials
+                    .as_ref()
+                    .map(CredentialsConfig::validate)
+                    .transpose()
+                    .map_err(|e| format!("target {:?}: {e}", t.name))?;
+                let local_password = match t.local_auth.mode {
+                    LocalAuthMode::Trust => None,
+                    LocalAuthMode::Password => {
+                        let path = t.local_auth.password_file.clone().ok_or_else(|| {
+                            format!(
+                                "target {:?}: local_auth: mode \"password\" needs password_file",
+                                t.name
+                            )
+                        })?;
+                        let source = SecretSource::File(path);
+                        source
+                            .read()
+                            .map_err(|e| format!("target {:?}: local_auth: {e}", t.name))?;
+                        Some(source)
+                    }
+                };
+                if t.tls.ca_file.as_ref().is_some_and(|p| !p.exists()) {
+                    return Err(format!(
+                        "target {:?}: tls.ca_file {} does not exist",
+                        t.name,
+                        t.tls
+                            .ca_file
+                            .as_ref()
+                            .map(|p| p.display().to_string())
+                            .unwrap_or_default()
+                    ));
+                }
                 Ok(Target {
                     name: t.name.clone(),
                     protocol: t.protocol,
                     intercept,
                     upstream,
+                    max_message_bytes: t.max_message_bytes.unwrap_or(DEFAULT_MAX_MESSAGE_BYTES),
+                    credentials,
+                    tls: t.tls.clone(),
+                    local_password,
                 })
             })
             .collect()
@@ -318,6 +540,17 @@ impl Config {
             .map(|p| DestPattern::parse(p).map_err(|e| format!("capture.intercept: {e}")))
             .collect()
     }
+}
+
+/// The line of the last quoted value a validation message names (`"…"`), if it appears in
+/// the file: points the operator at the offending line, not just the offending target.
+fn line_of_quoted_value(text: &str, message: &str) -> Option<usize> {
+    let mut quoted = message.split('"').skip(1).step_by(2).collect::<Vec<_>>();
+    quoted.reverse();
+    quoted.into_iter().filter(|q| !q.is_empty()).find_map(|q| {
+        let needle = format!("\"{q}\"");
+        text.find(&needle).map(|at| line_and_column(text, at).0)
+    })
 }
 
 /// 1-based line and column of a byte offset, for error messages.

@@ -117,6 +117,8 @@ pub async fn exec(
     let targets = config.targets().map_err(ExecError::Config)?;
 
     let journal = Journal::open(&config.journal.path)?;
+    let protocols = crate::protocol::Shared::new(&targets, &config.state.dir)
+        .map_err(|e| ExecError::Config(e.to_string()))?;
     let listeners = Listeners::bind(0).map_err(ExecError::Listen)?;
     let mut programs = Programs::load(None)?;
     programs.configure(
@@ -160,6 +162,7 @@ pub async fn exec(
         connect_timeout: Duration::from_secs(config.proxy.connect_timeout_secs),
         own_addrs: listeners.addrs(),
         identities: Default::default(),
+        protocols,
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(gateway::serve(gateway, listeners, stop_rx));

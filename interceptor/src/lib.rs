@@ -9,12 +9,14 @@
 //! - [`capture`]: eBPF programs on the agent's cgroup steer its connections into the proxy and
 //!   say who made them.
 //! - [`gateway`]: loopback listeners; every connection runs the phases in [`gateway::session`].
-//! - [`protocol`]: what happens to the bytes of a session (plain TCP today).
+//! - [`protocol`]: what happens to the bytes of a session (plain TCP, PostgreSQL), speaking to
+//!   the rest only through the [`command`] seam.
 //! - [`journal`]: SQLite, committed before forwarding.
 //! - [`exec`] and [`service`]: the two ways to put an agent under the gate.
 //! - [`config`]: the one TOML file, with embedded defaults.
 
 pub mod capture;
+pub mod command;
 pub mod config;
 pub mod doctor;
 pub mod exec;
@@ -22,3 +24,4 @@ pub mod gateway;
 pub mod journal;
 pub mod protocol;
 pub mod service;
+pub mod tls;

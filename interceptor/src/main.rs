@@ -6,7 +6,10 @@ use std::{io::IsTerminal as _, path::PathBuf, process::ExitCode};
 use clap::{Parser, Subcommand};
 use interceptor::{
     config::{Config, DEFAULT_CONFIG_PATH},
-    journal::reader::{list_sessions, open_read_only, SessionFilter, SessionRow},
+    journal::reader::{
+        get_session, list_sessions, open_read_only, session_events, EventRow, SessionFilter,
+        SessionRow,
+    },
 };
 
 #[derive(Parser)]
@@ -77,6 +80,14 @@ enum SessionsCommand {
         /// Only sessions with this outcome (closed, refused, upstream_failed, error, anomaly).
         #[arg(long)]
         outcome: Option<String>,
+    },
+    /// One session and its events (statements, decisions, results), in order.
+    Show {
+        /// The session id (from `sessions list`).
+        id: i64,
+        /// Print `{ "session": …, "events": [ … ] }` instead of a timeline.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -189,6 +200,78 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Sessions {
+            command: SessionsCommand::Show { id, json },
+        } => {
+            let conn = open_read_only(&config.journal.path)?;
+            let session = get_session(&conn, id)?
+                .ok_or_else(|| anyhow::anyhow!("no session {id} in the journal"))?;
+            let events = session_events(&conn, id)?;
+            if json {
+                let doc = serde_json::json!({ "session": session, "events": events });
+                println!("{}", serde_json::to_string_pretty(&doc)?);
+            } else {
+                print_timeline(&session, &events);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// `sessions show`: who, where, then one line per event.
+fn print_timeline(s: &SessionRow, events: &[EventRow]) {
+    println!(
+        "session {}  run {}  {} (pid {}, uid {})  {}",
+        s.id,
+        s.run_id.as_deref().unwrap_or("-"),
+        s.user.as_deref().unwrap_or("?"),
+        s.pid,
+        s.uid,
+        s.exe.as_deref().unwrap_or(&s.comm)
+    );
+    println!(
+        "  {} -> {} ({}{})  {} .. {}  up {} B, down {} B  {}",
+        s.client_addr,
+        s.original_dst,
+        s.protocol,
+        s.target
+            .as_deref()
+            .map(|t| format!(", target {t}"))
+            .unwrap_or_default(),
+        s.started_at,
+        s.ended_at.as_deref().unwrap_or("open"),
+        s.bytes_up,
+        s.bytes_down,
+        s.outcome.as_deref().unwrap_or("open"),
+    );
+    for e in events {
+        let result = e.result.as_ref().map(|r| {
+            let field = |k: &str| r.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+            match (field("sqlstate"), field("error"), field("tag")) {
+                (Some(code), err, _) => format!("ERROR {code} {}", err.unwrap_or_default()),
+                (None, Some(err), _) => format!("ERROR {err}"),
+                (None, None, tag) => format!(
+                    "{} ({} rows, {:.1} ms)",
+                    tag.unwrap_or_default(),
+                    r.get("rows").and_then(|v| v.as_u64()).unwrap_or(0),
+                    r.get("duration_ms").and_then(|v| v.as_f64()).unwrap_or(0.0)
+                ),
+            }
+        });
+        let what = e
+            .statement
+            .clone()
+            .unwrap_or_else(|| e.detail.to_string())
+            .replace('\n', " ");
+        println!(
+            "  #{:<6} {}  {:<13} {:<6} {}{}",
+            e.seq,
+            e.ts,
+            e.kind,
+            e.decision.as_deref().unwrap_or(""),
+            what,
+            result.map(|r| format!("  => {r}")).unwrap_or_default()
+        );
     }
 }
 

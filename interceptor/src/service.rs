@@ -119,6 +119,8 @@ pub async fn run(config: Config) -> Result<(), ExecError> {
     ensure_bpffs(&pin_dir)?;
 
     let journal = Journal::open(&config.journal.path)?;
+    let protocols = crate::protocol::Shared::new(&targets, &config.state.dir)
+        .map_err(|e| ExecError::Config(e.to_string()))?;
     let listeners = Listeners::bind(config.proxy.port).map_err(ExecError::Listen)?;
     let settings = Settings::from_config(&config, &targets, CaptureMode::Listed, &listeners)
         .map_err(ExecError::Config)?;
@@ -150,6 +152,7 @@ pub async fn run(config: Config) -> Result<(), ExecError> {
         connect_timeout: Duration::from_secs(config.proxy.connect_timeout_secs),
         own_addrs: listeners.addrs(),
         identities: Default::default(),
+        protocols,
     });
     let port = listeners.port4();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

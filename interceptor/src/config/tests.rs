@@ -60,3 +60,63 @@ fn duplicate_target_names_are_rejected() {
     let err = parse("[[target]]\nname = \"a\"\n[[target]]\nname = \"a\"\n").unwrap_err();
     assert!(err.to_string().contains("twice"), "{err}");
 }
+
+#[test]
+fn a_bad_intercept_names_its_line() {
+    let err = parse("[journal]\npath = \"/tmp/j\"\n[[target]]\nname = \"db\"\nintercept = [\"not-an-address\"]\n")
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(text.starts_with("test.toml:5: "), "{text}");
+    assert!(text.contains("not-an-address"), "{text}");
+}
+
+#[test]
+fn unknown_protocol_is_rejected_with_its_line() {
+    let err = parse("[[target]]\nname = \"db\"\nprotocol = \"mysqlx\"\n").unwrap_err();
+    let text = err.to_string();
+    assert!(text.starts_with("test.toml:3:"), "{text}");
+    assert!(text.contains("mysqlx"), "{text}");
+}
+
+#[test]
+fn a_missing_password_file_is_refused_at_start_up() {
+    let err = parse(
+        "[[target]]\nname = \"db\"\nprotocol = \"postgres\"\n[target.credentials]\nuser = \"app\"\npassword_file = \"/nonexistent/secret\"\n",
+    )
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("credentials"), "{text}");
+    assert!(text.contains("/nonexistent/secret"), "{text}");
+    assert!(text.starts_with("test.toml:6: "), "{text}");
+}
+
+#[test]
+fn secrets_come_from_exactly_one_source_and_lose_trailing_newlines() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("pw");
+    std::fs::write(&secret, "s3cret\n").unwrap();
+    let config = parse(&format!(
+        "[[target]]\nname = \"db\"\nprotocol = \"postgres\"\n[target.credentials]\nuser = \"app\"\npassword_file = \"{}\"\n",
+        secret.display()
+    ))
+    .expect("config");
+    let creds = config.targets().unwrap()[0].credentials.clone().unwrap();
+    assert_eq!(creds.password.read().unwrap(), "s3cret");
+    // The Debug form (used in logs) names the source, never the secret.
+    assert!(!format!("{creds:?}").contains("s3cret"));
+
+    let err = parse(&format!(
+        "[[target]]\nname = \"db\"\n[target.credentials]\nuser = \"app\"\npassword_file = \"{}\"\npassword_env = \"X\"\n",
+        secret.display()
+    ))
+    .unwrap_err();
+    assert!(err.to_string().contains("only one"), "{err}");
+}
+
+#[test]
+fn embedded_defaults_understand_postgres_on_5432() {
+    let targets = Config::embedded().targets().expect("targets");
+    assert_eq!(targets[0].protocol, Protocol::Postgres);
+    assert!(targets[0].intercept[0].matches("127.0.0.9:5432".parse().unwrap()));
+    assert!(targets[0].credentials.is_none());
+}

@@ -4,6 +4,7 @@
 //! knowing about each other. The accept loop here is deliberately dull; the interesting part,
 //! the fixed sequence of phases every session goes through, is in [`session`].
 
+pub mod hooks;
 pub mod session;
 
 use std::{
@@ -50,6 +51,7 @@ pub struct Gateway {
     /// The listeners' own addresses: a captured connection to them would loop.
     pub own_addrs: Vec<SocketAddr>,
     pub identities: IdentityCache,
+    pub protocols: crate::protocol::Shared,
 }
 
 impl Gateway {

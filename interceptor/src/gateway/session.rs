@@ -17,9 +17,10 @@ use std::{net::SocketAddr, sync::Arc};
 use tokio::net::TcpStream;
 use tracing::Instrument as _;
 
-use super::Gateway;
+use super::{hooks::SessionHooks, Gateway};
 use crate::{
     capture::{identity::Identity, programs::key_addr},
+    config::Target,
     journal::{Event, NewSession, Outcome},
     protocol::{self, Counters},
 };
@@ -64,12 +65,17 @@ async fn handle(gateway: Arc<Gateway>, client: TcpStream, peer: SocketAddr) {
     tracing::info!(session_id, pid, %original_dst, "session opened");
 
     let counters = Counters::default();
+    let hooks = SessionHooks {
+        journal: gateway.journal.clone(),
+        session_id,
+    };
     let (outcome, detail) = relay_phases(
         &gateway,
+        &hooks,
         client,
         original_dst,
         upstream_addr,
-        protocol,
+        target,
         &counters,
     )
     .await;
@@ -94,10 +100,11 @@ async fn handle(gateway: Arc<Gateway>, client: TcpStream, peer: SocketAddr) {
 /// Phases 4 to 6. Returns the outcome for the log phase.
 async fn relay_phases(
     gateway: &Gateway,
+    hooks: &SessionHooks,
     client: TcpStream,
     original_dst: SocketAddr,
     upstream_addr: SocketAddr,
-    protocol: crate::config::Protocol,
+    target: Option<&Target>,
     counters: &Counters,
 ) -> (Outcome, Option<String>) {
     // Phase 4: admit.
@@ -128,8 +135,16 @@ async fn relay_phases(
         }
     };
 
-    // Phase 6: relay.
-    match protocol::relay(protocol, client, upstream, counters).await {
+    // Phase 6: relay, in the target's protocol.
+    let session = protocol::Session {
+        hooks,
+        target,
+        shared: &gateway.protocols,
+        counters,
+        dialed: original_dst,
+        upstream_addr,
+    };
+    match protocol::serve(session, client, upstream).await {
         Ok(()) => (Outcome::Closed, None),
         Err(e) => (Outcome::Error, Some(e.to_string())),
     }
@@ -155,10 +170,12 @@ async fn journal_anomaly(gateway: &Gateway, peer: SocketAddr) {
         gateway
             .journal
             .event(Event {
-                session_id: Some(id),
-                kind: "anomaly",
                 decision: Some("deny".to_owned()),
-                detail: serde_json::json!({ "reason": "no capture record for client", "client": peer.to_string() }),
+                ..Event::note(
+                    Some(id),
+                    "anomaly",
+                    serde_json::json!({ "reason": "no capture record for client", "client": peer.to_string() }),
+                )
             })
             .await?;
         gateway

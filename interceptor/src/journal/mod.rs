@@ -110,8 +110,25 @@ impl Outcome {
 pub struct Event {
     pub session_id: Option<i64>,
     pub kind: &'static str,
+    /// The command's text, for command events.
+    pub statement: Option<String>,
     pub decision: Option<String>,
+    pub rule: Option<String>,
     pub detail: serde_json::Value,
+}
+
+impl Event {
+    /// An event that is not a command (no statement, decision or rule).
+    pub fn note(session_id: Option<i64>, kind: &'static str, detail: serde_json::Value) -> Event {
+        Event {
+            session_id,
+            kind,
+            statement: None,
+            decision: None,
+            rule: None,
+            detail,
+        }
+    }
 }
 
 enum Op {
@@ -129,13 +146,20 @@ enum Op {
         detail: Option<String>,
     },
     Event(Event),
+    /// Several events in one commit (a pipeline's commands); answered with all their ids.
+    Events(Vec<Event>),
+    /// A command's outcome, added to its event once known.
+    EventResult {
+        id: i64,
+        result: serde_json::Value,
+    },
     /// Does nothing; answered once everything queued before it is committed.
     Flush,
 }
 
 struct Request {
     op: Op,
-    reply: oneshot::Sender<Result<i64, String>>,
+    reply: oneshot::Sender<Result<Vec<i64>, String>>,
 }
 
 /// Handle to the journal. Cheap to clone; the async methods return after the commit.
@@ -174,7 +198,7 @@ impl Journal {
         Ok(Journal { inner })
     }
 
-    fn enqueue(&self, op: Op) -> oneshot::Receiver<Result<i64, String>> {
+    fn enqueue(&self, op: Op) -> oneshot::Receiver<Result<Vec<i64>, String>> {
         let rx = self.inner.queue_only(op);
         self.inner.commit_queued();
         rx
@@ -182,7 +206,7 @@ impl Journal {
 }
 
 impl Inner {
-    fn queue_only(&self, op: Op) -> oneshot::Receiver<Result<i64, String>> {
+    fn queue_only(&self, op: Op) -> oneshot::Receiver<Result<Vec<i64>, String>> {
         let (reply, rx) = oneshot::channel();
         lock(&self.queue).push(Request { op, reply });
         rx
@@ -227,9 +251,17 @@ impl Inner {
 }
 
 impl Journal {
+    async fn submit_all(&self, op: Op) -> Result<Vec<i64>, JournalError> {
+        match self.enqueue(op).await {
+            Ok(Ok(ids)) => Ok(ids),
+            Ok(Err(message)) => Err(JournalError::Write(message)),
+            Err(_) => Err(JournalError::Stopped),
+        }
+    }
+
     async fn submit(&self, op: Op) -> Result<i64, JournalError> {
         match self.enqueue(op).await {
-            Ok(Ok(id)) => Ok(id),
+            Ok(Ok(ids)) => Ok(ids.first().copied().unwrap_or(0)),
             Ok(Err(message)) => Err(JournalError::Write(message)),
             Err(_) => Err(JournalError::Stopped),
         }
@@ -301,6 +333,21 @@ impl Journal {
 
     pub async fn event(&self, event: Event) -> Result<i64, JournalError> {
         self.submit(Op::Event(event)).await
+    }
+
+    /// Records several events with one commit and returns their ids, in order.
+    pub async fn events(&self, events: Vec<Event>) -> Result<Vec<i64>, JournalError> {
+        self.submit_all(Op::Events(events)).await
+    }
+
+    /// Queues an event nobody waits for (see [`Journal::record_close`]).
+    pub fn record_event(&self, event: Event) {
+        drop(self.inner.queue_only(Op::Event(event)));
+    }
+
+    /// Queues a command's result for its event.
+    pub fn record_result(&self, id: i64, result: serde_json::Value) {
+        drop(self.inner.queue_only(Op::EventResult { id, result }));
     }
 }
 
@@ -385,12 +432,12 @@ fn restrict_permissions(path: &Path) {
 
 /// Applies a group in one transaction. If the commit fails, every caller in the group gets the
 /// error: nothing is reported as recorded unless it is on disk.
-fn apply_batch(conn: &mut Connection, batch: &[Request]) -> Vec<Result<i64, String>> {
+fn apply_batch(conn: &mut Connection, batch: &[Request]) -> Vec<Result<Vec<i64>, String>> {
     let tx = match conn.transaction() {
         Ok(tx) => tx,
         Err(e) => return batch.iter().map(|_| Err(e.to_string())).collect(),
     };
-    let mut results: Vec<Result<i64, String>> = batch
+    let mut results: Vec<Result<Vec<i64>, String>> = batch
         .iter()
         .map(|req| apply(&tx, &req.op).map_err(|e| e.to_string()))
         .collect();
@@ -405,8 +452,22 @@ pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
 
-fn apply(tx: &rusqlite::Transaction<'_>, op: &Op) -> rusqlite::Result<i64> {
+fn apply(tx: &rusqlite::Transaction<'_>, op: &Op) -> rusqlite::Result<Vec<i64>> {
     let now = now_rfc3339();
+    match op {
+        Op::Events(events) => events.iter().map(|e| insert_event(tx, e, &now)).collect(),
+        Op::EventResult { id, result } => {
+            tx.execute(
+                "UPDATE events SET result = ?2 WHERE id = ?1",
+                params![id, result.to_string()],
+            )?;
+            Ok(vec![*id])
+        }
+        other => apply_one(tx, other, &now).map(|id| vec![id]),
+    }
+}
+
+fn apply_one(tx: &rusqlite::Transaction<'_>, op: &Op, now: &str) -> rusqlite::Result<i64> {
     match op {
         Op::StartRun(run) => {
             tx.execute(
@@ -486,19 +547,24 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &Op) -> rusqlite::Result<i64> {
             )?;
             Ok(*id)
         }
-        Op::Event(event) => insert_event(tx, event, &now),
+        Op::Event(event) => insert_event(tx, event, now),
         Op::Flush => Ok(0),
+        // Handled in `apply`.
+        Op::Events(_) | Op::EventResult { .. } => Ok(0),
     }
 }
 
 fn insert_event(tx: &rusqlite::Transaction<'_>, event: &Event, now: &str) -> rusqlite::Result<i64> {
     tx.execute(
-        "INSERT INTO events (session_id, at, kind, decision, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT INTO events (session_id, at, kind, statement, decision, rule, detail)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         params![
             event.session_id,
             now,
             event.kind,
+            event.statement,
             event.decision,
+            event.rule,
             event.detail.to_string()
         ],
     )?;

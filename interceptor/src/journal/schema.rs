@@ -60,6 +60,10 @@ const MIGRATIONS: &[&str] = &[
         detail TEXT NOT NULL
     );
     CREATE INDEX events_session ON events(session_id);",
+    // 2: command events carry their statement, the rule that decided, and the result.
+    "ALTER TABLE events ADD COLUMN statement TEXT;
+    ALTER TABLE events ADD COLUMN rule TEXT;
+    ALTER TABLE events ADD COLUMN result TEXT;",
 ];
 
 pub const CURRENT_VERSION: i64 = MIGRATIONS.len() as i64;

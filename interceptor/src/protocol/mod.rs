@@ -1,17 +1,25 @@
 //! Protocol codecs: what the gateway does with the bytes of one session.
 //!
-//! Why this exists: every protocol (plain TCP today; PostgreSQL, Kubernetes, SSH next) plugs
-//! into the same session phases in `gateway::session`. A protocol module gets the two connected
-//! streams and the session's byte counters and runs the relay phase; it never touches capture,
-//! policy or the journal directly. Adding a protocol is a new module here plus one match arm.
+//! Why this exists: every protocol plugs into the same session phases (`gateway::session`)
+//! and talks to policy, journal and masking only through [`crate::command::Hooks`]. Plain TCP
+//! ([`tcp`]) relays bytes; PostgreSQL ([`postgres`]) turns statements into commands. Adding a
+//! protocol is a new module here, a [`Shared`] field if it needs cross-session state, and one
+//! match arm in [`serve`].
 
+pub mod postgres;
 pub mod tcp;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::{
+    net::SocketAddr,
+    sync::atomic::{AtomicU64, Ordering},
+};
 
 use tokio::net::TcpStream;
 
-use crate::config::Protocol;
+use crate::{
+    command::Hooks,
+    config::{Protocol, Target},
+};
 
 /// Bytes relayed in each direction, readable while the relay runs and after it fails.
 #[derive(Debug, Default)]
@@ -31,14 +39,59 @@ impl Counters {
     }
 }
 
-/// Runs the relay phase of `protocol` until both sides are done or one fails.
-pub async fn relay(
-    protocol: Protocol,
+/// State protocols keep across sessions (TLS material, cancel keys).
+pub struct Shared {
+    pub postgres: postgres::Shared,
+}
+
+impl Shared {
+    pub fn new(
+        targets: &[Target],
+        state_dir: &std::path::Path,
+    ) -> Result<Shared, crate::tls::TlsError> {
+        Ok(Shared {
+            postgres: postgres::Shared::new(targets, state_dir)?,
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProtocolError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("postgres: {0}")]
+    Postgres(#[from] postgres::PgError),
+}
+
+/// One session as the protocol sees it.
+pub struct Session<'a, H: Hooks> {
+    pub hooks: &'a H,
+    pub target: Option<&'a Target>,
+    pub shared: &'a Shared,
+    pub counters: &'a Counters,
+    pub dialed: SocketAddr,
+    pub upstream_addr: SocketAddr,
+}
+
+/// Runs the relay phase of the session's protocol until both sides are done or one fails.
+pub async fn serve<H: Hooks>(
+    session: Session<'_, H>,
     client: TcpStream,
     upstream: TcpStream,
-    counters: &Counters,
-) -> std::io::Result<()> {
-    match protocol {
-        Protocol::Tcp => tcp::relay(client, upstream, counters).await,
+) -> Result<(), ProtocolError> {
+    match session.target {
+        Some(target) if target.protocol == Protocol::Postgres => {
+            let ctx = postgres::Context {
+                hooks: session.hooks,
+                target,
+                shared: &session.shared.postgres,
+                counters: session.counters,
+                dialed: session.dialed,
+                upstream_addr: session.upstream_addr,
+            };
+            Ok(postgres::serve(ctx, client, upstream).await?)
+        }
+        _ => Ok(tcp::relay(client, upstream, session.counters).await?),
     }
 }

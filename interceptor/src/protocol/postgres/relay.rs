@@ -1,0 +1,543 @@
+//! The query phase: both directions at once, every statement recorded before it is forwarded.
+//!
+//! Client → server: complete messages are taken from whatever arrived together (a pipeline may
+//! hold many), the commands among them (Query, Parse, Execute of an already executed prepared
+//! statement, FunctionCall) are recorded in one commit via [`Hooks::request_all`], and only
+//! then are the original bytes forwarded, unchanged. Each command leaves a [`Pending`] entry.
+//!
+//! Server → client: results are matched to pending entries in order (CommandComplete,
+//! ErrorResponse, ReadyForQuery…), rows are counted, and the bytes are forwarded unchanged.
+//! A framing error on either side ends the session with an ErrorResponse to the client.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{atomic::Ordering, Mutex},
+    time::Instant,
+};
+
+use bytes::{Buf as _, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _, ReadHalf, WriteHalf};
+
+use super::{
+    codec::{self, backend, frontend, FrameError},
+    startup::Legs,
+    BoxIo, Context, PgError,
+};
+use crate::command::{Command, CommandKind, CommandResult, EventId, Hooks, Verdict};
+
+/// Read at least this much spare room before each read, so large results need few syscalls.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// What the server still owes an answer for, in order.
+#[derive(Debug)]
+enum Pending {
+    /// A simple Query (possibly several statements) or FunctionCall: ends at ReadyForQuery.
+    UntilReady {
+        event: EventId,
+        started: Instant,
+        result: CommandResult,
+    },
+    /// An Execute: ends at CommandComplete, EmptyQueryResponse, PortalSuspended or an error.
+    Execute {
+        event: EventId,
+        started: Instant,
+        rows: u64,
+    },
+    /// A Sync: its ReadyForQuery closes the extended-protocol batch.
+    Sync,
+}
+
+type ClientWriter = tokio::sync::Mutex<WriteHalf<BoxIo>>;
+
+pub async fn run<H: Hooks>(ctx: &Context<'_, H>, legs: Legs) -> Result<(), PgError> {
+    let (client_read, client_write) = tokio::io::split(legs.client);
+    let (server_read, server_write) = tokio::io::split(legs.server);
+    let client_write: ClientWriter = tokio::sync::Mutex::new(client_write);
+    let pending = Mutex::new(VecDeque::new());
+    let up = client_to_server(
+        ctx,
+        client_read,
+        server_write,
+        legs.client_buf,
+        &client_write,
+        &pending,
+    );
+    let down = server_to_client(ctx, server_read, &client_write, legs.server_buf, &pending);
+    tokio::pin!(up, down);
+    let (mut up_done, mut down_done) = (false, false);
+    while !(up_done && down_done) {
+        tokio::select! {
+            result = &mut up, if !up_done => { up_done = true; result?; }
+            result = &mut down, if !down_done => { down_done = true; result?; }
+        }
+    }
+    Ok(())
+}
+
+/// Reads more bytes into `buf`; `Ok(false)` at end of stream.
+async fn fill(reader: &mut (impl AsyncRead + Unpin), buf: &mut BytesMut) -> std::io::Result<bool> {
+    if buf.capacity() - buf.len() < READ_CHUNK {
+        buf.reserve(READ_CHUNK);
+    }
+    Ok(reader.read_buf(buf).await? > 0)
+}
+
+/// A complete message inside a read buffer: its tag and where its body is.
+type Frame = (u8, std::ops::Range<usize>);
+
+/// The complete messages at the front of `buf`, and how many bytes they span.
+fn frames(buf: &[u8], max: usize) -> Result<(Vec<Frame>, usize), FrameError> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while let Some(len) = codec::frame_len(&buf[at..], max)? {
+        out.push((buf[at], at + 5..at + len));
+        at += len;
+    }
+    Ok((out, at))
+}
+
+async fn tell_client(writer: &ClientWriter, sqlstate: &str, text: &str) {
+    let mut out = BytesMut::new();
+    backend::error(b'E', "FATAL", sqlstate, text).encode(&mut out);
+    let mut w = writer.lock().await;
+    let _ = w.write_all(&out).await;
+    let _ = w.flush().await;
+}
+
+/// The journal event of a command: known, or the index of a command in the batch being
+/// recorded (resolved once the batch is committed).
+#[derive(Debug, Clone, Copy)]
+enum EventRef {
+    Known(EventId),
+    Batch(usize),
+}
+
+impl EventRef {
+    fn resolve(self, batch: &[EventId]) -> Option<EventId> {
+        match self {
+            EventRef::Known(e) => Some(e),
+            EventRef::Batch(i) => batch.get(i).copied(),
+        }
+    }
+}
+
+/// A prepared statement the client created with Parse.
+struct Prepared {
+    text: String,
+    params: usize,
+    event: EventRef,
+    /// The Parse event carries the first execution's result; later ones get their own event.
+    executed: bool,
+}
+
+/// A command to record, owned so the statement table can change while the batch is planned.
+struct Planned {
+    kind: CommandKind,
+    text: String,
+    params: usize,
+    name: Option<String>,
+}
+
+/// Per-connection protocol state the client side keeps.
+#[derive(Default)]
+struct Statements {
+    prepared: HashMap<String, Prepared>,
+    portals: HashMap<String, String>,
+}
+
+enum Expect {
+    UntilReady(EventRef),
+    Execute(EventRef),
+    Sync,
+}
+
+impl Statements {
+    /// Reads one client message: updates statements and portals, appends what must be
+    /// recorded to `record` and what the server will answer to `expect`.
+    fn plan(
+        &mut self,
+        tag: u8,
+        body: &[u8],
+        record: &mut Vec<Planned>,
+        expect: &mut Vec<Expect>,
+    ) -> Result<(), FrameError> {
+        let push = |record: &mut Vec<Planned>, p: Planned| {
+            record.push(p);
+            EventRef::Batch(record.len() - 1)
+        };
+        match tag {
+            b'Q' => {
+                let text = frontend::query(body)?;
+                let event = push(
+                    record,
+                    Planned {
+                        kind: CommandKind::Statement,
+                        text,
+                        params: 0,
+                        name: None,
+                    },
+                );
+                expect.push(Expect::UntilReady(event));
+            }
+            b'P' => {
+                let (name, text, params) = frontend::parse(body)?;
+                let event = push(
+                    record,
+                    Planned {
+                        kind: CommandKind::Prepare,
+                        text: text.clone(),
+                        params,
+                        name: Some(name.clone()),
+                    },
+                );
+                self.prepared.insert(
+                    name,
+                    Prepared {
+                        text,
+                        params,
+                        event,
+                        executed: false,
+                    },
+                );
+            }
+            b'B' => {
+                let (portal, statement, _) = frontend::bind(body)?;
+                self.portals.insert(portal, statement);
+            }
+            b'E' => {
+                let portal = frontend::execute(body)?;
+                // An unknown portal gets an error from the server; nothing to record.
+                let Some(statement) = self.portals.get(&portal) else {
+                    return Ok(());
+                };
+                let Some(prepared) = self.prepared.get_mut(statement) else {
+                    return Ok(());
+                };
+                let event = if prepared.executed {
+                    let planned = Planned {
+                        kind: CommandKind::Execute,
+                        text: prepared.text.clone(),
+                        params: prepared.params,
+                        name: Some(statement.clone()),
+                    };
+                    push(record, planned)
+                } else {
+                    prepared.executed = true;
+                    prepared.event
+                };
+                expect.push(Expect::Execute(event));
+            }
+            b'F' => {
+                let oid = frontend::function_call(body)?;
+                let text = format!("function call (oid {oid})");
+                let event = push(
+                    record,
+                    Planned {
+                        kind: CommandKind::FunctionCall,
+                        text,
+                        params: 0,
+                        name: None,
+                    },
+                );
+                expect.push(Expect::UntilReady(event));
+            }
+            b'C' => match frontend::close(body)? {
+                (b'S', name) => {
+                    self.prepared.remove(&name);
+                }
+                (_, name) => {
+                    self.portals.remove(&name);
+                }
+            },
+            b'S' => expect.push(Expect::Sync),
+            // Describe, Flush, COPY data/done/fail, Terminate: relayed as they are.
+            b'D' | b'H' | b'd' | b'c' | b'f' | b'X' => {}
+            _ => {
+                return Err(FrameError::Malformed {
+                    what: "client",
+                    why: "unknown message type",
+                })
+            }
+        }
+        Ok(())
+    }
+
+    /// Once a batch is committed, statements parsed in it point at their events.
+    fn resolve(&mut self, batch: &[EventId]) {
+        for p in self.prepared.values_mut() {
+            if let Some(e) = p.event.resolve(batch) {
+                p.event = EventRef::Known(e);
+            }
+        }
+    }
+}
+
+async fn client_to_server<H: Hooks>(
+    ctx: &Context<'_, H>,
+    mut reader: ReadHalf<BoxIo>,
+    mut server: WriteHalf<BoxIo>,
+    mut buf: BytesMut,
+    client_write: &ClientWriter,
+    pending: &Mutex<VecDeque<Pending>>,
+) -> Result<(), PgError> {
+    let max = ctx.target.max_message_bytes;
+    let mut statements = Statements::default();
+    loop {
+        let (found, consumed) = match frames(&buf, max) {
+            Ok(f) => f,
+            Err(e) => {
+                tell_client(client_write, "08P01", &format!("interceptor: {e}")).await;
+                return Err(PgError::Client(e));
+            }
+        };
+        if found.is_empty() {
+            if !fill(&mut reader, &mut buf).await? {
+                let _ = server.shutdown().await;
+                return Ok(());
+            }
+            continue;
+        }
+
+        // 1. Work out what the messages ask for, in order.
+        let (mut record, mut expect) = (Vec::new(), Vec::new());
+        for (tag, range) in &found {
+            if let Err(e) = statements.plan(*tag, &buf[range.clone()], &mut record, &mut expect) {
+                tell_client(
+                    client_write,
+                    "08P01",
+                    &format!("interceptor: {e} ({:#04x})", tag),
+                )
+                .await;
+                return Err(PgError::Client(e));
+            }
+        }
+
+        // 2. Record every command of the batch with one commit, before anything is forwarded.
+        let events: Vec<EventId> = if record.is_empty() {
+            Vec::new()
+        } else {
+            let commands: Vec<Command<'_>> = record
+                .iter()
+                .map(|p| Command {
+                    kind: p.kind,
+                    text: &p.text,
+                    params: p.params,
+                    name: p.name.as_deref(),
+                })
+                .collect();
+            let decisions = match ctx.hooks.request_all(&commands).await {
+                Ok(d) => d,
+                Err(e) => {
+                    tell_client(
+                        client_write,
+                        "58000",
+                        "interceptor: the journal is unavailable; the statement was not run",
+                    )
+                    .await;
+                    return Err(PgError::Journal(e));
+                }
+            };
+            if let Some(message) = decisions.iter().find_map(|d| match &d.verdict {
+                Verdict::Deny { message } => Some(message.clone()),
+                Verdict::Allow => None,
+            }) {
+                // Refusing one statement while keeping the session usable arrives with
+                // policy; until then a refusal ends the session, which is never permissive.
+                tell_client(client_write, "42501", &format!("interceptor: {message}")).await;
+                return Err(PgError::Denied(message));
+            }
+            decisions.into_iter().map(|d| d.event).collect()
+        };
+        statements.resolve(&events);
+
+        // 3. Expect the answers, then forward the original bytes unchanged.
+        {
+            let mut queue = pending.lock().unwrap_or_else(|p| p.into_inner());
+            let started = Instant::now();
+            for e in expect {
+                match e {
+                    Expect::Sync => queue.push_back(Pending::Sync),
+                    Expect::UntilReady(r) => {
+                        if let Some(event) = r.resolve(&events) {
+                            queue.push_back(Pending::UntilReady {
+                                event,
+                                started,
+                                result: CommandResult::default(),
+                            });
+                        }
+                    }
+                    Expect::Execute(r) => {
+                        if let Some(event) = r.resolve(&events) {
+                            queue.push_back(Pending::Execute {
+                                event,
+                                started,
+                                rows: 0,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        server.write_all(&buf[..consumed]).await?;
+        ctx.counters
+            .up
+            .fetch_add(consumed as u64, Ordering::Relaxed);
+        buf.advance(consumed);
+        if buf.is_empty() {
+            server.flush().await?;
+        }
+    }
+}
+
+async fn server_to_client<H: Hooks>(
+    ctx: &Context<'_, H>,
+    mut reader: ReadHalf<BoxIo>,
+    client: &ClientWriter,
+    mut buf: BytesMut,
+    pending: &Mutex<VecDeque<Pending>>,
+) -> Result<(), PgError> {
+    let max = ctx.target.max_message_bytes;
+    loop {
+        let (found, consumed) = match frames(&buf, max) {
+            Ok(f) => f,
+            Err(e) => {
+                tell_client(
+                    client,
+                    "08P01",
+                    &format!("interceptor: invalid message from the server: {e}"),
+                )
+                .await;
+                return Err(PgError::Server(e));
+            }
+        };
+        if found.is_empty() {
+            if !fill(&mut reader, &mut buf).await? {
+                let _ = client.lock().await.shutdown().await;
+                return Ok(());
+            }
+            continue;
+        }
+        {
+            let mut queue = pending.lock().unwrap_or_else(|p| p.into_inner());
+            for (tag, range) in &found {
+                observe(ctx.hooks, &mut queue, *tag, &buf[range.clone()]);
+            }
+        }
+        let mut w = client.lock().await;
+        w.write_all(&buf[..consumed]).await?;
+        if consumed == buf.len() {
+            w.flush().await?;
+        }
+        drop(w);
+        ctx.counters
+            .down
+            .fetch_add(consumed as u64, Ordering::Relaxed);
+        buf.advance(consumed);
+    }
+}
+
+fn finish(hooks: &impl Hooks, event: EventId, started: Instant, mut result: CommandResult) {
+    result.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+    hooks.result(event, &result);
+}
+
+/// Updates the pending answers with one server message.
+fn observe(hooks: &impl Hooks, queue: &mut VecDeque<Pending>, tag: u8, body: &[u8]) {
+    match tag {
+        b'D' => match queue.front_mut() {
+            Some(Pending::UntilReady { result, .. }) => result.rows += 1,
+            Some(Pending::Execute { rows, .. }) => *rows += 1,
+            _ => {}
+        },
+        b'C' | b'I' | b's' => {
+            let tag_text = match tag {
+                b'C' => backend::command_complete(body),
+                b'I' => "EMPTY".to_owned(),
+                _ => "SUSPENDED".to_owned(),
+            };
+            match queue.front_mut() {
+                Some(Pending::UntilReady { result, .. }) if tag == b'C' => {
+                    result.tag = Some(match result.tag.take() {
+                        Some(prev) => format!("{prev}; {tag_text}"),
+                        None => tag_text,
+                    });
+                }
+                Some(Pending::Execute { .. }) => {
+                    if let Some(Pending::Execute {
+                        event,
+                        started,
+                        rows,
+                    }) = queue.pop_front()
+                    {
+                        let result = CommandResult {
+                            tag: Some(tag_text),
+                            rows,
+                            ..CommandResult::default()
+                        };
+                        finish(hooks, event, started, result);
+                    }
+                }
+                _ => {}
+            }
+        }
+        b'E' => {
+            let (sqlstate, message) = backend::error_fields(body);
+            match queue.front_mut() {
+                Some(Pending::UntilReady { result, .. }) => {
+                    result.sqlstate = sqlstate;
+                    result.error = message;
+                }
+                Some(Pending::Execute { .. }) => {
+                    if let Some(Pending::Execute {
+                        event,
+                        started,
+                        rows,
+                    }) = queue.pop_front()
+                    {
+                        let result = CommandResult {
+                            rows,
+                            sqlstate,
+                            error: message,
+                            ..CommandResult::default()
+                        };
+                        finish(hooks, event, started, result);
+                    }
+                }
+                _ => {}
+            }
+        }
+        b'Z' => {
+            // Everything up to the batch's Sync (or the Query) is answered now. Executes still
+            // waiting were skipped by the server after an earlier error.
+            while let Some(entry) = queue.pop_front() {
+                match entry {
+                    Pending::UntilReady {
+                        event,
+                        started,
+                        result,
+                    } => {
+                        finish(hooks, event, started, result);
+                        break;
+                    }
+                    Pending::Execute {
+                        event,
+                        started,
+                        rows,
+                    } => {
+                        let result = CommandResult {
+                            rows,
+                            error: Some(
+                                "not executed: an earlier command in the same batch failed"
+                                    .to_owned(),
+                            ),
+                            ..CommandResult::default()
+                        };
+                        finish(hooks, event, started, result);
+                    }
+                    Pending::Sync => break,
+                }
+            }
+        }
+        _ => {}
+    }
+}
