@@ -12,7 +12,7 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 # System packages: the eBPF linker's LLVM, and the real peers the tests talk to.
-APT_PACKAGES=(llvm-22-dev libpolly-22-dev libzstd-dev postgresql pgbouncer python3-venv iproute2 procps)
+APT_PACKAGES=(llvm-22-dev libpolly-22-dev libzstd-dev postgresql pgbouncer python3-venv iproute2 procps openssl util-linux)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -58,8 +58,8 @@ if ! venv_usable; then
   log "creating python venv at $VENV with $SYSTEM_PYTHON"
   "$SYSTEM_PYTHON" -m venv --clear "$VENV"
 fi
-if ! "$VENV/bin/python" -c 'import psycopg, asyncpg' 2>/dev/null; then
+if ! "$VENV/bin/python" -c 'import psycopg, asyncpg, sqlalchemy' 2>/dev/null; then
   log "pip install test clients"
-  "$VENV/bin/python" -m pip install -q 'psycopg[binary]' asyncpg
+  "$VENV/bin/python" -m pip install -q 'psycopg[binary]' asyncpg sqlalchemy
 fi
 log "ok"

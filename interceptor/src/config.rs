@@ -56,6 +56,9 @@ pub struct Config {
     pub state: StateConfig,
     #[serde(default, rename = "target")]
     pub targets: Vec<TargetConfig>,
+    /// The file this came from and its text, for error messages found after parsing.
+    #[serde(skip)]
+    pub origin: Option<(PathBuf, String)>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -397,8 +400,6 @@ impl CredentialsConfig {
                     .to_owned(),
             );
         }
-        // Fail at start-up, not at the first connection.
-        password.read().map_err(|e| format!("credentials: {e}"))?;
         Ok(Credentials {
             user: self.user.clone(),
             password,
@@ -450,14 +451,39 @@ impl Config {
                 message: e.message().to_owned(),
             }
         })?;
-        let invalid = |message: String| ConfigError::Invalid {
-            path: path.to_owned(),
-            line: line_of_quoted_value(text, &message),
-            message,
-        };
-        config.targets().map_err(invalid)?;
-        config.extra_intercepts().map_err(invalid)?;
+        let mut config = config;
+        config.origin = Some((path.to_owned(), text.to_owned()));
+        config.targets().map_err(|m| config.invalid(m))?;
+        config.extra_intercepts().map_err(|m| config.invalid(m))?;
         Ok(config)
+    }
+
+    fn invalid(&self, message: String) -> ConfigError {
+        let (path, text) = self.origin.clone().unwrap_or_default();
+        ConfigError::Invalid {
+            line: line_of_quoted_value(&text, &message),
+            path,
+            message,
+        }
+    }
+
+    /// Reads every secret the targets name, so a missing password file stops `exec` and `run`
+    /// at start-up instead of failing the first connection. Read-only commands skip this.
+    pub fn check_secrets(&self) -> Result<(), ConfigError> {
+        let targets = self.targets().map_err(|m| self.invalid(m))?;
+        for t in &targets {
+            if let Some(c) = &t.credentials {
+                c.password
+                    .read()
+                    .map_err(|e| self.invalid(format!("target {:?}: credentials: {e}", t.name)))?;
+            }
+            if let Some(local) = &t.local_password {
+                local
+                    .read()
+                    .map_err(|e| self.invalid(format!("target {:?}: local_auth: {e}", t.name)))?;
+            }
+        }
+        Ok(())
     }
 
     /// Validated targets, in file order (the first matching target wins).
@@ -501,11 +527,7 @@ impl Config {
                                 t.name
                             )
                         })?;
-                        let source = SecretSource::File(path);
-                        source
-                            .read()
-                            .map_err(|e| format!("target {:?}: local_auth: {e}", t.name))?;
-                        Some(source)
+                        Some(SecretSource::File(path))
                     }
                 };
                 if t.tls.ca_file.as_ref().is_some_and(|p| !p.exists()) {

@@ -143,7 +143,9 @@ pub async fn exec(
         .start_run(RunRecord {
             id: run_id.clone(),
             mode: "exec",
-            command: Some(shell_words(command)),
+            command: Some(crate::capture::identity::redact_secrets(&shell_words(
+                command,
+            ))),
             uid: Some(
                 run_as
                     .as_ref()
@@ -168,7 +170,20 @@ pub async fn exec(
     let server = tokio::spawn(gateway::serve(gateway, listeners, stop_rx));
     tracing::info!(run_id, cgroup = %cgroup.path().display(), "capture attached; starting command");
 
-    let status = run_command(&cgroup, run_as.as_ref(), program, &command[1..], &run_id).await;
+    let secret_env: Vec<String> = config
+        .targets
+        .iter()
+        .filter_map(|t| t.credentials.as_ref()?.password_env.clone())
+        .collect();
+    let status = run_command(
+        &cgroup,
+        run_as.as_ref(),
+        program,
+        &command[1..],
+        &run_id,
+        &secret_env,
+    )
+    .await;
 
     // Tear down in dependency order: nothing of the run may outlive it.
     if let Err(e) = cgroup.remove() {
@@ -197,11 +212,17 @@ async fn run_command(
     program: &str,
     args: &[String],
     run_id: &str,
+    secret_env: &[String],
 ) -> Result<i32, ExecError> {
     let procs = cgroup.procs_file()?;
     let procs_fd = procs.as_raw_fd();
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args).env("INTERCEPTOR_RUN_ID", run_id);
+    // Credentials handed to the gateway through the environment are the gateway's, not the
+    // agent's: the command must not inherit them.
+    for var in secret_env {
+        cmd.env_remove(var);
+    }
     let switch = run_as.map(|u| (u.uid, u.gid, u.groups.clone()));
     if let Some(user) = run_as {
         cmd.env("HOME", &user.home)

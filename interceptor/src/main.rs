@@ -147,6 +147,9 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = load_config(cli.config.as_ref())?;
+    if matches!(cli.command, Command::Exec { .. } | Command::Run) {
+        config.check_secrets()?;
+    }
     match cli.command {
         Command::Exec { user, command } => {
             let code =

@@ -33,6 +33,9 @@ use nix::{
 };
 pub use serde_json::{json, Value};
 
+pub mod pg;
+pub use pg::*;
+
 /// System python: readable and executable by unprivileged users (`--user nobody`).
 pub const PYTHON: &str = "/usr/bin/python3";
 
@@ -654,8 +657,13 @@ def report(**kw):
 
 /// `["/usr/bin/python3", "-c", PRELUDE + code, args…]`.
 pub fn python(code: &str, args: &[String]) -> Vec<String> {
+    python_argv_with(PYTHON, code, args)
+}
+
+/// `[interpreter, "-c", PRELUDE + code, args…]` (e.g. the venv's python, see [`venv_python`]).
+pub fn python_argv_with(interpreter: &str, code: &str, args: &[String]) -> Vec<String> {
     let mut v = vec![
-        PYTHON.to_owned(),
+        interpreter.to_owned(),
         "-c".to_owned(),
         format!("{PY_PRELUDE}\n{code}"),
     ];

@@ -106,7 +106,7 @@ fn read_details(pid: u32) -> ProcDetails {
             .map(|p| p.display().to_string()),
         cmdline: fs::read(format!("/proc/{pid}/cmdline"))
             .ok()
-            .map(|raw| cmdline_text(&raw)),
+            .map(|raw| redact_secrets(&cmdline_text(&raw))),
         unit: cgroup_path.as_deref().and_then(unit_of_cgroup),
         cgroup_path,
     }
@@ -133,6 +133,23 @@ fn cmdline_text(raw: &[u8]) -> String {
         })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// Agents put credentials on their command lines (`password=…` in a DSN, a URL with
+/// `user:pass@`, `--token …`). The journal must never hold them, so values that follow a
+/// secret-looking key, and URL passwords, are replaced before the command line is recorded.
+pub fn redact_secrets(cmdline: &str) -> String {
+    static KEYED: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(
+            r#"(?i)((?:pass(?:word|wd|phrase)?|pwd|[_-]pw|secret|token|api[_-]?key|credentials?|auth)\w*\\?"?\s*(?:=|:|\s)\s*\\?"?)([^\s"'\\,;&}]+)"#,
+        )
+        .expect("static regex")
+    });
+    static URL_PASSWORD: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r"(://[^/\s:@]*:)([^@\s/]+)(@)").expect("static regex")
+    });
+    let text = URL_PASSWORD.replace_all(cmdline, "${1}[redacted]${3}");
+    KEYED.replace_all(&text, "${1}[redacted]").into_owned()
 }
 
 /// Field 22 of /proc/PID/stat (start time in clock ticks since boot), in nanoseconds.
@@ -179,6 +196,27 @@ mod tests {
         assert_eq!(
             cmdline_text(b"python3\0agent.py\0--name\0my agent\0"),
             "python3 agent.py --name \"my agent\""
+        );
+    }
+
+    #[test]
+    fn secrets_on_command_lines_are_redacted() {
+        for (raw, secret) in [
+            ("psql host=db password=hunter2 user=app", "hunter2"),
+            ("psql postgresql://app:hunter2@127.0.0.2/db", "hunter2"),
+            ("agent --api-key sk_live_abc --verbose", "sk_live_abc"),
+            ("tool --token=ghp_xyz", "ghp_xyz"),
+            (r#"python -c x {"scram_pw": "s3cr3t", "n": 1}"#, "s3cr3t"),
+            (r#"python -c "{\"scram_pw\": \"s3cr3t\"}""#, "s3cr3t"),
+            ("env PGPASSWORD=topsecret psql", "topsecret"),
+        ] {
+            let clean = redact_secrets(raw);
+            assert!(!clean.contains(secret), "{raw} -> {clean}");
+            assert!(clean.contains("[redacted]"), "{raw} -> {clean}");
+        }
+        assert_eq!(
+            redact_secrets("python agent.py --name x"),
+            "python agent.py --name x"
         );
     }
 

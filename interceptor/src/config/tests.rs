@@ -80,10 +80,11 @@ fn unknown_protocol_is_rejected_with_its_line() {
 
 #[test]
 fn a_missing_password_file_is_refused_at_start_up() {
-    let err = parse(
+    let config = parse(
         "[[target]]\nname = \"db\"\nprotocol = \"postgres\"\n[target.credentials]\nuser = \"app\"\npassword_file = \"/nonexistent/secret\"\n",
     )
-    .unwrap_err();
+    .expect("parses: secrets are only read by exec and run");
+    let err = config.check_secrets().unwrap_err();
     let text = err.to_string();
     assert!(text.contains("credentials"), "{text}");
     assert!(text.contains("/nonexistent/secret"), "{text}");

@@ -436,8 +436,30 @@ async fn server_to_client<H: Hooks>(
     }
 }
 
+/// Rows a completion tag reports ("INSERT 0 5" → 5, "UPDATE 3" → 3, "SELECT 2" → 2).
+fn rows_in_tag(tag: &str) -> Option<u64> {
+    let mut words = tag.split_whitespace();
+    match words.next()? {
+        "SELECT" | "INSERT" | "UPDATE" | "DELETE" | "MERGE" | "COPY" | "FETCH" | "MOVE" => {
+            words.last()?.parse().ok()
+        }
+        _ => None,
+    }
+}
+
 fn finish(hooks: &impl Hooks, event: EventId, started: Instant, mut result: CommandResult) {
     result.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+    // Rows written (or copied) count as well as rows returned.
+    if result.rows == 0 {
+        if let Some(n) = result
+            .tag
+            .as_deref()
+            .and_then(|t| t.rsplit("; ").next())
+            .and_then(rows_in_tag)
+        {
+            result.rows = n;
+        }
+    }
     hooks.result(event, &result);
 }
 
