@@ -4,7 +4,7 @@
 #   make build      bootstrap, then the release binary (build.rs compiles the eBPF object)
 #   make demo       build, then capture one python client on loopback and show the journal
 #   make test       build, then the whole workspace test suite (needs root; uses sudo -E if not)
-#   make bench      scripts/bench.sh, once it exists
+#   make bench      capture and PostgreSQL benchmarks, written to docs/performance.md
 #   make lint       rustfmt check and clippy with warnings as errors
 #   make clean      cargo clean
 
@@ -49,13 +49,12 @@ test: build
 	$(AS_ROOT) $(if $(CI),CI="$(CI)") INTERCEPTOR_BIN="$(ROOT)/target/debug/interceptor" \
 		$(CARGO) test $(WORKSPACE) -- --test-threads=1
 
-# Placeholder until the benchmark issue lands scripts/bench.sh.
-bench:
-	@if [ -x "$(ROOT)/scripts/bench.sh" ]; then \
-		$(MAKE) --no-print-directory build && "$(ROOT)/scripts/bench.sh"; \
-	else \
-		echo "bench: scripts/bench.sh does not exist yet (benchmarks arrive with a later issue)"; \
-	fi
+# Every figure is a ratio against a baseline measured in the same run; see docs/performance.md.
+# Bounded: fixed counts and durations, loopback only. Never part of `make test`.
+bench: build
+	cargo build --release -p interceptor-bench
+	"$(ROOT)/scripts/bench.sh"
+	"$(ROOT)/scripts/bench-pg.sh"
 
 # clippy compiles interceptor's build.rs, which needs the eBPF toolchain from bootstrap.
 lint: bootstrap

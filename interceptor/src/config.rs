@@ -54,11 +54,21 @@ pub struct Config {
     pub capture: CaptureConfig,
     #[serde(default)]
     pub state: StateConfig,
+    #[serde(default)]
+    pub policy: PolicyConfig,
     #[serde(default, rename = "target")]
     pub targets: Vec<TargetConfig>,
     /// The file this came from and its text, for error messages found after parsing.
     #[serde(skip)]
     pub origin: Option<(PathBuf, String)>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Policy file or directory for every target without its own `policy`. Default: the
+    /// embedded `policies/default.toml`.
+    pub path: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -226,6 +236,8 @@ pub struct TargetConfig {
     /// How the client authenticates to the gateway when `credentials` are set.
     #[serde(default)]
     pub local_auth: LocalAuthConfig,
+    /// Policy file or directory for this target (overrides `[policy] path`).
+    pub policy: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -439,18 +451,13 @@ impl Config {
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| {
-            let (line, column) = e
-                .span()
-                .map(|span| line_and_column(text, span.start))
-                .unwrap_or((1, 1));
-            ConfigError::Parse {
+        let config: Config =
+            parse_toml(text).map_err(|(line, column, message)| ConfigError::Parse {
                 path: path.to_owned(),
                 line,
                 column,
-                message: e.message().to_owned(),
-            }
-        })?;
+                message,
+            })?;
         let mut config = config;
         config.origin = Some((path.to_owned(), text.to_owned()));
         config.targets().map_err(|m| config.invalid(m))?;
@@ -572,6 +579,20 @@ fn line_of_quoted_value(text: &str, message: &str) -> Option<usize> {
     quoted.into_iter().filter(|q| !q.is_empty()).find_map(|q| {
         let needle = format!("\"{q}\"");
         text.find(&needle).map(|at| line_and_column(text, at).0)
+    })
+}
+
+/// Deserializes TOML; on error, the 1-based line and column it points at and what is wrong.
+/// Every file the daemon reads (config, policies, policy test cases) reports errors this way.
+pub(crate) fn parse_toml<T: serde::de::DeserializeOwned>(
+    text: &str,
+) -> Result<T, (usize, usize, String)> {
+    toml::from_str(text).map_err(|e| {
+        let (line, column) = e
+            .span()
+            .map(|span| line_and_column(text, span.start))
+            .unwrap_or((1, 1));
+        (line, column, e.message().to_owned())
     })
 }
 

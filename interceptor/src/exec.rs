@@ -116,6 +116,9 @@ pub async fn exec(
     let mount = cgroup2_mount()?;
     let targets = config.targets().map_err(ExecError::Config)?;
 
+    let policy = std::sync::Arc::new(crate::policy::Engine::new(
+        crate::policy::load_policies(&config).map_err(|e| ExecError::Config(e.to_string()))?,
+    ));
     let journal = Journal::open(&config.journal.path)?;
     let protocols = crate::protocol::Shared::new(&targets, &config.state.dir)
         .map_err(|e| ExecError::Config(e.to_string()))?;
@@ -165,6 +168,7 @@ pub async fn exec(
         own_addrs: listeners.addrs(),
         identities: Default::default(),
         protocols,
+        policy: policy.clone(),
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(gateway::serve(gateway, listeners, stop_rx));

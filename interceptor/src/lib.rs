@@ -11,6 +11,7 @@
 //! - [`gateway`]: loopback listeners; every connection runs the phases in [`gateway::session`].
 //! - [`protocol`]: what happens to the bytes of a session (plain TCP, PostgreSQL), speaking to
 //!   the rest only through the [`command`] seam.
+//! - [`policy`]: who × target × what the command does (SQL-aware) → allow, review or deny.
 //! - [`journal`]: SQLite, committed before forwarding.
 //! - [`exec`] and [`service`]: the two ways to put an agent under the gate.
 //! - [`config`]: the one TOML file, with embedded defaults.
@@ -22,6 +23,7 @@ pub mod doctor;
 pub mod exec;
 pub mod gateway;
 pub mod journal;
+pub mod policy;
 pub mod protocol;
 pub mod service;
 pub mod tls;

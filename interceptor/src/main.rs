@@ -48,11 +48,54 @@ enum Command {
     Doctor,
     /// Remove the service's pinned capture (detaches the programs from its cgroups).
     Detach,
+    /// Validate, explain and test policies.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Look at journaled sessions.
     Sessions {
         #[command(subcommand)]
         command: SessionsCommand,
     },
+}
+
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Validate a policy file or directory (default: the policies the configuration uses).
+    Check { path: Option<PathBuf> },
+    /// Show the decision for a statement, the rule that made it, and what the statement does.
+    Explain {
+        /// Target name (its policy and protocol apply).
+        #[arg(long)]
+        target: Option<String>,
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        uid: Option<u32>,
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        #[arg(long)]
+        exe: Option<String>,
+        #[arg(long)]
+        unit: Option<String>,
+        #[arg(long)]
+        cgroup: Option<String>,
+        #[arg(long)]
+        run: Option<String>,
+        /// The SQL to judge.
+        #[arg(long, conflicts_with = "connect")]
+        sql: Option<String>,
+        /// Judge a connection to this "ip:port" instead.
+        #[arg(long)]
+        connect: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a table of cases (TOML) and compare decisions; non-zero exit on any mismatch.
+    Test { cases: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -203,6 +246,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Policy { command } => run_policy(&config, command),
         Command::Sessions {
             command: SessionsCommand::Show { id, json },
         } => {
@@ -217,6 +261,105 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 print_timeline(&session, &events);
             }
             Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn run_policy(config: &Config, command: PolicyCommand) -> anyhow::Result<ExitCode> {
+    use interceptor::policy::{self, tooling, Request};
+    match command {
+        PolicyCommand::Check { path } => {
+            let policies = match &path {
+                Some(p) => tooling::single(p)?,
+                None => policy::load_policies(config)?,
+            };
+            let mut all = vec![("(default)".to_owned(), policies.fallback.clone())];
+            all.extend(
+                policies
+                    .by_target
+                    .iter()
+                    .map(|(t, p)| (t.clone(), p.clone())),
+            );
+            for (name, p) in all {
+                let from = if p.sources.is_empty() {
+                    "the embedded default".to_owned()
+                } else {
+                    p.sources
+                        .iter()
+                        .map(|s| s.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                println!("ok: {name}: {} rules from {from}", tooling::rule_count(&p));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        PolicyCommand::Explain {
+            target,
+            user,
+            uid,
+            groups,
+            exe,
+            unit,
+            cgroup,
+            run,
+            sql,
+            connect,
+            json,
+        } => {
+            let policies = policy::load_policies(config)?;
+            let protocol = config
+                .targets()
+                .map_err(|e| anyhow::anyhow!(e))?
+                .into_iter()
+                .find(|t| Some(&t.name) == target.as_ref())
+                .map(|t| t.protocol.as_str())
+                .unwrap_or(if connect.is_some() { "tcp" } else { "postgres" });
+            let subject = tooling::SubjectSpec {
+                user,
+                uid,
+                groups,
+                exe,
+                unit,
+                cgroup,
+                run,
+            }
+            .subject();
+            let engine = policy::Engine::new(policies);
+            let request = match (&sql, &connect) {
+                (Some(text), _) => Request::Sql { text },
+                (None, Some(destination)) => Request::Connect { destination },
+                (None, None) => anyhow::bail!("give --sql TEXT or --connect IP:PORT"),
+            };
+            let verdict = engine.evaluate(&subject, target.as_deref(), protocol, request);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&verdict)?);
+            } else {
+                print!("{}", tooling::explain_text(&verdict));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        PolicyCommand::Test { cases } => {
+            let file = tooling::load_cases(&cases)?;
+            let policies = match &file.policy {
+                Some(p) => {
+                    let base = cases.parent().unwrap_or(std::path::Path::new("."));
+                    tooling::single(&base.join(p))?
+                }
+                None => policy::load_policies(config)?,
+            };
+            let results = tooling::run_cases(policies, &file.cases);
+            let failed = results.iter().filter(|r| !r.passed).count();
+            for r in &results {
+                let status = if r.passed { "ok  " } else { "FAIL" };
+                println!("{status} {}: {}", r.name, r.detail);
+            }
+            println!("{} passed, {failed} failed", results.len() - failed);
+            Ok(if failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
     }
 }

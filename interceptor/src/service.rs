@@ -118,6 +118,9 @@ pub async fn run(config: Config) -> Result<(), ExecError> {
     let pin_dir: PathBuf = config.capture.pin_dir.clone();
     ensure_bpffs(&pin_dir)?;
 
+    let policy = std::sync::Arc::new(crate::policy::Engine::new(
+        crate::policy::load_policies(&config).map_err(|e| ExecError::Config(e.to_string()))?,
+    ));
     let journal = Journal::open(&config.journal.path)?;
     let protocols = crate::protocol::Shared::new(&targets, &config.state.dir)
         .map_err(|e| ExecError::Config(e.to_string()))?;
@@ -153,6 +156,7 @@ pub async fn run(config: Config) -> Result<(), ExecError> {
         own_addrs: listeners.addrs(),
         identities: Default::default(),
         protocols,
+        policy: policy.clone(),
     });
     let port = listeners.port4();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -164,7 +168,9 @@ pub async fn run(config: Config) -> Result<(), ExecError> {
     tracing::info!(port, cgroups = ?names, "capture ready");
     sd_notify("READY=1");
 
+    let reloader = tokio::spawn(reload_policies_on_sighup(config.clone(), policy.clone()));
     wait_for_stop().await;
+    reloader.abort();
     tracing::info!(
         "stopping; the pinned capture stays attached and refuses connections until restart"
     );
@@ -177,6 +183,25 @@ pub async fn run(config: Config) -> Result<(), ExecError> {
         task.abort();
     }
     Ok(())
+}
+
+/// SIGHUP re-reads every policy file. All of them load, or none: a broken file keeps the
+/// policies in force, and the log says why.
+async fn reload_policies_on_sighup(config: Config, engine: Arc<crate::policy::Engine>) {
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        match crate::policy::load_policies(&config) {
+            Ok(policies) => {
+                engine.replace(policies);
+                tracing::info!("policies reloaded");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "policy reload failed; keeping the policies in force")
+            }
+        }
+    }
 }
 
 async fn wait_for_stop() {

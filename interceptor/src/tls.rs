@@ -176,17 +176,34 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 pub struct Upstream {
     pub mode: UpstreamTlsMode,
     pub connector: Option<tokio_rustls::TlsConnector>,
-    pub server_name: ServerName<'static>,
+    /// The name to verify; `None` means the address actually connected to (a target without
+    /// a fixed upstream goes wherever the agent dialed).
+    pub server_name: Option<ServerName<'static>>,
 }
 
-/// Builds the upstream TLS settings of a target. `default_host` is the upstream address's host.
-pub fn upstream(config: &UpstreamTlsConfig, default_host: &str) -> Result<Upstream, TlsError> {
-    let name = config
+impl Upstream {
+    pub fn name_for(&self, addr: std::net::SocketAddr) -> ServerName<'static> {
+        self.server_name
+            .clone()
+            .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()))
+    }
+}
+
+/// Builds the upstream TLS settings of a target. `default_host` is the configured upstream's
+/// host, if the target has one.
+pub fn upstream(
+    config: &UpstreamTlsConfig,
+    default_host: Option<&str>,
+) -> Result<Upstream, TlsError> {
+    let server_name = config
         .server_name
-        .clone()
-        .unwrap_or_else(|| default_host.to_owned());
-    let server_name = ServerName::try_from(name.clone())
-        .map_err(|e| TlsError::Upstream(format!("server_name {name:?}: {e}")))?;
+        .as_deref()
+        .or(default_host)
+        .map(|name| {
+            ServerName::try_from(name.to_owned())
+                .map_err(|e| TlsError::Upstream(format!("server_name {name:?}: {e}")))
+        })
+        .transpose()?;
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Upstream(e.to_string()))?;

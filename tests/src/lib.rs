@@ -697,13 +697,23 @@ pub fn run_python_in_cgroup(
     args: &[String],
     timeout: Duration,
 ) -> Output {
+    run_in_cgroup(cgroup, &python(code, args), timeout)
+}
+
+/// Runs `argv` as a process that first moves itself into `cgroup` (as a service's agent would
+/// be), to completion.
+pub fn run_in_cgroup<S: AsRef<std::ffi::OsStr>>(
+    cgroup: &CgroupDir,
+    argv: &[S],
+    timeout: Duration,
+) -> Output {
     let mut cmd = Command::new("/bin/sh");
     cmd.current_dir("/")
         .arg("-c")
         .arg(r#"echo $$ > "$1/cgroup.procs" && shift && exec "$@""#)
         .arg("sh")
         .arg(cgroup.path())
-        .args(python(code, args));
+        .args(argv);
     run_command(cmd, timeout)
 }
 

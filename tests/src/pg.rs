@@ -746,11 +746,23 @@ pub fn pg_config(pg: &PgServer, target_extra: &str) -> TempConfig {
 }
 
 /// The text [`pg_config`] writes, for a server on `port`.
+/// The protocol tests judge nothing: unless `target_extra` names a policy, the target uses the
+/// shipped journal-only policy (allow and record everything).
 pub fn pg_config_text(cfg: &TempConfig, port: u16, target_extra: &str) -> String {
+    let policy = if target_extra.contains("policy =") {
+        String::new()
+    } else {
+        format!(
+            "policy = \"{}\"\n",
+            workspace_root()
+                .join("policies/examples/journal-only.toml")
+                .display()
+        )
+    };
     format!(
         "{journal}\n[state]\ndir = \"{state}\"\n\n[[target]]\nname = \"appdb\"\n\
          protocol = \"postgres\"\nintercept = [\"{dial}:{port}\"]\n\
-         upstream = \"127.0.0.1:{port}\"\n{target_extra}\n",
+         upstream = \"127.0.0.1:{port}\"\n{policy}{target_extra}\n",
         journal = cfg.journal_section(),
         state = state_dir(cfg).display(),
         dial = pg_dial_host(),

@@ -1150,7 +1150,8 @@ fn statements_and_results_are_journaled_without_parameter_values() {
     assert!(i1 < i2 && i2 < i3, "statement order\n{ctx}");
     for e in [&sel, &ins, &bad] {
         assert_eq!(e["decision"], json!("allow"), "{}", pretty(e));
-        assert!(e["rule"].is_null(), "{}", pretty(e));
+        // The protocol tests run under the shipped journal-only policy.
+        assert_eq!(e["rule"], json!("journal-only"), "{}", pretty(e));
         assert!(
             e["ts"].as_str().is_some_and(|t| !t.is_empty()),
             "{}",
@@ -1459,4 +1460,83 @@ fn bad_configs_are_refused_at_startup() {
         "protocol = \"postgres\"\nintercept = [\"not-an-address\"]\nupstream = \"127.0.0.1:5432\"",
     ));
     assert_refused(&cfg, &["intercept"], &["not-an-address"], &[]);
+}
+
+/// `[target.local_auth] mode = "password"`: with credentials injected upstream, the client must
+/// still present the gateway's own local password; the wrong one is refused before anything
+/// reaches the server.
+#[test]
+fn local_password_auth_guards_injected_credentials() {
+    require_root!();
+    let pg = PgServer::start();
+    let cfg = TempConfig::new("");
+    let secret = write_secret(&cfg, "secret", SCRAM_PASSWORD);
+    let local = write_secret(&cfg, "local", "local-gate-pw");
+    cfg.write(&pg_config_text(
+        &cfg,
+        pg.port(),
+        &format!(
+            "[target.credentials]\nuser = \"scram_user\"\npassword_file = \"{}\"\n[target.local_auth]\nmode = \"password\"\npassword_file = \"{}\"\n",
+            secret.display(),
+            local.display()
+        ),
+    ));
+    const CLIENT: &str = r#"
+import psycopg
+res = {}
+for name, pw in [("right", "local-gate-pw"), ("wrong", "nope")]:
+    try:
+        with psycopg.connect(dsn(user="whatever", password=pw), autocommit=True) as conn:
+            res[name] = {"ok": True, "user": conn.execute("SELECT current_user").fetchone()[0]}
+    except Exception as e:
+        res[name] = {"ok": False, "error": err_info(e)}
+report(**res)
+"#;
+    let out = run_client(&cfg, CLIENT, &args(&pg, json!({})));
+    let r = client_ok(&out);
+    assert_eq!(
+        r["right"],
+        json!({"ok": true, "user": "scram_user"}),
+        "{}",
+        pretty(&r)
+    );
+    assert_eq!(r["wrong"]["ok"], json!(false), "{}", pretty(&r));
+    assert!(
+        r["wrong"]["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("password authentication failed"),
+        "{}",
+        pretty(&r)
+    );
+    assert_secret_not_leaked(&cfg, &out, SCRAM_PASSWORD);
+}
+
+/// An unreachable upstream is reported to the client in its protocol, not as a bare close.
+#[test]
+fn unreachable_upstream_is_reported_as_an_error_response() {
+    require_root!();
+    let pg = PgServer::start();
+    let cfg = TempConfig::new("");
+    let dead_port = free_port();
+    // Dial the real port's alias, but send the gateway to a port where nothing listens.
+    let text = pg_config_text(&cfg, pg.port(), "").replace(
+        &format!("upstream = \"127.0.0.1:{}\"", pg.port()),
+        &format!("upstream = \"127.0.0.1:{dead_port}\""),
+    );
+    assert!(text.contains(&dead_port.to_string()), "{text}");
+    cfg.write(&text);
+    const CLIENT: &str = r#"
+import psycopg
+try:
+    psycopg.connect(dsn(user="agent")).close()
+    report(ok=True)
+except Exception as e:
+    report(ok=False, error=err_info(e))
+"#;
+    let out = run_client(&cfg, CLIENT, &args(&pg, json!({})));
+    let r = out.json();
+    assert_eq!(r["ok"], json!(false), "{}", pretty(&r));
+    let message = r["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("unavailable"), "{}", pretty(&r));
 }

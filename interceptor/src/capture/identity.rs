@@ -47,6 +47,7 @@ struct ProcDetails {
 pub struct IdentityCache {
     processes: Mutex<HashMap<(u32, u64), ProcDetails>>,
     users: Mutex<HashMap<u32, Option<String>>>,
+    groups: Mutex<HashMap<(u32, u32), Vec<String>>>,
 }
 
 const CACHE_LIMIT: usize = 4096;
@@ -95,6 +96,32 @@ impl IdentityCache {
             _ => identity.stale = true,
         }
         identity
+    }
+}
+
+impl IdentityCache {
+    /// The groups of a caller, by name and by number: its primary group and, when the uid has
+    /// an account, the account's supplementary groups.
+    pub fn groups(&self, uid: u32, gid: u32, user: Option<&str>) -> Vec<String> {
+        cached(&self.groups, (uid, gid), || {
+            let mut gids = vec![gid];
+            if let Some(c) = user.and_then(|u| std::ffi::CString::new(u).ok()) {
+                if let Ok(list) = nix::unistd::getgrouplist(&c, nix::unistd::Gid::from_raw(gid)) {
+                    gids.extend(list.into_iter().map(|g| g.as_raw()));
+                }
+            }
+            gids.sort_unstable();
+            gids.dedup();
+            let mut names = Vec::new();
+            for g in gids {
+                names.push(g.to_string());
+                if let Ok(Some(group)) = nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(g))
+                {
+                    names.push(group.name);
+                }
+            }
+            names
+        })
     }
 }
 

@@ -52,6 +52,7 @@ pub struct Gateway {
     pub own_addrs: Vec<SocketAddr>,
     pub identities: IdentityCache,
     pub protocols: crate::protocol::Shared,
+    pub policy: std::sync::Arc<crate::policy::Engine>,
 }
 
 impl Gateway {

@@ -5,12 +5,13 @@
 //!    /proc. No record means the connection did not come through our hooks: journal an anomaly
 //!    and close.
 //! 2. **route**: which target (if any) the original destination belongs to, and the upstream.
-//! 3. **record**: the session is committed to the journal *before* anything goes upstream. If
-//!    the journal cannot be written, the connection is closed: fail closed.
-//! 4. **admit**: connection-level checks (today: the loop guard).
-//! 5. **upstream**: connect, with a timeout.
-//! 6. **relay**: the protocol module moves (and later judges and masks) the bytes.
-//! 7. **log**: always runs last: close, byte counts and outcome go to the journal.
+//! 3. **decide**: policy judges the connection itself (an egress allowlist for plain TCP).
+//! 4. **record**: the session and that decision are committed to the journal *before*
+//!    anything goes upstream. If the journal cannot be written, the connection is closed.
+//! 5. **admit**: a denied connection, or one that would loop into the gateway, ends here.
+//! 6. **upstream**: connect, with a timeout.
+//! 7. **relay**: the protocol module moves the bytes, judging each command through the hooks.
+//! 8. **log**: always runs last: close, byte counts and outcome go to the journal.
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -22,6 +23,7 @@ use crate::{
     capture::{identity::Identity, programs::key_addr},
     config::Target,
     journal::{Event, NewSession, Outcome},
+    policy::{DecisionKind, Request, Subject},
     protocol::{self, Counters},
 };
 
@@ -44,15 +46,42 @@ async fn handle(gateway: Arc<Gateway>, client: TcpStream, peer: SocketAddr) {
     let protocol = target.map(|t| t.protocol).unwrap_or_default();
     let upstream_addr = target.and_then(|t| t.upstream).unwrap_or(original_dst);
 
-    // Phase 3: record, before anything goes upstream.
+    // Phase 3: decide about the connection itself.
+    let groups = gateway
+        .identities
+        .groups(identity.uid, identity.gid, identity.user.as_deref());
+    let run_id = gateway.run_ids.for_cgroup(identity.cgroup_id);
+    let subject = Subject {
+        uid: identity.uid,
+        user: identity.user.clone(),
+        groups,
+        exe: identity.exe.clone(),
+        unit: identity.unit.clone(),
+        cgroup: identity.cgroup_path.clone(),
+        run_id: Some(run_id.clone()),
+    };
+    let target_name = target.map(|t| t.name.clone());
+    let destination = original_dst.to_string();
+    let connection = gateway.policy.evaluate(
+        &subject,
+        target_name.as_deref(),
+        protocol.as_str(),
+        Request::Connect {
+            destination: &destination,
+        },
+    );
+
+    // Phase 4: record, before anything goes upstream.
     let session = NewSession {
-        run_id: Some(gateway.run_ids.for_cgroup(identity.cgroup_id)),
+        run_id: Some(run_id),
         identity,
         client_addr: peer.to_string(),
-        original_dst: original_dst.to_string(),
-        target: target.map(|t| t.name.clone()),
+        original_dst: destination.clone(),
+        target: target_name.clone(),
         protocol: protocol.as_str().to_owned(),
         upstream: Some(upstream_addr.to_string()),
+        decision: Some(connection.decision.as_str().to_owned()),
+        rule: connection.rule.clone(),
     };
     let pid = session.identity.pid;
     let session_id = match gateway.journal.open_session(session).await {
@@ -65,22 +94,38 @@ async fn handle(gateway: Arc<Gateway>, client: TcpStream, peer: SocketAddr) {
     tracing::info!(session_id, pid, %original_dst, "session opened");
 
     let counters = Counters::default();
-    let hooks = SessionHooks {
-        journal: gateway.journal.clone(),
+    let hooks = SessionHooks::new(
+        gateway.journal.clone(),
         session_id,
+        gateway.policy.clone(),
+        subject,
+        target_name,
+        protocol.as_str(),
+    );
+    let refused = (connection.decision != DecisionKind::Allow).then(|| connection.message.clone());
+    let (outcome, detail) = match refused {
+        Some(message) => {
+            // Phase 5: a connection policy does not allow is refused (and so are reviews of
+            // connections: there is nothing to hold).
+            tracing::warn!(session_id, %original_dst, "connection refused by policy");
+            protocol::refuse(target, client, &message).await;
+            (Outcome::Refused, Some(message))
+        }
+        None => {
+            relay_phases(
+                &gateway,
+                &hooks,
+                client,
+                original_dst,
+                upstream_addr,
+                target,
+                &counters,
+            )
+            .await
+        }
     };
-    let (outcome, detail) = relay_phases(
-        &gateway,
-        &hooks,
-        client,
-        original_dst,
-        upstream_addr,
-        target,
-        &counters,
-    )
-    .await;
 
-    // Phase 7: log. Always runs.
+    // Phase 8: log. Always runs.
     // Nothing is forwarded after this point, so the close need not hold up the task: it is
     // queued in order, and shutdown waits for the queue (`Journal::flush`).
     let (up, down) = counters.snapshot();
@@ -107,7 +152,7 @@ async fn relay_phases(
     target: Option<&Target>,
     counters: &Counters,
 ) -> (Outcome, Option<String>) {
-    // Phase 4: admit.
+    // Phase 5: admit.
     if gateway.is_own_address(upstream_addr) || gateway.is_own_address(original_dst) {
         return (
             Outcome::Refused,
@@ -115,7 +160,7 @@ async fn relay_phases(
         );
     }
 
-    // Phase 5: upstream.
+    // Phase 6: upstream.
     let upstream = match tokio::time::timeout(
         gateway.connect_timeout,
         TcpStream::connect(upstream_addr),
@@ -123,19 +168,23 @@ async fn relay_phases(
     .await
     {
         Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => return (Outcome::UpstreamFailed, Some(e.to_string())),
-        Err(_) => {
-            return (
-                Outcome::UpstreamFailed,
-                Some(format!(
-                    "connect timed out after {:?}",
-                    gateway.connect_timeout
-                )),
+        failed => {
+            let reason = match failed {
+                Ok(Err(e)) => e.to_string(),
+                _ => format!("connect timed out after {:?}", gateway.connect_timeout),
+            };
+            // Say why in the client's own protocol, where it has one.
+            protocol::refuse(
+                target,
+                client,
+                &format!("cannot reach {upstream_addr}: {reason}"),
             )
+            .await;
+            return (Outcome::UpstreamFailed, Some(reason));
         }
     };
 
-    // Phase 6: relay, in the target's protocol.
+    // Phase 7: relay, in the target's protocol.
     let session = protocol::Session {
         hooks,
         target,
@@ -164,6 +213,8 @@ async fn journal_anomaly(gateway: &Gateway, peer: SocketAddr) {
         target: None,
         protocol: "tcp".to_owned(),
         upstream: None,
+        decision: None,
+        rule: None,
     };
     let result = async {
         let id = gateway.journal.open_session(session).await?;

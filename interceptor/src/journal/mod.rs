@@ -74,6 +74,9 @@ pub struct NewSession {
     pub target: Option<String>,
     pub protocol: String,
     pub upstream: Option<String>,
+    /// The policy decision about the connection itself, and the rule that made it.
+    pub decision: Option<String>,
+    pub rule: Option<String>,
 }
 
 /// How a session ended.
@@ -524,6 +527,20 @@ fn apply_one(tx: &rusqlite::Transaction<'_>, op: &Op, now: &str) -> rusqlite::Re
                 ],
             )?;
             let id = tx.last_insert_rowid();
+            if s.decision.is_some() {
+                insert_event(
+                    tx,
+                    &Event {
+                        session_id: Some(id),
+                        kind: "connect",
+                        statement: None,
+                        decision: s.decision.clone(),
+                        rule: s.rule.clone(),
+                        detail: serde_json::json!({ "destination": s.original_dst }),
+                    },
+                    now,
+                )?;
+            }
             Ok(id)
         }
         Op::CloseSession {

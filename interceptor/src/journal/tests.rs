@@ -24,6 +24,8 @@ fn session(run: &str, dst: &str) -> NewSession {
         target: None,
         protocol: "tcp".to_owned(),
         upstream: Some(dst.to_owned()),
+        decision: None,
+        rule: None,
     }
 }
 

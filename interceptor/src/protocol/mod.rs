@@ -74,6 +74,15 @@ pub struct Session<'a, H: Hooks> {
     pub upstream_addr: SocketAddr,
 }
 
+/// Tells a client that its session cannot start, in its protocol if it has one (plain TCP
+/// just closes). Bounded in time: a silent client cannot hold the task.
+pub async fn refuse(target: Option<&Target>, client: TcpStream, reason: &str) {
+    if let Some(t) = target.filter(|t| t.protocol == Protocol::Postgres) {
+        let refusal = postgres::refuse_before_startup(client, t, reason);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), refusal).await;
+    }
+}
+
 /// Runs the relay phase of the session's protocol until both sides are done or one fails.
 pub async fn serve<H: Hooks>(
     session: Session<'_, H>,
@@ -93,5 +102,20 @@ pub async fn serve<H: Hooks>(
             Ok(postgres::serve(ctx, client, upstream).await?)
         }
         _ => Ok(tcp::relay(client, upstream, session.counters).await?),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_defaults_prepare_without_a_fixed_upstream() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let targets = crate::config::Config::embedded()
+            .targets()
+            .expect("targets");
+        let shared = Shared::new(&targets, dir.path()).expect("a postgres target without upstream");
+        assert!(shared.postgres.local_ca.is_some());
     }
 }

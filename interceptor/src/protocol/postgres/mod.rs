@@ -79,8 +79,8 @@ impl Shared {
     pub fn new(targets: &[Target], state_dir: &std::path::Path) -> Result<Shared, TlsError> {
         let mut upstream_tls = HashMap::new();
         for t in targets.iter().filter(|t| t.protocol == Protocol::Postgres) {
-            let host = t.upstream.map(|a| a.ip().to_string()).unwrap_or_default();
-            upstream_tls.insert(t.name.clone(), tls::upstream(&t.tls, &host)?);
+            let host = t.upstream.map(|a| a.ip().to_string());
+            upstream_tls.insert(t.name.clone(), tls::upstream(&t.tls, host.as_deref())?);
         }
         let local_ca = match LocalCa::load_or_create(state_dir) {
             Ok(ca) => Some(Arc::new(ca)),
@@ -107,6 +107,31 @@ pub struct Context<'a, H: Hooks> {
     pub dialed: SocketAddr,
     /// Where `upstream` is connected, for cancel requests.
     pub upstream_addr: SocketAddr,
+}
+
+/// Answers a client whose upstream is unreachable: reads its start-up (declining TLS, which
+/// the client may refuse; then it just sees the connection close) and sends an ErrorResponse.
+pub async fn refuse_before_startup(client: TcpStream, target: &Target, reason: &str) {
+    let mut client: BoxIo = Box::new(client);
+    loop {
+        match codec::read_startup(&mut client, target.max_message_bytes).await {
+            Ok(Some(codec::Startup::SslRequest | codec::Startup::GssEncRequest)) => {
+                if tokio::io::AsyncWriteExt::write_all(&mut client, b"N")
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Ok(Some(codec::Startup::Params(_))) => break,
+            _ => return,
+        }
+    }
+    let text = format!(
+        "interceptor: target {:?} is unavailable: {reason}",
+        target.name
+    );
+    startup::refuse(&mut client, "08001", &text).await;
 }
 
 /// Runs a whole PostgreSQL session: start-up on both legs, then the query phase.

@@ -8,6 +8,14 @@
 //! Server → client: results are matched to pending entries in order (CommandComplete,
 //! ErrorResponse, ReadyForQuery…), rows are counted, and the bytes are forwarded unchanged.
 //! A framing error on either side ends the session with an ErrorResponse to the client.
+//!
+//! **Refusals keep the session usable.** A refused message is not dropped: it is replaced by
+//! one the server rejects at once (a syntax error, or an Execute of a portal that does not
+//! exist). The server then does exactly what it does for any error: aborts the transaction
+//! block or the implicit transaction of the pipeline, skips to the next Sync, and reports the
+//! true transaction state in ReadyForQuery. On the way back, that server error is replaced by
+//! ours (SQLSTATE 42501, naming the rule and the journal event). Nothing of a refused message
+//! reaches the server, and no protocol state has to be faked.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -43,8 +51,16 @@ enum Pending {
         started: Instant,
         rows: u64,
     },
-    /// A Sync: its ReadyForQuery closes the extended-protocol batch.
+    /// A Sync (or the implicit one of a simple Query): its ReadyForQuery closes the batch.
     Sync,
+    /// A refused command, replaced by one that fails: the server's ErrorResponse for it is
+    /// swapped for `error`.
+    Denied {
+        event: EventId,
+        started: Instant,
+        error: bytes::Bytes,
+        message: String,
+    },
 }
 
 type ClientWriter = tokio::sync::Mutex<WriteHalf<BoxIo>>;
@@ -145,6 +161,16 @@ struct Statements {
     portals: HashMap<String, String>,
 }
 
+/// What one client message means for the batch.
+#[derive(Default)]
+struct Step {
+    /// Index into the batch's commands to record, if this message carries one.
+    record: Option<usize>,
+    expect: Option<Expect>,
+    /// The prepared statement this Parse created (undone if the Parse is refused).
+    parsed: Option<String>,
+}
+
 enum Expect {
     UntilReady(EventRef),
     Execute(EventRef),
@@ -152,46 +178,41 @@ enum Expect {
 }
 
 impl Statements {
-    /// Reads one client message: updates statements and portals, appends what must be
-    /// recorded to `record` and what the server will answer to `expect`.
+    /// Reads one client message: updates statements and portals, and appends what must be
+    /// recorded to `record`.
     fn plan(
         &mut self,
         tag: u8,
         body: &[u8],
         record: &mut Vec<Planned>,
-        expect: &mut Vec<Expect>,
-    ) -> Result<(), FrameError> {
-        let push = |record: &mut Vec<Planned>, p: Planned| {
+    ) -> Result<Step, FrameError> {
+        let mut step = Step::default();
+        let mut push = |p: Planned| {
             record.push(p);
+            step.record = Some(record.len() - 1);
             EventRef::Batch(record.len() - 1)
         };
         match tag {
             b'Q' => {
                 let text = frontend::query(body)?;
-                let event = push(
-                    record,
-                    Planned {
-                        kind: CommandKind::Statement,
-                        text,
-                        params: 0,
-                        name: None,
-                    },
-                );
-                expect.push(Expect::UntilReady(event));
+                let event = push(Planned {
+                    kind: CommandKind::Statement,
+                    text,
+                    params: 0,
+                    name: None,
+                });
+                step.expect = Some(Expect::UntilReady(event));
             }
             b'P' => {
                 let (name, text, params) = frontend::parse(body)?;
-                let event = push(
-                    record,
-                    Planned {
-                        kind: CommandKind::Prepare,
-                        text: text.clone(),
-                        params,
-                        name: Some(name.clone()),
-                    },
-                );
+                let event = push(Planned {
+                    kind: CommandKind::Prepare,
+                    text: text.clone(),
+                    params,
+                    name: Some(name.clone()),
+                });
                 self.prepared.insert(
-                    name,
+                    name.clone(),
                     Prepared {
                         text,
                         params,
@@ -199,6 +220,7 @@ impl Statements {
                         executed: false,
                     },
                 );
+                step.parsed = Some(name);
             }
             b'B' => {
                 let (portal, statement, _) = frontend::bind(body)?;
@@ -208,10 +230,10 @@ impl Statements {
                 let portal = frontend::execute(body)?;
                 // An unknown portal gets an error from the server; nothing to record.
                 let Some(statement) = self.portals.get(&portal) else {
-                    return Ok(());
+                    return Ok(step);
                 };
                 let Some(prepared) = self.prepared.get_mut(statement) else {
-                    return Ok(());
+                    return Ok(step);
                 };
                 let event = if prepared.executed {
                     let planned = Planned {
@@ -220,26 +242,23 @@ impl Statements {
                         params: prepared.params,
                         name: Some(statement.clone()),
                     };
-                    push(record, planned)
+                    push(planned)
                 } else {
                     prepared.executed = true;
                     prepared.event
                 };
-                expect.push(Expect::Execute(event));
+                step.expect = Some(Expect::Execute(event));
             }
             b'F' => {
                 let oid = frontend::function_call(body)?;
                 let text = format!("function call (oid {oid})");
-                let event = push(
-                    record,
-                    Planned {
-                        kind: CommandKind::FunctionCall,
-                        text,
-                        params: 0,
-                        name: None,
-                    },
-                );
-                expect.push(Expect::UntilReady(event));
+                let event = push(Planned {
+                    kind: CommandKind::FunctionCall,
+                    text,
+                    params: 0,
+                    name: None,
+                });
+                step.expect = Some(Expect::UntilReady(event));
             }
             b'C' => match frontend::close(body)? {
                 (b'S', name) => {
@@ -249,7 +268,7 @@ impl Statements {
                     self.portals.remove(&name);
                 }
             },
-            b'S' => expect.push(Expect::Sync),
+            b'S' => step.expect = Some(Expect::Sync),
             // Describe, Flush, COPY data/done/fail, Terminate: relayed as they are.
             b'D' | b'H' | b'd' | b'c' | b'f' | b'X' => {}
             _ => {
@@ -259,7 +278,7 @@ impl Statements {
                 })
             }
         }
-        Ok(())
+        Ok(step)
     }
 
     /// Once a batch is committed, statements parsed in it point at their events.
@@ -269,6 +288,29 @@ impl Statements {
                 p.event = EventRef::Known(e);
             }
         }
+    }
+}
+
+/// The message sent upstream instead of a refused one: something the server rejects before
+/// running anything, so it takes its own error path (see the module documentation).
+fn substitute(tag: u8, body: &[u8]) -> codec::Message {
+    use bytes::BufMut as _;
+    match tag {
+        b'P' => {
+            let name = frontend::parse(body).map(|(n, _, _)| n).unwrap_or_default();
+            backend::message(b'P', |b| {
+                b.put_slice(name.as_bytes());
+                b.put_u8(0);
+                b.put_slice(b"interceptor_refused\0");
+                b.put_i16(0);
+            })
+        }
+        b'E' => backend::message(b'E', |b| {
+            b.put_slice(b"\x01interceptor refused portal\0");
+            b.put_i32(0);
+        }),
+        // Query and FunctionCall: a query that fails to parse, followed by ReadyForQuery.
+        _ => backend::message(b'Q', |b| b.put_slice(b"interceptor_refused\0")),
     }
 }
 
@@ -299,21 +341,26 @@ async fn client_to_server<H: Hooks>(
         }
 
         // 1. Work out what the messages ask for, in order.
-        let (mut record, mut expect) = (Vec::new(), Vec::new());
+        let mut record = Vec::new();
+        let mut steps = Vec::with_capacity(found.len());
         for (tag, range) in &found {
-            if let Err(e) = statements.plan(*tag, &buf[range.clone()], &mut record, &mut expect) {
-                tell_client(
-                    client_write,
-                    "08P01",
-                    &format!("interceptor: {e} ({:#04x})", tag),
-                )
-                .await;
-                return Err(PgError::Client(e));
+            match statements.plan(*tag, &buf[range.clone()], &mut record) {
+                Ok(step) => steps.push(step),
+                Err(e) => {
+                    tell_client(
+                        client_write,
+                        "08P01",
+                        &format!("interceptor: {e} ({tag:#04x})"),
+                    )
+                    .await;
+                    return Err(PgError::Client(e));
+                }
             }
         }
 
-        // 2. Record every command of the batch with one commit, before anything is forwarded.
-        let events: Vec<EventId> = if record.is_empty() {
+        // 2. Decide and record every command of the batch with one commit, before anything
+        // is forwarded.
+        let decisions = if record.is_empty() {
             Vec::new()
         } else {
             let commands: Vec<Command<'_>> = record
@@ -325,60 +372,87 @@ async fn client_to_server<H: Hooks>(
                     name: p.name.as_deref(),
                 })
                 .collect();
-            let decisions = match ctx.hooks.request_all(&commands).await {
-                Ok(d) => d,
-                Err(e) => {
+            match ctx.hooks.request_all(&commands).await {
+                Ok(d) if d.len() == commands.len() => d,
+                Ok(_) | Err(_) => {
                     tell_client(
                         client_write,
                         "58000",
                         "interceptor: the journal is unavailable; the statement was not run",
                     )
                     .await;
-                    return Err(PgError::Journal(e));
+                    return Err(PgError::Journal(crate::command::HookError(
+                        "commands could not be recorded".to_owned(),
+                    )));
                 }
-            };
-            if let Some(message) = decisions.iter().find_map(|d| match &d.verdict {
-                Verdict::Deny { message } => Some(message.clone()),
-                Verdict::Allow => None,
-            }) {
-                // Refusing one statement while keeping the session usable arrives with
-                // policy; until then a refusal ends the session, which is never permissive.
-                tell_client(client_write, "42501", &format!("interceptor: {message}")).await;
-                return Err(PgError::Denied(message));
             }
-            decisions.into_iter().map(|d| d.event).collect()
         };
-        statements.resolve(&events);
+        let events: Vec<EventId> = decisions.iter().map(|d| d.event).collect();
 
-        // 3. Expect the answers, then forward the original bytes unchanged.
+        // 3. Refused messages are replaced; the rest go as they came. Expect the answers first.
+        let mut out = BytesMut::new();
+        let mut substituted = false;
         {
             let mut queue = pending.lock().unwrap_or_else(|p| p.into_inner());
             let started = Instant::now();
-            for e in expect {
-                match e {
-                    Expect::Sync => queue.push_back(Pending::Sync),
-                    Expect::UntilReady(r) => {
-                        if let Some(event) = r.resolve(&events) {
-                            queue.push_back(Pending::UntilReady {
-                                event,
-                                started,
-                                result: CommandResult::default(),
-                            });
+            for ((tag, range), step) in found.iter().zip(steps) {
+                let refusal = step.record.and_then(|i| match &decisions[i].verdict {
+                    Verdict::Deny { message } => Some((decisions[i].event, message.clone())),
+                    Verdict::Allow => None,
+                });
+                let frame = range.start - 5..range.end;
+                let Some((event, message)) = refusal else {
+                    out.extend_from_slice(&buf[frame]);
+                    match step.expect {
+                        Some(Expect::Sync) => queue.push_back(Pending::Sync),
+                        Some(Expect::UntilReady(r)) => {
+                            if let Some(event) = r.resolve(&events) {
+                                queue.push_back(Pending::UntilReady {
+                                    event,
+                                    started,
+                                    result: CommandResult::default(),
+                                });
+                            }
                         }
-                    }
-                    Expect::Execute(r) => {
-                        if let Some(event) = r.resolve(&events) {
-                            queue.push_back(Pending::Execute {
-                                event,
-                                started,
-                                rows: 0,
-                            });
+                        Some(Expect::Execute(r)) => {
+                            if let Some(event) = r.resolve(&events) {
+                                queue.push_back(Pending::Execute {
+                                    event,
+                                    started,
+                                    rows: 0,
+                                });
+                            }
                         }
+                        None => {}
                     }
+                    continue;
+                };
+                substituted = true;
+                if let Some(name) = &step.parsed {
+                    // The statement was never prepared on the server; forget it here too.
+                    statements.prepared.remove(name);
+                }
+                let mut error = BytesMut::new();
+                backend::error(b'E', "ERROR", "42501", &format!("interceptor: {message}"))
+                    .encode(&mut error);
+                queue.push_back(Pending::Denied {
+                    event,
+                    started,
+                    error: error.freeze(),
+                    message,
+                });
+                substitute(*tag, &buf[range.clone()]).encode(&mut out);
+                if matches!(*tag, b'Q' | b'F') {
+                    queue.push_back(Pending::Sync);
                 }
             }
         }
-        server.write_all(&buf[..consumed]).await?;
+        statements.resolve(&events);
+        if substituted {
+            server.write_all(&out).await?;
+        } else {
+            server.write_all(&buf[..consumed]).await?;
+        }
         ctx.counters
             .up
             .fetch_add(consumed as u64, Ordering::Relaxed);
@@ -417,14 +491,29 @@ async fn server_to_client<H: Hooks>(
             }
             continue;
         }
+        // Frames whose bytes are replaced (a refusal's error), by position in `found`.
+        let mut replaced: Vec<(usize, bytes::Bytes)> = Vec::new();
         {
             let mut queue = pending.lock().unwrap_or_else(|p| p.into_inner());
-            for (tag, range) in &found {
-                observe(ctx.hooks, &mut queue, *tag, &buf[range.clone()]);
+            for (i, (tag, range)) in found.iter().enumerate() {
+                if let Some(bytes) = observe(ctx.hooks, &mut queue, *tag, &buf[range.clone()]) {
+                    replaced.push((i, bytes));
+                }
             }
         }
         let mut w = client.lock().await;
-        w.write_all(&buf[..consumed]).await?;
+        if replaced.is_empty() {
+            w.write_all(&buf[..consumed]).await?;
+        } else {
+            let mut at = 0;
+            for (i, bytes) in &replaced {
+                let frame_start = found[*i].1.start - 5;
+                w.write_all(&buf[at..frame_start]).await?;
+                w.write_all(bytes).await?;
+                at = found[*i].1.end;
+            }
+            w.write_all(&buf[at..consumed]).await?;
+        }
         if consumed == buf.len() {
             w.flush().await?;
         }
@@ -463,8 +552,31 @@ fn finish(hooks: &impl Hooks, event: EventId, started: Instant, mut result: Comm
     hooks.result(event, &result);
 }
 
-/// Updates the pending answers with one server message.
-fn observe(hooks: &impl Hooks, queue: &mut VecDeque<Pending>, tag: u8, body: &[u8]) {
+/// Updates the pending answers with one server message. Returns the bytes to send the client
+/// instead of this message, when it answers a refused command.
+fn observe(
+    hooks: &impl Hooks,
+    queue: &mut VecDeque<Pending>,
+    tag: u8,
+    body: &[u8],
+) -> Option<bytes::Bytes> {
+    if tag == b'E' && matches!(queue.front(), Some(Pending::Denied { .. })) {
+        if let Some(Pending::Denied {
+            event,
+            started,
+            error,
+            message,
+        }) = queue.pop_front()
+        {
+            let result = CommandResult {
+                sqlstate: Some("42501".to_owned()),
+                error: Some(message),
+                ..CommandResult::default()
+            };
+            finish(hooks, event, started, result);
+            return Some(error);
+        }
+    }
     match tag {
         b'D' => match queue.front_mut() {
             Some(Pending::UntilReady { result, .. }) => result.rows += 1,
@@ -557,9 +669,24 @@ fn observe(hooks: &impl Hooks, queue: &mut VecDeque<Pending>, tag: u8, body: &[u
                         finish(hooks, event, started, result);
                     }
                     Pending::Sync => break,
+                    // The server skipped it after an earlier error: it was refused anyway.
+                    Pending::Denied {
+                        event,
+                        started,
+                        message,
+                        ..
+                    } => {
+                        let result = CommandResult {
+                            sqlstate: Some("42501".to_owned()),
+                            error: Some(message),
+                            ..CommandResult::default()
+                        };
+                        finish(hooks, event, started, result);
+                    }
                 }
             }
         }
         _ => {}
     }
+    None
 }

@@ -116,7 +116,7 @@ pub async fn establish<H: Hooks>(
         }
     };
 
-    let server = match connect_upstream_tls(upstream, upstream_tls).await {
+    let server = match connect_upstream_tls(upstream, upstream_tls, ctx.upstream_addr).await {
         Ok(server) => server,
         Err(e) => {
             ctx.hooks.note(
@@ -191,7 +191,11 @@ async fn accept_client_tls<H: Hooks>(
     Ok(Box::new(stream))
 }
 
-async fn connect_upstream_tls(upstream: TcpStream, tls: &tls::Upstream) -> Result<BoxIo, PgError> {
+async fn connect_upstream_tls(
+    upstream: TcpStream,
+    tls: &tls::Upstream,
+    addr: std::net::SocketAddr,
+) -> Result<BoxIo, PgError> {
     let mut io: BoxIo = Box::new(upstream);
     let Some(connector) = &tls.connector else {
         return Ok(io);
@@ -203,7 +207,7 @@ async fn connect_upstream_tls(upstream: TcpStream, tls: &tls::Upstream) -> Resul
     io.read_exact(&mut answer).await?;
     match answer[0] {
         b'S' => connector
-            .connect(tls.server_name.clone(), io)
+            .connect(tls.name_for(addr), io)
             .await
             .map(|s| Box::new(s) as BoxIo)
             .map_err(|e| PgError::UpstreamTls(e.to_string())),

@@ -1,0 +1,555 @@
+//! Command-level policy: who (identity) × where (target) × what (the command, SQL-aware).
+//!
+//! Why this exists: credentials cannot say "this agent may read reporting tables but never drop
+//! anything". Every command is judged here, from the caller's identity and what the command
+//! really does ([`sql::analyze`] sees through CTEs, EXPLAIN ANALYZE, PREPARE, comments…).
+//!
+//! **Precedence, defined once:** for each statement, every rule whose `match` holds is a
+//! candidate; any `deny` wins, then `review`, then `allow`; no matching rule means deny. A
+//! message with several statements gets the strictest statement's decision (all must pass).
+//!
+//! **Match semantics:** identity and target keys hold if any listed pattern matches. Command
+//! keys over sets (classes, tables, columns, functions) hold for an `allow` rule only if they
+//! cover *every* element the statement has (so an allow for reads cannot let a hidden delete
+//! through), and for `deny`/`review` rules if *any* element matches.
+//!
+//! [`Engine`] adds what makes this cheap at run time: the parsed analysis of each statement
+//! text is cached, and policies are swapped atomically on reload.
+
+pub mod file;
+pub mod sql;
+pub mod tooling;
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, RwLock},
+    time::Duration,
+};
+
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use serde::Serialize;
+
+use file::{CommandKindMatch, MatchFile, RuleFile, Source};
+pub use file::{DecisionKind, PolicyError};
+use sql::{Analysis, Parsed, StatementClass};
+
+/// The policy applied when the configuration names none.
+pub const DEFAULT_POLICY: &str = include_str!("../../../policies/default.toml");
+
+/// Who is asking, as policy sees it.
+#[derive(Debug, Clone, Default)]
+pub struct Subject {
+    pub uid: u32,
+    pub user: Option<String>,
+    /// Group names and numeric ids (as text) the caller belongs to.
+    pub groups: Vec<String>,
+    pub exe: Option<String>,
+    pub unit: Option<String>,
+    pub cgroup: Option<String>,
+    pub run_id: Option<String>,
+}
+
+/// What is asked.
+#[derive(Debug, Clone, Copy)]
+pub enum Request<'a> {
+    /// Opening a connection to `destination` ("ip:port").
+    Connect { destination: &'a str },
+    /// Running SQL text (one or more statements).
+    Sql { text: &'a str },
+}
+
+/// The decision about one statement.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatementVerdict {
+    pub analysis: Analysis,
+    pub decision: DecisionKind,
+    pub rule: Option<String>,
+}
+
+/// The decision about a whole request.
+#[derive(Debug, Clone, Serialize)]
+pub struct Verdict {
+    pub decision: DecisionKind,
+    /// The rule that decided; `None` when no rule matched (which denies).
+    pub rule: Option<String>,
+    pub message: String,
+    #[serde(skip)]
+    pub review_timeout: Option<Duration>,
+    pub parse_error: Option<String>,
+    pub statements: Vec<StatementVerdict>,
+}
+
+/// A compiled list of glob patterns. A pattern starting with `!` excludes: the list holds for
+/// a value if it matches some positive pattern (or there are none) and no negative one.
+#[derive(Debug)]
+struct Patterns {
+    include: Option<GlobSet>,
+    exclude: Option<GlobSet>,
+}
+
+impl Patterns {
+    fn compile(list: &[String], case_insensitive: bool) -> Result<Option<Patterns>, String> {
+        if list.is_empty() {
+            return Ok(None);
+        }
+        let build = |patterns: Vec<&str>| -> Result<Option<GlobSet>, String> {
+            if patterns.is_empty() {
+                return Ok(None);
+            }
+            let mut set = GlobSetBuilder::new();
+            for p in patterns {
+                let glob = GlobBuilder::new(p)
+                    .case_insensitive(case_insensitive)
+                    .build()
+                    .map_err(|e| format!("pattern {p:?}: {e}"))?;
+                set.add(glob);
+            }
+            set.build().map(Some).map_err(|e| e.to_string())
+        };
+        let (negative, positive): (Vec<&str>, Vec<&str>) = list
+            .iter()
+            .map(String::as_str)
+            .partition(|p| p.starts_with('!'));
+        Ok(Some(Patterns {
+            include: build(positive)?,
+            exclude: build(negative.iter().map(|p| &p[1..]).collect())?,
+        }))
+    }
+
+    fn matches(&self, value: &str) -> bool {
+        self.include.as_ref().is_none_or(|s| s.is_match(value))
+            && !self.exclude.as_ref().is_some_and(|s| s.is_match(value))
+    }
+
+    /// For a value that may be absent (no unit, no exe): absent only passes pure exclusions.
+    fn any(&self, value: Option<&str>) -> bool {
+        match value {
+            Some(v) => self.matches(v),
+            None => self.include.is_none(),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Matcher {
+    targets: Option<Patterns>,
+    protocols: Option<Patterns>,
+    users: Option<Patterns>,
+    groups: Option<Patterns>,
+    exes: Option<Patterns>,
+    units: Option<Patterns>,
+    cgroups: Option<Patterns>,
+    runs: Option<Patterns>,
+    destinations: Option<Patterns>,
+    kinds: Vec<CommandKindMatch>,
+    classes: Option<BTreeSet<StatementClass>>,
+    tables: Option<Patterns>,
+    tables_read: Option<Patterns>,
+    tables_written: Option<Patterns>,
+    columns: Option<Patterns>,
+    functions: Option<Patterns>,
+    dangerous: Option<bool>,
+}
+
+impl Matcher {
+    fn compile(m: &MatchFile) -> Result<Matcher, String> {
+        let p = |list: &Vec<String>, ci| Patterns::compile(list, ci);
+        Ok(Matcher {
+            targets: p(&m.targets, false)?,
+            protocols: p(&m.protocols, true)?,
+            users: p(&m.users, false)?,
+            groups: p(&m.groups, false)?,
+            exes: p(&m.exes, false)?,
+            units: p(&m.units, false)?,
+            cgroups: p(&m.cgroups, false)?,
+            runs: p(&m.runs, false)?,
+            destinations: p(&m.destinations, false)?,
+            kinds: m.kinds.clone(),
+            classes: (!m.classes.is_empty()).then(|| m.classes.iter().copied().collect()),
+            tables: p(&m.tables, true)?,
+            tables_read: p(&m.tables_read, true)?,
+            tables_written: p(&m.tables_written, true)?,
+            columns: p(&m.columns, true)?,
+            functions: p(&m.functions, true)?,
+            dangerous: m.dangerous,
+        })
+    }
+
+    fn has_sql_conditions(&self) -> bool {
+        self.classes.is_some()
+            || self.tables.is_some()
+            || self.tables_read.is_some()
+            || self.tables_written.is_some()
+            || self.columns.is_some()
+            || self.functions.is_some()
+            || self.dangerous.is_some()
+    }
+
+    fn who_and_where(&self, subject: &Subject, target: Option<&str>, protocol: &str) -> bool {
+        let uid = subject.uid.to_string();
+        // A user is named by name or by uid; an exclusion of either excludes.
+        let user_ok = self.users.as_ref().is_none_or(|p| {
+            let names = [subject.user.as_deref(), Some(uid.as_str())];
+            names
+                .iter()
+                .flatten()
+                .any(|n| p.include.as_ref().is_none_or(|s| s.is_match(n)))
+                && !names
+                    .iter()
+                    .flatten()
+                    .any(|n| p.exclude.as_ref().is_some_and(|s| s.is_match(n)))
+        });
+        user_ok
+            && self.targets.as_ref().is_none_or(|p| p.any(target))
+            && self
+                .protocols
+                .as_ref()
+                .is_none_or(|p| p.any(Some(protocol)))
+            && self.groups.as_ref().is_none_or(|p| {
+                subject
+                    .groups
+                    .iter()
+                    .any(|g| p.include.as_ref().is_none_or(|s| s.is_match(g)))
+                    && !subject
+                        .groups
+                        .iter()
+                        .any(|g| p.exclude.as_ref().is_some_and(|s| s.is_match(g)))
+            })
+            && self
+                .exes
+                .as_ref()
+                .is_none_or(|p| p.any(subject.exe.as_deref()))
+            && self
+                .units
+                .as_ref()
+                .is_none_or(|p| p.any(subject.unit.as_deref()))
+            && self
+                .cgroups
+                .as_ref()
+                .is_none_or(|p| p.any(subject.cgroup.as_deref()))
+            && self
+                .runs
+                .as_ref()
+                .is_none_or(|p| p.any(subject.run_id.as_deref()))
+    }
+
+    /// `every`: an allow rule must cover every element; deny/review need just one.
+    fn set_holds(patterns: &Option<Patterns>, values: &BTreeSet<String>, every: bool) -> bool {
+        match patterns {
+            None => true,
+            Some(p) if every => values.iter().all(|v| p.matches(v)),
+            Some(p) => values.iter().any(|v| p.matches(v)),
+        }
+    }
+
+    fn statement(&self, a: &Analysis, every: bool) -> bool {
+        if !self.kinds.is_empty() && !self.kinds.contains(&CommandKindMatch::Sql) {
+            return false;
+        }
+        let classes_ok = match &self.classes {
+            None => true,
+            Some(wanted) if every => a.classes.is_subset(wanted),
+            Some(wanted) => !a.classes.is_disjoint(wanted),
+        };
+        let all_tables: BTreeSet<String> =
+            a.tables_read.union(&a.tables_written).cloned().collect();
+        classes_ok
+            && Self::set_holds(&self.tables, &all_tables, every)
+            && Self::set_holds(&self.tables_read, &a.tables_read, every)
+            && Self::set_holds(&self.tables_written, &a.tables_written, every)
+            && Self::set_holds(&self.columns, &a.columns, every)
+            && Self::set_holds(&self.functions, &a.functions, every)
+            && self.dangerous.is_none_or(|d| d != a.dangerous.is_empty())
+    }
+
+    fn connection(&self, destination: &str) -> bool {
+        if !self.kinds.is_empty() && !self.kinds.contains(&CommandKindMatch::Connect) {
+            return false;
+        }
+        !self.has_sql_conditions()
+            && self
+                .destinations
+                .as_ref()
+                .is_none_or(|p| p.any(Some(destination)))
+    }
+}
+
+#[derive(Debug)]
+struct Rule {
+    name: String,
+    decision: DecisionKind,
+    message: Option<String>,
+    review_timeout: Option<Duration>,
+    matcher: Matcher,
+}
+
+/// A compiled policy: rules in file order.
+#[derive(Debug)]
+pub struct Policy {
+    rules: Vec<Rule>,
+    /// Where it came from (files), for messages; empty for the embedded default.
+    pub sources: Vec<PathBuf>,
+}
+
+impl Policy {
+    pub fn compile(sources: Vec<Source>) -> Result<Policy, PolicyError> {
+        let mut rules = Vec::new();
+        let mut names = std::collections::HashSet::new();
+        let mut paths = Vec::new();
+        for source in sources {
+            for r in source.file.rules {
+                let invalid = |message: String| PolicyError::Invalid {
+                    path: source.path.clone(),
+                    rule: r.name.clone(),
+                    message,
+                };
+                if r.name.trim().is_empty() {
+                    return Err(invalid("a rule needs a name".to_owned()));
+                }
+                if !names.insert(r.name.clone()) {
+                    return Err(invalid("the name is used twice".to_owned()));
+                }
+                let matcher = Matcher::compile(&r.matches).map_err(invalid)?;
+                rules.push(compile_rule(r, matcher));
+            }
+            paths.push(source.path);
+        }
+        Ok(Policy {
+            rules,
+            sources: paths,
+        })
+    }
+
+    pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+        Policy::compile(file::load(path)?)
+    }
+
+    /// `policies/default.toml`, built into the binary.
+    pub fn embedded_default() -> Result<Policy, PolicyError> {
+        let source = file::parse(
+            DEFAULT_POLICY,
+            Path::new("<embedded>/policies/default.toml"),
+        )?;
+        let mut policy = Policy::compile(vec![source])?;
+        policy.sources.clear();
+        Ok(policy)
+    }
+
+    /// The strictest rule that holds (any deny, then review, then allow), if any. Earlier
+    /// rules win ties, so the journal names the first rule of the deciding kind.
+    fn strictest(&self, holds: impl Fn(&Rule) -> bool) -> Option<&Rule> {
+        self.rules
+            .iter()
+            .filter(|r| holds(r))
+            .fold(None, |best: Option<&Rule>, r| match best {
+                Some(b) if b.decision >= r.decision => Some(b),
+                _ => Some(r),
+            })
+    }
+
+    /// Judges one statement's analysis: strictest matching rule, or deny.
+    fn judge(
+        &self,
+        subject: &Subject,
+        target: Option<&str>,
+        protocol: &str,
+        a: &Analysis,
+    ) -> (DecisionKind, Option<&Rule>) {
+        let best = self.strictest(|rule| {
+            let every = rule.decision == DecisionKind::Allow;
+            rule.matcher.who_and_where(subject, target, protocol)
+                && rule.matcher.statement(a, every)
+        });
+        match best {
+            Some(rule) => (rule.decision, Some(rule)),
+            None => (DecisionKind::Deny, None),
+        }
+    }
+
+    /// Judges a request with an already parsed SQL text (see [`Engine`] for the cached path).
+    pub fn evaluate_parsed(
+        &self,
+        subject: &Subject,
+        target: Option<&str>,
+        protocol: &str,
+        parsed: &Parsed,
+    ) -> Verdict {
+        let mut statements = Vec::with_capacity(parsed.statements.len());
+        let mut worst: Option<(DecisionKind, Option<&Rule>)> = None;
+        for a in &parsed.statements {
+            let (decision, rule) = self.judge(subject, target, protocol, a);
+            if worst.is_none_or(|(d, _)| decision > d) {
+                worst = Some((decision, rule));
+            }
+            statements.push(StatementVerdict {
+                analysis: a.clone(),
+                decision,
+                rule: rule.map(|r| r.name.clone()),
+            });
+        }
+        // An empty text asks for nothing; it still has to be allowed by something.
+        let (decision, rule) = worst.unwrap_or((DecisionKind::Deny, None));
+        verdict(decision, rule, parsed.error.clone(), statements)
+    }
+
+    pub fn evaluate_connection(
+        &self,
+        subject: &Subject,
+        target: Option<&str>,
+        protocol: &str,
+        destination: &str,
+    ) -> Verdict {
+        let best = self.strictest(|rule| {
+            rule.matcher.who_and_where(subject, target, protocol)
+                && rule.matcher.connection(destination)
+        });
+        match best {
+            Some(rule) => verdict(rule.decision, Some(rule), None, Vec::new()),
+            None => verdict(DecisionKind::Deny, None, None, Vec::new()),
+        }
+    }
+}
+
+fn compile_rule(r: RuleFile, matcher: Matcher) -> Rule {
+    Rule {
+        name: r.name,
+        decision: r.decision,
+        message: r.message,
+        review_timeout: r.review_timeout_secs.map(Duration::from_secs),
+        matcher,
+    }
+}
+
+fn verdict(
+    decision: DecisionKind,
+    rule: Option<&Rule>,
+    parse_error: Option<String>,
+    statements: Vec<StatementVerdict>,
+) -> Verdict {
+    let message = match (rule, decision) {
+        (Some(r), _) if r.message.is_some() => r.message.clone().unwrap_or_default(),
+        (Some(r), DecisionKind::Deny) => format!("denied by policy rule {:?}", r.name),
+        (Some(r), DecisionKind::Review) => format!("needs approval under policy rule {:?}", r.name),
+        (Some(r), DecisionKind::Allow) => format!("allowed by policy rule {:?}", r.name),
+        (None, _) => "no policy rule allows this".to_owned(),
+    };
+    Verdict {
+        decision,
+        rule: rule.map(|r| r.name.clone()),
+        message,
+        review_timeout: rule.and_then(|r| r.review_timeout),
+        parse_error,
+        statements,
+    }
+}
+
+/// Loads the policies a configuration names: each target's own, and the global one (or the
+/// embedded default) for everything else. Any error refuses the whole set, so a reload that
+/// fails keeps the policies in force.
+pub fn load_policies(config: &crate::config::Config) -> Result<Policies, PolicyError> {
+    let fallback = match &config.policy.path {
+        Some(path) => Policy::load(path)?,
+        None => Policy::embedded_default()?,
+    };
+    let mut by_target = HashMap::new();
+    for t in &config.targets {
+        if let Some(path) = &t.policy {
+            by_target.insert(t.name.clone(), Arc::new(Policy::load(path)?));
+        }
+    }
+    Ok(Policies {
+        by_target,
+        fallback: Arc::new(fallback),
+    })
+}
+
+/// Bound on cached analyses; the cache is emptied when it is full (a re-parse is the only cost).
+const ANALYSIS_CACHE: usize = 10_000;
+/// Statements longer than this are analysed every time rather than cached.
+const CACHEABLE_TEXT: usize = 16 * 1024;
+
+/// Policies by target, swapped atomically on reload, with a cache of statement analyses.
+pub struct Engine {
+    policies: RwLock<Arc<Policies>>,
+    analyses: Mutex<HashMap<String, Arc<Parsed>>>,
+}
+
+/// The policy of each target, and the one for everything else.
+pub struct Policies {
+    pub by_target: HashMap<String, Arc<Policy>>,
+    pub fallback: Arc<Policy>,
+}
+
+impl Policies {
+    pub fn for_target(&self, target: Option<&str>) -> &Arc<Policy> {
+        target
+            .and_then(|t| self.by_target.get(t))
+            .unwrap_or(&self.fallback)
+    }
+}
+
+impl Engine {
+    pub fn new(policies: Policies) -> Engine {
+        Engine {
+            policies: RwLock::new(Arc::new(policies)),
+            analyses: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Replaces every policy at once; sessions see either the old set or the new one.
+    pub fn replace(&self, policies: Policies) {
+        *self.policies.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policies);
+    }
+
+    pub fn current(&self) -> Arc<Policies> {
+        self.policies
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The analysis of `text`, parsed once per distinct text.
+    pub fn analyze(&self, text: &str) -> Arc<Parsed> {
+        if let Some(p) = self
+            .analyses
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(text)
+        {
+            return p.clone();
+        }
+        let parsed = Arc::new(sql::analyze(text));
+        if text.len() <= CACHEABLE_TEXT {
+            let mut cache = self.analyses.lock().unwrap_or_else(|p| p.into_inner());
+            if cache.len() >= ANALYSIS_CACHE {
+                cache.clear();
+            }
+            cache.insert(text.to_owned(), parsed.clone());
+        }
+        parsed
+    }
+
+    pub fn evaluate(
+        &self,
+        subject: &Subject,
+        target: Option<&str>,
+        protocol: &str,
+        request: Request<'_>,
+    ) -> Verdict {
+        let policies = self.current();
+        let policy = policies.for_target(target);
+        match request {
+            Request::Sql { text } => {
+                let parsed = self.analyze(text);
+                policy.evaluate_parsed(subject, target, protocol, &parsed)
+            }
+            Request::Connect { destination } => {
+                policy.evaluate_connection(subject, target, protocol, destination)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

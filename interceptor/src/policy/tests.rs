@@ -1,0 +1,291 @@
+use super::*;
+
+fn policy(text: &str) -> Policy {
+    Policy::compile(vec![
+        file::parse(text, Path::new("test.toml")).expect("parse")
+    ])
+    .expect("compile")
+}
+
+fn subject(user: &str) -> Subject {
+    Subject {
+        uid: 1000,
+        user: Some(user.to_owned()),
+        groups: vec!["1000".to_owned(), "agents".to_owned()],
+        exe: Some("/usr/bin/python3.11".to_owned()),
+        unit: Some("agent.service".to_owned()),
+        cgroup: Some("/interceptor/run-1".to_owned()),
+        run_id: Some("run-1".to_owned()),
+    }
+}
+
+fn decide(p: &Policy, who: &Subject, target: &str, sql: &str) -> (DecisionKind, Option<String>) {
+    let v = p.evaluate_parsed(who, Some(target), "postgres", &sql::analyze(sql));
+    (v.decision, v.rule)
+}
+
+const RULES: &str = r#"
+[[rule]]
+name = "reads"
+decision = "allow"
+[rule.match]
+classes = ["read", "transaction"]
+
+[[rule]]
+name = "writes"
+decision = "review"
+[rule.match]
+classes = ["insert", "update", "delete"]
+
+[[rule]]
+name = "drops"
+decision = "deny"
+[rule.match]
+classes = ["ddl"]
+"#;
+
+#[test]
+fn deny_beats_review_beats_allow_and_nothing_matching_denies() {
+    let p = policy(RULES);
+    let who = subject("agent");
+    assert_eq!(decide(&p, &who, "db", "SELECT 1").0, DecisionKind::Allow);
+    assert_eq!(
+        decide(&p, &who, "db", "DELETE FROM t").0,
+        DecisionKind::Review
+    );
+    assert_eq!(
+        decide(&p, &who, "db", "DROP TABLE t"),
+        (DecisionKind::Deny, Some("drops".to_owned()))
+    );
+    // Several statements: the strictest one decides.
+    assert_eq!(
+        decide(&p, &who, "db", "SELECT 1; DROP TABLE t").0,
+        DecisionKind::Deny
+    );
+    // Nothing allows GRANT: no rule, deny.
+    assert_eq!(
+        decide(&p, &who, "db", "GRANT ALL ON t TO x"),
+        (DecisionKind::Deny, None)
+    );
+}
+
+#[test]
+fn an_allow_must_cover_everything_the_statement_does() {
+    let p = policy(RULES);
+    let who = subject("agent");
+    // A read hiding a delete is {read, delete}: "reads" does not cover it, "writes" catches it.
+    let (d, rule) = decide(
+        &p,
+        &who,
+        "db",
+        "WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d",
+    );
+    assert_eq!((d, rule.as_deref()), (DecisionKind::Review, Some("writes")));
+    let scoped = policy(
+        r#"
+[[rule]]
+name = "reporting"
+decision = "allow"
+[rule.match]
+classes = ["read"]
+tables = ["reporting.*"]
+"#,
+    );
+    assert_eq!(
+        decide(&scoped, &who, "db", "SELECT * FROM reporting.sales").0,
+        DecisionKind::Allow
+    );
+    assert_eq!(
+        decide(
+            &scoped,
+            &who,
+            "db",
+            "SELECT * FROM reporting.sales JOIN public.users u ON true"
+        )
+        .0,
+        DecisionKind::Deny
+    );
+}
+
+#[test]
+fn identity_and_target_patterns_with_exclusions() {
+    let p = policy(
+        r#"
+[[rule]]
+name = "migrations"
+decision = "allow"
+[rule.match]
+targets = ["app*"]
+units = ["agent.service"]
+exes = ["/usr/bin/python3*"]
+groups = ["agents"]
+classes = ["ddl"]
+
+[[rule]]
+name = "no-ddl-for-others"
+decision = "deny"
+[rule.match]
+classes = ["ddl"]
+units = ["!agent.service"]
+"#,
+    );
+    let who = subject("agent");
+    assert_eq!(
+        decide(&p, &who, "appdb", "CREATE TABLE x (a int)").0,
+        DecisionKind::Allow
+    );
+    assert_eq!(
+        decide(&p, &who, "other", "CREATE TABLE x (a int)").0,
+        DecisionKind::Deny
+    );
+    let mut stranger = subject("mallory");
+    stranger.unit = Some("other.service".to_owned());
+    assert_eq!(
+        decide(&p, &stranger, "appdb", "CREATE TABLE x (a int)"),
+        (DecisionKind::Deny, Some("no-ddl-for-others".to_owned()))
+    );
+    // Users match by name or uid.
+    let by_uid =
+        policy("[[rule]]\nname = \"u\"\ndecision = \"allow\"\n[rule.match]\nusers = [\"1000\"]\n");
+    assert_eq!(
+        decide(&by_uid, &who, "db", "SELECT 1").0,
+        DecisionKind::Allow
+    );
+}
+
+#[test]
+fn connections_are_judged_by_connection_rules_only() {
+    let p = policy(
+        r#"
+[[rule]]
+name = "egress"
+decision = "allow"
+[rule.match]
+kinds = ["connect"]
+destinations = ["127.0.0.2:*"]
+
+[[rule]]
+name = "reads"
+decision = "allow"
+[rule.match]
+classes = ["read"]
+"#,
+    );
+    let who = subject("agent");
+    let allowed = p.evaluate_connection(&who, None, "tcp", "127.0.0.2:443");
+    assert_eq!(allowed.decision, DecisionKind::Allow);
+    let denied = p.evaluate_connection(&who, None, "tcp", "127.0.0.3:443");
+    assert_eq!((denied.decision, denied.rule), (DecisionKind::Deny, None));
+}
+
+#[test]
+fn the_default_policy_reads_reviews_writes_and_denies_the_rest() {
+    let p = Policy::embedded_default().expect("the shipped default policy compiles");
+    let who = subject("agent");
+    for (sql, expected) in [
+        ("SELECT * FROM customers", DecisionKind::Allow),
+        ("BEGIN", DecisionKind::Allow),
+        ("UPDATE customers SET name = 'x'", DecisionKind::Review),
+        ("INSERT INTO t VALUES (1)", DecisionKind::Review),
+        ("DROP TABLE customers", DecisionKind::Deny),
+        ("GRANT ALL ON customers TO public", DecisionKind::Deny),
+        ("COPY t TO PROGRAM 'sh'", DecisionKind::Deny),
+        ("SELECT pg_read_file('/etc/passwd')", DecisionKind::Deny),
+        ("DO $$ BEGIN PERFORM 1; END $$", DecisionKind::Deny),
+        ("this is not sql", DecisionKind::Deny),
+    ] {
+        assert_eq!(decide(&p, &who, "db", sql).0, expected, "{sql}");
+    }
+    assert_eq!(
+        p.evaluate_connection(&who, None, "tcp", "127.0.0.2:80")
+            .decision,
+        DecisionKind::Allow
+    );
+}
+
+#[test]
+fn policy_errors_name_file_line_and_column() {
+    let err = file::parse(
+        "[[rule]]\nname = \"x\"\ndecision = \"maybe\"\n",
+        Path::new("p.toml"),
+    )
+    .err()
+    .expect("error");
+    assert!(err.to_string().starts_with("p.toml:3:"), "{err}");
+    let err = file::parse(
+        "[[rule]]\nname = \"x\"\ndecision = \"allow\"\n[rule.match]\nclases = [\"read\"]\n",
+        Path::new("p.toml"),
+    )
+    .err()
+    .expect("error");
+    assert!(err.to_string().starts_with("p.toml:5:"), "{err}");
+    let dup = Policy::compile(vec![file::parse(
+        "[[rule]]\nname = \"x\"\ndecision = \"allow\"\n[[rule]]\nname = \"x\"\ndecision = \"deny\"\n",
+        Path::new("p.toml"),
+    )
+    .expect("parse")]);
+    assert!(dup.expect_err("duplicate").to_string().contains("twice"));
+}
+
+#[test]
+fn the_engine_caches_analyses_and_swaps_policies_atomically() {
+    let engine = Engine::new(Policies {
+        by_target: HashMap::new(),
+        fallback: Arc::new(policy(RULES)),
+    });
+    let who = subject("agent");
+    let first = engine.analyze("SELECT 1");
+    assert!(
+        Arc::ptr_eq(&first, &engine.analyze("SELECT 1")),
+        "second analysis is cached"
+    );
+    assert_eq!(
+        engine
+            .evaluate(
+                &who,
+                Some("db"),
+                "postgres",
+                Request::Sql { text: "SELECT 1" }
+            )
+            .decision,
+        DecisionKind::Allow
+    );
+    engine.replace(Policies {
+        by_target: HashMap::new(),
+        fallback: Arc::new(policy("[[rule]]\nname = \"none\"\ndecision = \"deny\"\n")),
+    });
+    assert_eq!(
+        engine
+            .evaluate(
+                &who,
+                Some("db"),
+                "postgres",
+                Request::Sql { text: "SELECT 1" }
+            )
+            .decision,
+        DecisionKind::Deny
+    );
+}
+
+/// The shipped evasion corpus (`policies/tests/default-cases.toml`) under the shipped default.
+#[test]
+fn the_default_policy_sees_through_the_evasion_corpus() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/tests/default-cases.toml");
+    let file = tooling::load_cases(&path).expect("cases parse");
+    assert!(file.cases.len() >= 60, "the corpus keeps at least 60 cases");
+    let policies = Policies {
+        by_target: HashMap::new(),
+        fallback: Arc::new(Policy::embedded_default().expect("default")),
+    };
+    let failures: Vec<String> = tooling::run_cases(policies, &file.cases)
+        .into_iter()
+        .filter(|r| !r.passed)
+        .map(|r| format!("{}: {}", r.name, r.detail))
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} failing cases:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
