@@ -30,14 +30,21 @@ fn verdicts(c: &mut Criterion) {
     let engine = engine();
     let who = subject();
     let cached = "SELECT c.id, c.name, c.email FROM customers c WHERE c.id = $1";
-    engine.evaluate(&who, Some("appdb"), "postgres", Request::Sql { text: cached });
+    engine.evaluate(
+        &who,
+        Some("appdb"),
+        "postgres",
+        Request::Sql { text: cached },
+    );
     c.bench_function("verdict/cached", |b| {
         b.iter(|| {
             engine.evaluate(
                 black_box(&who),
                 Some("appdb"),
                 "postgres",
-                Request::Sql { text: black_box(cached) },
+                Request::Sql {
+                    text: black_box(cached),
+                },
             )
         })
     });
