@@ -5,7 +5,8 @@
 # each (default 20), on three paths to one throw-away PostgreSQL on loopback:
 #   direct       pgbench -> postgres
 #   pgbouncer    pgbench -> pgbouncer (session pooling) -> postgres
-#   interceptor  pgbench (under `interceptor exec`) -> gateway (journal on, allow-all) -> postgres
+#   interceptor  pgbench (under `interceptor exec`) -> gateway (journal on, journal-only policy) -> postgres
+#   policy       the same with the shipped default policy (select only: it sends writes to review)
 # Writes TPS, ratio to direct, and p50/p99 latency (and what the path adds) to
 # docs/performance.md between the pg-bench markers. Loopback only; every run is time-bounded.
 set -euo pipefail
@@ -76,23 +77,27 @@ name = "bench"
 protocol = "postgres"
 intercept = ["127.0.0.2:$PGPORT"]
 upstream = "127.0.0.1:$PGPORT"
+policy = "$ROOT/policies/examples/journal-only.toml"
 CONF
+sed -e "s|^policy = .*|policy = \"$ROOT/policies/default.toml\"|" "$WORK/gateway.toml" >"$WORK/policy.toml"
 
 run() { # path script clients
   local path=$1 script=$2 clients=$3 host=127.0.0.1 port=$PGPORT wrap=()
   case $path in
     pgbouncer) port=$BOUNCER_PORT ;;
     interceptor) host=127.0.0.2; wrap=("$BIN" --config "$WORK/gateway.toml" exec --user root --) ;;
+    policy) host=127.0.0.2; wrap=("$BIN" --config "$WORK/policy.toml" exec --user root --) ;;
   esac
   local flags=(-n -T "$SECONDS_EACH" -c "$clients" -j "$(( clients < 2 ? clients : 2 ))" -l --log-prefix "$WORK/log-$path-$script-$clients")
   [ "$script" = select ] && flags+=(-S)
   rm -f "$WORK"/log-"$path-$script-$clients"*
   echo "bench-pg: $path $script $clients client(s), ${SECONDS_EACH}s" >&2
   local out
-  out="$(cd "$WORK" && "${wrap[@]}" pgbench -h "$host" -p "$port" -U postgres "${flags[@]}" bench 2>&1)"
+  # A failed run (e.g. statements a policy refuses) is reported as 0 TPS, not a crash.
+  out="$(cd "$WORK" && "${wrap[@]}" pgbench -h "$host" -p "$port" -U postgres "${flags[@]}" bench 2>&1)" || true
   local tps
   tps="$(echo "$out" | sed -n 's/^tps = \([0-9.]*\).*/\1/p' | head -n1)"
-  echo "$path $script $clients $tps" >>"$WORK/results"
+  echo "$path $script $clients ${tps:-0}" >>"$WORK/results"
 }
 
 for script in select tpcb; do
@@ -100,6 +105,7 @@ for script in select tpcb; do
     for path in direct pgbouncer interceptor; do
       run "$path" "$script" "$clients"
     done
+    [ "$script" = select ] && run policy "$script" "$clients"
   done
 done
 
@@ -139,6 +145,12 @@ for script in ("select", "tpcb"):
         met = i >= b and (clients != 8 or i >= 0.75)
         goal_ok &= met
         rows.append(f"| {script} | {clients} | **goal** | | interceptor {i:.2f}x vs pgbouncer {b:.2f}x{', >= 0.75x' if clients == 8 else ''} | | {'met' if met else 'not met'} |")
+        if ("policy", script, clients) in tps:
+            t = tps[("policy", script, clients)]
+            p50, p99 = latencies("policy", script, clients)
+            rows.append(f"| {script} | {clients} | interceptor + default policy | {t:,.0f} | {t / d:.2f}x | {p50:.3f} / {p99:.3f} | +{p50 - dl[0]:.3f} / +{p99 - dl[1]:.3f} |")
+            within = t >= 0.9 * tps[("interceptor", script, clients)]
+            rows.append(f"| {script} | {clients} | **goal (policy)** | | default policy {t / tps[('interceptor', script, clients)]:.2f}x of journal-only, >= 0.90x | | {'met' if within else 'not met'} |")
 cpu = next((l.split(":",1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "unknown")
 section = [
     "<!-- pg-bench:start (written by scripts/bench-pg.sh) -->",
@@ -147,7 +159,7 @@ section = [
     f"- Date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
     f"- Machine: {os.cpu_count()} cores, {cpu}, kernel {platform.release()}; PostgreSQL 15, fsync off",
     f"- Command: `make bench` (scripts/bench-pg.sh; PGBENCH_SECONDS={secs}, PGBENCH_SCALE={scale}); `pgbench -n -T {secs} -c C -j min(C,2)` with `-S` for select",
-    "- interceptor: `interceptor exec` with a postgres target, journal on, allow-all hooks; pgbouncer: session pooling",
+    "- interceptor: `interceptor exec` with a postgres target, journal on, `policies/examples/journal-only.toml`; \"+ default policy\": `policies/default.toml`; pgbouncer: session pooling",
     "",
     "| script | clients | path | TPS | ratio to direct | latency p50 / p99 (ms) | added p50 / p99 (ms) |",
     "|---|---|---|---|---|---|---|",

@@ -13,7 +13,10 @@ pub mod schema;
 
 use std::{
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, TryLockError},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex, TryLockError,
+    },
     time::SystemTime,
 };
 
@@ -180,6 +183,8 @@ pub struct Journal {
 struct Inner {
     conn: Mutex<Connection>,
     queue: Mutex<Vec<Request>>,
+    /// A caller is about to commit the queue (see [`Journal::enqueue`]).
+    gathering: AtomicBool,
 }
 
 /// Upper bound on operations per transaction, so one commit never holds the lock for long.
@@ -196,15 +201,25 @@ impl Journal {
         let inner = Arc::new(Inner {
             conn: Mutex::new(conn),
             queue: Mutex::new(Vec::new()),
+            gathering: AtomicBool::new(false),
         });
         start_checkpointer(path, Arc::downgrade(&inner))?;
         Ok(Journal { inner })
     }
 
-    fn enqueue(&self, op: Op) -> oneshot::Receiver<Result<Vec<i64>, String>> {
+    /// Queues `op` and makes sure someone commits it. The first caller of a group yields once
+    /// before committing, so sessions that are ready to run add their records to the same
+    /// transaction; later callers of the group just wait for their reply.
+    async fn enqueue(&self, op: Op) -> Result<Result<Vec<i64>, String>, oneshot::error::RecvError> {
         let rx = self.inner.queue_only(op);
-        self.inner.commit_queued();
-        rx
+        if !self.inner.gathering.swap(true, Ordering::AcqRel) {
+            tokio::task::yield_now().await;
+            // Cleared before draining: a request queued after the drain sees `false` and
+            // commits itself; one queued before it is in this drain.
+            self.inner.gathering.store(false, Ordering::Release);
+            self.inner.commit_queued();
+        }
+        rx.await
     }
 }
 
