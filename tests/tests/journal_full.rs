@@ -1,0 +1,112 @@
+//! Fail closed when the journal cannot be written: a statement that cannot be recorded is not
+//! run (SQLSTATE 58000 and the session ends), and the gateway recovers once space is back.
+
+use std::{process::Command, time::Duration};
+
+use interceptor_tests::*;
+
+/// A small tmpfs for the journal, unmounted on drop.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn new(size: &str) -> SmallDisk {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("mount");
+        assert!(status.success(), "mount tmpfs");
+        SmallDisk { dir }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+const CLIENT: &str = r#"
+import psycopg, os
+H, P, FILL = ARGS["host"], int(ARGS["port"]), ARGS["fill"]
+def dsn():
+    return conninfo(host=H, port=P, dbname="appdb", user="agent", sslmode="disable", connect_timeout=10)
+res = {}
+conn = psycopg.connect(dsn(), autocommit=True)
+res["before"] = conn.execute("SELECT 1").fetchone()[0]
+# Fill the journal's filesystem.
+with open(FILL, "wb") as f:
+    try:
+        while True:
+            f.write(b"x" * 65536)
+            f.flush()
+    except OSError:
+        pass
+try:
+    conn.execute("INSERT INTO marker VALUES (1)")
+    res["full"] = "ran"
+except psycopg.Error as e:
+    res["full"] = {"sqlstate": e.sqlstate, "message": str(e)}
+os.remove(FILL)
+with psycopg.connect(dsn(), autocommit=True) as again:
+    res["after"] = again.execute("SELECT 2").fetchone()[0]
+report(**res)
+"#;
+
+#[test]
+fn statements_are_refused_while_the_journal_cannot_be_written() {
+    require_root!();
+    let pg = PgServer::start();
+    pg.psql_db(
+        "appdb",
+        "CREATE TABLE marker (a int); GRANT ALL ON marker TO agent",
+    );
+    let disk = SmallDisk::new("1m");
+    let cfg = TempConfig::new("");
+    let journal = disk.dir.path().join("journal.db");
+    let text = pg_config_text(&cfg, pg.port(), "").replace(
+        &cfg.journal_section(),
+        &format!("[journal]\npath = \"{}\"\n", journal.display()),
+    );
+    assert!(text.contains(&journal.display().to_string()), "{text}");
+    cfg.write(&text);
+    let fill = disk.dir.path().join("filler");
+    let args =
+        json!({"host": pg_dial_host(), "port": pg.port(), "fill": fill.display().to_string()});
+    let out = run_venv_python_exec(
+        &cfg,
+        None,
+        CLIENT,
+        &[args.to_string()],
+        Duration::from_secs(90),
+    );
+    assert!(out.success(), "{}", out.describe());
+    let r = out.json();
+    assert_eq!(r["before"], json!(1), "{}", pretty(&r));
+    assert_eq!(
+        r["full"]["sqlstate"],
+        json!("58000"),
+        "not run unrecorded: {}",
+        pretty(&r)
+    );
+    assert!(
+        r["full"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("journal"),
+        "{}",
+        pretty(&r)
+    );
+    assert_eq!(r["after"], json!(2), "the gateway recovers: {}", pretty(&r));
+    // The refused statement never reached the server.
+    assert_eq!(
+        pg.psql_db("appdb", "SELECT count(*) FROM marker").trim(),
+        "0"
+    );
+}
