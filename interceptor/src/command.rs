@@ -60,6 +60,12 @@ pub enum Verdict {
     Deny {
         message: String,
     },
+    /// Wait for a human: tell the client `notice` at once, then ask
+    /// [`Hooks::wait_for_approval`] with `id` for the final Allow or Deny.
+    Hold {
+        id: String,
+        notice: String,
+    },
 }
 
 /// The decision, plus the handle the protocol uses to report the result.
@@ -117,6 +123,9 @@ pub trait Hooks: Send + Sync {
             Ok(decisions)
         }
     }
+
+    /// Waits for the decision on a held command; returns Allow or Deny (a timeout denies).
+    fn wait_for_approval(&self, id: &str) -> impl std::future::Future<Output = Verdict> + Send;
 
     /// Called once the outcome of a recorded command is known. Never blocks the relay.
     fn result(&self, event: EventId, result: &CommandResult);

@@ -56,11 +56,47 @@ pub struct Config {
     pub state: StateConfig,
     #[serde(default)]
     pub policy: PolicyConfig,
+    #[serde(default)]
+    pub approvals: ApprovalsConfig,
     #[serde(default, rename = "target")]
     pub targets: Vec<TargetConfig>,
     /// The file this came from and its text, for error messages found after parsing.
     #[serde(skip)]
     pub origin: Option<(PathBuf, String)>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalsConfig {
+    /// The service's control socket; `exec` runs put `exec-<run id>.sock` beside it.
+    #[serde(default = "default_control_socket")]
+    pub socket: PathBuf,
+    /// Members of this group (and root) may approve; the socket is mode 0660 with this group.
+    #[serde(default = "default_approvers_group")]
+    pub group: String,
+    /// How long a held command waits when its rule sets no `review_timeout_secs`.
+    #[serde(default = "default_review_timeout")]
+    pub timeout_secs: u64,
+}
+
+impl Default for ApprovalsConfig {
+    fn default() -> Self {
+        ApprovalsConfig {
+            socket: default_control_socket(),
+            group: default_approvers_group(),
+            timeout_secs: default_review_timeout(),
+        }
+    }
+}
+
+fn default_control_socket() -> PathBuf {
+    PathBuf::from("/run/interceptor/control.sock")
+}
+fn default_approvers_group() -> String {
+    "interceptor-approvers".to_owned()
+}
+fn default_review_timeout() -> u64 {
+    300
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]

@@ -120,6 +120,7 @@ pub async fn exec(
         crate::policy::load_policies(&config).map_err(|e| ExecError::Config(e.to_string()))?,
     ));
     let journal = Journal::open(&config.journal.path)?;
+    let approvals = std::sync::Arc::new(crate::approval::Approvals::new(journal.clone()));
     let protocols = crate::protocol::Shared::new(&targets, &config.state.dir)
         .map_err(|e| ExecError::Config(e.to_string()))?;
     let listeners = Listeners::bind(0).map_err(ExecError::Listen)?;
@@ -169,9 +170,20 @@ pub async fn exec(
         identities: Default::default(),
         protocols,
         policy: policy.clone(),
+        approvals: approvals.clone(),
+        review_timeout: Duration::from_secs(config.approvals.timeout_secs),
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(gateway::serve(gateway, listeners, stop_rx));
+    // Each run has its own control socket beside the service's, so runs never share one.
+    let control = crate::approval::control::start(
+        &config
+            .approvals
+            .socket
+            .with_file_name(format!("exec-{run_id}.sock")),
+        &config.approvals.group,
+        approvals.clone(),
+    );
     tracing::info!(run_id, cgroup = %cgroup.path().display(), "capture attached; starting command");
 
     let secret_env: Vec<String> = config
@@ -202,6 +214,7 @@ pub async fn exec(
     if let Some(task) = kernel_logs {
         task.abort();
     }
+    drop(control);
     drop(programs);
     let code = status?;
     journal.end_run(&run_id, Some(code)).await?;

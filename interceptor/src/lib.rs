@@ -3,7 +3,7 @@
 //! The pipeline, end to end (see `docs/architecture.md` for the picture):
 //!
 //! ```text
-//! capture ──▶ gateway::session ──▶ protocol ──▶ (policy, approval, masking: later) ──▶ journal ──▶ relay
+//! capture ──▶ gateway::session ──▶ protocol ──▶ policy ──▶ approval (masking: later) ──▶ journal ──▶ relay
 //! ```
 //!
 //! - [`capture`]: eBPF programs on the agent's cgroup steer its connections into the proxy and
@@ -12,10 +12,12 @@
 //! - [`protocol`]: what happens to the bytes of a session (plain TCP, PostgreSQL), speaking to
 //!   the rest only through the [`command`] seam.
 //! - [`policy`]: who × target × what the command does (SQL-aware) → allow, review or deny.
+//! - [`approval`]: commands sent to `review` wait for a human, through a control socket.
 //! - [`journal`]: SQLite, committed before forwarding.
 //! - [`exec`] and [`service`]: the two ways to put an agent under the gate.
 //! - [`config`]: the one TOML file, with embedded defaults.
 
+pub mod approval;
 pub mod capture;
 pub mod command;
 pub mod config;

@@ -48,6 +48,14 @@ enum Command {
     Doctor,
     /// Remove the service's pinned capture (detaches the programs from its cgroups).
     Detach,
+    /// See and decide commands held for approval.
+    Approvals {
+        /// Control socket (default: the configured one, and every running `exec`'s beside it).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        #[command(subcommand)]
+        command: ApprovalsCommand,
+    },
     /// Validate, explain and test policies.
     Policy {
         #[command(subcommand)]
@@ -57,6 +65,32 @@ enum Command {
     Sessions {
         #[command(subcommand)]
         command: SessionsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ApprovalsCommand {
+    /// Pending requests.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// One pending request, in full.
+    Show { id: String },
+    /// Let the held command run.
+    Approve {
+        id: String,
+        /// once: this execution; run: the same statement for the rest of the run.
+        #[arg(long, default_value = "once")]
+        scope: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Refuse the held command.
+    Deny {
+        id: String,
+        #[arg(long)]
+        reason: String,
     },
 }
 
@@ -247,6 +281,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Policy { command } => run_policy(&config, command),
+        Command::Approvals { socket, command } => {
+            runtime()?.block_on(run_approvals(&config, socket, command))
+        }
         Command::Sessions {
             command: SessionsCommand::Show { id, json },
         } => {
@@ -261,6 +298,96 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 print_timeline(&session, &events);
             }
             Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn run_approvals(
+    config: &Config,
+    socket: Option<PathBuf>,
+    command: ApprovalsCommand,
+) -> anyhow::Result<ExitCode> {
+    use interceptor::approval::{
+        control::{self, Answer, Call},
+        Scope,
+    };
+    let sockets = match socket {
+        Some(s) => vec![s],
+        None => control::sockets(&config.approvals.socket),
+    };
+    if sockets.is_empty() {
+        anyhow::bail!(
+            "no control socket at {} (is `interceptor run` or an `exec` running?)",
+            config.approvals.socket.display()
+        );
+    }
+    let call = match &command {
+        ApprovalsCommand::List { .. } => Call::List,
+        ApprovalsCommand::Show { id } => Call::Show { id: id.clone() },
+        ApprovalsCommand::Approve { id, scope, reason } => Call::Approve {
+            id: id.clone(),
+            scope: match scope.as_str() {
+                "once" => Scope::Once,
+                "run" => Scope::Run,
+                other => anyhow::bail!("--scope must be once or run, not {other:?}"),
+            },
+            reason: reason.clone(),
+        },
+        ApprovalsCommand::Deny { id, reason } => Call::Deny {
+            id: id.clone(),
+            reason: reason.clone(),
+        },
+    };
+    let mut requests = Vec::new();
+    let mut errors = Vec::new();
+    for path in &sockets {
+        match control::call(path, &call).await {
+            Ok(Answer::Requests(list)) => requests.extend(list),
+            Ok(Answer::Request(r)) => {
+                // A decision or a show: one socket knows the id; that is the answer.
+                println!("{}", serde_json::to_string_pretty(&r)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            Ok(Answer::Error(e)) => errors.push(e),
+            Err(e) => errors.push(format!("{}: {e}", path.display())),
+        }
+    }
+    match command {
+        ApprovalsCommand::List { json } => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&requests)?);
+            } else if requests.is_empty() {
+                println!("(no pending approvals)");
+            } else {
+                for r in &requests {
+                    println!(
+                        "{}  {}  run {}  {} (pid {}, uid {})  target {}  rule {}\n    {}",
+                        r.id,
+                        r.requested_at,
+                        r.run_id.as_deref().unwrap_or("-"),
+                        r.user.as_deref().unwrap_or("?"),
+                        r.pid,
+                        r.uid,
+                        r.target.as_deref().unwrap_or("-"),
+                        r.rule.as_deref().unwrap_or("-"),
+                        r.statement
+                    );
+                }
+            }
+            if requests.is_empty() && !errors.is_empty() {
+                anyhow::bail!(errors.join("; "));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        _ => {
+            // Every socket said no: the most specific reason is the one that is not "unknown".
+            let reason = errors
+                .iter()
+                .find(|e| !e.starts_with("no pending approval"))
+                .or(errors.first())
+                .cloned()
+                .unwrap_or_else(|| "no answer".to_owned());
+            anyhow::bail!(reason)
         }
     }
 }

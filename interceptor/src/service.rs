@@ -122,6 +122,7 @@ pub async fn run(config: Config) -> Result<(), ExecError> {
         crate::policy::load_policies(&config).map_err(|e| ExecError::Config(e.to_string()))?,
     ));
     let journal = Journal::open(&config.journal.path)?;
+    let approvals = std::sync::Arc::new(crate::approval::Approvals::new(journal.clone()));
     let protocols = crate::protocol::Shared::new(&targets, &config.state.dir)
         .map_err(|e| ExecError::Config(e.to_string()))?;
     let listeners = Listeners::bind(config.proxy.port).map_err(ExecError::Listen)?;
@@ -157,10 +158,17 @@ pub async fn run(config: Config) -> Result<(), ExecError> {
         identities: Default::default(),
         protocols,
         policy: policy.clone(),
+        approvals: approvals.clone(),
+        review_timeout: Duration::from_secs(config.approvals.timeout_secs),
     });
     let port = listeners.port4();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(gateway::serve(gateway, listeners, stop_rx));
+    let control = crate::approval::control::start(
+        &config.approvals.socket,
+        &config.approvals.group,
+        approvals.clone(),
+    );
     let names: Vec<String> = cgroups
         .iter()
         .map(|c| c.path().display().to_string())
@@ -182,6 +190,7 @@ pub async fn run(config: Config) -> Result<(), ExecError> {
     if let Some(task) = kernel_logs {
         task.abort();
     }
+    drop(control);
     Ok(())
 }
 

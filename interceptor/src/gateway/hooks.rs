@@ -9,10 +9,17 @@ use std::{
 };
 
 use crate::{
+    approval::{self, Approvals, Resolution},
     command::{Command, CommandResult, Decision, EventId, HookError, Hooks, Verdict},
     journal::{Event, Journal},
     policy::{self, DecisionKind, Engine, Request, Subject},
 };
+
+/// A held command waiting for its decision.
+struct Held {
+    decision: tokio::sync::oneshot::Receiver<Resolution>,
+    timeout: std::time::Duration,
+}
 
 /// Hooks for one session.
 pub struct SessionHooks {
@@ -25,26 +32,86 @@ pub struct SessionHooks {
     /// Verdicts of SQL-level `PREPARE name AS …` in this session, so that `EXECUTE name`
     /// (opaque on its own) is judged as the statement it runs.
     pub prepared: Mutex<HashMap<String, policy::Verdict>>,
+    pub approvals: Arc<Approvals>,
+    /// The caller's pid, for approvers.
+    pub pid: u32,
+    pub default_review_timeout: std::time::Duration,
+    held: Mutex<HashMap<String, Held>>,
+}
+
+/// Who a session belongs to, for the hooks.
+pub struct SessionInfo {
+    pub session_id: i64,
+    pub subject: Subject,
+    pub pid: u32,
+    pub target: Option<String>,
+    pub protocol: &'static str,
 }
 
 impl SessionHooks {
     pub fn new(
         journal: Journal,
-        session_id: i64,
         policy: Arc<Engine>,
-        subject: Subject,
-        target: Option<String>,
-        protocol: &'static str,
+        approvals: Arc<Approvals>,
+        default_review_timeout: std::time::Duration,
+        info: SessionInfo,
     ) -> SessionHooks {
         SessionHooks {
             journal,
-            session_id,
+            session_id: info.session_id,
             policy,
-            subject,
-            target,
-            protocol,
+            subject: info.subject,
+            target: info.target,
+            protocol: info.protocol,
             prepared: Mutex::new(HashMap::new()),
+            approvals,
+            pid: info.pid,
+            default_review_timeout,
+            held: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Holds a reviewed command: registers it for approvers and tells the protocol what to say.
+    async fn hold(
+        &self,
+        command: &Command<'_>,
+        verdict: &policy::Verdict,
+        event: i64,
+    ) -> Result<Verdict, HookError> {
+        let id = approval::new_id();
+        let request = approval::Request {
+            id: id.clone(),
+            status: approval::Status::Pending,
+            statement: command.text.to_owned(),
+            target: self.target.clone(),
+            run_id: self.subject.run_id.clone(),
+            pid: self.pid,
+            uid: self.subject.uid,
+            user: self.subject.user.clone(),
+            exe: self.subject.exe.clone(),
+            unit: self.subject.unit.clone(),
+            rule: verdict.rule.clone(),
+            requested_at: crate::journal::now_rfc3339(),
+            session_id: self.session_id,
+            event,
+        };
+        let decision = self
+            .approvals
+            .hold(request)
+            .await
+            .map_err(|e| HookError(e.to_string()))?;
+        let timeout = verdict
+            .review_timeout
+            .unwrap_or(self.default_review_timeout);
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), Held { decision, timeout });
+        let notice = format!(
+            "interceptor: statement held for approval {id} ({}); approve: sudo interceptor approvals approve {id}   deny: sudo interceptor approvals deny {id} --reason TEXT",
+            verdict.message
+        );
+        Ok(Verdict::Hold { id, notice })
     }
 
     fn judge(&self, command: &Command<'_>) -> policy::Verdict {
@@ -80,19 +147,26 @@ impl Hooks for SessionHooks {
     }
 
     async fn request_all(&self, commands: &[Command<'_>]) -> Result<Vec<Decision>, HookError> {
-        let verdicts: Vec<policy::Verdict> = commands.iter().map(|c| self.judge(c)).collect();
+        let verdicts: Vec<policy::Verdict> = commands
+            .iter()
+            .map(|c| {
+                let mut v = self.judge(c);
+                // A human already approved this statement for the rest of the run.
+                if v.decision == DecisionKind::Review
+                    && self
+                        .approvals
+                        .granted_for_run(self.subject.run_id.as_deref(), c.text)
+                {
+                    v.decision = DecisionKind::Allow;
+                    v.message = "approved earlier in this run".to_owned();
+                }
+                v
+            })
+            .collect();
         let events = commands
             .iter()
             .zip(&verdicts)
             .map(|(c, v)| {
-                // Holding a command for a human arrives with approvals; until then a review
-                // decision refuses, and the journal says so.
-                let held_unavailable = v.decision == DecisionKind::Review;
-                let decision = if held_unavailable {
-                    DecisionKind::Deny
-                } else {
-                    v.decision
-                };
                 let classes: Vec<_> = v
                     .statements
                     .iter()
@@ -102,7 +176,7 @@ impl Hooks for SessionHooks {
                     session_id: Some(self.session_id),
                     kind: c.kind.journal_kind(),
                     statement: Some(c.text.to_owned()),
-                    decision: Some(decision.as_str().to_owned()),
+                    decision: Some(v.decision.as_str().to_owned()),
                     rule: v.rule.clone(),
                     // Parameter values are never journaled here, only how many there are.
                     detail: serde_json::json!({
@@ -110,10 +184,8 @@ impl Hooks for SessionHooks {
                         "params": c.params,
                         "name": c.name,
                         "classes": classes,
-                        "policy": v.decision,
                         "reason": (v.decision != DecisionKind::Allow).then(|| v.message.clone()),
                         "parse_error": v.parse_error,
-                        "review_unavailable": held_unavailable,
                     }),
                 }
             })
@@ -128,30 +200,51 @@ impl Hooks for SessionHooks {
                 "the journal recorded fewer commands than sent".to_owned(),
             ));
         }
-        Ok(ids
-            .into_iter()
-            .zip(verdicts)
-            .map(|(id, v)| {
-                let rule = v.rule.clone().unwrap_or_else(|| "(no matching rule)".to_owned());
-                let verdict = match v.decision {
-                    DecisionKind::Allow => Verdict::Allow,
-                    DecisionKind::Deny => Verdict::Deny {
-                        message: format!("{} [rule {rule}, journal event {id}]", v.message),
-                    },
-                    DecisionKind::Review => Verdict::Deny {
-                        message: format!(
-                            "{} [rule {rule}, journal event {id}]; approvals are not available yet, so it is refused",
-                            v.message
-                        ),
-                    },
-                };
-                Decision {
-                    verdict,
-                    rule: v.rule,
-                    event: EventId(id),
-                }
-            })
-            .collect())
+        let mut decisions = Vec::with_capacity(ids.len());
+        for ((id, v), command) in ids.into_iter().zip(verdicts).zip(commands) {
+            let rule = v
+                .rule
+                .clone()
+                .unwrap_or_else(|| "(no matching rule)".to_owned());
+            let verdict = match v.decision {
+                DecisionKind::Allow => Verdict::Allow,
+                DecisionKind::Deny => Verdict::Deny {
+                    message: format!("{} [rule {rule}, journal event {id}]", v.message),
+                },
+                DecisionKind::Review => self.hold(command, &v, id).await?,
+            };
+            decisions.push(Decision {
+                verdict,
+                rule: v.rule,
+                event: EventId(id),
+            });
+        }
+        Ok(decisions)
+    }
+
+    async fn wait_for_approval(&self, id: &str) -> Verdict {
+        let held = self
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        let Some(held) = held else {
+            return Verdict::Deny {
+                message: format!("approval {id} is unknown"),
+            };
+        };
+        match self.approvals.wait(id, held.decision, held.timeout).await {
+            Resolution::Approved { .. } => Verdict::Allow,
+            Resolution::Denied { by, reason } => Verdict::Deny {
+                message: format!("denied by {by}: {reason} [approval {id}]"),
+            },
+            Resolution::Expired => Verdict::Deny {
+                message: format!(
+                    "approval {id} timed out after {} s; nothing was run",
+                    held.timeout.as_secs()
+                ),
+            },
+        }
     }
 
     fn result(&self, event: EventId, result: &CommandResult) {

@@ -53,6 +53,8 @@ pub struct Gateway {
     pub identities: IdentityCache,
     pub protocols: crate::protocol::Shared,
     pub policy: std::sync::Arc<crate::policy::Engine>,
+    pub approvals: std::sync::Arc<crate::approval::Approvals>,
+    pub review_timeout: Duration,
 }
 
 impl Gateway {

@@ -18,7 +18,10 @@ use std::{net::SocketAddr, sync::Arc};
 use tokio::net::TcpStream;
 use tracing::Instrument as _;
 
-use super::{hooks::SessionHooks, Gateway};
+use super::{
+    hooks::{SessionHooks, SessionInfo},
+    Gateway,
+};
 use crate::{
     capture::{identity::Identity, programs::key_addr},
     config::Target,
@@ -96,11 +99,16 @@ async fn handle(gateway: Arc<Gateway>, client: TcpStream, peer: SocketAddr) {
     let counters = Counters::default();
     let hooks = SessionHooks::new(
         gateway.journal.clone(),
-        session_id,
         gateway.policy.clone(),
-        subject,
-        target_name,
-        protocol.as_str(),
+        gateway.approvals.clone(),
+        gateway.review_timeout,
+        SessionInfo {
+            session_id,
+            subject,
+            pid,
+            target: target_name,
+            protocol: protocol.as_str(),
+        },
     );
     let refused = (connection.decision != DecisionKind::Allow).then(|| connection.message.clone());
     let (outcome, detail) = match refused {

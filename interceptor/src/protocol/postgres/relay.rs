@@ -137,6 +137,14 @@ impl EventRef {
     }
 }
 
+async fn tell_client_notice(writer: &ClientWriter, text: &str) {
+    let mut out = BytesMut::new();
+    backend::error(b'N', "NOTICE", "00000", text).encode(&mut out);
+    let mut w = writer.lock().await;
+    let _ = w.write_all(&out).await;
+    let _ = w.flush().await;
+}
+
 /// A prepared statement the client created with Parse.
 struct Prepared {
     text: String,
@@ -360,7 +368,7 @@ async fn client_to_server<H: Hooks>(
 
         // 2. Decide and record every command of the batch with one commit, before anything
         // is forwarded.
-        let decisions = if record.is_empty() {
+        let mut decisions = if record.is_empty() {
             Vec::new()
         } else {
             let commands: Vec<Command<'_>> = record
@@ -387,6 +395,15 @@ async fn client_to_server<H: Hooks>(
                 }
             }
         };
+        // Held commands: tell the client now, then wait for the human (or the timeout). The
+        // rest of the batch waits too, so nothing behind a held command overtakes it.
+        for d in decisions.iter_mut() {
+            if let Verdict::Hold { id, notice } = &d.verdict {
+                let id = id.clone();
+                tell_client_notice(client_write, notice).await;
+                d.verdict = ctx.hooks.wait_for_approval(&id).await;
+            }
+        }
         let events: Vec<EventId> = decisions.iter().map(|d| d.event).collect();
 
         // 3. Refused messages are replaced; the rest go as they came. Expect the answers first.
@@ -399,6 +416,10 @@ async fn client_to_server<H: Hooks>(
                 let refusal = step.record.and_then(|i| match &decisions[i].verdict {
                     Verdict::Deny { message } => Some((decisions[i].event, message.clone())),
                     Verdict::Allow => None,
+                    // Resolved above; an unresolved hold never runs.
+                    Verdict::Hold { id, .. } => {
+                        Some((decisions[i].event, format!("approval {id} unresolved")))
+                    }
                 });
                 let frame = range.start - 5..range.end;
                 let Some((event, message)) = refusal else {

@@ -1,0 +1,211 @@
+//! The control socket: how approvers reach the gateway.
+//!
+//! A Unix socket, mode 0660, owned by root and the approvers group (when it exists). The peer's
+//! uid comes from SO_PEERCRED, never from the request: only root and members of the approvers
+//! group are served, and nobody may decide their own request. One JSON request per connection,
+//! one JSON answer.
+
+use std::{
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
+    net::{UnixListener, UnixStream},
+};
+
+use super::{Approvals, Approver, Request, Scope};
+
+/// Requests on the socket.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Call {
+    List,
+    Show {
+        id: String,
+    },
+    Approve {
+        id: String,
+        #[serde(default)]
+        scope: Scope,
+        reason: Option<String>,
+    },
+    Deny {
+        id: String,
+        reason: String,
+    },
+}
+
+/// Answers on the socket.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Answer {
+    Requests(Vec<Request>),
+    Request(Box<Request>),
+    Error(String),
+}
+
+/// Largest request accepted (a request is an id and a reason).
+const MAX_CALL: usize = 16 * 1024;
+
+/// Creates the socket at `path` (replacing a stale one) with mode 0660 and `group`.
+pub fn bind(path: &Path, group: &str) -> std::io::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let listener = UnixListener::bind(path)?;
+    let gid = nix::unistd::Group::from_name(group)
+        .ok()
+        .flatten()
+        .map(|g| g.gid);
+    // Without the group only root may connect.
+    let mode = if gid.is_some() { 0o660 } else { 0o600 };
+    nix::unistd::chown(path, Some(nix::unistd::Uid::from_raw(0)), gid)
+        .map_err(std::io::Error::from)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    Ok(listener)
+}
+
+/// Serves the socket until the task is dropped.
+pub async fn serve(listener: UnixListener, approvals: Arc<Approvals>, group: String) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let approvals = approvals.clone();
+        let group = group.clone();
+        tokio::spawn(async move {
+            if let Err(e) = handle(stream, &approvals, &group).await {
+                tracing::debug!(error = %e, "control connection failed");
+            }
+        });
+    }
+}
+
+fn authorized(uid: u32, group: &str) -> Option<Approver> {
+    let name = crate::capture::identity::user_name(uid).unwrap_or_else(|| uid.to_string());
+    if uid == 0 {
+        return Some(Approver { uid, name });
+    }
+    let group = nix::unistd::Group::from_name(group).ok().flatten()?;
+    let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()?;
+    let member = user.gid == group.gid || group.mem.iter().any(|m| m == &user.name);
+    member.then_some(Approver { uid, name })
+}
+
+async fn handle(stream: UnixStream, approvals: &Approvals, group: &str) -> std::io::Result<()> {
+    let uid = stream.peer_cred()?.uid();
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    let mut reader = BufReader::new(read).take(MAX_CALL as u64);
+    reader.read_line(&mut line).await?;
+    let answer = match authorized(uid, group) {
+        None => Answer::Error(format!(
+            "uid {uid} is not an approver (root or group {group})"
+        )),
+        Some(approver) => match serde_json::from_str::<Call>(&line) {
+            Err(e) => Answer::Error(format!("bad request: {e}")),
+            Ok(call) => answer(approvals, &approver, call),
+        },
+    };
+    let mut text =
+        serde_json::to_string(&answer).unwrap_or_else(|_| "{\"error\":\"encoding\"}".to_owned());
+    text.push('\n');
+    write.write_all(text.as_bytes()).await
+}
+
+fn answer(approvals: &Approvals, approver: &Approver, call: Call) -> Answer {
+    let result = match call {
+        Call::List => return Answer::Requests(approvals.list()),
+        Call::Show { id } => {
+            return approvals
+                .list()
+                .into_iter()
+                .find(|r| r.id == id)
+                .map_or_else(
+                    || Answer::Error(format!("no pending approval {id}")),
+                    |r| Answer::Request(Box::new(r)),
+                )
+        }
+        Call::Approve { id, scope, reason } => approvals.approve(&id, approver, scope, reason),
+        Call::Deny { id, reason } => approvals.deny(&id, approver, reason),
+    };
+    match result {
+        Ok(r) => Answer::Request(Box::new(r)),
+        Err(e) => Answer::Error(e.to_string()),
+    }
+}
+
+/// Binds the socket and serves it in a task; the guard removes the socket when dropped. A
+/// socket that cannot be bound is logged: held commands then time out (and are refused).
+pub fn start(path: &Path, group: &str, approvals: Arc<Approvals>) -> Option<Served> {
+    match bind(path, group) {
+        Ok(listener) => {
+            let task = tokio::spawn(serve(listener, approvals, group.to_owned()));
+            Some(Served {
+                path: path.to_owned(),
+                task,
+            })
+        }
+        Err(e) => {
+            tracing::error!(socket = %path.display(), error = %e, "no control socket: held commands cannot be approved");
+            None
+        }
+    }
+}
+
+/// A served control socket.
+pub struct Served {
+    path: PathBuf,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.task.abort();
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Client side, for the CLI: sends one call and reads the answer.
+pub async fn call(path: &Path, call: &Call) -> std::io::Result<Answer> {
+    let mut stream = UnixStream::connect(path).await?;
+    let mut text = serde_json::to_string(call).map_err(std::io::Error::other)?;
+    text.push('\n');
+    stream.write_all(text.as_bytes()).await?;
+    let mut line = String::new();
+    BufReader::new(stream)
+        .take(16 << 20)
+        .read_line(&mut line)
+        .await?;
+    serde_json::from_str(&line).map_err(std::io::Error::other)
+}
+
+/// The sockets an approver may mean: the configured one and every `exec` run's.
+pub fn sockets(configured: &Path) -> Vec<PathBuf> {
+    let mut found = vec![configured.to_owned()];
+    if let Some(dir) = configured.parent() {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            let mut runs: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("exec-") && n.ends_with(".sock"))
+                })
+                .collect();
+            runs.sort();
+            found.extend(runs);
+        }
+    }
+    found.into_iter().filter(|p| p.exists()).collect()
+}

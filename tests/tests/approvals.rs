@@ -1,0 +1,241 @@
+//! Approval holds against a real PostgreSQL: a statement the policy sends to review waits for a
+//! human on the control socket. The agent runs as a non-root user; the approver is root.
+
+use std::time::{Duration, Instant};
+
+use interceptor_tests::*;
+
+/// A config whose target uses the shipped default policy (writes go to review), with the
+/// control sockets in the test's own directory. `review_timeout` replaces the policy's.
+fn config(pg: &PgServer, review_timeout: Option<u64>) -> TempConfig {
+    let cfg = TempConfig::new("");
+    let default = workspace_root().join("policies/default.toml");
+    let path = match review_timeout {
+        None => default,
+        Some(secs) => {
+            let text = std::fs::read_to_string(&default).expect("default policy");
+            let path = cfg.dir().join("policy.toml");
+            let changed = text.replace(
+                "review_timeout_secs = 300",
+                &format!("review_timeout_secs = {secs}"),
+            );
+            assert_ne!(changed, text, "the default policy sets a review timeout");
+            std::fs::write(&path, changed).expect("write policy");
+            path
+        }
+    };
+    let policy = format!("policy = \"{}\"\n", path.display());
+    let text = pg_config_text(&cfg, pg.port(), &policy);
+    cfg.write(&format!(
+        "{text}\n[approvals]\nsocket = \"{}\"\n",
+        cfg.dir().join("control.sock").display()
+    ));
+    cfg
+}
+
+fn setup(pg: &PgServer) {
+    pg.psql_db(
+        "appdb",
+        "CREATE TABLE acct (id int, bal int); INSERT INTO acct VALUES (1, 100); GRANT ALL ON acct TO PUBLIC",
+    );
+}
+
+fn balance(pg: &PgServer) -> String {
+    pg.psql_db("appdb", "SELECT bal FROM acct WHERE id = 1")
+        .trim()
+        .to_owned()
+}
+
+/// psql under exec as `user`, running each of `statements`, in the background.
+fn agent(cfg: &TempConfig, pg: &PgServer, user: &str, statements: &[&str]) -> Spawned {
+    let mut argv = vec![
+        psql_bin().display().to_string(),
+        format!(
+            "host={} port={} dbname=appdb user=agent sslmode=disable",
+            pg_dial_host(),
+            pg.port()
+        ),
+        "-v".to_owned(),
+        "ON_ERROR_STOP=1".to_owned(),
+    ];
+    for s in statements {
+        argv.push("-c".to_owned());
+        argv.push((*s).to_owned());
+    }
+    Spawned::spawn(exec_cmd(cfg, Some(user), &argv), "agent", false)
+}
+
+fn approvals(cfg: &TempConfig, args: &[&str]) -> Output {
+    let mut cmd = interceptor_cmd(Some(cfg));
+    cmd.arg("approvals").args(args);
+    run_command(cmd, Duration::from_secs(30))
+}
+
+/// Waits for `n` pending requests and returns them.
+fn pending(cfg: &TempConfig, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = approvals(cfg, &["list", "--json"]);
+        let parsed: Option<Value> = serde_json::from_str(&out.stdout).ok();
+        if let Some(list) = parsed.and_then(|v| v.as_array().cloned()) {
+            if list.len() >= n {
+                return list;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no pending approval appeared: {}",
+            out.describe()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn decisions(cfg: &TempConfig) -> Vec<Value> {
+    sessions(cfg)
+        .iter()
+        .flat_map(|s| {
+            session_show(cfg, s["id"].as_i64().expect("id"))["events"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter(|e| e["kind"] == json!("approval_decision"))
+        .collect()
+}
+
+#[test]
+fn a_held_update_runs_once_when_approved_by_another_uid() {
+    require_root!();
+    let pg = PgServer::start();
+    setup(&pg);
+    let cfg = config(&pg, None);
+    let agent = agent(
+        &cfg,
+        &pg,
+        "nobody",
+        &["UPDATE acct SET bal = bal + 1 WHERE id = 1"],
+    );
+    let list = pending(&cfg, 1);
+    let r = &list[0];
+    assert_eq!(r["status"], json!("pending"), "{}", pretty(r));
+    assert_eq!(r["uid"], json!(65534), "{}", pretty(r));
+    assert_eq!(r["rule"], json!("writes-need-review"), "{}", pretty(r));
+    assert!(r["statement"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("UPDATE acct"));
+    assert_eq!(balance(&pg), "100", "held: nothing ran yet");
+
+    let id = r["id"].as_str().expect("id");
+    let out = approvals(&cfg, &["approve", id, "--reason", "looks right"]);
+    assert!(out.success(), "{}", out.describe());
+    let done = agent.wait(Duration::from_secs(30));
+    assert!(done.success(), "{}", done.describe());
+    assert!(
+        done.stderr.contains("held for approval"),
+        "the client saw the notice: {}",
+        done.describe()
+    );
+    assert_eq!(balance(&pg), "101", "the update ran exactly once");
+    let d = decisions(&cfg);
+    assert_eq!(d.len(), 1, "{d:#?}");
+    assert_eq!(d[0]["detail"]["status"], json!("approved"));
+    assert_eq!(d[0]["detail"]["approver_uid"], json!(0));
+    assert_eq!(d[0]["detail"]["reason"], json!("looks right"));
+}
+
+#[test]
+fn a_denied_hold_gets_42501_with_the_approver_and_reason() {
+    require_root!();
+    let pg = PgServer::start();
+    setup(&pg);
+    let cfg = config(&pg, None);
+    let agent = agent(&cfg, &pg, "nobody", &["UPDATE acct SET bal = 0"]);
+    let id = pending(&cfg, 1)[0]["id"].as_str().expect("id").to_owned();
+    let out = approvals(&cfg, &["deny", &id, "--reason", "not today"]);
+    assert!(out.success(), "{}", out.describe());
+    let done = agent.wait(Duration::from_secs(30));
+    assert!(!done.success(), "{}", done.describe());
+    assert!(
+        done.stderr.contains("denied by root: not today"),
+        "{}",
+        done.describe()
+    );
+    assert_eq!(balance(&pg), "100");
+    assert_eq!(decisions(&cfg)[0]["detail"]["status"], json!("denied"));
+}
+
+#[test]
+fn an_unanswered_hold_times_out_and_nothing_runs() {
+    require_root!();
+    let pg = PgServer::start();
+    setup(&pg);
+    let cfg = config(&pg, Some(2));
+    let started = Instant::now();
+    let done =
+        agent(&cfg, &pg, "nobody", &["UPDATE acct SET bal = 0"]).wait(Duration::from_secs(30));
+    assert!(!done.success(), "{}", done.describe());
+    assert!(done.stderr.contains("timed out"), "{}", done.describe());
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert_eq!(balance(&pg), "100");
+    assert_eq!(decisions(&cfg)[0]["detail"]["status"], json!("expired"));
+}
+
+#[test]
+fn the_requesting_uid_cannot_approve_its_own_request() {
+    require_root!();
+    let pg = PgServer::start();
+    setup(&pg);
+    let cfg = config(&pg, Some(4));
+    // The agent runs as root, like the approver: root cannot approve its own request.
+    let agent = agent(&cfg, &pg, "root", &["UPDATE acct SET bal = 0"]);
+    let id = pending(&cfg, 1)[0]["id"].as_str().expect("id").to_owned();
+    let out = approvals(&cfg, &["approve", &id]);
+    assert!(!out.success(), "{}", out.describe());
+    assert!(out.stderr.contains("cannot approve"), "{}", out.describe());
+    let done = agent.wait(Duration::from_secs(30));
+    assert!(!done.success(), "{}", done.describe());
+    assert_eq!(balance(&pg), "100");
+}
+
+#[test]
+fn a_run_scoped_approval_covers_the_same_statement_with_other_literals() {
+    require_root!();
+    let pg = PgServer::start();
+    setup(&pg);
+    let cfg = config(&pg, None);
+    let agent = agent(
+        &cfg,
+        &pg,
+        "nobody",
+        &[
+            "UPDATE acct SET bal = bal + 1 WHERE id = 1",
+            "UPDATE acct SET bal = bal + 5 WHERE id = 1",
+        ],
+    );
+    let id = pending(&cfg, 1)[0]["id"].as_str().expect("id").to_owned();
+    let out = approvals(&cfg, &["approve", &id, "--scope", "run"]);
+    assert!(out.success(), "{}", out.describe());
+    // The second statement differs only in a literal: not held again in this run.
+    let done = agent.wait(Duration::from_secs(30));
+    assert!(done.success(), "{}", done.describe());
+    assert_eq!(balance(&pg), "106");
+    // A new run is asked again.
+    let again = agent_once_more(&cfg, &pg);
+    let list = pending(&cfg, 1);
+    assert_eq!(list.len(), 1, "a new run is held again");
+    let id = list[0]["id"].as_str().expect("id").to_owned();
+    assert!(approvals(&cfg, &["deny", &id, "--reason", "enough"]).success());
+    assert!(!again.wait(Duration::from_secs(30)).success());
+    assert_eq!(balance(&pg), "106");
+}
+
+fn agent_once_more(cfg: &TempConfig, pg: &PgServer) -> Spawned {
+    agent(
+        cfg,
+        pg,
+        "nobody",
+        &["UPDATE acct SET bal = bal + 7 WHERE id = 1"],
+    )
+}
