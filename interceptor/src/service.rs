@@ -122,6 +122,14 @@ pub async fn run(config: Config) -> Result<(), ExecError> {
         crate::policy::load_policies(&config).map_err(|e| ExecError::Config(e.to_string()))?,
     ));
     let journal = Journal::open(&config.journal.path)?;
+    match journal.expire_service_approvals().await {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(
+            expired = n,
+            "approvals pending before the restart are expired"
+        ),
+        Err(e) => return Err(e.into()),
+    }
     let approvals = std::sync::Arc::new(crate::approval::Approvals::new(journal.clone()));
     let protocols = crate::protocol::Shared::new(&targets, &config.state.dir)
         .map_err(|e| ExecError::Config(e.to_string()))?;

@@ -239,3 +239,55 @@ fn agent_once_more(cfg: &TempConfig, pg: &PgServer) -> Spawned {
         &["UPDATE acct SET bal = bal + 7 WHERE id = 1"],
     )
 }
+
+/// Service mode: the daemon dies while a request is pending. The client's connection goes with
+/// it, and the restarted daemon marks the request expired: it can never run later.
+#[test]
+fn a_request_pending_when_the_service_dies_is_expired_on_restart() {
+    require_root!();
+    let pg = PgServer::start();
+    setup(&pg);
+    let cgroup = CgroupDir::new(&unique_name("interceptor-test"));
+    let cfg = config(&pg, None);
+    let pins = PinDir::new(&cfg.path);
+    let port = free_port();
+    let text = std::fs::read_to_string(&cfg.path).expect("config");
+    cfg.write(&format!(
+        "{text}\n[proxy]\nport = {port}\n\n[capture]\nmode = \"all\"\ncgroups = [\"{}\"]\npin_dir = \"{}\"\n",
+        cgroup.relative(),
+        pins.path.display()
+    ));
+    let daemon = Daemon::start(&cfg);
+    let mut cmd = std::process::Command::new("/bin/sh");
+    cmd.current_dir("/")
+        .arg("-c")
+        .arg(r#"echo $$ > "$1/cgroup.procs" && shift && exec "$@""#)
+        .arg("sh")
+        .arg(cgroup.path())
+        .arg(psql_bin())
+        .arg(format!(
+            "host={} port={} dbname=appdb user=agent sslmode=disable",
+            pg_dial_host(),
+            pg.port()
+        ))
+        .args(["-c", "UPDATE acct SET bal = 0"]);
+    let agent = Spawned::spawn(cmd, "agent in cgroup", false);
+    let id = pending(&cfg, 1)[0]["id"].as_str().expect("id").to_owned();
+    daemon.kill();
+    let gone = agent.wait(Duration::from_secs(30));
+    assert!(
+        !gone.success(),
+        "the held client loses its connection: {}",
+        gone.describe()
+    );
+
+    let restarted = Daemon::start(&cfg);
+    let d = decisions(&cfg);
+    assert_eq!(d.len(), 1, "{d:#?}");
+    assert_eq!(d[0]["detail"]["id"], json!(id));
+    assert_eq!(d[0]["detail"]["status"], json!("expired"));
+    // The restarted daemon has nothing pending, and approving the old id does nothing.
+    assert!(!approvals(&cfg, &["approve", &id]).success());
+    drop(restarted);
+    assert_eq!(balance(&pg), "100", "the held statement never ran");
+}

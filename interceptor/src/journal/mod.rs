@@ -161,6 +161,9 @@ enum Op {
     },
     /// Does nothing; answered once everything queued before it is committed.
     Flush,
+    /// Marks every pending approval of the service's runs as expired (see
+    /// [`Journal::expire_service_approvals`]); answers with how many.
+    ExpireServiceApprovals,
 }
 
 struct Request {
@@ -351,6 +354,13 @@ impl Journal {
 
     pub async fn event(&self, event: Event) -> Result<i64, JournalError> {
         self.submit(Op::Event(event)).await
+    }
+
+    /// A restarted service lost every held client connection: their requests are expired, so
+    /// nothing is ever forwarded for them later. Only the service's own runs (`cg-…`) are
+    /// touched; `exec` runs sharing the journal keep theirs.
+    pub async fn expire_service_approvals(&self) -> Result<i64, JournalError> {
+        self.submit(Op::ExpireServiceApprovals).await
     }
 
     /// Records several events with one commit and returns their ids, in order.
@@ -581,6 +591,22 @@ fn apply_one(tx: &rusqlite::Transaction<'_>, op: &Op, now: &str) -> rusqlite::Re
         }
         Op::Event(event) => insert_event(tx, event, now),
         Op::Flush => Ok(0),
+        Op::ExpireServiceApprovals => {
+            let expired = tx.execute(
+                "INSERT INTO events (session_id, at, kind, statement, decision, rule, detail)
+                 SELECT e.session_id, ?1, 'approval_decision', e.statement, 'deny', e.rule,
+                        json_object('id', json_extract(e.detail, '$.id'), 'status', 'expired',
+                                    'reason', 'the daemon restarted while it was pending')
+                   FROM events e JOIN sessions s ON s.id = e.session_id
+                  WHERE e.kind = 'approval' AND s.run_id LIKE 'cg-%'
+                    AND NOT EXISTS (
+                        SELECT 1 FROM events d
+                         WHERE d.kind = 'approval_decision'
+                           AND json_extract(d.detail, '$.id') = json_extract(e.detail, '$.id'))",
+                params![now],
+            )?;
+            Ok(expired as i64)
+        }
         // Handled in `apply`.
         Op::Events(_) | Op::EventResult { .. } => Ok(0),
     }
