@@ -291,3 +291,87 @@ fn a_request_pending_when_the_service_dies_is_expired_on_restart() {
     drop(restarted);
     assert_eq!(balance(&pg), "100", "the held statement never ran");
 }
+
+/// 20 held statements at once, approved one by one in a shuffled order: each approval releases
+/// its own statement and no other.
+#[test]
+fn twenty_concurrent_holds_release_only_their_own_statement() {
+    require_root!();
+    let pg = PgServer::start();
+    pg.psql_db(
+        "appdb",
+        "CREATE TABLE many (id int PRIMARY KEY, v int); \
+         INSERT INTO many SELECT g, 0 FROM generate_series(1, 20) g; GRANT ALL ON many TO PUBLIC",
+    );
+    let cfg = config(&pg, None);
+    const CLIENT: &str = r#"
+import psycopg, threading
+H, P = ARGS["host"], int(ARGS["port"])
+results = {}
+def one(i):
+    try:
+        with psycopg.connect(conninfo(host=H, port=P, dbname="appdb", user="agent", sslmode="disable"), autocommit=True) as c:
+            c.execute(f"UPDATE many SET v = v + 1 WHERE id = {i}")
+            results[i] = "ok"
+    except Exception as e:
+        results[i] = repr(e)
+threads = [threading.Thread(target=one, args=(i,)) for i in range(1, 21)]
+for t in threads: t.start()
+for t in threads: t.join(120)
+report(results=results)
+"#;
+    let args = json!({"host": pg_dial_host(), "port": pg.port()}).to_string();
+    let agent = Spawned::spawn(
+        exec_cmd(&cfg, Some("nobody"), &venv_python_argv(CLIENT, &[args])),
+        "20 held clients",
+        false,
+    );
+    let list = pending(&cfg, 20);
+    assert_eq!(list.len(), 20);
+    let mut by_row: Vec<(i64, String)> = list
+        .iter()
+        .map(|r| {
+            let statement = r["statement"].as_str().expect("statement");
+            let row: i64 = statement
+                .rsplit("id = ")
+                .next()
+                .and_then(|n| n.trim().parse().ok())
+                .unwrap_or_else(|| panic!("row in {statement}"));
+            (row, r["id"].as_str().expect("id").to_owned())
+        })
+        .collect();
+    // A fixed shuffle: deterministic, and not the order they arrived in.
+    by_row.sort_by_key(|(row, _)| (row * 7919) % 23);
+    let mut released = std::collections::BTreeSet::new();
+    for (row, id) in &by_row {
+        assert!(approvals(&cfg, &["approve", id]).success());
+        released.insert(*row);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let changed: std::collections::BTreeSet<i64> = pg
+                .psql_db("appdb", "SELECT id FROM many WHERE v = 1 ORDER BY id")
+                .lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .collect();
+            if changed == released {
+                break;
+            }
+            assert!(
+                changed.is_subset(&released),
+                "a row changed before its approval: changed {changed:?}, approved {released:?}"
+            );
+            assert!(
+                Instant::now() < deadline,
+                "row {row} not released by its approval"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let done = agent.wait(Duration::from_secs(60));
+    assert!(done.success(), "{}", done.describe());
+    assert_eq!(
+        pg.psql_db("appdb", "SELECT sum(v) FROM many").trim(),
+        "20",
+        "each update ran exactly once"
+    );
+}
