@@ -77,6 +77,19 @@ pub struct ApprovalsConfig {
     /// How long a held command waits when its rule sets no `review_timeout_secs`.
     #[serde(default = "default_review_timeout")]
     pub timeout_secs: u64,
+    /// POST each new request here (http:// or https://).
+    pub webhook: Option<String>,
+    /// `json` (the request as JSON) or `slack` (a Slack-compatible `{"text": …}`).
+    #[serde(default)]
+    pub webhook_format: WebhookFormat,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookFormat {
+    #[default]
+    Json,
+    Slack,
 }
 
 impl Default for ApprovalsConfig {
@@ -85,6 +98,8 @@ impl Default for ApprovalsConfig {
             socket: default_control_socket(),
             group: default_approvers_group(),
             timeout_secs: default_review_timeout(),
+            webhook: None,
+            webhook_format: WebhookFormat::default(),
         }
     }
 }

@@ -120,7 +120,15 @@ pub async fn exec(
         crate::policy::load_policies(&config).map_err(|e| ExecError::Config(e.to_string()))?,
     ));
     let journal = Journal::open(&config.journal.path)?;
-    let approvals = std::sync::Arc::new(crate::approval::Approvals::new(journal.clone()));
+    let webhook = config
+        .approvals
+        .webhook
+        .clone()
+        .map(|url| crate::approval::notify::Webhook {
+            url,
+            format: config.approvals.webhook_format,
+        });
+    let approvals = std::sync::Arc::new(crate::approval::Approvals::new(journal.clone(), webhook));
     let protocols = crate::protocol::Shared::new(&targets, &config.state.dir)
         .map_err(|e| ExecError::Config(e.to_string()))?;
     let listeners = Listeners::bind(0).map_err(ExecError::Listen)?;

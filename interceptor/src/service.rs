@@ -130,7 +130,15 @@ pub async fn run(config: Config) -> Result<(), ExecError> {
         ),
         Err(e) => return Err(e.into()),
     }
-    let approvals = std::sync::Arc::new(crate::approval::Approvals::new(journal.clone()));
+    let webhook = config
+        .approvals
+        .webhook
+        .clone()
+        .map(|url| crate::approval::notify::Webhook {
+            url,
+            format: config.approvals.webhook_format,
+        });
+    let approvals = std::sync::Arc::new(crate::approval::Approvals::new(journal.clone(), webhook));
     let protocols = crate::protocol::Shared::new(&targets, &config.state.dir)
         .map_err(|e| ExecError::Config(e.to_string()))?;
     let listeners = Listeners::bind(config.proxy.port).map_err(ExecError::Listen)?;

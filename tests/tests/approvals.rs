@@ -375,3 +375,117 @@ report(results=results)
         "each update ran exactly once"
     );
 }
+
+/// A tiny HTTP receiver for webhook tests: records each POST body, answers 200.
+struct Receiver {
+    port: u16,
+    bodies: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Receiver {
+    fn start() -> Receiver {
+        use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = bodies.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().take(64) {
+                let Ok(mut stream) = stream else { continue };
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+                let mut length = 0usize;
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+                    if line == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                    line.clear();
+                }
+                let mut body = vec![0u8; length.min(1 << 20)];
+                let _ = reader.read_exact(&mut body);
+                sink.lock()
+                    .expect("lock")
+                    .push(String::from_utf8_lossy(&body).into_owned());
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                );
+            }
+        });
+        Receiver { port, bodies }
+    }
+}
+
+fn with_webhook(cfg: &TempConfig, url: &str, format: &str) {
+    let text = std::fs::read_to_string(&cfg.path).expect("config");
+    let text = text.replace(
+        "[approvals]\n",
+        &format!("[approvals]\nwebhook = \"{url}\"\nwebhook_format = \"{format}\"\n"),
+    );
+    cfg.write(&text);
+}
+
+#[test]
+fn the_webhook_receives_each_request_and_a_dead_receiver_loses_nothing() {
+    require_root!();
+    let pg = PgServer::start();
+    setup(&pg);
+
+    // A live receiver gets the request (Slack-compatible text here).
+    let receiver = Receiver::start();
+    let cfg = config(&pg, None);
+    with_webhook(
+        &cfg,
+        &format!("http://127.0.0.1:{}/hook", receiver.port),
+        "slack",
+    );
+    let agent1 = agent(&cfg, &pg, "nobody", &["UPDATE acct SET bal = bal + 1"]);
+    let id = pending(&cfg, 1)[0]["id"].as_str().expect("id").to_owned();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while receiver.bodies.lock().expect("lock").is_empty() {
+        assert!(Instant::now() < deadline, "the webhook never arrived");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let body: Value =
+        serde_json::from_str(&receiver.bodies.lock().expect("lock")[0]).expect("json body");
+    let text = body["text"].as_str().unwrap_or_default();
+    assert!(text.contains(&id) && text.contains("UPDATE acct"), "{body}");
+    assert!(approvals(&cfg, &["approve", &id]).success());
+    assert!(agent1.wait(Duration::from_secs(30)).success());
+
+    // No receiver: the request still works through the CLI, and the failure is journaled.
+    let cfg = config(&pg, None);
+    with_webhook(
+        &cfg,
+        &format!("http://127.0.0.1:{}/hook", free_port()),
+        "json",
+    );
+    let agent2 = agent(&cfg, &pg, "nobody", &["UPDATE acct SET bal = bal + 1"]);
+    let id = pending(&cfg, 1)[0]["id"].as_str().expect("id").to_owned();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let failed = sessions(&cfg).iter().any(|s| {
+            session_show(&cfg, s["id"].as_i64().expect("id"))["events"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|e| {
+                    e["kind"] == json!("notification_failed") && e["detail"]["id"] == json!(id)
+                })
+        });
+        if failed {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the failed notification was not journaled"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(approvals(&cfg, &["approve", &id]).success());
+    assert!(agent2.wait(Duration::from_secs(30)).success());
+    assert_eq!(balance(&pg), "102");
+}

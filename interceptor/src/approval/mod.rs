@@ -8,6 +8,7 @@
 //! statement (literals and whitespace aside) through for the rest of that run only.
 
 pub mod control;
+pub mod notify;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -92,6 +93,7 @@ struct Pending {
 /// All holds of one gateway.
 pub struct Approvals {
     journal: Journal,
+    webhook: Option<notify::Webhook>,
     pending: Mutex<HashMap<String, Pending>>,
     /// (run id, statement fingerprint) approved for the rest of the run.
     run_grants: Mutex<HashSet<(String, String)>>,
@@ -146,9 +148,10 @@ pub fn fingerprint(statement: &str) -> String {
 }
 
 impl Approvals {
-    pub fn new(journal: Journal) -> Approvals {
+    pub fn new(journal: Journal, webhook: Option<notify::Webhook>) -> Approvals {
         Approvals {
             journal,
+            webhook,
             pending: Mutex::new(HashMap::new()),
             run_grants: Mutex::new(HashSet::new()),
         }
@@ -182,6 +185,9 @@ impl Approvals {
                 )
             })
             .await?;
+        if let Some(hook) = &self.webhook {
+            hook.send(&request, self.journal.clone());
+        }
         let (tx, rx) = oneshot::channel();
         self.pending
             .lock()
