@@ -92,6 +92,8 @@ enum ApprovalsCommand {
         #[arg(long)]
         reason: String,
     },
+    /// Follow new requests: an interactive prompt on a terminal, JSON lines otherwise.
+    Watch,
 }
 
 // Parsed once per process: the size of the largest variant does not matter.
@@ -311,6 +313,10 @@ async fn run_approvals(
         control::{self, Answer, Call},
         Scope,
     };
+    if let ApprovalsCommand::Watch = command {
+        interceptor::approval::watch::run(socket, config.approvals.socket.clone()).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let sockets = match socket {
         Some(s) => vec![s],
         None => control::sockets(&config.approvals.socket),
@@ -322,7 +328,7 @@ async fn run_approvals(
         );
     }
     let call = match &command {
-        ApprovalsCommand::List { .. } => Call::List,
+        ApprovalsCommand::List { .. } | ApprovalsCommand::Watch => Call::List,
         ApprovalsCommand::Show { id } => Call::Show { id: id.clone() },
         ApprovalsCommand::Approve { id, scope, reason } => Call::Approve {
             id: id.clone(),

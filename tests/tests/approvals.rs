@@ -489,3 +489,90 @@ fn the_webhook_receives_each_request_and_a_dead_receiver_loses_nothing() {
     assert!(agent2.wait(Duration::from_secs(30)).success());
     assert_eq!(balance(&pg), "102");
 }
+
+/// `approvals watch` without a terminal streams one JSON object per new request.
+#[test]
+fn watch_streams_new_requests_as_json_lines_without_a_terminal() {
+    require_root!();
+    let pg = PgServer::start();
+    setup(&pg);
+    let cfg = config(&pg, None);
+    let mut watch_cmd = interceptor_cmd(Some(&cfg));
+    watch_cmd.args(["approvals", "watch"]);
+    let mut watch = Spawned::spawn(watch_cmd, "approvals watch", false);
+    let agent = agent(&cfg, &pg, "nobody", &["UPDATE acct SET bal = bal + 1"]);
+    let line = watch
+        .wait_json_line(Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("no JSON line from watch: {}", watch.stdout_so_far()));
+    assert_eq!(line["status"], json!("pending"), "{}", pretty(&line));
+    assert_eq!(line["uid"], json!(65534), "{}", pretty(&line));
+    let id = line["id"].as_str().expect("id").to_owned();
+    assert!(approvals(&cfg, &["approve", &id]).success());
+    assert!(agent.wait(Duration::from_secs(30)).success());
+    assert_eq!(balance(&pg), "101");
+}
+
+/// `approvals watch` on a terminal (tmux): shows the request and takes "a" to approve.
+#[test]
+fn watch_prompts_on_a_terminal_and_approves() {
+    require_root!();
+    let pg = PgServer::start();
+    setup(&pg);
+    let cfg = config(&pg, None);
+    let session = unique_name("interceptor-watch");
+    let command = format!(
+        "{} --config {} approvals watch",
+        interceptor_bin().display(),
+        cfg.path.display()
+    );
+    let tmux = |args: &[&str]| {
+        std::process::Command::new("tmux")
+            .args(args)
+            .output()
+            .expect("tmux")
+    };
+    struct KillSession(String);
+    impl Drop for KillSession {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("tmux")
+                .args(["kill-session", "-t", &self.0])
+                .output();
+        }
+    }
+    assert!(tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        &session,
+        "-x",
+        "200",
+        "-y",
+        "50",
+        &command
+    ])
+    .status
+    .success());
+    let _guard = KillSession(session.clone());
+    let agent = agent(&cfg, &pg, "nobody", &["UPDATE acct SET bal = bal + 1"]);
+    let id = pending(&cfg, 1)[0]["id"].as_str().expect("id").to_owned();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let screen = String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", &session]).stdout)
+            .into_owned();
+        if screen.contains(&id) && screen.contains("[a]pprove") {
+            assert!(screen.contains("UPDATE"), "{screen}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "watch never showed {id}:\n{screen}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(tmux(&["send-keys", "-t", &session, "a", "Enter"])
+        .status
+        .success());
+    let done = agent.wait(Duration::from_secs(30));
+    assert!(done.success(), "{}", done.describe());
+    assert_eq!(balance(&pg), "101");
+}

@@ -9,6 +9,7 @@
 
 pub mod control;
 pub mod notify;
+pub mod watch;
 
 use std::{
     collections::{HashMap, HashSet},
