@@ -576,3 +576,48 @@ fn watch_prompts_on_a_terminal_and_approves() {
     assert!(done.success(), "{}", done.describe());
     assert_eq!(balance(&pg), "101");
 }
+
+/// A uid outside the approvers group cannot use the control socket.
+#[test]
+fn a_uid_outside_the_approvers_group_cannot_use_the_socket() {
+    require_root!();
+    let pg = PgServer::start();
+    setup(&pg);
+    let cfg = config(&pg, Some(5));
+    let agent = agent(&cfg, &pg, "nobody", &["UPDATE acct SET bal = 0"]);
+    let id = pending(&cfg, 1)[0]["id"].as_str().expect("id").to_owned();
+    // A copy of the binary that uid 65534 can run wherever the build lives.
+    let bin = cfg.dir().join("interceptor");
+    std::fs::copy(interceptor_bin(), &bin).expect("copy binary");
+    let socket = cfg.dir().join(
+        std::fs::read_dir(cfg.dir())
+            .expect("dir")
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .find(|n| n.starts_with("exec-") && n.ends_with(".sock"))
+            .expect("the run's control socket"),
+    );
+    let mut cmd = std::process::Command::new("setpriv");
+    cmd.current_dir("/")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&bin)
+        .arg("--config")
+        .arg(&cfg.path)
+        .args(["approvals", "--socket"])
+        .arg(&socket)
+        .args(["approve", &id]);
+    let out = run_command(cmd, Duration::from_secs(30));
+    assert!(!out.success(), "{}", out.describe());
+    assert!(
+        out.stderr.contains("Permission denied") || out.stderr.contains("not an approver"),
+        "{}",
+        out.describe()
+    );
+    let done = agent.wait(Duration::from_secs(30));
+    assert!(
+        !done.success(),
+        "still held, then timed out: {}",
+        done.describe()
+    );
+    assert_eq!(balance(&pg), "100");
+}
