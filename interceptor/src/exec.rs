@@ -15,14 +15,17 @@ use nix::{
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
+    approval::{notify::Webhook, Approvals},
     capture::{
         cgroup::{cgroup2_mount, Cgroup},
         programs::{forward_kernel_logs, Programs, Settings},
         CaptureError,
     },
+    config::Target,
     config::{CaptureMode, Config},
     gateway::{self, Gateway, Listeners, RunIds},
     journal::{Journal, JournalError, RunRecord},
+    policy::Engine,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +52,59 @@ pub enum ExecError {
     },
     #[error("invalid configuration: {0}")]
     Config(String),
+}
+
+/// What a gateway needs besides capture, built the same way by `exec` and `run`.
+pub(crate) struct GatewayParts {
+    pub journal: Journal,
+    pub approvals: Arc<Approvals>,
+    pub policy: Arc<Engine>,
+    protocols: crate::protocol::Shared,
+}
+
+impl GatewayParts {
+    pub fn from_config(config: &Config, targets: &[Target]) -> Result<GatewayParts, ExecError> {
+        let policy = Arc::new(Engine::new(
+            crate::policy::load_policies(config).map_err(|e| ExecError::Config(e.to_string()))?,
+        ));
+        let journal = Journal::open(&config.journal.path)?;
+        let webhook = config.approvals.webhook.clone().map(|url| Webhook {
+            url,
+            format: config.approvals.webhook_format,
+        });
+        let approvals = Arc::new(Approvals::new(journal.clone(), webhook));
+        let protocols = crate::protocol::Shared::new(targets, &config.state.dir)
+            .map_err(|e| ExecError::Config(e.to_string()))?;
+        Ok(GatewayParts {
+            journal,
+            approvals,
+            policy,
+            protocols,
+        })
+    }
+
+    pub fn gateway(
+        self,
+        config: &Config,
+        lookup: Arc<dyn crate::capture::ConnectionLookup>,
+        targets: Vec<Target>,
+        run_ids: RunIds,
+        listeners: &Listeners,
+    ) -> Arc<Gateway> {
+        Arc::new(Gateway {
+            lookup,
+            journal: self.journal,
+            targets,
+            run_ids,
+            connect_timeout: Duration::from_secs(config.proxy.connect_timeout_secs),
+            own_addrs: listeners.addrs(),
+            identities: Default::default(),
+            protocols: self.protocols,
+            policy: self.policy,
+            approvals: self.approvals,
+            review_timeout: Duration::from_secs(config.approvals.timeout_secs),
+        })
+    }
 }
 
 /// The account CMD runs as.
@@ -116,21 +172,8 @@ pub async fn exec(
     let mount = cgroup2_mount()?;
     let targets = config.targets().map_err(ExecError::Config)?;
 
-    let policy = std::sync::Arc::new(crate::policy::Engine::new(
-        crate::policy::load_policies(&config).map_err(|e| ExecError::Config(e.to_string()))?,
-    ));
-    let journal = Journal::open(&config.journal.path)?;
-    let webhook = config
-        .approvals
-        .webhook
-        .clone()
-        .map(|url| crate::approval::notify::Webhook {
-            url,
-            format: config.approvals.webhook_format,
-        });
-    let approvals = std::sync::Arc::new(crate::approval::Approvals::new(journal.clone(), webhook));
-    let protocols = crate::protocol::Shared::new(&targets, &config.state.dir)
-        .map_err(|e| ExecError::Config(e.to_string()))?;
+    let parts = GatewayParts::from_config(&config, &targets)?;
+    let (journal, approvals) = (parts.journal.clone(), parts.approvals.clone());
     let listeners = Listeners::bind(0).map_err(ExecError::Listen)?;
     let mut programs = Programs::load(None)?;
     programs.configure(
@@ -168,19 +211,13 @@ pub async fn exec(
         })
         .await?;
 
-    let gateway = Arc::new(Gateway {
-        lookup: programs.clone(),
-        journal: journal.clone(),
+    let gateway = parts.gateway(
+        &config,
+        programs.clone(),
         targets,
-        run_ids: RunIds::Fixed(run_id.clone()),
-        connect_timeout: Duration::from_secs(config.proxy.connect_timeout_secs),
-        own_addrs: listeners.addrs(),
-        identities: Default::default(),
-        protocols,
-        policy: policy.clone(),
-        approvals: approvals.clone(),
-        review_timeout: Duration::from_secs(config.approvals.timeout_secs),
-    });
+        RunIds::Fixed(run_id.clone()),
+        &listeners,
+    );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(gateway::serve(gateway, listeners, stop_rx));
     // Each run has its own control socket beside the service's, so runs never share one.

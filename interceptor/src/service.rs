@@ -21,9 +21,8 @@ use crate::{
         CaptureError,
     },
     config::{CaptureMode, Config},
-    exec::{require_root, ExecError},
-    gateway::{self, Gateway, Listeners, RunIds},
-    journal::Journal,
+    exec::{require_root, ExecError, GatewayParts},
+    gateway::{self, Listeners, RunIds},
 };
 
 /// The cgroups the config names: `[capture] cgroups` and the cgroups of `[capture] units`.
@@ -118,10 +117,12 @@ pub async fn run(config: Config) -> Result<(), ExecError> {
     let pin_dir: PathBuf = config.capture.pin_dir.clone();
     ensure_bpffs(&pin_dir)?;
 
-    let policy = std::sync::Arc::new(crate::policy::Engine::new(
-        crate::policy::load_policies(&config).map_err(|e| ExecError::Config(e.to_string()))?,
-    ));
-    let journal = Journal::open(&config.journal.path)?;
+    let parts = GatewayParts::from_config(&config, &targets)?;
+    let (journal, approvals, policy) = (
+        parts.journal.clone(),
+        parts.approvals.clone(),
+        parts.policy.clone(),
+    );
     match journal.expire_service_approvals().await {
         Ok(0) => {}
         Ok(n) => tracing::warn!(
@@ -130,17 +131,6 @@ pub async fn run(config: Config) -> Result<(), ExecError> {
         ),
         Err(e) => return Err(e.into()),
     }
-    let webhook = config
-        .approvals
-        .webhook
-        .clone()
-        .map(|url| crate::approval::notify::Webhook {
-            url,
-            format: config.approvals.webhook_format,
-        });
-    let approvals = std::sync::Arc::new(crate::approval::Approvals::new(journal.clone(), webhook));
-    let protocols = crate::protocol::Shared::new(&targets, &config.state.dir)
-        .map_err(|e| ExecError::Config(e.to_string()))?;
     let listeners = Listeners::bind(config.proxy.port).map_err(ExecError::Listen)?;
     let settings = Settings::from_config(&config, &targets, CaptureMode::Listed, &listeners)
         .map_err(ExecError::Config)?;
@@ -164,19 +154,13 @@ pub async fn run(config: Config) -> Result<(), ExecError> {
         .take_logger()
         .map(|l| tokio::spawn(forward_kernel_logs(l)));
 
-    let gateway = Arc::new(Gateway {
-        lookup: Arc::new(programs),
-        journal: journal.clone(),
+    let gateway = parts.gateway(
+        &config,
+        Arc::new(programs),
         targets,
-        run_ids: RunIds::PerCgroup,
-        connect_timeout: Duration::from_secs(config.proxy.connect_timeout_secs),
-        own_addrs: listeners.addrs(),
-        identities: Default::default(),
-        protocols,
-        policy: policy.clone(),
-        approvals: approvals.clone(),
-        review_timeout: Duration::from_secs(config.approvals.timeout_secs),
-    });
+        RunIds::PerCgroup,
+        &listeners,
+    );
     let port = listeners.port4();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(gateway::serve(gateway, listeners, stop_rx));
