@@ -250,6 +250,11 @@ pub async fn exec(
     if let Err(e) = cgroup.remove() {
         tracing::warn!(error = %e, "could not clean up the run cgroup");
     }
+    // Approvals die with their run: anything still held is expired (and journaled as such).
+    let expired = approvals.expire_all();
+    if expired > 0 {
+        tracing::warn!(expired, "held statements expired: the run ended");
+    }
     let _ = stop_tx.send(true);
     if let Ok(tracker) = server.await {
         // Sessions whose client just died still journal their close.

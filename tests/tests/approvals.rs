@@ -621,3 +621,28 @@ fn a_uid_outside_the_approvers_group_cannot_use_the_socket() {
     );
     assert_eq!(balance(&pg), "100");
 }
+
+/// An approval dies with its run: when the command ends while a statement is held, the request
+/// is expired (and journaled), and it can no longer be approved.
+#[test]
+fn a_held_statement_expires_when_its_run_ends() {
+    require_root!();
+    let pg = PgServer::start();
+    setup(&pg);
+    let cfg = config(&pg, None);
+    let agent = agent(&cfg, &pg, "nobody", &["UPDATE acct SET bal = 0"]);
+    let request = pending(&cfg, 1).remove(0);
+    let pid = request["pid"].as_i64().expect("pid") as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the agent");
+    let done = agent.wait(Duration::from_secs(30));
+    assert!(!done.success(), "{}", done.describe());
+    let d = decisions(&cfg);
+    assert_eq!(d.len(), 1, "{d:#?}");
+    assert_eq!(d[0]["detail"]["id"], request["id"]);
+    assert_eq!(d[0]["detail"]["status"], json!("expired"));
+    assert_eq!(balance(&pg), "100");
+}

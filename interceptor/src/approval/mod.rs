@@ -230,6 +230,26 @@ impl Approvals {
             .remove(id)
     }
 
+    /// Expires every pending request (the run or the daemon is ending): each waiting session
+    /// is told, and each expiry is journaled. Returns how many there were.
+    pub fn expire_all(&self) -> usize {
+        let all: Vec<Pending> = self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .map(|(_, p)| p)
+            .collect();
+        for p in &all {
+            self.journal_decision(&p.request, "expired", None, None, None);
+        }
+        let n = all.len();
+        for p in all {
+            let _ = p.decide.send(Resolution::Expired);
+        }
+        n
+    }
+
     /// Pending requests, oldest first.
     pub fn list(&self) -> Vec<Request> {
         let mut all: Vec<Request> = self
