@@ -255,12 +255,8 @@ pub async fn exec(
     if expired > 0 {
         tracing::warn!(expired, "held statements expired: the run ended");
     }
-    let _ = stop_tx.send(true);
-    if let Ok(tracker) = server.await {
-        // Sessions whose client just died still journal their close.
-        let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
-    }
-    journal.flush().await?;
+    // Sessions whose client just died still journal their close.
+    gateway::drain(stop_tx, server, &journal).await?;
     if let Some(task) = kernel_logs {
         task.abort();
     }

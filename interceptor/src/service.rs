@@ -9,7 +9,6 @@
 use std::{
     path::{Path, PathBuf},
     sync::Arc,
-    time::Duration,
 };
 
 use tokio::signal::unix::{signal, SignalKind};
@@ -182,11 +181,7 @@ pub async fn run(config: Config) -> Result<(), ExecError> {
     tracing::info!(
         "stopping; the pinned capture stays attached and refuses connections until restart"
     );
-    let _ = stop_tx.send(true);
-    if let Ok(tracker) = server.await {
-        let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
-    }
-    journal.flush().await?;
+    gateway::drain(stop_tx, server, &journal).await?;
     if let Some(task) = kernel_logs {
         task.abort();
     }

@@ -135,6 +135,20 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(4096)
 }
 
+/// Stops accepting, gives in-flight sessions a bounded time to finish (so they journal their
+/// close), then waits until everything queued for the journal is committed.
+pub async fn drain(
+    stop: tokio::sync::watch::Sender<bool>,
+    server: tokio::task::JoinHandle<TaskTracker>,
+    journal: &Journal,
+) -> Result<(), crate::journal::JournalError> {
+    let _ = stop.send(true);
+    if let Ok(tracker) = server.await {
+        let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
+    }
+    journal.flush().await
+}
+
 /// Accepts on all listeners until `shutdown` fires, one task per connection. Returns the
 /// tracker so the caller can wait for in-flight sessions to finish journaling.
 pub async fn serve(

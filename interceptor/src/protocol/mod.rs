@@ -39,6 +39,23 @@ impl Counters {
     }
 }
 
+/// Drives the two directions of a session together. One finishing (end of stream) lets the
+/// other carry on, so half-closes work; an error in either ends the session.
+pub async fn both_directions<E>(
+    up: impl std::future::Future<Output = Result<(), E>>,
+    down: impl std::future::Future<Output = Result<(), E>>,
+) -> Result<(), E> {
+    tokio::pin!(up, down);
+    let (mut up_done, mut down_done) = (false, false);
+    while !(up_done && down_done) {
+        tokio::select! {
+            result = &mut up, if !up_done => { up_done = true; result?; }
+            result = &mut down, if !down_done => { down_done = true; result?; }
+        }
+    }
+    Ok(())
+}
+
 /// State protocols keep across sessions (TLS material, cancel keys).
 pub struct Shared {
     pub postgres: postgres::Shared,

@@ -25,16 +25,7 @@ pub async fn relay(client: TcpStream, upstream: TcpStream, counters: &Counters) 
     let _ = upstream.set_nodelay(true);
     let up = pump(&client, &upstream, &counters.up);
     let down = pump(&upstream, &client, &counters.down);
-    tokio::pin!(up, down);
-    let (mut up_done, mut down_done) = (false, false);
-    // One direction finishing (EOF) lets the other carry on; an error ends the session.
-    while !(up_done && down_done) {
-        tokio::select! {
-            result = &mut up, if !up_done => { up_done = true; result?; }
-            result = &mut down, if !down_done => { down_done = true; result?; }
-        }
-    }
-    Ok(())
+    super::both_directions(up, down).await
 }
 
 /// A non-blocking pipe used as the splice buffer of one direction.

@@ -79,15 +79,7 @@ pub async fn run<H: Hooks>(ctx: &Context<'_, H>, legs: Legs) -> Result<(), PgErr
         &pending,
     );
     let down = server_to_client(ctx, server_read, &client_write, legs.server_buf, &pending);
-    tokio::pin!(up, down);
-    let (mut up_done, mut down_done) = (false, false);
-    while !(up_done && down_done) {
-        tokio::select! {
-            result = &mut up, if !up_done => { up_done = true; result?; }
-            result = &mut down, if !down_done => { down_done = true; result?; }
-        }
-    }
-    Ok(())
+    crate::protocol::both_directions(up, down).await
 }
 
 /// Reads more bytes into `buf`; `Ok(false)` at end of stream.
