@@ -25,6 +25,7 @@ pub mod doctor;
 pub mod exec;
 pub mod gateway;
 pub mod journal;
+pub mod mask;
 pub mod policy;
 pub mod protocol;
 pub mod service;

@@ -1,0 +1,1 @@
+//! Content detectors (placeholder; filled in by the masking work).

@@ -1,0 +1,3 @@
+//! Masking: sensitive values never reach the agent or the journal in the clear.
+
+pub mod detect;
