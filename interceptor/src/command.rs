@@ -3,10 +3,9 @@
 //! Why this exists: a protocol module (PostgreSQL today; Kubernetes, SSH, MySQL later) turns
 //! bytes into [`Command`]s and asks a [`Hooks`] implementation two things: before forwarding,
 //! "may this run?" ([`Hooks::request`]); after, "here is how it went" ([`Hooks::result`]), and
-//! while results stream back, "does this value need rewriting?" ([`Hooks::rewrite_value`]).
+//! while results stream back, "rewrite these values" (a [`Masker`] from [`Hooks::masker`]).
 //! Protocols never import the journal, policy, approvals or masking; the gateway implements
-//! `Hooks` with them. Today the hooks journal everything and allow everything; the policy,
-//! approval and masking issues fill in the decisions and rewrites without touching protocols.
+//! `Hooks` with them.
 
 use serde::Serialize;
 
@@ -93,6 +92,79 @@ pub struct CommandResult {
     /// SQLSTATE (or the protocol's equivalent) when it failed.
     pub sqlstate: Option<String>,
     pub error: Option<String>,
+    /// How many values were masked, per rule (`rule:NAME`) and detector (`detector:email`).
+    /// Never the values themselves.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub masked: std::collections::BTreeMap<String, u64>,
+    /// The first rows as the client received them (already masked), when the journal keeps
+    /// samples. Binary values are described, not copied.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sample: Option<Vec<Vec<Option<String>>>>,
+}
+
+impl CommandResult {
+    /// Adds what a masker saw for one result set.
+    pub fn absorb(&mut self, seen: MaskReport) {
+        for (k, n) in seen.counts {
+            *self.masked.entry(k).or_default() += n;
+        }
+        if let Some(rows) = seen.sample {
+            self.sample.get_or_insert_with(Vec::new).extend(rows);
+        }
+    }
+}
+
+/// One column of a result set, as the protocol describes it to masking.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResultColumn {
+    /// The name the client sees (an alias, or `?column?`).
+    pub name: String,
+    /// Where the values come from, `schema.table.column`, when the protocol knows: a plain
+    /// column reference. `None` for computed values (`concat(ssn)`), or when unresolved.
+    pub source: Option<String>,
+    /// True when the values come from a table column the protocol could not resolve (the
+    /// catalog was unreachable): masking then matches rules by column name alone.
+    pub unresolved: bool,
+    pub kind: ValueKind,
+}
+
+/// What a value's bytes are, which decides how it can be rewritten.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueKind {
+    /// Text the client takes as it is: any replacement text is valid.
+    Text,
+    /// JSON text: replacements must keep it valid JSON.
+    Json,
+    /// JSON text after a one-byte version header (PostgreSQL binary jsonb).
+    JsonWithHeader,
+    /// Bytes whose structure masking does not know (binary numbers, arrays; text forms of
+    /// numbers and dates): a value that needs masking becomes NULL.
+    Opaque,
+}
+
+/// What to send instead of a value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rewrite {
+    Keep,
+    Replace(Vec<u8>),
+    Null,
+}
+
+/// What a masker saw over one result set.
+#[derive(Debug, Default)]
+pub struct MaskReport {
+    pub counts: std::collections::BTreeMap<String, u64>,
+    pub sample: Option<Vec<Vec<Option<String>>>>,
+}
+
+/// Rewrites the values of one result set, in order, row by row.
+pub trait Masker: Send {
+    /// The value of column `column` of the current row (`None` is SQL NULL).
+    fn value(&mut self, column: usize, value: Option<&[u8]>) -> Rewrite;
+    /// The current row is complete.
+    fn end_row(&mut self) {}
+    /// Counts (and the sample, when kept) so far; resets them.
+    fn report(&mut self) -> MaskReport;
 }
 
 /// Failure of the hooks themselves (the journal is down). Protocols must then refuse the
@@ -130,10 +202,23 @@ pub trait Hooks: Send + Sync {
     /// Called once the outcome of a recorded command is known. Never blocks the relay.
     fn result(&self, event: EventId, result: &CommandResult);
 
-    /// Called for each value returned to the client: `Some(new)` replaces it. `column` is the
-    /// protocol's column name. Identity for now; masking fills it in.
-    fn rewrite_value(&self, _event: EventId, _column: &str, _value: &[u8]) -> Option<Vec<u8>> {
+    /// True when masking needs to know where result columns come from (table-qualified
+    /// rules): the protocol then resolves them, which may cost a catalog lookup.
+    fn wants_sources(&self) -> bool {
+        false
+    }
+
+    /// A masker for one result set with these columns; `None` when nothing needs rewriting
+    /// or sampling. Values of columns beyond `columns` (a result the protocol could not
+    /// describe) are treated as opaque, and NULLed when column rules are in force.
+    fn masker(&self, _columns: Vec<ResultColumn>) -> Option<Box<dyn Masker>> {
         None
+    }
+
+    /// Text the client will see outside result rows (server error details): masked by
+    /// content, like values.
+    fn mask_text<'t>(&self, text: &'t str) -> std::borrow::Cow<'t, str> {
+        std::borrow::Cow::Borrowed(text)
     }
 
     /// Records something about the session that is not a command (authentication failures,

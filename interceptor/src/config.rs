@@ -58,6 +58,8 @@ pub struct Config {
     pub policy: PolicyConfig,
     #[serde(default)]
     pub approvals: ApprovalsConfig,
+    #[serde(default)]
+    pub masking: MaskingConfig,
     #[serde(default, rename = "target")]
     pub targets: Vec<TargetConfig>,
     /// The file this came from and its text, for error messages found after parsing.
@@ -147,14 +149,26 @@ fn default_state_dir() -> PathBuf {
 pub struct JournalConfig {
     #[serde(default = "default_journal_path")]
     pub path: PathBuf,
+    /// Rows of each result kept in the journal, after masking (0, the default, keeps none).
+    #[serde(default)]
+    pub result_sample_rows: usize,
 }
 
 impl Default for JournalConfig {
     fn default() -> Self {
         JournalConfig {
             path: default_journal_path(),
+            result_sample_rows: 0,
         }
     }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct MaskingConfig {
+    /// The key of the `hash` masking strategy (at least 32 bytes). Default: `mask.key` in the
+    /// state directory, created with a random key on first use.
+    pub hash_key_file: Option<PathBuf>,
 }
 
 fn default_journal_path() -> PathBuf {

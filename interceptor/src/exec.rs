@@ -60,6 +60,7 @@ pub(crate) struct GatewayParts {
     pub approvals: Arc<Approvals>,
     pub policy: Arc<Engine>,
     protocols: crate::protocol::Shared,
+    mask_key: Option<Arc<crate::mask::HashKey>>,
 }
 
 impl GatewayParts {
@@ -75,11 +76,24 @@ impl GatewayParts {
         let approvals = Arc::new(Approvals::new(journal.clone(), webhook));
         let protocols = crate::protocol::Shared::new(targets, &config.state.dir)
             .map_err(|e| ExecError::Config(e.to_string()))?;
+        let key_path = config
+            .masking
+            .hash_key_file
+            .clone()
+            .unwrap_or_else(|| config.state.dir.join("mask.key"));
+        let mask_key = match crate::mask::HashKey::load_or_create(&key_path) {
+            Ok(key) => Some(Arc::new(key)),
+            Err(e) => {
+                tracing::warn!(error = %e, "no masking hash key: the hash strategy will redact instead");
+                None
+            }
+        };
         Ok(GatewayParts {
             journal,
             approvals,
             policy,
             protocols,
+            mask_key,
         })
     }
 
@@ -103,6 +117,8 @@ impl GatewayParts {
             policy: self.policy,
             approvals: self.approvals,
             review_timeout: Duration::from_secs(config.approvals.timeout_secs),
+            mask_key: self.mask_key,
+            sample_rows: config.journal.result_sample_rows,
         })
     }
 }
@@ -194,13 +210,25 @@ pub async fn exec(
         .strip_prefix(&mount)
         .map(|p| format!("/{}", p.display()))
         .unwrap_or_else(|_| cgroup.path().display().to_string());
+    // The command line is journaled like a statement: secrets redacted, and what the
+    // policy's detectors find (for this user, any target) masked.
+    let mut command_line = crate::capture::identity::redact_secrets(&shell_words(command));
+    let subject = crate::policy::Subject {
+        uid: run_as
+            .as_ref()
+            .map_or_else(|| nix::unistd::getuid().as_raw(), |u| u.uid),
+        user: run_as.as_ref().map(|u| u.name.clone()),
+        run_id: Some(run_id.clone()),
+        ..Default::default()
+    };
+    if let Some(m) = parts.policy.masking(&subject, None, "exec", None, 0) {
+        command_line = m.mask_text(&command_line).0.into_owned();
+    }
     journal
         .start_run(RunRecord {
             id: run_id.clone(),
             mode: "exec",
-            command: Some(crate::capture::identity::redact_secrets(&shell_words(
-                command,
-            ))),
+            command: Some(command_line),
             uid: Some(
                 run_as
                     .as_ref()

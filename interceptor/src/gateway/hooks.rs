@@ -4,14 +4,18 @@
 //! in here too, never in the protocols.
 
 use std::{
-    collections::HashMap,
+    borrow::Cow,
+    collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
 };
 
 use crate::{
     approval::{self, Approvals, Resolution},
-    command::{Command, CommandResult, Decision, EventId, HookError, Hooks, Verdict},
+    command::{
+        Command, CommandResult, Decision, EventId, HookError, Hooks, Masker, ResultColumn, Verdict,
+    },
     journal::{Event, Journal},
+    mask::Masking,
     policy::{self, DecisionKind, Engine, Request, Subject},
 };
 
@@ -37,6 +41,8 @@ pub struct SessionHooks {
     pub pid: u32,
     pub default_review_timeout: std::time::Duration,
     held: Mutex<HashMap<String, Held>>,
+    /// What this session's results (and journaled texts) are masked with.
+    masking: Option<Arc<Masking>>,
 }
 
 /// Who a session belongs to, for the hooks.
@@ -46,6 +52,7 @@ pub struct SessionInfo {
     pub pid: u32,
     pub target: Option<String>,
     pub protocol: &'static str,
+    pub masking: Option<Arc<Masking>>,
 }
 
 impl SessionHooks {
@@ -68,6 +75,15 @@ impl SessionHooks {
             pid: info.pid,
             default_review_timeout,
             held: Mutex::new(HashMap::new()),
+            masking: info.masking,
+        }
+    }
+
+    /// A text as the journal (and approvers) may see it: detector matches masked.
+    fn for_journal<'t>(&self, text: &'t str) -> (Cow<'t, str>, BTreeMap<String, u64>) {
+        match &self.masking {
+            Some(m) => m.mask_text(text),
+            None => (Cow::Borrowed(text), BTreeMap::new()),
         }
     }
 
@@ -82,7 +98,8 @@ impl SessionHooks {
         let request = approval::Request {
             id: id.clone(),
             status: approval::Status::Pending,
-            statement: command.text.to_owned(),
+            // Approvers see what the journal keeps: detector matches masked.
+            statement: self.for_journal(command.text).0.into_owned(),
             target: self.target.clone(),
             run_id: self.subject.run_id.clone(),
             pid: self.pid,
@@ -172,10 +189,12 @@ impl Hooks for SessionHooks {
                     .iter()
                     .flat_map(|s| s.analysis.classes.iter().copied())
                     .collect();
+                // The statement is forwarded as written; the journal keeps it masked.
+                let (statement, masked) = self.for_journal(c.text);
                 Event {
                     session_id: Some(self.session_id),
                     kind: c.kind.journal_kind(),
-                    statement: Some(c.text.to_owned()),
+                    statement: Some(statement.into_owned()),
                     decision: Some(v.decision.as_str().to_owned()),
                     rule: v.rule.clone(),
                     // Parameter values are never journaled here, only how many there are.
@@ -185,7 +204,8 @@ impl Hooks for SessionHooks {
                         "name": c.name,
                         "classes": classes,
                         "reason": (v.decision != DecisionKind::Allow).then(|| v.message.clone()),
-                        "parse_error": v.parse_error,
+                        "parse_error": v.parse_error.as_deref().map(|e| self.for_journal(e).0.into_owned()),
+                        "masked": (!masked.is_empty()).then_some(masked),
                     }),
                 }
             })
@@ -248,10 +268,35 @@ impl Hooks for SessionHooks {
     }
 
     fn result(&self, event: EventId, result: &CommandResult) {
+        // Server errors may quote values ("Key (email)=(…) already exists").
+        let masked;
+        let result = match &result.error {
+            Some(e) if self.masking.is_some() => {
+                masked = CommandResult {
+                    error: Some(self.for_journal(e).0.into_owned()),
+                    ..result.clone()
+                };
+                &masked
+            }
+            _ => result,
+        };
         match serde_json::to_value(result) {
             Ok(value) => self.journal.record_result(event.0, value),
             Err(e) => tracing::error!(error = %e, "could not encode a command result"),
         }
+    }
+
+    fn wants_sources(&self) -> bool {
+        self.masking.as_ref().is_some_and(|m| m.wants_sources())
+    }
+
+    fn masker(&self, columns: Vec<ResultColumn>) -> Option<Box<dyn Masker>> {
+        let masking = self.masking.as_ref().filter(|m| !m.is_inert())?;
+        Some(Box::new(masking.masker(columns)))
+    }
+
+    fn mask_text<'t>(&self, text: &'t str) -> Cow<'t, str> {
+        self.for_journal(text).0
     }
 
     fn note(&self, kind: &'static str, detail: serde_json::Value) {

@@ -55,6 +55,10 @@ pub struct Gateway {
     pub policy: std::sync::Arc<crate::policy::Engine>,
     pub approvals: std::sync::Arc<crate::approval::Approvals>,
     pub review_timeout: Duration,
+    /// The `hash` masking strategy's key; `None` (it could not be read) makes hashing redact.
+    pub mask_key: Option<std::sync::Arc<crate::mask::HashKey>>,
+    /// Rows of each result the journal keeps (masked).
+    pub sample_rows: usize,
 }
 
 impl Gateway {

@@ -74,6 +74,19 @@ async fn handle(gateway: Arc<Gateway>, client: TcpStream, peer: SocketAddr) {
         },
     );
 
+    // The session's masking applies to what the journal keeps about it, from the first row.
+    let masking = gateway.policy.masking(
+        &subject,
+        target_name.as_deref(),
+        protocol.as_str(),
+        gateway.mask_key.clone(),
+        gateway.sample_rows,
+    );
+    let mut identity = identity;
+    if let (Some(m), Some(cmdline)) = (&masking, &identity.cmdline) {
+        identity.cmdline = Some(m.mask_text(cmdline).0.into_owned());
+    }
+
     // Phase 4: record, before anything goes upstream.
     let session = NewSession {
         run_id: Some(run_id),
@@ -108,6 +121,7 @@ async fn handle(gateway: Arc<Gateway>, client: TcpStream, peer: SocketAddr) {
             pid,
             target: target_name,
             protocol: protocol.as_str(),
+            masking,
         },
     );
     let refused = (connection.decision != DecisionKind::Allow).then(|| connection.message.clone());

@@ -1,1 +1,968 @@
-//! Content detectors (placeholder; filled in by the masking work).
+//! Content detectors: find sensitive values (cards, identity numbers, contact data, addresses,
+//! credentials) inside a column value, whatever protocol carried it.
+//!
+//! Why this exists: masking by column name alone is bypassed by anything that renames or wraps
+//! a column (`SELECT concat(ssn)`, `AS x`, JSON aggregates), so the gateway also looks at the
+//! values themselves. This module only *finds*; choosing a strategy (redact, partial, hash,
+//! null) and rewriting rows belong to the rest of `mask`. It knows nothing of PostgreSQL or any
+//! other protocol: it takes bytes and returns byte ranges.
+//!
+//! Design decisions:
+//! - **One automaton for every enabled shape.** All candidate shapes are compiled into a single
+//!   multi-pattern `regex_automata::meta::Regex` (leftmost-first, lazy DFA), so a value is
+//!   walked once whatever the number of detectors, and the pattern id of a match says which
+//!   detector found it. Building it takes milliseconds, so a [`Scanner`] is built once per
+//!   policy and shared by every session (`Arc`); the regex keeps one lazy-DFA cache per thread.
+//! - **Regex for shape, code for validity** (as Presidio does): a card must pass Luhn, an IBAN
+//!   mod-97, an SSN the area/group/serial rules, an IPv4 address octets ≤ 255, an IPv6 address
+//!   `Ipv6Addr::from_str`, a JWT header must decode to a JSON object. A candidate that fails is
+//!   skipped and the scan goes on after it; overlapping weaker shapes are not retried.
+//! - **Order decides ties.** Leftmost-first picks the match that starts first; at the same start
+//!   the earlier pattern wins, so the table lists secrets and validated detectors before the
+//!   loose ones (phone, email). Card groupings are restricted to real layouts (4-4-4-4…, 4-6-5,
+//!   4-6-4) so the tail of a UUID (`4166-446655440000`) is not read as a card.
+//! - **ASCII only.** `\b` and `\d` are ASCII: a Unicode `\b` makes the lazy DFA give up on the
+//!   first non-ASCII byte, and every detected format is ASCII anyway. The haystack may be any
+//!   bytes (invalid UTF-8 included); nothing here indexes past a bound or unwraps input.
+//! - **Loose shapes are kept out of the automaton.** IPv6 candidates must contain `::` or have
+//!   all eight groups, so clock times (`10:42:44`) and MAC addresses never reach the validator;
+//!   a bare 9-digit run is never an SSN and a bare 10-digit run never a phone, because both
+//!   are everywhere in order and account numbers.
+//! - **A PEM key is the whole block.** The automaton finds the `BEGIN … PRIVATE KEY` line and
+//!   the validator extends the match to the matching `END` line; without one, the match runs
+//!   to the end of the value (fail closed: half a key is still a key).
+//! - **A cheap byte gate before the automaton.** Every shape needs a digit, `@`, `:`, `_`, `-`
+//!   or one of the secret prefixes, so a value holding none of those (names, status words,
+//!   most prose) is rejected by one pass over a 256-entry table, which is several times
+//!   faster than entering the regex.
+
+use std::{net::Ipv6Addr, ops::Range, str::FromStr};
+
+use regex_automata::{meta, nfa::thompson::WhichCaptures, util::syntax, Input, MatchKind};
+
+/// A kind of sensitive value recognised by content.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Deserialize, serde::Serialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Detector {
+    /// Payment card number (13–19 digits) that passes Luhn.
+    CreditCard,
+    /// International bank account number that passes ISO 13616 mod-97.
+    Iban,
+    /// US social security number with a valid area, group and serial.
+    Ssn,
+    /// E-mail address.
+    Email,
+    /// Telephone number: E.164 (`+…`) or North-American formats with separators.
+    Phone,
+    /// Dotted-quad IPv4 address.
+    Ipv4,
+    /// IPv6 address.
+    Ipv6,
+    /// AWS access key id.
+    AwsAccessKey,
+    /// GitHub personal, OAuth, app or fine-grained token.
+    GithubToken,
+    /// Slack bot, user, app or refresh token.
+    SlackToken,
+    /// JSON Web Token.
+    Jwt,
+    /// PEM private key block.
+    PrivateKey,
+    /// Stripe live secret or restricted key.
+    StripeKey,
+}
+
+impl Detector {
+    pub const ALL: [Detector; 13] = [
+        Detector::CreditCard,
+        Detector::Iban,
+        Detector::Ssn,
+        Detector::Email,
+        Detector::Phone,
+        Detector::Ipv4,
+        Detector::Ipv6,
+        Detector::AwsAccessKey,
+        Detector::GithubToken,
+        Detector::SlackToken,
+        Detector::Jwt,
+        Detector::PrivateKey,
+        Detector::StripeKey,
+    ];
+
+    /// The snake_case name, as written in policies and journaled in counts ("credit_card").
+    pub fn name(self) -> &'static str {
+        match self {
+            Detector::CreditCard => "credit_card",
+            Detector::Iban => "iban",
+            Detector::Ssn => "ssn",
+            Detector::Email => "email",
+            Detector::Phone => "phone",
+            Detector::Ipv4 => "ipv4",
+            Detector::Ipv6 => "ipv6",
+            Detector::AwsAccessKey => "aws_access_key",
+            Detector::GithubToken => "github_token",
+            Detector::SlackToken => "slack_token",
+            Detector::Jwt => "jwt",
+            Detector::PrivateKey => "private_key",
+            Detector::StripeKey => "stripe_key",
+        }
+    }
+
+    /// True for credentials (AWS, GitHub, Slack, JWT, PEM private key, Stripe).
+    pub fn is_secret(self) -> bool {
+        matches!(
+            self,
+            Detector::AwsAccessKey
+                | Detector::GithubToken
+                | Detector::SlackToken
+                | Detector::Jwt
+                | Detector::PrivateKey
+                | Detector::StripeKey
+        )
+    }
+
+    /// Parses a policy name: a detector name, or the groups "all", "pii" (card, iban, ssn,
+    /// email, phone, ipv4, ipv6), "secrets".
+    pub fn parse_group(name: &str) -> Option<Vec<Detector>> {
+        match name {
+            "all" => Some(Detector::ALL.to_vec()),
+            "pii" => Some(
+                Detector::ALL
+                    .into_iter()
+                    .filter(|d| !d.is_secret())
+                    .collect(),
+            ),
+            "secrets" => Some(
+                Detector::ALL
+                    .into_iter()
+                    .filter(|d| d.is_secret())
+                    .collect(),
+            ),
+            _ => Detector::ALL
+                .into_iter()
+                .find(|d| d.name() == name)
+                .map(|d| vec![d]),
+        }
+    }
+}
+
+/// One validated match inside a value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    pub detector: Detector,
+    pub range: Range<usize>,
+}
+
+/// What a candidate must pass beyond its shape.
+#[derive(Debug, Clone, Copy)]
+enum Check {
+    /// The shape is the whole rule (prefixed secrets, email, North-American phone).
+    Shape,
+    Luhn,
+    Mod97,
+    Ssn,
+    E164,
+    Ipv4,
+    Ipv6,
+    JwtHeader,
+    PemBlock,
+}
+
+/// One pattern of the automaton. A detector may own several (one per layout).
+struct Rule {
+    detector: Detector,
+    check: Check,
+    pattern: &'static str,
+}
+
+/// IPv6 candidate: all eight groups, six groups and a dotted quad, or a `::` form (possibly
+/// ending in a dotted quad). The dotted quad is tried before a hex group so `::ffff:127.0.0.1`
+/// is taken whole.
+const IPV6: &str = r"(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}|(?:[0-9A-Fa-f]{1,4}:){6}\d{1,3}(?:\.\d{1,3}){3}|(?:[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){0,6})?::(?:(?:[0-9A-Fa-f]{1,4}:){0,6}(?:\d{1,3}(?:\.\d{1,3}){3}|[0-9A-Fa-f]{1,4}))?";
+
+/// Priority order: at the same start position the first rule wins (see the module doc).
+const RULES: &[Rule] = &[
+    Rule {
+        detector: Detector::PrivateKey,
+        check: Check::PemBlock,
+        pattern: r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----",
+    },
+    Rule {
+        detector: Detector::AwsAccessKey,
+        check: Check::Shape,
+        pattern: r"\b(?:A3T[A-Z0-9]|AKIA|ASIA|ABIA|ACCA)[A-Z2-7]{16}\b",
+    },
+    Rule {
+        detector: Detector::GithubToken,
+        check: Check::Shape,
+        pattern: r"\bgh[pousr]_[A-Za-z0-9]{36}\b",
+    },
+    Rule {
+        detector: Detector::GithubToken,
+        check: Check::Shape,
+        pattern: r"\bgithub_pat_[A-Za-z0-9_]{22,255}\b",
+    },
+    Rule {
+        detector: Detector::SlackToken,
+        check: Check::Shape,
+        pattern: r"\bxox[baprs]-[A-Za-z0-9-]{10,}",
+    },
+    Rule {
+        detector: Detector::StripeKey,
+        check: Check::Shape,
+        pattern: r"\b[rs]k_live_[A-Za-z0-9]{20,}",
+    },
+    Rule {
+        detector: Detector::Jwt,
+        check: Check::JwtHeader,
+        pattern: r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{10,}",
+    },
+    // Cards: contiguous, 4-4-4-(1..4)[-(1..3)], 4-6-(4..5), with one separator kind each.
+    Rule {
+        detector: Detector::CreditCard,
+        check: Check::Luhn,
+        pattern: r"\b\d{13,19}\b",
+    },
+    Rule {
+        detector: Detector::CreditCard,
+        check: Check::Luhn,
+        pattern: r"\b\d{4}(?: \d{4}){2} \d{1,4}(?: \d{1,3})?\b|\b\d{4} \d{6} \d{4,5}\b",
+    },
+    Rule {
+        detector: Detector::CreditCard,
+        check: Check::Luhn,
+        pattern: r"\b\d{4}(?:-\d{4}){2}-\d{1,4}(?:-\d{1,3})?\b|\b\d{4}-\d{6}-\d{4,5}\b",
+    },
+    Rule {
+        detector: Detector::Ssn,
+        check: Check::Ssn,
+        pattern: r"\b\d{3}-\d{2}-\d{4}\b|\b\d{3} \d{2} \d{4}\b",
+    },
+    Rule {
+        detector: Detector::Iban,
+        check: Check::Mod97,
+        pattern: r"\b[A-Z]{2}\d{2}[A-Z0-9]{11,30}\b|\b[A-Z]{2}\d{2}(?: [A-Z0-9]{4}){2,7}(?: [A-Z0-9]{1,3})?\b",
+    },
+    Rule {
+        detector: Detector::Ipv4,
+        check: Check::Ipv4,
+        pattern: r"\b\d{1,3}(?:\.\d{1,3}){3}\b",
+    },
+    Rule {
+        detector: Detector::Ipv6,
+        check: Check::Ipv6,
+        pattern: IPV6,
+    },
+    // E.164: `+`, not glued to a word, 8–15 digits with single separators; the country code
+    // may be followed by a parenthesised area code.
+    Rule {
+        detector: Detector::Phone,
+        check: Check::E164,
+        pattern: r"\B\+\d(?:[ .-]?\d){7,14}\b|\B\+\d{1,3}[ .-]?\(\d{1,4}\)[ .-]?\d(?:[ .-]?\d){3,11}\b",
+    },
+    Rule {
+        detector: Detector::Phone,
+        check: Check::Shape,
+        pattern: r"\b[2-9]\d{2}-[2-9]\d{2}-\d{4}\b|\b[2-9]\d{2}\.[2-9]\d{2}\.\d{4}\b|\([2-9]\d{2}\) ?[2-9]\d{2}-\d{4}\b",
+    },
+    Rule {
+        detector: Detector::Email,
+        check: Check::Shape,
+        pattern: r"[A-Za-z0-9._%+\x80-\xFF-]+@(?:[A-Za-z0-9\x80-\xFF-]+\.)+[A-Za-z]{2,}\b",
+    },
+];
+
+/// The enabled detectors, compiled once (building it may take milliseconds; it is shared by
+/// all sessions via Arc and must be Send + Sync).
+pub struct Scanner {
+    /// `None` when no detector is enabled.
+    regex: Option<meta::Regex>,
+    /// The rule behind each pattern id of `regex`.
+    rules: Vec<&'static Rule>,
+    /// Bytes that can start or belong to some enabled shape's mandatory part (see `gate`).
+    gate: [bool; 256],
+}
+
+/// Shows the enabled detectors; the compiled automaton says nothing useful in a log.
+impl std::fmt::Debug for Scanner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut detectors: Vec<Detector> = self.rules.iter().map(|rule| rule.detector).collect();
+        detectors.sort();
+        detectors.dedup();
+        f.debug_struct("Scanner")
+            .field("detectors", &detectors)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Scanner {
+    pub fn new(enabled: &[Detector]) -> Scanner {
+        let rules: Vec<&'static Rule> = RULES
+            .iter()
+            .filter(|rule| enabled.contains(&rule.detector))
+            .collect();
+        let mut gate = [false; 256];
+        for rule in &rules {
+            for &b in gate_bytes(rule.detector) {
+                gate[usize::from(b)] = true;
+            }
+        }
+        let regex = if rules.is_empty() {
+            None
+        } else {
+            let patterns: Vec<&str> = rules.iter().map(|rule| rule.pattern).collect();
+            let built = meta::Regex::builder()
+                .syntax(syntax::Config::new().unicode(false).utf8(false))
+                .configure(
+                    meta::Config::new()
+                        .match_kind(MatchKind::LeftmostFirst)
+                        .which_captures(WhichCaptures::Implicit)
+                        .utf8_empty(false),
+                )
+                .build_many(&patterns)
+                // The patterns are constants of this file and a test builds every combination
+                // in use, so failing here is a bug in this file, not bad input.
+                .expect("the built-in detector patterns compile");
+            Some(built)
+        };
+        Scanner { regex, rules, gate }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.regex.is_none()
+    }
+
+    /// Appends the validated matches in `value` to `out`, in order, non-overlapping. `value` is
+    /// arbitrary bytes (usually UTF-8 but not always; must never panic on any input).
+    pub fn find(&self, value: &[u8], out: &mut Vec<Found>) {
+        let Some(regex) = &self.regex else { return };
+        if !value.iter().any(|&b| self.gate[usize::from(b)]) {
+            return;
+        }
+        let mut at = 0;
+        while at < value.len() {
+            let Some(m) = regex.search(&Input::new(value).range(at..)) else {
+                break;
+            };
+            let Some(rule) = self.rules.get(m.pattern().as_usize()) else {
+                break;
+            };
+            match validate(rule.check, value, m.range()) {
+                Some(range) => {
+                    at = range.end.max(at + 1);
+                    out.push(Found {
+                        detector: rule.detector,
+                        range,
+                    });
+                }
+                // Every pattern is non-empty, but never loop on the same position.
+                None => at = m.end().max(at + 1),
+            }
+        }
+    }
+}
+
+/// The bytes at least one of which every match of `detector` contains: the gate in `find`.
+fn gate_bytes(detector: Detector) -> &'static [u8] {
+    match detector {
+        Detector::CreditCard
+        | Detector::Iban
+        | Detector::Ssn
+        | Detector::Phone
+        | Detector::Ipv4 => b"0123456789",
+        Detector::Email => b"@",
+        Detector::Ipv6 => b":",
+        Detector::AwsAccessKey => b"A",
+        Detector::GithubToken | Detector::StripeKey => b"_",
+        Detector::SlackToken => b"-",
+        Detector::Jwt => b".",
+        Detector::PrivateKey => b"-",
+    }
+}
+
+/// Checks a candidate beyond its shape; returns the range to report (a PEM block grows to its
+/// END line) or `None` to skip it.
+fn validate(check: Check, value: &[u8], range: Range<usize>) -> Option<Range<usize>> {
+    let text = value.get(range.clone())?;
+    let valid = match check {
+        Check::Shape => true,
+        Check::Luhn => luhn_card(text),
+        Check::Mod97 => iban_mod97(text),
+        Check::Ssn => ssn(text),
+        Check::E164 => (8..=15).contains(&text.iter().filter(|b| b.is_ascii_digit()).count()),
+        Check::Ipv4 => ipv4(value, &range),
+        Check::Ipv6 => ipv6(value, &range),
+        Check::JwtHeader => jwt_header(text),
+        Check::PemBlock => return Some(range.start..pem_end(value, &range)),
+    };
+    valid.then_some(range)
+}
+
+/// Luhn over the digits (separators skipped), 13–19 digits, not all the same digit.
+fn luhn_card(text: &[u8]) -> bool {
+    let mut sum = 0u32;
+    let mut count = 0usize;
+    let mut all_same = true;
+    let mut first = None;
+    for &b in text.iter().rev() {
+        if !b.is_ascii_digit() {
+            continue;
+        }
+        let digit = u32::from(b - b'0');
+        match first {
+            None => first = Some(b),
+            Some(f) => all_same &= f == b,
+        }
+        sum += if count % 2 == 1 {
+            let doubled = digit * 2;
+            if doubled > 9 {
+                doubled - 9
+            } else {
+                doubled
+            }
+        } else {
+            digit
+        };
+        count += 1;
+    }
+    (13..=19).contains(&count) && sum % 10 == 0 && !all_same
+}
+
+/// ISO 13616: move the first four characters to the end, letters to 10..35, remainder mod 97
+/// must be 1. Spaces between groups are skipped.
+fn iban_mod97(text: &[u8]) -> bool {
+    let compact = || text.iter().copied().filter(|&b| b != b' ');
+    let len = compact().count();
+    if !(15..=34).contains(&len) {
+        return false;
+    }
+    let mut remainder = 0u32;
+    for b in compact().skip(4).chain(compact().take(4)) {
+        remainder = match b {
+            b'0'..=b'9' => (remainder * 10 + u32::from(b - b'0')) % 97,
+            b'A'..=b'Z' => (remainder * 100 + u32::from(b - b'A') + 10) % 97,
+            _ => return false,
+        };
+    }
+    remainder == 1
+}
+
+/// `AAA-GG-SSSS` (or spaces): area not 000, 666 or 9xx; group not 00; serial not 0000.
+fn ssn(text: &[u8]) -> bool {
+    let (Some(area), Some(group), Some(serial)) = (text.get(0..3), text.get(4..6), text.get(7..11))
+    else {
+        return false;
+    };
+    area != b"000" && area != b"666" && area[0] != b'9' && group != b"00" && serial != b"0000"
+}
+
+/// Octets ≤ 255, and not part of a longer dotted run (`1.2.3.4.5`, `v1.2.3.4` is cut by `\b`).
+fn ipv4(value: &[u8], range: &Range<usize>) -> bool {
+    let Some(text) = value.get(range.clone()) else {
+        return false;
+    };
+    let octets_ok = text.split(|&b| b == b'.').all(|octet| {
+        octet
+            .iter()
+            .fold(0u32, |n, &b| n * 10 + u32::from(b.wrapping_sub(b'0')))
+            <= 255
+    });
+    let dotted_before = range.start >= 2
+        && value.get(range.start - 1) == Some(&b'.')
+        && value.get(range.start - 2).is_some_and(u8::is_ascii_digit);
+    octets_ok && !dotted_before && !dotted_digit_after(value, range.end)
+}
+
+/// Parses as an address, holds a hex digit (not a bare `::`), and is not glued to a word,
+/// another colon group or a dotted tail.
+fn ipv6(value: &[u8], range: &Range<usize>) -> bool {
+    let Some(text) = value.get(range.clone()) else {
+        return false;
+    };
+    let glued = |b: &u8| b.is_ascii_alphanumeric() || *b == b'_' || *b == b':';
+    let before = range
+        .start
+        .checked_sub(1)
+        .and_then(|i| value.get(i))
+        .is_some_and(|b| glued(b) || *b == b'.');
+    let after = value.get(range.end).is_some_and(glued) || dotted_digit_after(value, range.end);
+    !before
+        && !after
+        && text.iter().any(u8::is_ascii_hexdigit)
+        && std::str::from_utf8(text)
+            .ok()
+            .is_some_and(|s| Ipv6Addr::from_str(s).is_ok())
+}
+
+/// True when `value[end..]` starts with `.` and a digit: the candidate is cut from a longer
+/// dotted number.
+fn dotted_digit_after(value: &[u8], end: usize) -> bool {
+    value.get(end) == Some(&b'.') && value.get(end + 1).is_some_and(u8::is_ascii_digit)
+}
+
+/// The header (first segment) must base64url-decode to a JSON object.
+fn jwt_header(text: &[u8]) -> bool {
+    let header = text.split(|&b| b == b'.').next().unwrap_or_default();
+    let Some(decoded) = base64url_decode(header) else {
+        return false;
+    };
+    let trimmed = decoded.trim_ascii();
+    trimmed.first() == Some(&b'{') && trimmed.last() == Some(&b'}')
+}
+
+/// Unpadded base64url; `None` on a length no encoder produces or a byte outside the alphabet.
+fn base64url_decode(text: &[u8]) -> Option<Vec<u8>> {
+    if text.len() % 4 == 1 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    let mut acc = 0u32;
+    let mut bits = 0u32;
+    for &b in text {
+        let six = match b {
+            b'A'..=b'Z' => b - b'A',
+            b'a'..=b'z' => b - b'a' + 26,
+            b'0'..=b'9' => b - b'0' + 52,
+            b'-' => 62,
+            b'_' => 63,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(six);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
+
+/// The end of the `-----END <label>-----` line matching the BEGIN line at `begin`, or the end
+/// of the value when there is none (fail closed).
+fn pem_end(value: &[u8], begin: &Range<usize>) -> usize {
+    const BEGIN: &[u8] = b"-----BEGIN ";
+    let label = value
+        .get(begin.start + BEGIN.len()..begin.end.saturating_sub(5))
+        .unwrap_or_default();
+    let mut end_line = Vec::with_capacity(label.len() + 14);
+    end_line.extend_from_slice(b"-----END ");
+    end_line.extend_from_slice(label);
+    end_line.extend_from_slice(b"-----");
+    let rest = value.get(begin.end..).unwrap_or_default();
+    match memchr::memmem::find(rest, &end_line) {
+        Some(i) => begin.end + i + end_line.len(),
+        None => value.len(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all() -> Scanner {
+        Scanner::new(&Detector::ALL)
+    }
+
+    /// The detected (detector, text) pairs in `value`, all detectors on.
+    fn found(value: &str) -> Vec<(Detector, String)> {
+        found_bytes(&all(), value.as_bytes())
+    }
+
+    fn found_bytes(scanner: &Scanner, value: &[u8]) -> Vec<(Detector, String)> {
+        let mut out = Vec::new();
+        scanner.find(value, &mut out);
+        out.iter()
+            .map(|f| {
+                (
+                    f.detector,
+                    String::from_utf8_lossy(&value[f.range.clone()]).into_owned(),
+                )
+            })
+            .collect()
+    }
+
+    fn one(detector: Detector, text: &str) -> Vec<(Detector, String)> {
+        vec![(detector, text.to_owned())]
+    }
+
+    #[test]
+    fn names_match_serde_and_groups_parse() {
+        for d in Detector::ALL {
+            let json = serde_json::to_string(&d).expect("serialises");
+            assert_eq!(json, format!("\"{}\"", d.name()));
+            assert_eq!(Detector::parse_group(d.name()), Some(vec![d]));
+        }
+        assert_eq!(Detector::parse_group("all"), Some(Detector::ALL.to_vec()));
+        assert_eq!(
+            Detector::parse_group("pii"),
+            Some(vec![
+                Detector::CreditCard,
+                Detector::Iban,
+                Detector::Ssn,
+                Detector::Email,
+                Detector::Phone,
+                Detector::Ipv4,
+                Detector::Ipv6
+            ])
+        );
+        let secrets = Detector::parse_group("secrets").expect("a group");
+        assert_eq!(secrets.len(), 6);
+        assert!(secrets.iter().all(|d| d.is_secret()));
+        assert_eq!(Detector::parse_group("credit-card"), None);
+        assert_eq!(Detector::parse_group(""), None);
+    }
+
+    #[test]
+    fn every_subset_builds() {
+        assert!(Scanner::new(&[]).is_empty());
+        let mut out = Vec::new();
+        Scanner::new(&[]).find(b"4111111111111111", &mut out);
+        assert!(out.is_empty());
+        for d in Detector::ALL {
+            assert!(!Scanner::new(&[d]).is_empty());
+        }
+        let scanner: Box<dyn Send + Sync> = Box::new(all());
+        drop(scanner);
+    }
+
+    #[test]
+    fn only_enabled_detectors_report() {
+        let scanner = Scanner::new(&[Detector::Email]);
+        assert_eq!(
+            found_bytes(&scanner, b"4111111111111111 alice@example.com"),
+            one(Detector::Email, "alice@example.com")
+        );
+        let scanner = Scanner::new(&[Detector::CreditCard]);
+        assert_eq!(
+            found_bytes(&scanner, b"alice@example.com 4111111111111111"),
+            one(Detector::CreditCard, "4111111111111111")
+        );
+    }
+
+    #[test]
+    fn credit_cards_pass_luhn() {
+        for card in [
+            "4111 1111 1111 1111",
+            "4111-1111-1111-1111",
+            "5500000000000004",
+            "378282246310005",
+            "3782 822463 10005",
+            "4111111111111111",
+        ] {
+            assert_eq!(found(card), one(Detector::CreditCard, card), "{card}");
+            assert_eq!(
+                found(&format!("card: {card}, thanks")),
+                one(Detector::CreditCard, card),
+                "{card}"
+            );
+        }
+        for not_card in [
+            "4111111111111112",
+            "4111 1111 1111 1112",
+            "0000000000000000",
+            "12345678901234567890123",
+            "x4111111111111111",
+            "550e8400-e29b-41d4-a716-446655440000",
+            "4166-446655440000",
+            "411111111111",
+        ] {
+            assert_eq!(found(not_card), vec![], "{not_card}");
+        }
+    }
+
+    #[test]
+    fn ibans_pass_mod97() {
+        for iban in ["GB82 WEST 1234 5698 7654 32", "DE89370400440532013000"] {
+            assert_eq!(found(iban), one(Detector::Iban, iban));
+            assert_eq!(found(&format!("IBAN {iban}.")), one(Detector::Iban, iban));
+        }
+        for not_iban in [
+            "GB82WEST12345698765433",
+            "GB82 WEST 1234 5698 7654 33",
+            "XX00",
+        ] {
+            assert_eq!(found(not_iban), vec![], "{not_iban}");
+        }
+    }
+
+    #[test]
+    fn ssns_reject_invalid_parts() {
+        assert_eq!(found("123-45-6789"), one(Detector::Ssn, "123-45-6789"));
+        assert_eq!(found("ssn 123 45 6789"), one(Detector::Ssn, "123 45 6789"));
+        for not_ssn in [
+            "000-12-3456",
+            "666-12-3456",
+            "900-12-3456",
+            "999-12-3456",
+            "123-00-4567",
+            "123-45-0000",
+            "123456789",
+            "123-45 6789",
+        ] {
+            assert_eq!(found(not_ssn), vec![], "{not_ssn}");
+        }
+    }
+
+    #[test]
+    fn emails_in_text_and_json() {
+        assert_eq!(
+            found("contact alice@example.com today"),
+            one(Detector::Email, "alice@example.com")
+        );
+        assert_eq!(
+            found(r#"{"email":"alice@example.com"}"#),
+            one(Detector::Email, "alice@example.com")
+        );
+        assert_eq!(
+            found("first.last+tag@mail.example.co.uk."),
+            one(Detector::Email, "first.last+tag@mail.example.co.uk")
+        );
+        for not_email in [
+            "alice@",
+            "@example.com",
+            "alice@localhost",
+            "alice@example.c",
+        ] {
+            assert_eq!(found(not_email), vec![], "{not_email}");
+        }
+    }
+
+    #[test]
+    fn phones_need_a_plus_or_separators() {
+        for phone in [
+            "+1 555 010 0123",
+            "+44 20 7946 0958",
+            "+41.44.668.18.00",
+            "+15550100123",
+            "+1 (555) 010-0123",
+            "(555) 234-5678",
+            "555-234-5678",
+            "555.234.5678",
+        ] {
+            assert_eq!(found(phone), one(Detector::Phone, phone), "{phone}");
+            assert_eq!(
+                found(&format!("call {phone} now")),
+                one(Detector::Phone, phone),
+                "{phone}"
+            );
+        }
+        for not_phone in ["5552345678", "+1234567", "a+15550100123", "555-123-4567"] {
+            assert_eq!(found(not_phone), vec![], "{not_phone}");
+        }
+    }
+
+    #[test]
+    fn cards_and_ssns_are_not_phones() {
+        assert_eq!(
+            found("4111-1111-1111-1111"),
+            one(Detector::CreditCard, "4111-1111-1111-1111")
+        );
+        assert_eq!(found("123-45-6789"), one(Detector::Ssn, "123-45-6789"));
+    }
+
+    #[test]
+    fn ipv4_dotted_quads_only() {
+        assert_eq!(found("127.0.0.1"), one(Detector::Ipv4, "127.0.0.1"));
+        assert_eq!(
+            found("from 127.0.0.1:5432,"),
+            one(Detector::Ipv4, "127.0.0.1")
+        );
+        assert_eq!(
+            found("255.255.255.255"),
+            one(Detector::Ipv4, "255.255.255.255")
+        );
+        for not_ip in [
+            "1.2.3",
+            "10.2.3",
+            "1.2.3.4.5",
+            "256.1.1.1",
+            "127.0.0.1000",
+            "v1.2.3.4x",
+            "10:42:44",
+            "1234.50",
+        ] {
+            assert_eq!(found(not_ip), vec![], "{not_ip}");
+        }
+    }
+
+    #[test]
+    fn ipv6_validated_by_std() {
+        for ip in [
+            "::1",
+            "fe80::1",
+            "2001:db8::8a2e:370:7334",
+            "2001:0db8:85a3:0000:0000:8a2e:0370:7334",
+            "::ffff:127.0.0.1",
+        ] {
+            assert_eq!(found(ip), one(Detector::Ipv6, ip), "{ip}");
+            assert_eq!(
+                found(&format!("addr [{ip}] ok")),
+                one(Detector::Ipv6, ip),
+                "{ip}"
+            );
+        }
+        for not_ip in [
+            "10:42:44",
+            "2026-11-28 10:42:44",
+            "00:1a:2b:3c:4d:5e",
+            "std::net::Ipv6Addr",
+            "::",
+            "1::2::3",
+            "12345::1",
+            "a:b:c:d:e:f:1:2:3",
+        ] {
+            assert_eq!(found(not_ip), vec![], "{not_ip}");
+        }
+    }
+
+    #[test]
+    fn prefixed_secrets() {
+        assert_eq!(
+            found("key=AKIAIOSFODNN7EXAMPLE;"),
+            one(Detector::AwsAccessKey, "AKIAIOSFODNN7EXAMPLE")
+        );
+        assert_eq!(found("AKIAIOSFODNN7EXAMPLE1"), vec![]);
+        let ghp = format!("ghp_{}", "a1B2c3D4e5".repeat(3) + "F6g7H8");
+        assert_eq!(
+            found(&format!("token {ghp}")),
+            one(Detector::GithubToken, &ghp)
+        );
+        assert_eq!(found(&format!("{ghp}x")), vec![]);
+        let pat = format!("github_pat_{}", "11ABCDEFG0_abcdefghijklmnop");
+        assert_eq!(found(&pat), one(Detector::GithubToken, &pat));
+        let slack = "xoxb-123456789012-abcdefABCDEF";
+        assert_eq!(found(slack), one(Detector::SlackToken, slack));
+        assert_eq!(found("xoxq-123456789012"), vec![]);
+        let stripe = "sk_live_0123456789abcdefGHIJ";
+        assert_eq!(found(stripe), one(Detector::StripeKey, stripe));
+        assert_eq!(found("sk_test_0123456789abcdefGHIJ"), vec![]);
+        assert_eq!(found("sk_live_short"), vec![]);
+    }
+
+    #[test]
+    fn jwt_header_is_json() {
+        // {"alg":"HS256","typ":"JWT"} . {"sub":"1234567890"} . signature
+        let jwt = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.\
+                   SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c";
+        assert_eq!(found(&format!("Bearer {jwt}")), one(Detector::Jwt, jwt));
+        // Header decodes to `{"a` only: not a JSON object.
+        assert_eq!(found("eyJh.eyJzdWIi.SflKxwRJSMeKKF2Q"), vec![]);
+        assert_eq!(found("eyJhbGciOiJIUzI1NiJ9.eyJzdWIi.short"), vec![]);
+    }
+
+    #[test]
+    fn pem_private_key_whole_block() {
+        let key = "-----BEGIN RSA PRIVATE KEY-----\n\
+                   MIIBOgIBAAJBAKj34GkxFhD90vcNLYLInFEX6Ppy1tPf9Cnzj4p4WGeKLs1Pt8Qu\n\
+                   KUpRKfFLfRYC9AIKjbJTWit+CqvjWYzvQwECAwEAAQ==\n\
+                   -----END RSA PRIVATE KEY-----";
+        let value = format!("key:\n{key}\ntrailer 4111111111111111");
+        assert_eq!(
+            found(&value),
+            vec![
+                (Detector::PrivateKey, key.to_owned()),
+                (Detector::CreditCard, "4111111111111111".to_owned())
+            ]
+        );
+        for label in ["", "EC ", "OPENSSH ", "ENCRYPTED "] {
+            let key = format!(
+                "-----BEGIN {label}PRIVATE KEY-----\nAAAA\n-----END {label}PRIVATE KEY-----"
+            );
+            assert_eq!(found(&key), one(Detector::PrivateKey, &key));
+        }
+        // No END line: everything after BEGIN is masked.
+        let cut =
+            "x -----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC 4111111111111111";
+        assert_eq!(found(cut), one(Detector::PrivateKey, &cut[2..]));
+        assert_eq!(found("-----BEGIN PUBLIC KEY-----\nAAAA"), vec![]);
+    }
+
+    #[test]
+    fn non_ascii_text_around_matches() {
+        assert_eq!(
+            found("José aus Zürich: josé@bücher.example, 4111 1111 1111 1111 — ok"),
+            vec![
+                (Detector::Email, "josé@bücher.example".to_owned()),
+                (Detector::CreditCard, "4111 1111 1111 1111".to_owned())
+            ]
+        );
+    }
+
+    #[test]
+    fn matches_are_ordered_and_disjoint() {
+        let value = "alice@example.com 123-45-6789 4111111111111111 127.0.0.1 ::1 \
+                     +44 20 7946 0958 AKIAIOSFODNN7EXAMPLE DE89370400440532013000";
+        let mut out = Vec::new();
+        all().find(value.as_bytes(), &mut out);
+        let detectors: Vec<Detector> = out.iter().map(|f| f.detector).collect();
+        assert_eq!(
+            detectors,
+            vec![
+                Detector::Email,
+                Detector::Ssn,
+                Detector::CreditCard,
+                Detector::Ipv4,
+                Detector::Ipv6,
+                Detector::Phone,
+                Detector::AwsAccessKey,
+                Detector::Iban
+            ]
+        );
+        for pair in out.windows(2) {
+            assert!(pair[0].range.end <= pair[1].range.start, "{pair:?}");
+        }
+        // `find` appends: earlier content of `out` is kept.
+        let before = out.len();
+        all().find(b"127.0.0.1", &mut out);
+        assert_eq!(out.len(), before + 1);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        let scanner = all();
+        let mut out = Vec::new();
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let alphabet = b"0123456789 -.:@+_()AKIAeyJxoxghp\xff\xfe\xc3\xa9\n-----BEGIN ";
+        for len in 0..400 {
+            let value: Vec<u8> = (0..len)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    if seed % 3 == 0 {
+                        (seed >> 8) as u8
+                    } else {
+                        alphabet[(seed >> 16) as usize % alphabet.len()]
+                    }
+                })
+                .collect();
+            out.clear();
+            scanner.find(&value, &mut out);
+            for f in &out {
+                assert!(f.range.start < f.range.end && f.range.end <= value.len());
+            }
+            for pair in out.windows(2) {
+                assert!(pair[0].range.end <= pair[1].range.start);
+            }
+        }
+        for value in [
+            &[0xffu8; 64][..],
+            b"\xff\xff4111111111111111\xff",
+            b"\xc3(127.0.0.1\x80",
+            b"-----BEGIN PRIVATE KEY-----",
+            b"-----BEGIN  PRIVATE KEY-----",
+            b"::",
+            b"",
+        ] {
+            out.clear();
+            scanner.find(value, &mut out);
+        }
+        assert_eq!(
+            found_bytes(&scanner, b"\xff\xfe4111111111111111\xff"),
+            one(Detector::CreditCard, "4111111111111111")
+        );
+    }
+}

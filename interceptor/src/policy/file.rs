@@ -122,8 +122,37 @@ pub struct RuleFile {
     pub matches: MatchFile,
     /// How long a `review` waits for a human (the approval issue uses it).
     pub review_timeout_secs: Option<u64>,
-    /// Masking settings (the masking issue uses them); accepted and kept as written.
-    pub mask: Option<toml::Table>,
+}
+
+/// A `[[mask]]` entry: which values to mask for whom, and how.
+///
+/// ```toml
+/// [[mask]]
+/// name = "personal-data"
+/// columns = ["customers.email", "*.ssn", "card_*"]   # table.column, column, globs
+/// detectors = ["pii", "secrets"]                      # names, or the groups pii/secrets/all
+/// strategy = "partial"                                # redact | partial | hash | null
+/// deny_transformed = false                            # deny functions applied to `columns`
+/// [mask.match]                                        # who and where (identity/target keys)
+/// targets = ["appdb"]
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaskFile {
+    pub name: String,
+    #[serde(default)]
+    pub columns: Vec<String>,
+    #[serde(default)]
+    pub detectors: Vec<String>,
+    #[serde(default)]
+    pub strategy: crate::mask::Strategy,
+    /// Refuse statements that pass these columns through a function, cast or operator
+    /// (`concat(ssn)`, `ssn || ''`, `substring(ssn, 1, 1)`), for operators who prefer a
+    /// refusal to relying on content detectors.
+    #[serde(default)]
+    pub deny_transformed: bool,
+    #[serde(default, rename = "match")]
+    pub matches: MatchFile,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -133,6 +162,8 @@ pub struct PolicyFile {
     pub description: Option<String>,
     #[serde(default, rename = "rule")]
     pub rules: Vec<RuleFile>,
+    #[serde(default, rename = "mask")]
+    pub masks: Vec<MaskFile>,
 }
 
 /// One source file's rules, with where they came from.

@@ -30,7 +30,11 @@ use std::{
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::Serialize;
 
-use file::{CommandKindMatch, MatchFile, RuleFile, Source};
+use crate::mask::{
+    detect::{Detector, Scanner},
+    ColumnRule, DetectorRule, HashKey, Masking, Strategy,
+};
+use file::{CommandKindMatch, MaskFile, MatchFile, RuleFile, Source};
 pub use file::{DecisionKind, PolicyError};
 use sql::{Analysis, Parsed, StatementClass};
 
@@ -284,20 +288,103 @@ struct Rule {
     matcher: Matcher,
 }
 
+/// A compiled `[[mask]]` entry.
+#[derive(Debug)]
+struct MaskRule {
+    name: String,
+    matcher: Matcher,
+    columns: Option<Arc<ColumnRule>>,
+    detectors: Vec<Detector>,
+    strategy: Strategy,
+    deny_transformed: bool,
+}
+
+impl MaskRule {
+    fn compile(m: MaskFile) -> Result<MaskRule, String> {
+        if m.name.trim().is_empty() {
+            return Err("a mask needs a name".to_owned());
+        }
+        if m.columns.is_empty() && m.detectors.is_empty() {
+            return Err("a mask needs `columns`, `detectors` or both".to_owned());
+        }
+        let matcher = Matcher::compile(&m.matches)?;
+        if matcher.has_sql_conditions()
+            || !matcher.kinds.is_empty()
+            || matcher.destinations.is_some()
+        {
+            return Err(
+                "[mask.match] takes identity and target keys only (users, groups, exes, units, cgroups, runs, targets, protocols)"
+                    .to_owned(),
+            );
+        }
+        let mut detectors = Vec::new();
+        for name in &m.detectors {
+            let group = Detector::parse_group(name).ok_or_else(|| {
+                format!(
+                    "unknown detector {name:?} (known: {}, and the groups pii, secrets, all)",
+                    Detector::ALL.map(Detector::name).join(", ")
+                )
+            })?;
+            for d in group {
+                if !detectors.contains(&d) {
+                    detectors.push(d);
+                }
+            }
+        }
+        let columns = if m.columns.is_empty() {
+            None
+        } else {
+            Some(Arc::new(ColumnRule::new(&m.name, &m.columns, m.strategy)?))
+        };
+        Ok(MaskRule {
+            name: m.name,
+            matcher,
+            columns,
+            detectors,
+            strategy: m.strategy,
+            deny_transformed: m.deny_transformed,
+        })
+    }
+}
+
 /// A compiled policy: rules in file order.
 #[derive(Debug)]
 pub struct Policy {
     rules: Vec<Rule>,
+    masks: Vec<MaskRule>,
+    /// Compiled detector sets, shared by every session that uses the same set (compiling one
+    /// takes milliseconds, far too long for each connection).
+    scanners: Mutex<HashMap<Vec<Detector>, Arc<Scanner>>>,
     /// Where it came from (files), for messages; empty for the embedded default.
     pub sources: Vec<PathBuf>,
+}
+
+/// What decided a statement.
+#[derive(Clone, Copy)]
+enum Decider<'p> {
+    Rule(&'p Rule),
+    /// A mask with `deny_transformed`, and the column reference that tripped it.
+    Mask(&'p MaskRule),
 }
 
 impl Policy {
     pub fn compile(sources: Vec<Source>) -> Result<Policy, PolicyError> {
         let mut rules = Vec::new();
+        let mut masks = Vec::new();
         let mut names = std::collections::HashSet::new();
         let mut paths = Vec::new();
         for source in sources {
+            for m in source.file.masks {
+                let invalid = |message: String| PolicyError::Invalid {
+                    path: source.path.clone(),
+                    rule: format!("mask {}", m.name),
+                    message,
+                };
+                if !names.insert(format!("mask:{}", m.name)) {
+                    return Err(invalid("the name is used twice".to_owned()));
+                }
+                masks.push(MaskRule::compile(m.clone()).map_err(invalid)?);
+            }
             for r in source.file.rules {
                 let invalid = |message: String| PolicyError::Invalid {
                     path: source.path.clone(),
@@ -317,8 +404,93 @@ impl Policy {
         }
         Ok(Policy {
             rules,
+            masks,
+            scanners: Mutex::new(HashMap::new()),
             sources: paths,
         })
+    }
+
+    /// The masking that applies to `subject` at `target`: every `[[mask]]` whose match holds,
+    /// in file order (the first mask naming a detector sets its strategy). `None` when no
+    /// mask applies and no sample is kept.
+    pub fn masking(
+        &self,
+        subject: &Subject,
+        target: Option<&str>,
+        protocol: &str,
+        key: Option<Arc<HashKey>>,
+        sample_rows: usize,
+    ) -> Option<Masking> {
+        let mut columns = Vec::new();
+        let mut detectors = Vec::new();
+        for m in self
+            .masks
+            .iter()
+            .filter(|m| m.matcher.who_and_where(subject, target, protocol))
+        {
+            columns.extend(m.columns.clone());
+            for d in &m.detectors {
+                detectors.push(DetectorRule {
+                    detector: *d,
+                    strategy: m.strategy,
+                    rule: m.name.clone(),
+                });
+            }
+        }
+        if columns.is_empty() && detectors.is_empty() && sample_rows == 0 {
+            return None;
+        }
+        // Without a key, hashing falls back to redaction: never to the clear value.
+        let key = match key {
+            Some(k) => k,
+            None => {
+                for d in &mut detectors {
+                    if d.strategy == Strategy::Hash {
+                        d.strategy = Strategy::Redact;
+                    }
+                }
+                Arc::new(HashKey::from_bytes(
+                    b"unused: no hash strategy without a key",
+                ))
+            }
+        };
+        let mut set: Vec<Detector> = detectors.iter().map(|d| d.detector).collect();
+        set.sort();
+        set.dedup();
+        let scanner = (!set.is_empty()).then(|| {
+            self.scanners
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(set.clone())
+                .or_insert_with(|| Arc::new(Scanner::new(&set)))
+                .clone()
+        });
+        Some(Masking::new(columns, &detectors, scanner, key, sample_rows))
+    }
+
+    /// A mask with `deny_transformed` whose columns the statement passes through a function,
+    /// cast or operator.
+    fn transformed_violation(
+        &self,
+        subject: &Subject,
+        target: Option<&str>,
+        protocol: &str,
+        a: &Analysis,
+    ) -> Option<(&MaskRule, String)> {
+        if a.transformed.is_empty() {
+            return None;
+        }
+        self.masks
+            .iter()
+            .filter(|m| m.deny_transformed)
+            .filter(|m| m.matcher.who_and_where(subject, target, protocol))
+            .find_map(|m| {
+                let columns = m.columns.as_ref()?;
+                a.transformed
+                    .iter()
+                    .find(|r| columns.may_name(r))
+                    .map(|r| (m, r.clone()))
+            })
     }
 
     pub fn load(path: &Path) -> Result<Policy, PolicyError> {
@@ -376,21 +548,52 @@ impl Policy {
         parsed: &Parsed,
     ) -> Verdict {
         let mut statements = Vec::with_capacity(parsed.statements.len());
-        let mut worst: Option<(DecisionKind, Option<&Rule>)> = None;
+        let mut worst: Option<(DecisionKind, Option<Decider<'_>>)> = None;
+        let mut mask_message = None;
         for a in &parsed.statements {
-            let (decision, rule) = self.judge(subject, target, protocol, a);
+            let (decision, decider) = match self.transformed_violation(subject, target, protocol, a)
+            {
+                Some((mask, column)) => {
+                    mask_message.get_or_insert_with(|| {
+                            format!(
+                                "{column} is masked (mask {:?}) and may not be passed through functions, casts or operators",
+                                mask.name
+                            )
+                        });
+                    (DecisionKind::Deny, Some(Decider::Mask(mask)))
+                }
+                None => {
+                    let (d, rule) = self.judge(subject, target, protocol, a);
+                    (d, rule.map(Decider::Rule))
+                }
+            };
             if worst.is_none_or(|(d, _)| decision > d) {
-                worst = Some((decision, rule));
+                worst = Some((decision, decider));
             }
             statements.push(StatementVerdict {
                 analysis: a.clone(),
                 decision,
-                rule: rule.map(|r| r.name.clone()),
+                rule: decider.map(|d| match d {
+                    Decider::Rule(r) => r.name.clone(),
+                    Decider::Mask(m) => format!("mask:{}", m.name),
+                }),
             });
         }
         // An empty text asks for nothing; it still has to be allowed by something.
-        let (decision, rule) = worst.unwrap_or((DecisionKind::Deny, None));
-        verdict(decision, rule, parsed.error.clone(), statements)
+        match worst.unwrap_or((DecisionKind::Deny, None)) {
+            (decision, Some(Decider::Mask(m))) => Verdict {
+                decision,
+                rule: Some(format!("mask:{}", m.name)),
+                message: mask_message.unwrap_or_default(),
+                review_timeout: None,
+                parse_error: parsed.error.clone(),
+                statements,
+            },
+            (decision, Some(Decider::Rule(rule))) => {
+                verdict(decision, Some(rule), parsed.error.clone(), statements)
+            }
+            (decision, None) => verdict(decision, None, parsed.error.clone(), statements),
+        }
     }
 
     pub fn evaluate_connection(
@@ -528,6 +731,21 @@ impl Engine {
             cache.insert(text.to_owned(), parsed.clone());
         }
         parsed
+    }
+
+    /// The masking for a new session, from the policies in force now.
+    pub fn masking(
+        &self,
+        subject: &Subject,
+        target: Option<&str>,
+        protocol: &str,
+        key: Option<Arc<HashKey>>,
+        sample_rows: usize,
+    ) -> Option<Arc<Masking>> {
+        self.current()
+            .for_target(target)
+            .masking(subject, target, protocol, key, sample_rows)
+            .map(Arc::new)
     }
 
     pub fn evaluate(

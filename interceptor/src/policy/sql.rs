@@ -76,11 +76,11 @@ use std::collections::BTreeSet;
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    AssignmentTarget, CopySource, CopyTarget, CreateFunctionBody, DiscardObject, Expr, FunctionArg,
-    FunctionArgExpr, FunctionArguments, FunctionSecurity, GrantObjects, Ident, MergeAction,
-    ObjectName, ObjectNamePart, ObjectType, OnConflictAction, OnInsert, Query, Reset, Select, Set,
-    SetExpr, Statement, TableFactor, TableObject, TableWithJoins, TransactionAccessMode,
-    TransactionMode, Value, Visit, Visitor,
+    AssignmentTarget, BinaryOperator, CopySource, CopyTarget, CreateFunctionBody, DiscardObject,
+    Expr, FunctionArg, FunctionArgExpr, FunctionArguments, FunctionSecurity, GrantObjects, Ident,
+    MergeAction, ObjectName, ObjectNamePart, ObjectType, OnConflictAction, OnInsert, Query, Reset,
+    Select, Set, SetExpr, Statement, TableFactor, TableObject, TableWithJoins,
+    TransactionAccessMode, TransactionMode, Value, Visit, Visitor,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::keywords::Keyword;
@@ -148,6 +148,39 @@ pub struct Analysis {
     pub tables_written: BTreeSet<String>,
     /// Column identifiers referenced (best effort); qualified (`t.c`) when written so.
     pub columns: BTreeSet<String>,
+    /// Columns whose values reach the result, or a condition, only after being transformed:
+    /// arguments of function calls (`concat(ssn)`, `upper(email)`, `substring(ssn, 1, 1)`),
+    /// operands of `||`, casts (`ssn::text`, `CAST(ssn AS text)`), anywhere in the statement
+    /// (projection, WHERE, ORDER BY, subqueries, CTEs, views' definitions are not visible).
+    /// Written as in `columns` (qualified `t.c` when written so). Whole-row references passed
+    /// to a function (`row_to_json(t)`, `json_agg(t)`, `to_jsonb(t.*)`, `array_agg(c)` where the
+    /// bare identifier may be a table alias) are recorded as written too, and additionally as
+    /// `t.*` when the identifier names a relation or alias of the statement's FROM clauses (best effort).
+    ///
+    /// Precisely, a column counts when it appears anywhere inside:
+    /// - a function call, including its `FILTER`, aggregate `ORDER BY`, `WITHIN GROUP` and
+    ///   `OVER` clauses, a subquery argument (`ARRAY(SELECT ssn …)`), the SQL-syntax functions
+    ///   (`SUBSTRING`, `TRIM`, `POSITION`, `OVERLAY`, `EXTRACT`, `CEIL`, `FLOOR`, `CONVERT`,
+    ///   `AT TIME ZONE`), `ROW(…)` and `ARRAY[…]` constructors, and set-returning functions in
+    ///   `FROM` (`LATERAL upper(c.ssn) u`, `unnest(…)`); `count(*)` names no column;
+    /// - a cast (`::`, `CAST`, `TRY_CAST`);
+    /// - a `||` operation (also `OPERATOR(pg_catalog.||)`);
+    /// - a pattern match, which lets a caller test a masked value character by character:
+    ///   `LIKE`, `ILIKE`, `SIMILAR TO` (negated or not, `ANY`/`ALL` forms too), `~`, `~*`,
+    ///   `!~`, `!~*`, `~~`, `~~*`, `!~~`, `!~~*`, `^@`; both operands are recorded.
+    ///
+    /// Everything below such a node counts, subqueries included (`upper((SELECT ssn …))`),
+    /// so a column only compared inside such a subquery is recorded too (conservative).
+    /// A bare identifier naming a relation or alias of the statement's `FROM` clauses is a
+    /// whole-row reference wherever it appears (`SELECT c FROM customers c` returns each row as
+    /// one record value, hiding its column names): it is recorded as written and as `c.*`.
+    ///
+    /// Not transformations: plain projection (`SELECT ssn`), renaming (`SELECT x FROM (SELECT
+    /// ssn AS x …) s` records nothing: only aliased), comparison (`ssn = '1'`, `IN`, `BETWEEN`,
+    /// which remain an equality oracle), `CASE`, `COLLATE`, tuples, subscripts and JSON
+    /// operators, arithmetic and other operators (`ssn + 0`, `-n`), whole-row attribute
+    /// notation (`c.func`), and procedure arguments of `CALL`.
+    pub transformed: BTreeSet<String>,
     /// Every function called, schema-qualified when written so (`pg_catalog.pg_read_file`).
     pub functions: BTreeSet<String>,
     /// Reasons for a policy to look closer, `category` or `category: detail`, e.g.
@@ -830,6 +863,16 @@ fn analyze_statement(statement: &Statement, body_depth: u8) -> Analysis {
     };
     let _ = statement.visit(&mut walker);
     let mut a = walker.a;
+    // A bare identifier naming a relation of the statement is a whole-row reference (the
+    // relations are only known once the whole statement, FROM clauses included, was seen).
+    // Bare identifiers are the entries of `columns` that equal such a name: qualified names
+    // contain a `.`, and quoted names containing one keep their quotes.
+    for name in walker.relations {
+        if a.columns.contains(&name) {
+            a.transformed.insert(format!("{name}.*"));
+            a.transformed.insert(name);
+        }
+    }
     a.text = statement.to_string();
     if a.classes.is_empty() {
         a.classes.insert(StatementClass::Unknown);
@@ -879,6 +922,13 @@ struct Walker {
     suppress: usize,
     scopes: Vec<CteScope>,
     body_depth: u8,
+    /// Transforming expressions being walked (see [`Analysis::transformed`]).
+    transforming: Vec<*const Expr>,
+    /// Table functions in `FROM` being walked (their arguments are transformed too).
+    transforming_factors: Vec<*const TableFactor>,
+    /// Names by which the statement's `FROM` relations can be referred to (aliases, else the
+    /// last part of the table name).
+    relations: Vec<String>,
 }
 
 impl Walker {
@@ -932,6 +982,30 @@ impl Walker {
                 self.danger("role change: set_config");
             }
         }
+    }
+
+    fn in_transformation(&self) -> bool {
+        !self.transforming.is_empty() || !self.transforming_factors.is_empty()
+    }
+
+    /// `f(t.*)`: a whole row passed to a function.
+    fn whole_row_args(&mut self, args: &[FunctionArg]) {
+        for arg in args {
+            let (FunctionArg::Unnamed(arg)
+            | FunctionArg::Named { arg, .. }
+            | FunctionArg::ExprNamed { arg, .. }) = arg;
+            if let FunctionArgExpr::QualifiedWildcard(name) = arg {
+                self.a.transformed.insert(format!("{}.*", norm_name(name)));
+            }
+        }
+    }
+
+    /// A column reference (`ident` folded, or a compound name).
+    fn column(&mut self, name: String) {
+        if self.in_transformation() {
+            self.a.transformed.insert(name.clone());
+        }
+        self.a.columns.insert(name);
     }
 
     fn setting(&mut self, name: &str, what: &str) {
@@ -1521,6 +1595,7 @@ impl Walker {
             self.a.tables_read.extend(s.tables_read);
             self.a.tables_written.extend(s.tables_written);
             self.a.columns.extend(s.columns);
+            self.a.transformed.extend(s.transformed);
             self.a.functions.extend(s.functions);
             self.a.dangerous.extend(s.dangerous);
         }
@@ -1566,6 +1641,84 @@ fn is_false_option(arg: &Expr) -> bool {
         text.trim().to_ascii_lowercase().as_str(),
         "false" | "off" | "0" | "no" | "f" | "n"
     )
+}
+
+/// Expressions whose operands reach the result only transformed (see [`Analysis::transformed`]).
+fn is_transformation(expr: &Expr) -> bool {
+    match expr {
+        Expr::Function(_)
+        | Expr::Cast { .. }
+        | Expr::Convert { .. }
+        | Expr::Substring { .. }
+        | Expr::Trim { .. }
+        | Expr::Position { .. }
+        | Expr::Overlay { .. }
+        | Expr::Extract { .. }
+        | Expr::Ceil { .. }
+        | Expr::Floor { .. }
+        | Expr::AtTimeZone { .. }
+        | Expr::Array(_)
+        | Expr::Like { .. }
+        | Expr::ILike { .. }
+        | Expr::SimilarTo { .. }
+        | Expr::RLike { .. } => true,
+        Expr::BinaryOp { op, .. }
+        | Expr::AnyOp { compare_op: op, .. }
+        | Expr::AllOp { compare_op: op, .. } => is_transforming_operator(op),
+        _ => false,
+    }
+}
+
+/// `||` and the pattern-matching operators.
+fn is_transforming_operator(op: &BinaryOperator) -> bool {
+    match op {
+        BinaryOperator::StringConcat
+        | BinaryOperator::PGRegexMatch
+        | BinaryOperator::PGRegexIMatch
+        | BinaryOperator::PGRegexNotMatch
+        | BinaryOperator::PGRegexNotIMatch
+        | BinaryOperator::PGLikeMatch
+        | BinaryOperator::PGILikeMatch
+        | BinaryOperator::PGNotLikeMatch
+        | BinaryOperator::PGNotILikeMatch
+        | BinaryOperator::PGStartsWith
+        | BinaryOperator::Regexp => true,
+        // `OPERATOR(pg_catalog.||)`
+        BinaryOperator::PGCustomBinaryOperator(parts) => parts
+            .last()
+            .is_some_and(|op| TRANSFORMING_OPERATORS.contains(&op.as_str())),
+        BinaryOperator::Custom(op) => TRANSFORMING_OPERATORS.contains(&op.as_str()),
+        _ => false,
+    }
+}
+
+const TRANSFORMING_OPERATORS: &[&str] = &[
+    "||", "~", "~*", "!~", "!~*", "~~", "~~*", "!~~", "!~~*", "^@",
+];
+
+/// The name by which a `FROM` item can be referred to: its alias, or a table's last name part.
+fn relation_name(factor: &TableFactor) -> Option<String> {
+    let alias = match factor {
+        TableFactor::Table {
+            alias: None, name, ..
+        } => {
+            return match name.0.last() {
+                Some(ObjectNamePart::Identifier(ident)) => Some(norm_ident(ident)),
+                _ => None,
+            }
+        }
+        TableFactor::Table { alias, .. }
+        | TableFactor::Derived { alias, .. }
+        | TableFactor::TableFunction { alias, .. }
+        | TableFactor::Function { alias, .. }
+        | TableFactor::UNNEST { alias, .. }
+        | TableFactor::JsonTable { alias, .. }
+        | TableFactor::OpenJsonTable { alias, .. }
+        | TableFactor::NestedJoin { alias, .. }
+        | TableFactor::XmlTable { alias, .. } => alias.as_ref(),
+        _ => None,
+    };
+    alias.map(|a| norm_ident(&a.name))
 }
 
 fn is_string_name(name: &ObjectName) -> bool {
@@ -1670,21 +1823,40 @@ impl Visitor for Walker {
     }
 
     fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
+        self.relations.extend(relation_name(factor));
         match factor {
             // `FROM f(args)`: a set-returning function, not a relation.
             TableFactor::Table {
                 name,
-                args: Some(_),
+                args: Some(args),
                 ..
             } => {
                 self.claimed_names.push(name as *const _);
                 self.function(name, None);
+                self.transforming_factors.push(factor as *const _);
+                self.whole_row_args(&args.args);
             }
-            TableFactor::Function { name, .. } => {
+            TableFactor::Function { name, args, .. } => {
                 self.claimed_names.push(name as *const _);
                 self.function(name, None);
+                self.transforming_factors.push(factor as *const _);
+                self.whole_row_args(args);
+            }
+            TableFactor::UNNEST { .. }
+            | TableFactor::TableFunction { .. }
+            | TableFactor::JsonTable { .. }
+            | TableFactor::OpenJsonTable { .. }
+            | TableFactor::XmlTable { .. } => {
+                self.transforming_factors.push(factor as *const _);
             }
             _ => {}
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn post_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
+        if self.transforming_factors.last() == Some(&(factor as *const _)) {
+            self.transforming_factors.pop();
         }
         ControlFlow::Continue(())
     }
@@ -1711,8 +1883,16 @@ impl Visitor for Walker {
     }
 
     fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
+        if is_transformation(expr) {
+            self.transforming.push(expr as *const _);
+        }
         match expr {
-            Expr::Function(f) => self.function(&f.name, Some(&f.args)),
+            Expr::Function(f) => {
+                self.function(&f.name, Some(&f.args));
+                if let FunctionArguments::List(list) = &f.args {
+                    self.whole_row_args(&list.args);
+                }
+            }
             _ if self
                 .frames
                 .last()
@@ -1721,16 +1901,26 @@ impl Visitor for Walker {
             Expr::Identifier(ident)
                 if ident.quote_style.is_none() && ident.value.eq_ignore_ascii_case("default") => {}
             Expr::Identifier(ident) if !self.claimed_exprs.contains(&(expr as *const _)) => {
-                self.a.columns.insert(norm_ident(ident));
+                self.column(norm_ident(ident));
             }
             Expr::CompoundIdentifier(parts)
                 if !self.claimed_exprs.contains(&(expr as *const _)) =>
             {
-                self.a
-                    .columns
-                    .insert(parts.iter().map(norm_ident).collect::<Vec<_>>().join("."));
+                let name = parts.iter().map(norm_ident).collect::<Vec<_>>().join(".");
+                self.column(name);
+            }
+            // `(t.*)::text`
+            Expr::QualifiedWildcard(name, _) if self.in_transformation() => {
+                self.a.transformed.insert(format!("{}.*", norm_name(name)));
             }
             _ => {}
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn post_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
+        if self.transforming.last() == Some(&(expr as *const _)) {
+            self.transforming.pop();
         }
         ControlFlow::Continue(())
     }

@@ -524,6 +524,197 @@ fn nested_data_modifying_ctes() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Transformed columns
+
+/// (SQL, expected `transformed`, exactly).
+const TRANSFORMED: &[(&str, &[&str])] = &[
+    ("SELECT concat(ssn) FROM customers", &["ssn"]),
+    ("SELECT ssn || '' FROM customers", &["ssn"]),
+    (
+        "SELECT ssn OPERATOR(pg_catalog.||) '' FROM customers",
+        &["ssn"],
+    ),
+    ("SELECT upper(email) FROM customers", &["email"]),
+    ("SELECT upper(concat(ssn)) FROM customers", &["ssn"]),
+    ("SELECT lower(trim(email)) FROM customers", &["email"]),
+    (
+        "SELECT substring(ssn from 1 for 1) FROM customers",
+        &["ssn"],
+    ),
+    ("SELECT substring(ssn, 1, 1) FROM customers", &["ssn"]),
+    (
+        "SELECT id FROM customers WHERE substring(ssn, 1, 1) = '1'",
+        &["ssn"],
+    ),
+    ("SELECT id FROM customers ORDER BY md5(ssn)", &["ssn"]),
+    ("SELECT ssn::text FROM customers", &["ssn"]),
+    ("SELECT CAST(ssn AS text) FROM customers", &["ssn"]),
+    ("SELECT c.ssn::text FROM customers c", &["c.ssn"]),
+    (
+        "SELECT \"SSN\"::text, Email::text FROM customers",
+        &["SSN", "email"],
+    ),
+    // Whole rows: as written, and as `t.*` when the name is a relation of the statement.
+    ("SELECT row_to_json(t) FROM customers t", &["t", "t.*"]),
+    ("SELECT json_agg(c) FROM customers c", &["c", "c.*"]),
+    (
+        "SELECT row_to_json(customers) FROM public.customers",
+        &["customers", "customers.*"],
+    ),
+    (
+        "SELECT to_jsonb(customers.*) FROM customers",
+        &["customers.*"],
+    ),
+    ("SELECT to_jsonb(c.*) FROM customers c", &["c.*"]),
+    ("SELECT (c.*)::text FROM customers c", &["c.*"]),
+    ("SELECT c::text FROM customers c", &["c", "c.*"]),
+    // Not a relation of the statement: a column.
+    ("SELECT array_agg(email) FROM customers", &["email"]),
+    // A whole row as a value hides its column names even without a function.
+    ("SELECT c FROM customers c", &["c", "c.*"]),
+    (
+        "WITH x AS (SELECT ssn FROM customers) SELECT json_agg(x) FROM x",
+        &["x", "x.*"],
+    ),
+    (
+        "SELECT (SELECT json_agg(o) FROM orders o WHERE o.cid = c.id) FROM customers c",
+        &["o", "o.*"],
+    ),
+    // Aggregate clauses and windows.
+    (
+        "SELECT string_agg(name, ',' ORDER BY ssn) FILTER (WHERE email <> '') FROM customers",
+        &["name", "ssn", "email"],
+    ),
+    (
+        "SELECT lag(ssn) OVER (PARTITION BY region) FROM customers",
+        &["ssn", "region"],
+    ),
+    (
+        "SELECT count(ssn), count(DISTINCT email) FROM customers",
+        &["ssn", "email"],
+    ),
+    // Subqueries inside a transformation, CTEs, subqueries of WHERE.
+    (
+        "SELECT upper((SELECT ssn FROM customers LIMIT 1))",
+        &["ssn"],
+    ),
+    ("SELECT ARRAY(SELECT ssn FROM customers)", &["ssn"]),
+    ("SELECT ARRAY[ssn] FROM customers", &["ssn"]),
+    ("SELECT ROW(ssn, 1) FROM customers", &["ssn"]),
+    (
+        "WITH x AS (SELECT upper(ssn) AS u FROM customers) SELECT u FROM x",
+        &["ssn"],
+    ),
+    (
+        "SELECT id FROM t WHERE id IN (SELECT id FROM customers WHERE left(ssn, 1) = '1')",
+        &["ssn"],
+    ),
+    // Set-returning functions in FROM (`u` names both the function's relation and its column).
+    (
+        "SELECT u FROM customers c, LATERAL upper(c.ssn) u",
+        &["c.ssn", "u", "u.*"],
+    ),
+    (
+        "SELECT v FROM customers c, unnest(c.phones) v",
+        &["c.phones", "v", "v.*"],
+    ),
+    // Pattern matches: a character-by-character oracle.
+    ("SELECT id FROM customers WHERE email LIKE 'a%'", &["email"]),
+    (
+        "SELECT id FROM customers WHERE email NOT ILIKE 'a%'",
+        &["email"],
+    ),
+    (
+        "SELECT id FROM customers WHERE ssn SIMILAR TO '1%'",
+        &["ssn"],
+    ),
+    ("SELECT id FROM customers WHERE ssn ~ '^1'", &["ssn"]),
+    ("SELECT id FROM customers WHERE ssn !~* '^1'", &["ssn"]),
+    ("SELECT id FROM customers WHERE ssn ~~ '1%'", &["ssn"]),
+    ("SELECT id FROM customers WHERE ssn ^@ '1'", &["ssn"]),
+    (
+        "SELECT id FROM customers WHERE ssn LIKE ANY (ARRAY['1%', '2%'])",
+        &["ssn"],
+    ),
+    (
+        "SELECT id FROM customers WHERE 'x' LIKE pattern",
+        &["pattern"],
+    ),
+    // Writes and DDL bodies.
+    (
+        "UPDATE customers SET name = upper(email) WHERE id = 1",
+        &["email"],
+    ),
+    ("INSERT INTO t SELECT concat(ssn) FROM customers", &["ssn"]),
+    (
+        "CREATE VIEW v AS SELECT md5(ssn) AS h FROM customers",
+        &["ssn"],
+    ),
+    (
+        "CREATE FUNCTION f() RETURNS text LANGUAGE sql AS 'SELECT upper(ssn) FROM customers'",
+        &["ssn"],
+    ),
+    // Not transformed: plain projection, renaming, comparison, other operators.
+    ("SELECT ssn FROM customers", &[]),
+    ("SELECT c.ssn, c.* FROM customers c", &[]),
+    ("SELECT id FROM customers WHERE ssn = '1'", &[]),
+    (
+        "SELECT id FROM customers WHERE ssn IN ('1', '2') AND ssn BETWEEN '0' AND '9'",
+        &[],
+    ),
+    ("SELECT count(*) FROM customers", &[]),
+    (
+        "SELECT ssn + 0, -n, CASE WHEN ssn IS NULL THEN 1 END FROM customers",
+        &[],
+    ),
+    ("SELECT ssn COLLATE \"C\" FROM customers ORDER BY ssn", &[]),
+    // Only aliased: the alias is what a mask by column name sees (policy's business).
+    ("SELECT x FROM (SELECT ssn AS x FROM customers) s", &[]),
+    ("SELECT now(), 'a' || 'b'", &[]),
+    ("SET search_path = lower(x)", &[]),
+];
+
+#[test]
+fn transformed_columns() {
+    for (sql, expected) in TRANSFORMED {
+        let a = one(sql);
+        assert!(!a.classes.contains(&C::Unknown), "{sql}: {a:#?}");
+        assert_eq!(a.transformed, set(expected), "{sql}: transformed");
+    }
+}
+
+#[test]
+fn transformed_columns_are_also_columns() {
+    let a = one("SELECT upper(c.email), c.id FROM customers c WHERE c.ssn LIKE '1%'");
+    assert_eq!(a.transformed, set(&["c.email", "c.ssn"]));
+    assert_eq!(a.columns, set(&["c.email", "c.id", "c.ssn"]));
+}
+
+#[test]
+fn transformed_in_every_statement_of_a_text() {
+    let parsed = analyze("SELECT ssn FROM customers; SELECT upper(email) FROM customers");
+    let got: Vec<_> = parsed
+        .statements
+        .iter()
+        .map(|a| a.transformed.clone())
+        .collect();
+    assert_eq!(got, [set(&[]), set(&["email"])]);
+}
+
+#[test]
+fn transformed_serializes() {
+    let parsed = analyze("SELECT row_to_json(t) FROM customers t");
+    let json = serde_json::to_value(&parsed).unwrap();
+    assert_eq!(
+        json["statements"][0]["transformed"],
+        serde_json::json!(["t", "t.*"])
+    );
+    // Statements not parsed carry an empty set.
+    let json = serde_json::to_value(analyze("frobnicate upper(ssn)")).unwrap();
+    assert_eq!(json["statements"][0]["transformed"], serde_json::json!([]));
+}
+
+// ---------------------------------------------------------------------------------------------
 // Limits and robustness
 
 /// Run `f` on a thread with the 2 MiB stack of a tokio worker.

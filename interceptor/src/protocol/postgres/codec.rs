@@ -14,7 +14,7 @@ pub const GSSENC_REQUEST: i32 = 80_877_104;
 pub const CANCEL_REQUEST: i32 = 80_877_102;
 pub const PROTOCOL_V3: i32 = 196_608;
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum FrameError {
     #[error("message length {0} is below the minimum of 4")]
@@ -298,6 +298,60 @@ pub mod frontend {
     pub fn password(body: &[u8]) -> Result<String, FrameError> {
         read_cstr(&mut &body[..], "PasswordMessage")
     }
+
+    /// 'D' (Describe): 'S' (statement) or 'P' (portal), and the name.
+    pub fn describe(body: &[u8]) -> Result<(u8, String), FrameError> {
+        let mut b = body;
+        if b.is_empty() {
+            return Err(FrameError::Malformed {
+                what: "Describe",
+                why: "empty",
+            });
+        }
+        let kind = b.get_u8();
+        Ok((kind, read_cstr(&mut b, "Describe")?))
+    }
+
+    /// 'B': the result-column format codes (0 text, 1 binary), after the parameter values.
+    pub fn bind_result_formats(body: &[u8]) -> Result<Vec<i16>, FrameError> {
+        let malformed = FrameError::Malformed {
+            what: "Bind",
+            why: "truncated",
+        };
+        let mut b = body;
+        read_cstr(&mut b, "Bind")?;
+        read_cstr(&mut b, "Bind")?;
+        let take_i16 = |b: &mut &[u8]| {
+            if b.len() < 2 {
+                return Err(malformed.clone());
+            }
+            Ok(b.get_i16())
+        };
+        let formats = take_i16(&mut b)?.max(0) as usize;
+        if b.len() < formats * 2 {
+            return Err(malformed);
+        }
+        b.advance(formats * 2);
+        let params = take_i16(&mut b)?.max(0);
+        for _ in 0..params {
+            if b.len() < 4 {
+                return Err(malformed);
+            }
+            let len = b.get_i32();
+            if len > 0 {
+                let len = len as usize;
+                if b.len() < len {
+                    return Err(malformed);
+                }
+                b.advance(len);
+            }
+        }
+        let results = take_i16(&mut b)?.max(0) as usize;
+        if b.len() < results * 2 {
+            return Err(malformed);
+        }
+        Ok((0..results).map(|_| b.get_i16()).collect())
+    }
 }
 
 /// Body readers and builders for server messages.
@@ -415,6 +469,123 @@ pub mod backend {
             .filter(|m| !m.is_empty())
             .map(|m| String::from_utf8_lossy(m).into_owned())
             .collect()
+    }
+
+    /// One field of a RowDescription.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Field {
+        pub name: String,
+        /// The source table's OID, 0 when the value is computed.
+        pub table: u32,
+        /// The source column's attribute number within that table.
+        pub attnum: i16,
+        pub type_oid: u32,
+        /// 0 text, 1 binary (always 0 in the answer to a Describe of a statement).
+        pub format: i16,
+    }
+
+    /// 'T': the fields of a result.
+    pub fn row_description(body: &[u8]) -> Result<Vec<Field>, FrameError> {
+        let malformed = FrameError::Malformed {
+            what: "RowDescription",
+            why: "truncated",
+        };
+        let mut b = body;
+        if b.len() < 2 {
+            return Err(malformed);
+        }
+        let n = b.get_i16().max(0) as usize;
+        let mut fields = Vec::with_capacity(n);
+        for _ in 0..n {
+            let name = read_cstr(&mut b, "RowDescription")?;
+            if b.len() < 18 {
+                return Err(malformed);
+            }
+            let table = b.get_u32();
+            let attnum = b.get_i16();
+            let type_oid = b.get_u32();
+            b.advance(2 + 4); // type size, type modifier
+            let format = b.get_i16();
+            fields.push(Field {
+                name,
+                table,
+                attnum,
+                type_oid,
+                format,
+            });
+        }
+        Ok(fields)
+    }
+
+    /// 'D': the values of a row (`None` is NULL), as slices of `body`.
+    pub fn data_row(
+        body: &[u8],
+        out: &mut Vec<Option<std::ops::Range<usize>>>,
+    ) -> Result<(), FrameError> {
+        let malformed = FrameError::Malformed {
+            what: "DataRow",
+            why: "value lengths do not add up",
+        };
+        out.clear();
+        let Some(count) = body.get(..2) else {
+            return Err(malformed);
+        };
+        let count = i16::from_be_bytes([count[0], count[1]]).max(0) as usize;
+        let mut at = 2;
+        for _ in 0..count {
+            let len = body
+                .get(at..at + 4)
+                .map(|l| i32::from_be_bytes([l[0], l[1], l[2], l[3]]))
+                .ok_or(malformed.clone())?;
+            at += 4;
+            if len < 0 {
+                out.push(None);
+                continue;
+            }
+            let end = at + len as usize;
+            if end > body.len() {
+                return Err(malformed);
+            }
+            out.push(Some(at..end));
+            at = end;
+        }
+        if at != body.len() {
+            return Err(malformed);
+        }
+        Ok(())
+    }
+
+    /// 'H' (CopyOutResponse): the overall format, 0 text or 1 binary.
+    pub fn copy_out_format(body: &[u8]) -> i8 {
+        body.first().map(|b| *b as i8).unwrap_or(0)
+    }
+
+    /// 'E'/'N': every field as (code, text), in order.
+    pub fn notice_fields(body: &[u8]) -> Vec<(u8, String)> {
+        let mut b = body;
+        let mut fields = Vec::new();
+        while let Some((&code, rest)) = b.split_first() {
+            if code == 0 {
+                break;
+            }
+            b = rest;
+            match read_cstr(&mut b, "ErrorResponse") {
+                Ok(text) => fields.push((code, text)),
+                Err(_) => break,
+            }
+        }
+        fields
+    }
+
+    /// An 'E'/'N' message from fields.
+    pub fn notice_from_fields(tag: u8, fields: &[(u8, String)]) -> Message {
+        message(tag, |b| {
+            for (code, text) in fields {
+                b.put_u8(*code);
+                put_cstr(b, text);
+            }
+            b.put_u8(0);
+        })
     }
 }
 

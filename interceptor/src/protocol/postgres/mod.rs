@@ -9,13 +9,17 @@
 //! - [`startup`]: SSL/GSS negotiation, cancel requests, and authentication on both legs,
 //!   including credential injection (the client never sees the upstream secret).
 //! - [`relay`]: the query phase: simple and extended protocol, pipelining, COPY, results.
+//! - [`results`]: what result columns are, and masking of rows, COPY output and notices.
+//! - [`catalog`]: table OID + attribute number → `schema.table.column`, for column rules.
 //! - [`cancel`]: the map from the keys we gave clients to the server's real keys.
 //!
 //! It talks to the rest of the gateway only through [`crate::command::Hooks`].
 
 pub mod cancel;
+pub mod catalog;
 pub mod codec;
 pub mod relay;
+pub mod results;
 pub mod startup;
 
 use std::{collections::HashMap, net::SocketAddr, sync::Arc};
@@ -72,6 +76,7 @@ pub struct Shared {
     pub local_ca: Option<Arc<LocalCa>>,
     upstream_tls: HashMap<String, tls::Upstream>,
     pub cancels: cancel::Registry,
+    pub catalogs: catalog::Catalogs,
 }
 
 impl Shared {
@@ -93,6 +98,7 @@ impl Shared {
             local_ca,
             upstream_tls,
             cancels: cancel::Registry::default(),
+            catalogs: catalog::Catalogs::default(),
         })
     }
 }

@@ -19,7 +19,7 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    sync::{atomic::Ordering, Mutex},
+    sync::{atomic::Ordering, Arc, Mutex},
     time::Instant,
 };
 
@@ -27,30 +27,40 @@ use bytes::{Buf as _, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _, ReadHalf, WriteHalf};
 
 use super::{
-    codec::{self, backend, frontend, FrameError},
+    catalog::{self, Catalog},
+    codec::{self, backend, backend::Field, frontend, FrameError},
+    results::{self, RowScratch, UnmaskableCopy},
     startup::Legs,
     BoxIo, Context, PgError,
 };
-use crate::command::{Command, CommandKind, CommandResult, EventId, Hooks, Verdict};
+use crate::command::{
+    Command, CommandKind, CommandResult, EventId, Hooks, Masker, ResultColumn, ValueKind, Verdict,
+};
 
 /// Read at least this much spare room before each read, so large results need few syscalls.
 const READ_CHUNK: usize = 64 * 1024;
 
 /// What the server still owes an answer for, in order.
-#[derive(Debug)]
 enum Pending {
     /// A simple Query (possibly several statements) or FunctionCall: ends at ReadyForQuery.
     UntilReady {
         event: EventId,
         started: Instant,
         result: CommandResult,
+        /// Masks the result set being received (each RowDescription starts a new one).
+        masker: Option<Box<dyn Masker>>,
     },
     /// An Execute: ends at CommandComplete, EmptyQueryResponse, PortalSuspended or an error.
     Execute {
         event: EventId,
         started: Instant,
         rows: u64,
+        shape: ExecShape,
+        masker: Option<Box<dyn Masker>>,
+        result: CommandResult,
     },
+    /// A Describe: its RowDescription (or NoData) tells what a later Execute returns.
+    Describe(Described),
     /// A Sync (or the implicit one of a simple Query): its ReadyForQuery closes the batch.
     Sync,
     /// A refused command, replaced by one that fails: the server's ErrorResponse for it is
@@ -63,13 +73,56 @@ enum Pending {
     },
 }
 
+/// What a Describe asked about.
+#[derive(Debug, Clone)]
+enum Described {
+    /// A prepared statement, by its generation (see [`Prepared::generation`]).
+    Statement(u64),
+    Portal(String),
+}
+
+/// What an Execute's rows look like, as far as the client side knows when sending it.
+#[derive(Debug, Clone, Default)]
+struct ExecShape {
+    portal: String,
+    /// The generation of the statement the portal was bound to.
+    statement: Option<u64>,
+    /// The result formats the Bind asked for.
+    formats: Vec<i16>,
+    /// The portal's own description, when the client asked for it (carries real formats).
+    described: Option<Arc<Vec<Field>>>,
+    /// The masker was built (or found unnecessary) at the first row.
+    ready: bool,
+}
+
+/// State shared by the two directions: the answers the server owes, and the descriptions of
+/// prepared statements (by generation), which results of later Executes need.
+#[derive(Default)]
+struct Flow {
+    queue: VecDeque<Pending>,
+    shapes: HashMap<u64, Arc<Vec<Field>>>,
+    /// See [`Statements::retired`]; purged when the queue is empty.
+    retired: Vec<u64>,
+    /// The COPY TO in progress sends binary rows.
+    copy_binary: bool,
+}
+
 type ClientWriter = tokio::sync::Mutex<WriteHalf<BoxIo>>;
 
 pub async fn run<H: Hooks>(ctx: &Context<'_, H>, legs: Legs) -> Result<(), PgError> {
     let (client_read, client_write) = tokio::io::split(legs.client);
     let (server_read, server_write) = tokio::io::split(legs.server);
     let client_write: ClientWriter = tokio::sync::Mutex::new(client_write);
-    let pending = Mutex::new(VecDeque::new());
+    let pending = Mutex::new(Flow::default());
+    // Column sources are resolved only when masking rules name tables, and only with the
+    // gateway's own login (credentials) to open a catalog connection.
+    let catalog = match (&legs.database, ctx.hooks.wants_sources()) {
+        (Some(db), true) if ctx.target.credentials.is_some() => {
+            Some(ctx.shared.catalogs.get(&ctx.target.name, db))
+        }
+        _ => None,
+    };
+    let database = legs.database.clone().unwrap_or_default();
     let up = client_to_server(
         ctx,
         client_read,
@@ -78,7 +131,14 @@ pub async fn run<H: Hooks>(ctx: &Context<'_, H>, legs: Legs) -> Result<(), PgErr
         &client_write,
         &pending,
     );
-    let down = server_to_client(ctx, server_read, &client_write, legs.server_buf, &pending);
+    let down = server_to_client(
+        ctx,
+        server_read,
+        &client_write,
+        legs.server_buf,
+        &pending,
+        catalog.as_deref().map(|c| (c, database.as_str())),
+    );
     crate::protocol::both_directions(up, down).await
 }
 
@@ -144,6 +204,9 @@ struct Prepared {
     event: EventRef,
     /// The Parse event carries the first execution's result; later ones get their own event.
     executed: bool,
+    /// Unique per Parse in this session: a re-Parse of the same name (the unnamed statement
+    /// is re-parsed all the time) must not inherit the old description.
+    generation: u64,
 }
 
 /// A command to record, owned so the statement table can change while the batch is planned.
@@ -158,7 +221,12 @@ struct Planned {
 #[derive(Default)]
 struct Statements {
     prepared: HashMap<String, Prepared>,
-    portals: HashMap<String, String>,
+    /// Portal → the statement it was bound to, and the result formats asked for.
+    portals: HashMap<String, (String, Vec<i16>)>,
+    generations: u64,
+    /// Generations replaced or closed, whose descriptions can go once the server has
+    /// answered everything sent before.
+    retired: Vec<u64>,
 }
 
 /// What one client message means for the batch.
@@ -173,7 +241,8 @@ struct Step {
 
 enum Expect {
     UntilReady(EventRef),
-    Execute(EventRef),
+    Execute(EventRef, ExecShape),
+    Describe(Described),
     Sync,
 }
 
@@ -211,6 +280,10 @@ impl Statements {
                     params,
                     name: Some(name.clone()),
                 });
+                self.generations += 1;
+                if let Some(old) = self.prepared.get(&name) {
+                    self.retired.push(old.generation);
+                }
                 self.prepared.insert(
                     name.clone(),
                     Prepared {
@@ -218,18 +291,29 @@ impl Statements {
                         params,
                         event,
                         executed: false,
+                        generation: self.generations,
                     },
                 );
                 step.parsed = Some(name);
             }
             b'B' => {
                 let (portal, statement, _) = frontend::bind(body)?;
-                self.portals.insert(portal, statement);
+                let formats = frontend::bind_result_formats(body)?;
+                self.portals.insert(portal, (statement, formats));
+            }
+            b'D' => {
+                step.expect = match frontend::describe(body)? {
+                    (b'S', name) => self
+                        .prepared
+                        .get(&name)
+                        .map(|p| Expect::Describe(Described::Statement(p.generation))),
+                    (_, portal) => Some(Expect::Describe(Described::Portal(portal))),
+                };
             }
             b'E' => {
                 let portal = frontend::execute(body)?;
                 // An unknown portal gets an error from the server; nothing to record.
-                let Some(statement) = self.portals.get(&portal) else {
+                let Some((statement, formats)) = self.portals.get(&portal) else {
                     return Ok(step);
                 };
                 let Some(prepared) = self.prepared.get_mut(statement) else {
@@ -247,7 +331,13 @@ impl Statements {
                     prepared.executed = true;
                     prepared.event
                 };
-                step.expect = Some(Expect::Execute(event));
+                let shape = ExecShape {
+                    portal,
+                    statement: Some(prepared.generation),
+                    formats: formats.clone(),
+                    ..ExecShape::default()
+                };
+                step.expect = Some(Expect::Execute(event, shape));
             }
             b'F' => {
                 let oid = frontend::function_call(body)?;
@@ -262,15 +352,17 @@ impl Statements {
             }
             b'C' => match frontend::close(body)? {
                 (b'S', name) => {
-                    self.prepared.remove(&name);
+                    if let Some(old) = self.prepared.remove(&name) {
+                        self.retired.push(old.generation);
+                    }
                 }
                 (_, name) => {
                     self.portals.remove(&name);
                 }
             },
             b'S' => step.expect = Some(Expect::Sync),
-            // Describe, Flush, COPY data/done/fail, Terminate: relayed as they are.
-            b'D' | b'H' | b'd' | b'c' | b'f' | b'X' => {}
+            // Flush, COPY data/done/fail, Terminate: relayed as they are.
+            b'H' | b'd' | b'c' | b'f' | b'X' => {}
             _ => {
                 return Err(FrameError::Malformed {
                     what: "client",
@@ -320,7 +412,7 @@ async fn client_to_server<H: Hooks>(
     mut server: WriteHalf<BoxIo>,
     mut buf: BytesMut,
     client_write: &ClientWriter,
-    pending: &Mutex<VecDeque<Pending>>,
+    pending: &Mutex<Flow>,
 ) -> Result<(), PgError> {
     let max = ctx.target.max_message_bytes;
     let mut statements = Statements::default();
@@ -402,7 +494,9 @@ async fn client_to_server<H: Hooks>(
         let mut out = BytesMut::new();
         let mut substituted = false;
         {
-            let mut queue = pending.lock().unwrap_or_else(|p| p.into_inner());
+            let mut flow = pending.lock().unwrap_or_else(|p| p.into_inner());
+            flow.retired.append(&mut statements.retired);
+            let queue = &mut flow.queue;
             let started = Instant::now();
             for ((tag, range), step) in found.iter().zip(steps) {
                 let refusal = step.record.and_then(|i| match &decisions[i].verdict {
@@ -424,18 +518,23 @@ async fn client_to_server<H: Hooks>(
                                     event,
                                     started,
                                     result: CommandResult::default(),
+                                    masker: None,
                                 });
                             }
                         }
-                        Some(Expect::Execute(r)) => {
+                        Some(Expect::Execute(r, shape)) => {
                             if let Some(event) = r.resolve(&events) {
                                 queue.push_back(Pending::Execute {
                                     event,
                                     started,
                                     rows: 0,
+                                    shape,
+                                    masker: None,
+                                    result: CommandResult::default(),
                                 });
                             }
                         }
+                        Some(Expect::Describe(d)) => queue.push_back(Pending::Describe(d)),
                         None => {}
                     }
                     continue;
@@ -481,9 +580,12 @@ async fn server_to_client<H: Hooks>(
     mut reader: ReadHalf<BoxIo>,
     client: &ClientWriter,
     mut buf: BytesMut,
-    pending: &Mutex<VecDeque<Pending>>,
+    pending: &Mutex<Flow>,
+    catalog: Option<(&Catalog, &str)>,
 ) -> Result<(), PgError> {
     let max = ctx.target.max_message_bytes;
+    let mut scratch = RowScratch::default();
+    let mut out = BytesMut::new();
     loop {
         let (found, consumed) = match frames(&buf, max) {
             Ok(f) => f,
@@ -504,28 +606,56 @@ async fn server_to_client<H: Hooks>(
             }
             continue;
         }
-        // Frames whose bytes are replaced (a refusal's error), by position in `found`.
+        // Column sources, looked up before the results they describe are relayed.
+        if let Some((catalog, database)) = catalog {
+            resolve_sources(ctx, catalog, database, &buf, &found).await;
+        }
+        // Frames whose bytes are replaced (masked rows, a refusal's error), by position.
         let mut replaced: Vec<(usize, bytes::Bytes)> = Vec::new();
-        {
-            let mut queue = pending.lock().unwrap_or_else(|p| p.into_inner());
-            for (i, (tag, range)) in found.iter().enumerate() {
-                if let Some(bytes) = observe(ctx.hooks, &mut queue, *tag, &buf[range.clone()]) {
+        let observed = {
+            let mut flow = pending.lock().unwrap_or_else(|p| p.into_inner());
+            let mut results = Observer {
+                hooks: ctx.hooks,
+                flow: &mut flow,
+                catalog: catalog.map(|c| c.0),
+                scratch: &mut scratch,
+            };
+            found.iter().enumerate().try_for_each(|(i, (tag, range))| {
+                if let Some(bytes) = results.observe(*tag, &buf[range.clone()])? {
                     replaced.push((i, bytes));
                 }
-            }
+                Ok::<_, Stop>(())
+            })
+        };
+        if let Err(stop) = observed {
+            let (sqlstate, text) = match &stop {
+                Stop::Frame(e) => (
+                    "08P01",
+                    format!("interceptor: invalid message from the server: {e}"),
+                ),
+                Stop::Copy(e) => ("42501", format!("interceptor: {e}")),
+            };
+            tell_client(client, sqlstate, &text).await;
+            return Err(match stop {
+                Stop::Frame(e) => PgError::Server(e),
+                Stop::Copy(e) => PgError::Denied(e.to_string()),
+            });
         }
         let mut w = client.lock().await;
         if replaced.is_empty() {
             w.write_all(&buf[..consumed]).await?;
         } else {
+            // One write for the whole batch: masking may replace every row.
+            out.clear();
             let mut at = 0;
             for (i, bytes) in &replaced {
                 let frame_start = found[*i].1.start - 5;
-                w.write_all(&buf[at..frame_start]).await?;
-                w.write_all(bytes).await?;
+                out.extend_from_slice(&buf[at..frame_start]);
+                out.extend_from_slice(bytes);
                 at = found[*i].1.end;
             }
-            w.write_all(&buf[at..consumed]).await?;
+            out.extend_from_slice(&buf[at..consumed]);
+            w.write_all(&out).await?;
         }
         if consumed == buf.len() {
             w.flush().await?;
@@ -535,6 +665,56 @@ async fn server_to_client<H: Hooks>(
             .down
             .fetch_add(consumed as u64, Ordering::Relaxed);
         buf.advance(consumed);
+    }
+}
+
+/// Asks the catalog about the table columns of every RowDescription in the batch.
+async fn resolve_sources<H: Hooks>(
+    ctx: &Context<'_, H>,
+    catalog: &Catalog,
+    database: &str,
+    buf: &[u8],
+    found: &[Frame],
+) {
+    let mut keys = Vec::new();
+    for (tag, range) in found {
+        if *tag == b'T' {
+            if let Ok(fields) = backend::row_description(&buf[range.clone()]) {
+                keys.extend(fields.iter().map(|f| (f.table, f.attnum)));
+            }
+        }
+    }
+    if keys.is_empty() {
+        return;
+    }
+    let Some(tls) = ctx.shared.upstream_tls.get(&ctx.target.name) else {
+        return;
+    };
+    let upstream = catalog::Upstream {
+        target: ctx.target,
+        addr: ctx.upstream_addr,
+        tls,
+        database,
+    };
+    if let Err(e) = catalog.resolve(&upstream, &keys).await {
+        // Unresolved columns are matched by name: more masking, never less.
+        tracing::warn!(error = %e, target = %ctx.target.name, "catalog lookup failed");
+        ctx.hooks.note(
+            "error",
+            serde_json::json!({ "phase": "catalog", "error": e.to_string() }),
+        );
+    }
+}
+
+/// Why the server-to-client direction stops.
+enum Stop {
+    Frame(FrameError),
+    Copy(UnmaskableCopy),
+}
+
+impl From<FrameError> for Stop {
+    fn from(e: FrameError) -> Stop {
+        Stop::Frame(e)
     }
 }
 
@@ -565,141 +745,300 @@ fn finish(hooks: &impl Hooks, event: EventId, started: Instant, mut result: Comm
     hooks.result(event, &result);
 }
 
-/// Updates the pending answers with one server message. Returns the bytes to send the client
-/// instead of this message, when it answers a refused command.
-fn observe(
-    hooks: &impl Hooks,
-    queue: &mut VecDeque<Pending>,
-    tag: u8,
-    body: &[u8],
-) -> Option<bytes::Bytes> {
-    if tag == b'E' && matches!(queue.front(), Some(Pending::Denied { .. })) {
-        if let Some(Pending::Denied {
-            event,
-            started,
-            error,
-            message,
-        }) = queue.pop_front()
-        {
-            let result = CommandResult {
-                sqlstate: Some("42501".to_owned()),
-                error: Some(message),
-                ..CommandResult::default()
-            };
-            finish(hooks, event, started, result);
-            return Some(error);
+/// Follows the server's answers against what the client asked for, one message at a time.
+struct Observer<'a, H: Hooks> {
+    hooks: &'a H,
+    flow: &'a mut Flow,
+    catalog: Option<&'a Catalog>,
+    scratch: &'a mut RowScratch,
+}
+
+/// A pending command's masker and result, whichever kind of command it is.
+fn masker_of(
+    entry: Option<&mut Pending>,
+) -> Option<(&mut Option<Box<dyn Masker>>, &mut CommandResult)> {
+    match entry? {
+        Pending::UntilReady { masker, result, .. } | Pending::Execute { masker, result, .. } => {
+            Some((masker, result))
         }
+        _ => None,
     }
-    match tag {
-        b'D' => match queue.front_mut() {
-            Some(Pending::UntilReady { result, .. }) => result.rows += 1,
-            Some(Pending::Execute { rows, .. }) => *rows += 1,
-            _ => {}
-        },
-        b'C' | b'I' | b's' => {
-            let tag_text = match tag {
-                b'C' => backend::command_complete(body),
-                b'I' => "EMPTY".to_owned(),
-                _ => "SUSPENDED".to_owned(),
-            };
-            match queue.front_mut() {
-                Some(Pending::UntilReady { result, .. }) if tag == b'C' => {
-                    result.tag = Some(match result.tag.take() {
-                        Some(prev) => format!("{prev}; {tag_text}"),
-                        None => tag_text,
-                    });
-                }
-                Some(Pending::Execute { .. }) => {
-                    if let Some(Pending::Execute {
-                        event,
-                        started,
-                        rows,
-                    }) = queue.pop_front()
-                    {
-                        let result = CommandResult {
-                            tag: Some(tag_text),
-                            rows,
-                            ..CommandResult::default()
-                        };
-                        finish(hooks, event, started, result);
-                    }
-                }
-                _ => {}
+}
+
+impl<H: Hooks> Observer<'_, H> {
+    /// The masker for an Execute's rows, built at its first row from what is known of its
+    /// shape: the portal's description, or the statement's with the Bind's formats. Without
+    /// either, columns are undescribed (opaque, and NULLed under column rules).
+    fn execute_masker(&self, shape: &ExecShape) -> Option<Box<dyn Masker>> {
+        let columns = match (&shape.described, shape.statement) {
+            (Some(fields), _) => results::columns(fields, None, self.catalog),
+            (None, Some(generation)) => match self.flow.shapes.get(&generation) {
+                Some(fields) => results::columns(fields, Some(&shape.formats), self.catalog),
+                None => Vec::new(),
+            },
+            (None, None) => Vec::new(),
+        };
+        self.hooks.masker(columns)
+    }
+
+    /// Updates the pending answers with one server message. Returns the bytes to send the
+    /// client instead of this message: a masked row, or our error for a refused command.
+    fn observe(&mut self, tag: u8, body: &[u8]) -> Result<Option<bytes::Bytes>, Stop> {
+        let hooks = self.hooks;
+        let queue = &mut self.flow.queue;
+        if tag == b'E' && matches!(queue.front(), Some(Pending::Denied { .. })) {
+            if let Some(Pending::Denied {
+                event,
+                started,
+                error,
+                message,
+            }) = queue.pop_front()
+            {
+                let result = CommandResult {
+                    sqlstate: Some("42501".to_owned()),
+                    error: Some(message),
+                    ..CommandResult::default()
+                };
+                finish(hooks, event, started, result);
+                return Ok(Some(error));
             }
         }
-        b'E' => {
-            let (sqlstate, message) = backend::error_fields(body);
-            match queue.front_mut() {
-                Some(Pending::UntilReady { result, .. }) => {
-                    result.sqlstate = sqlstate;
-                    result.error = message;
-                }
-                Some(Pending::Execute { .. }) => {
-                    if let Some(Pending::Execute {
-                        event,
-                        started,
-                        rows,
-                    }) = queue.pop_front()
-                    {
-                        let result = CommandResult {
-                            rows,
-                            sqlstate,
-                            error: message,
-                            ..CommandResult::default()
-                        };
-                        finish(hooks, event, started, result);
+        match tag {
+            b'T' => {
+                let fields = backend::row_description(body)?;
+                match queue.front_mut() {
+                    Some(Pending::Describe(Described::Statement(generation))) => {
+                        let generation = *generation;
+                        queue.pop_front();
+                        self.flow.shapes.insert(generation, Arc::new(fields));
                     }
+                    Some(Pending::Describe(Described::Portal(portal))) => {
+                        let portal = std::mem::take(portal);
+                        queue.pop_front();
+                        // The next Execute of this portal returns these columns.
+                        let next = queue.iter_mut().find_map(|p| match p {
+                            Pending::Execute { shape, .. } if shape.portal == portal => Some(shape),
+                            _ => None,
+                        });
+                        if let Some(shape) = next {
+                            shape.described = Some(Arc::new(fields));
+                        }
+                    }
+                    Some(Pending::UntilReady { masker, .. }) => {
+                        *masker = hooks.masker(results::columns(&fields, None, self.catalog));
+                    }
+                    _ => {}
                 }
-                _ => {}
             }
-        }
-        b'Z' => {
-            // Everything up to the batch's Sync (or the Query) is answered now. Executes still
-            // waiting were skipped by the server after an earlier error.
-            while let Some(entry) = queue.pop_front() {
-                match entry {
-                    Pending::UntilReady {
-                        event,
-                        started,
-                        result,
-                    } => {
-                        finish(hooks, event, started, result);
-                        break;
+            b'n' => {
+                if matches!(queue.front(), Some(Pending::Describe(_))) {
+                    queue.pop_front();
+                }
+            }
+            b'H' => {
+                // COPY TO STDOUT: each row is one value, of unknown columns.
+                self.flow.copy_binary = backend::copy_out_format(body) != 0;
+                let kind = if self.flow.copy_binary {
+                    ValueKind::Opaque
+                } else {
+                    ValueKind::Text
+                };
+                if let Some((masker, _)) = masker_of(queue.front_mut()) {
+                    *masker = hooks.masker(vec![ResultColumn {
+                        name: String::new(),
+                        source: None,
+                        unresolved: false,
+                        kind,
+                    }]);
+                }
+                if let Some(Pending::Execute { shape, .. }) = queue.front_mut() {
+                    shape.ready = true;
+                }
+            }
+            b'd' => {
+                let binary = self.flow.copy_binary;
+                if let Some((Some(masker), _)) = masker_of(queue.front_mut()) {
+                    return results::mask_copy_data(hooks, masker.as_mut(), body, binary)
+                        .map_err(Stop::Copy);
+                }
+            }
+            b'D' => {
+                let unbuilt = match self.flow.queue.front() {
+                    Some(Pending::Execute { shape, .. }) if !shape.ready => Some(shape.clone()),
+                    _ => None,
+                };
+                let built = unbuilt.map(|shape| self.execute_masker(&shape));
+                let queue = &mut self.flow.queue;
+                match queue.front_mut() {
+                    Some(Pending::UntilReady { result, masker, .. }) => {
+                        result.rows += 1;
+                        if let Some(m) = masker {
+                            return Ok(results::mask_data_row(m.as_mut(), body, self.scratch)?);
+                        }
                     }
-                    Pending::Execute {
-                        event,
-                        started,
+                    Some(Pending::Execute {
                         rows,
-                    } => {
-                        let result = CommandResult {
-                            rows,
-                            error: Some(
-                                "not executed: an earlier command in the same batch failed"
-                                    .to_owned(),
-                            ),
-                            ..CommandResult::default()
-                        };
-                        finish(hooks, event, started, result);
-                    }
-                    Pending::Sync => break,
-                    // The server skipped it after an earlier error: it was refused anyway.
-                    Pending::Denied {
-                        event,
-                        started,
-                        message,
+                        masker,
+                        shape,
                         ..
-                    } => {
-                        let result = CommandResult {
-                            sqlstate: Some("42501".to_owned()),
-                            error: Some(message),
-                            ..CommandResult::default()
-                        };
-                        finish(hooks, event, started, result);
+                    }) => {
+                        *rows += 1;
+                        if let Some(b) = built {
+                            *masker = b;
+                            shape.ready = true;
+                        }
+                        if let Some(m) = masker {
+                            return Ok(results::mask_data_row(m.as_mut(), body, self.scratch)?);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            b'C' | b'I' | b's' => {
+                let tag_text = match tag {
+                    b'C' => backend::command_complete(body),
+                    b'I' => "EMPTY".to_owned(),
+                    _ => "SUSPENDED".to_owned(),
+                };
+                if tag == b'C' && is_ddl(&tag_text) {
+                    // Table and column names may have changed under the cached OIDs.
+                    if let Some(c) = self.catalog {
+                        c.invalidate();
+                    }
+                }
+                match queue.front_mut() {
+                    Some(Pending::UntilReady { result, masker, .. }) if tag == b'C' => {
+                        if let Some(mut m) = masker.take() {
+                            result.absorb(m.report());
+                        }
+                        result.tag = Some(match result.tag.take() {
+                            Some(prev) => format!("{prev}; {tag_text}"),
+                            None => tag_text,
+                        });
+                    }
+                    Some(Pending::Execute { .. }) => {
+                        if let Some(Pending::Execute {
+                            event,
+                            started,
+                            rows,
+                            masker,
+                            mut result,
+                            ..
+                        }) = queue.pop_front()
+                        {
+                            if let Some(mut m) = masker {
+                                result.absorb(m.report());
+                            }
+                            result.tag = Some(tag_text);
+                            result.rows = rows;
+                            finish(hooks, event, started, result);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            b'E' | b'N' => {
+                let replaced = results::mask_notice(hooks, tag, body);
+                if tag == b'E' {
+                    let (sqlstate, message) = backend::error_fields(body);
+                    match queue.front_mut() {
+                        Some(Pending::UntilReady { result, masker, .. }) => {
+                            if let Some(mut m) = masker.take() {
+                                result.absorb(m.report());
+                            }
+                            result.sqlstate = sqlstate;
+                            result.error = message;
+                        }
+                        Some(Pending::Execute { .. }) => {
+                            if let Some(Pending::Execute {
+                                event,
+                                started,
+                                rows,
+                                masker,
+                                mut result,
+                                ..
+                            }) = queue.pop_front()
+                            {
+                                if let Some(mut m) = masker {
+                                    result.absorb(m.report());
+                                }
+                                result.rows = rows;
+                                result.sqlstate = sqlstate;
+                                result.error = message;
+                                finish(hooks, event, started, result);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                return Ok(replaced);
+            }
+            b'Z' => {
+                // Everything up to the batch's Sync (or the Query) is answered now. Executes still
+                // waiting were skipped by the server after an earlier error.
+                while let Some(entry) = queue.pop_front() {
+                    match entry {
+                        Pending::UntilReady {
+                            event,
+                            started,
+                            mut result,
+                            masker,
+                        } => {
+                            if let Some(mut m) = masker {
+                                result.absorb(m.report());
+                            }
+                            finish(hooks, event, started, result);
+                            break;
+                        }
+                        Pending::Execute {
+                            event,
+                            started,
+                            rows,
+                            ..
+                        } => {
+                            let result = CommandResult {
+                                rows,
+                                error: Some(
+                                    "not executed: an earlier command in the same batch failed"
+                                        .to_owned(),
+                                ),
+                                ..CommandResult::default()
+                            };
+                            finish(hooks, event, started, result);
+                        }
+                        Pending::Describe(_) => {}
+                        Pending::Sync => break,
+                        // The server skipped it after an earlier error: it was refused anyway.
+                        Pending::Denied {
+                            event,
+                            started,
+                            message,
+                            ..
+                        } => {
+                            let result = CommandResult {
+                                sqlstate: Some("42501".to_owned()),
+                                error: Some(message),
+                                ..CommandResult::default()
+                            };
+                            finish(hooks, event, started, result);
+                        }
+                    }
+                }
+                if queue.is_empty() {
+                    for generation in self.flow.retired.drain(..) {
+                        self.flow.shapes.remove(&generation);
                     }
                 }
             }
+            _ => {}
         }
-        _ => {}
+        Ok(None)
     }
-    None
+}
+
+/// Command tags of statements that may rename or renumber table columns.
+fn is_ddl(tag: &str) -> bool {
+    ["CREATE", "ALTER", "DROP", "IMPORT"]
+        .iter()
+        .any(|k| tag.starts_with(k))
 }

@@ -33,6 +33,8 @@ pub struct Legs {
     pub server_buf: BytesMut,
     pub client_key: Key,
     pub server_key: Key,
+    /// The database the gateway logged in to (with credentials; `None` in passthrough).
+    pub database: Option<String>,
 }
 
 /// The server side once authenticated (the client leg stays with the caller).
@@ -42,6 +44,7 @@ struct Authenticated {
     server_buf: BytesMut,
     client_key: Key,
     server_key: Key,
+    database: Option<String>,
 }
 
 const SCRAM: &str = "SCRAM-SHA-256";
@@ -148,6 +151,7 @@ pub async fn establish<H: Hooks>(
             server_buf: a.server_buf,
             client_key: a.client_key,
             server_key: a.server_key,
+            database: a.database,
         })),
         Err(e) => {
             ctx.hooks.note(
@@ -191,7 +195,7 @@ async fn accept_client_tls<H: Hooks>(
     Ok(Box::new(stream))
 }
 
-async fn connect_upstream_tls(
+pub(super) async fn connect_upstream_tls(
     upstream: TcpStream,
     tls: &tls::Upstream,
     addr: std::net::SocketAddr,
@@ -310,18 +314,64 @@ async fn authenticate_with_credentials<H: Hooks>(
         .filter(|(k, _)| k != "user" && k != "database")
         .collect();
     params.insert(0, ("user".to_owned(), creds.user.clone()));
-    params.insert(1, ("database".to_owned(), database));
+    params.insert(1, ("database".to_owned(), database.clone()));
+    let login = match login(&mut server, creds, &params, max).await {
+        Ok(login) => login,
+        Err(PgError::UpstreamAuth(why)) => return fail_auth(ctx, client, &why).await,
+        Err(e) => return Err(e),
+    };
+    let client_key = new_client_key();
+    let mut to_client = vec![backend::auth_ok()];
+    to_client.extend(login.messages);
+    // Our key goes just before the final ReadyForQuery, where the server sent its own.
+    let ready = to_client.pop();
+    to_client.push(backend::backend_key_data(client_key.0, client_key.1));
+    to_client.extend(ready);
+    send(client, &to_client, &ctx.counters.down).await?;
+    ctx.hooks.note(
+        "auth",
+        serde_json::json!({ "ok": true, "mode": "credentials", "user": creds.user }),
+    );
+    Ok(Authenticated {
+        server,
+        client_buf,
+        server_buf: login.server_buf,
+        client_key,
+        server_key: login.server_key,
+        database: Some(database),
+    })
+}
+
+/// The gateway's own login upstream with the target's credentials.
+pub(super) struct Login {
+    /// Bytes read beyond the final ReadyForQuery.
+    pub server_buf: BytesMut,
+    pub server_key: Key,
+    /// What the server said that a client needs (ParameterStatus, notices), ending with
+    /// ReadyForQuery; BackendKeyData is left out (see `server_key`).
+    pub messages: Vec<Message>,
+}
+
+/// Logs in on `server` (SCRAM-SHA-256, md5 or cleartext) with `params` as the start-up
+/// parameters. An authentication failure is [`PgError::UpstreamAuth`].
+pub(super) async fn login(
+    server: &mut BoxIo,
+    creds: &crate::config::Credentials,
+    params: &[(String, String)],
+    max: usize,
+) -> Result<Login, PgError> {
     let mut out = BytesMut::new();
-    codec::encode_startup(&params, &mut out);
+    codec::encode_startup(params, &mut out);
     server.write_all(&out).await?;
 
     let password = creds.password.read().map_err(PgError::UpstreamAuth)?;
     let mut server_buf = BytesMut::new();
     let mut scram: Option<ScramSha256> = None;
-    let mut to_client = vec![backend::auth_ok()];
-    let (client_key, mut server_key) = (new_client_key(), (0, 0));
+    let mut messages = Vec::new();
+    let mut server_key = (0, 0);
+    let refuse = |why: String| Err(PgError::UpstreamAuth(why));
     loop {
-        let msg = read_server(&mut server, &mut server_buf, max).await?;
+        let msg = read_server(server, &mut server_buf, max).await?;
         match msg.tag {
             b'R' => {
                 let (code, rest) = backend::auth_request(&msg.body).map_err(PgError::Server)?;
@@ -344,8 +394,7 @@ async fn authenticate_with_credentials<H: Hooks>(
                     }
                     10 => {
                         if !backend::sasl_mechanisms(rest).iter().any(|m| m == SCRAM) {
-                            return fail_auth(ctx, client, "the server offers no SCRAM-SHA-256")
-                                .await;
+                            return refuse("the server offers no SCRAM-SHA-256".to_owned());
                         }
                         let s =
                             ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
@@ -359,37 +408,26 @@ async fn authenticate_with_credentials<H: Hooks>(
                         }))
                     }
                     11 => {
-                        let s = scram
-                            .as_mut()
-                            .ok_or(PgError::UpstreamAuth("SASLContinue without SASL".into()))?;
-                        s.update(rest)
-                            .map_err(|e| PgError::UpstreamAuth(e.to_string()))?;
+                        let Some(s) = scram.as_mut() else {
+                            return refuse("SASLContinue without SASL".to_owned());
+                        };
+                        if let Err(e) = s.update(rest) {
+                            return refuse(e.to_string());
+                        }
                         let next = s.message().to_vec();
                         Some(backend::message(b'p', |b| b.put_slice(&next)))
                     }
                     12 => {
-                        let s = scram
-                            .as_mut()
-                            .ok_or(PgError::UpstreamAuth("SASLFinal without SASL".into()))?;
+                        let Some(s) = scram.as_mut() else {
+                            return refuse("SASLFinal without SASL".to_owned());
+                        };
                         // Verifies the server knew the password too.
                         if let Err(e) = s.finish(rest) {
-                            return fail_auth(
-                                ctx,
-                                client,
-                                &format!("the server's SCRAM proof is invalid: {e}"),
-                            )
-                            .await;
+                            return refuse(format!("the server's SCRAM proof is invalid: {e}"));
                         }
                         None
                     }
-                    other => {
-                        return fail_auth(
-                            ctx,
-                            client,
-                            &format!("unsupported authentication method {other}"),
-                        )
-                        .await
-                    }
+                    other => return refuse(format!("unsupported authentication method {other}")),
                 };
                 if let Some(reply) = reply {
                     let mut out = BytesMut::new();
@@ -400,29 +438,19 @@ async fn authenticate_with_credentials<H: Hooks>(
             }
             b'E' => {
                 let (_, message) = backend::error_fields(&msg.body);
-                return fail_auth(ctx, client, message.as_deref().unwrap_or("rejected")).await;
+                return refuse(message.unwrap_or_else(|| "rejected".to_owned()));
             }
-            b'K' => {
-                server_key = backend::backend_key(&msg.body).map_err(PgError::Server)?;
-                to_client.push(backend::backend_key_data(client_key.0, client_key.1));
-            }
+            b'K' => server_key = backend::backend_key(&msg.body).map_err(PgError::Server)?,
             b'Z' => {
-                to_client.push(msg);
-                send(client, &to_client, &ctx.counters.down).await?;
-                ctx.hooks.note(
-                    "auth",
-                    serde_json::json!({ "ok": true, "mode": "credentials", "user": creds.user }),
-                );
-                return Ok(Authenticated {
-                    server,
-                    client_buf,
+                messages.push(msg);
+                return Ok(Login {
                     server_buf,
-                    client_key,
                     server_key,
+                    messages,
                 });
             }
             // ParameterStatus, NoticeResponse, NegotiateProtocolVersion: the client needs them.
-            _ => to_client.push(msg),
+            _ => messages.push(msg),
         }
     }
 }
@@ -540,6 +568,7 @@ async fn authenticate_passthrough<H: Hooks>(
                 server_buf,
                 client_key,
                 server_key,
+                database: None,
             });
         }
     }

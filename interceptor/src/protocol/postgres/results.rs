@@ -1,0 +1,278 @@
+//! Results on their way back to the client: what each column is, and masking of the rows.
+//!
+//! Why this exists: masking works on values, but PostgreSQL sends rows as length-prefixed
+//! byte strings whose meaning depends on a RowDescription that may have arrived much earlier
+//! (asyncpg describes a statement once, then executes it many times with binary results).
+//! This module turns a RowDescription (plus the formats a Bind asked for) into the
+//! protocol-independent [`ResultColumn`]s masking understands, and rewrites DataRow, CopyData
+//! and notice messages with what the [`Masker`] answers, keeping lengths and NULLs exact.
+
+use bytes::{BufMut as _, Bytes, BytesMut};
+
+use super::{
+    catalog::{Catalog, Known},
+    codec::{backend, backend::Field, FrameError},
+};
+use crate::command::{Hooks, Masker, ResultColumn, Rewrite, ValueKind};
+
+/// Types whose text and binary forms are both plain text.
+const TEXT_TYPES: &[u32] = &[
+    25,   // text
+    1043, // varchar
+    1042, // bpchar
+    19,   // name
+    18,   // "char"
+    705,  // unknown
+    142,  // xml
+];
+const JSON: u32 = 114;
+const JSONB: u32 = 3802;
+/// Types whose text form the client parses as something other than text (numbers, dates,
+/// addresses, arrays of those): a masked value of these becomes NULL, since any replacement
+/// text would break the client's parser.
+const STRUCTURED_TEXT_TYPES: &[u32] = &[
+    16, 17, 20, 21, 23, 26, 700, 701, 790,
+    1700, // bool, bytea, integers, oid, floats, money, numeric
+    1082, 1083, 1114, 1184, 1186, 1266, // dates, times, intervals
+    2950, 869, 650, 829, 774, // uuid, inet, cidr, macaddr, macaddr8
+    1000, 1005, 1007, 1016, 1021, 1022, 1231, 1182, 1115, 1185, 2951, 1041, // arrays of those
+];
+
+/// How a value of this type, in this format, can be rewritten.
+pub fn value_kind(type_oid: u32, format: i16) -> ValueKind {
+    match (type_oid, format) {
+        (t, _) if TEXT_TYPES.contains(&t) => ValueKind::Text,
+        (JSON, _) | (JSONB, 0) => ValueKind::Json,
+        (JSONB, _) => ValueKind::JsonWithHeader,
+        (t, 0) if STRUCTURED_TEXT_TYPES.contains(&t) => ValueKind::Opaque,
+        // Other text forms (arrays of text, records, enums, domains, extension types) are
+        // text the client reads as such.
+        (_, 0) => ValueKind::Text,
+        _ => ValueKind::Opaque,
+    }
+}
+
+/// The format of column `i` under a Bind's result-format codes: none means text, one applies
+/// to all, otherwise one per column.
+fn format_of(formats: &[i16], i: usize) -> i16 {
+    match formats {
+        [] => 0,
+        [one] => *one,
+        many => many.get(i).copied().unwrap_or(0),
+    }
+}
+
+/// The columns of a result. `formats` overrides the fields' own (a described statement says
+/// 0 for every field; the Bind decides). With a catalog, plain column references are
+/// resolved to `schema.table.column`.
+pub fn columns(
+    fields: &[Field],
+    formats: Option<&[i16]>,
+    catalog: Option<&Catalog>,
+) -> Vec<ResultColumn> {
+    fields
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let format = formats.map_or(f.format, |fs| format_of(fs, i));
+            let (source, unresolved) = match (f.table, catalog) {
+                (0, _) => (None, false),
+                (_, None) => (None, true),
+                (table, Some(c)) => match c.known((table, f.attnum)) {
+                    Known::Name(n) => (Some(n.to_string()), false),
+                    Known::Absent | Known::Unknown => (None, true),
+                },
+            };
+            ResultColumn {
+                name: f.name.clone(),
+                source,
+                unresolved,
+                kind: value_kind(f.type_oid, format),
+            }
+        })
+        .collect()
+}
+
+/// Scratch space reused for every row of a session.
+#[derive(Default)]
+pub struct RowScratch {
+    values: Vec<Option<std::ops::Range<usize>>>,
+    rewrites: Vec<Rewrite>,
+}
+
+/// A DataRow with every value passed through `masker`; `None` when nothing changed.
+pub fn mask_data_row(
+    masker: &mut dyn Masker,
+    body: &[u8],
+    scratch: &mut RowScratch,
+) -> Result<Option<Bytes>, FrameError> {
+    backend::data_row(body, &mut scratch.values)?;
+    scratch.rewrites.clear();
+    let mut changed = false;
+    for (i, range) in scratch.values.iter().enumerate() {
+        let value = range.clone().and_then(|r| body.get(r));
+        let rewrite = masker.value(i, value);
+        changed |= rewrite != Rewrite::Keep;
+        scratch.rewrites.push(rewrite);
+    }
+    masker.end_row();
+    if !changed {
+        return Ok(None);
+    }
+    let mut out = BytesMut::with_capacity(body.len() + 64);
+    out.put_u8(b'D');
+    out.put_i32(0); // length, patched below
+    out.put_i16(scratch.values.len() as i16);
+    for (range, rewrite) in scratch.values.iter().zip(&scratch.rewrites) {
+        let value: Option<&[u8]> = match rewrite {
+            Rewrite::Keep => range.clone().and_then(|r| body.get(r)),
+            Rewrite::Replace(v) => Some(v),
+            Rewrite::Null => None,
+        };
+        match value {
+            Some(v) => {
+                out.put_i32(v.len() as i32);
+                out.put_slice(v);
+            }
+            None => out.put_i32(-1),
+        }
+    }
+    let len = (out.len() - 1) as i32;
+    out[1..5].copy_from_slice(&len.to_be_bytes());
+    Ok(Some(out.freeze()))
+}
+
+/// Why a COPY row could not be masked.
+#[derive(Debug, thiserror::Error)]
+#[error("a binary COPY row holds a value that must be masked; binary COPY cannot be rewritten")]
+pub struct UnmaskableCopy;
+
+/// A CopyData row from the server, masked as one value. `binary` rows cannot be rewritten:
+/// a row that needs masking ends the session instead.
+pub fn mask_copy_data<H: Hooks>(
+    hooks: &H,
+    masker: &mut dyn Masker,
+    body: &[u8],
+    binary: bool,
+) -> Result<Option<Bytes>, UnmaskableCopy> {
+    let rewrite = masker.value(0, Some(body));
+    masker.end_row();
+    let replaced = match rewrite {
+        Rewrite::Keep => return Ok(None),
+        Rewrite::Null if binary => return Err(UnmaskableCopy),
+        Rewrite::Replace(_) if binary => return Err(UnmaskableCopy),
+        Rewrite::Replace(v) => v,
+        // A row cannot be NULL: redact the spans instead.
+        Rewrite::Null => hooks
+            .mask_text(&String::from_utf8_lossy(body))
+            .into_owned()
+            .into_bytes(),
+    };
+    let mut out = BytesMut::with_capacity(replaced.len() + 5);
+    out.put_u8(b'd');
+    out.put_i32(replaced.len() as i32 + 4);
+    out.put_slice(&replaced);
+    Ok(Some(out.freeze()))
+}
+
+/// An ErrorResponse or NoticeResponse with its human-readable fields masked (a unique
+/// violation quotes the duplicate key: "Key (email)=(…) already exists"). `None` when
+/// nothing changed.
+pub fn mask_notice<H: Hooks>(hooks: &H, tag: u8, body: &[u8]) -> Option<Bytes> {
+    let mut fields = backend::notice_fields(body);
+    let mut changed = false;
+    for (code, text) in fields.iter_mut() {
+        // Message, detail, hint, context, and the internal query.
+        if matches!(*code, b'M' | b'D' | b'H' | b'W' | b'q') {
+            if let std::borrow::Cow::Owned(masked) = hooks.mask_text(text) {
+                *text = masked;
+                changed = true;
+            }
+        }
+    }
+    if !changed {
+        return None;
+    }
+    let mut out = BytesMut::new();
+    backend::notice_from_fields(tag, &fields).encode(&mut out);
+    Some(out.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::MaskReport;
+
+    struct Upper;
+    impl Masker for Upper {
+        fn value(&mut self, column: usize, value: Option<&[u8]>) -> Rewrite {
+            match (column, value) {
+                (0, Some(v)) => Rewrite::Replace(v.to_ascii_uppercase()),
+                (1, Some(_)) => Rewrite::Null,
+                _ => Rewrite::Keep,
+            }
+        }
+        fn report(&mut self) -> MaskReport {
+            MaskReport::default()
+        }
+    }
+
+    fn row(values: &[Option<&[u8]>]) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(&(values.len() as i16).to_be_bytes());
+        for v in values {
+            match v {
+                Some(v) => {
+                    b.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                    b.extend_from_slice(v);
+                }
+                None => b.extend_from_slice(&(-1i32).to_be_bytes()),
+            }
+        }
+        b
+    }
+
+    #[test]
+    fn rewritten_rows_keep_exact_lengths_and_nulls() {
+        let body = row(&[Some(b"abc"), Some(b"secret"), None, Some(b"x")]);
+        let out = mask_data_row(&mut Upper, &body, &mut RowScratch::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!(out[0], b'D');
+        assert_eq!(
+            i32::from_be_bytes([out[1], out[2], out[3], out[4]]) as usize,
+            out.len() - 1
+        );
+        assert_eq!(&out[5..], &row(&[Some(b"ABC"), None, None, Some(b"x")])[..]);
+    }
+
+    #[test]
+    fn malformed_rows_are_errors_not_panics() {
+        let mut scratch = RowScratch::default();
+        for body in [
+            &b""[..],
+            b"\x00",
+            b"\x00\x01\x00\x00\x00\x09ab",
+            b"\x00\x01\xff\xff",
+        ] {
+            assert!(mask_data_row(&mut Upper, body, &mut scratch).is_err());
+        }
+        // Trailing bytes after the last value.
+        let mut body = row(&[Some(b"a")]);
+        body.push(0);
+        assert!(mask_data_row(&mut Upper, &body, &mut scratch).is_err());
+    }
+
+    #[test]
+    fn kinds_follow_type_and_format() {
+        assert_eq!(value_kind(25, 1), ValueKind::Text);
+        assert_eq!(value_kind(3802, 1), ValueKind::JsonWithHeader);
+        assert_eq!(value_kind(3802, 0), ValueKind::Json);
+        assert_eq!(value_kind(20, 0), ValueKind::Opaque);
+        assert_eq!(value_kind(1009, 0), ValueKind::Text);
+        assert_eq!(value_kind(1009, 1), ValueKind::Opaque);
+        assert_eq!(format_of(&[1], 5), 1);
+        assert_eq!(format_of(&[0, 1], 1), 1);
+        assert_eq!(format_of(&[], 1), 0);
+    }
+}
