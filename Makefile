@@ -55,6 +55,7 @@ bench: build
 	cargo build --release -p interceptor-bench
 	"$(ROOT)/scripts/bench.sh"
 	"$(ROOT)/scripts/bench-pg.sh"
+	"$(ROOT)/scripts/bench-mask.sh"
 
 # clippy compiles interceptor's build.rs, which needs the eBPF toolchain from bootstrap.
 lint: bootstrap

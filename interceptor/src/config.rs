@@ -60,6 +60,9 @@ pub struct Config {
     pub approvals: ApprovalsConfig,
     #[serde(default)]
     pub masking: MaskingConfig,
+    /// Where journal events are shipped (SIEMs, files for log shippers).
+    #[serde(default, rename = "sink")]
+    pub sinks: Vec<crate::ship::SinkConfig>,
     #[serde(default, rename = "target")]
     pub targets: Vec<TargetConfig>,
     /// The file this came from and its text, for error messages found after parsing.
@@ -152,6 +155,24 @@ pub struct JournalConfig {
     /// Rows of each result kept in the journal, after masking (0, the default, keeps none).
     #[serde(default)]
     pub result_sample_rows: usize,
+    /// How hard each commit is pushed to disk.
+    #[serde(default)]
+    pub sync: JournalSync,
+    /// Events older than this many days may be pruned (`interceptor journal prune`, and the
+    /// daemon daily). `None` keeps everything.
+    pub retention_days: Option<u32>,
+}
+
+/// SQLite's `synchronous` setting for the journal (always in WAL mode).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JournalSync {
+    /// `synchronous=NORMAL`: a commit survives a crash of the daemon; a power loss may lose
+    /// the last commits (never corrupt the journal).
+    #[default]
+    Normal,
+    /// `synchronous=FULL`: every commit is on disk before anything is forwarded.
+    Full,
 }
 
 impl Default for JournalConfig {
@@ -159,6 +180,8 @@ impl Default for JournalConfig {
         JournalConfig {
             path: default_journal_path(),
             result_sample_rows: 0,
+            sync: JournalSync::Normal,
+            retention_days: None,
         }
     }
 }

@@ -3,7 +3,7 @@
 //! The pipeline, end to end (see `docs/architecture.md` for the picture):
 //!
 //! ```text
-//! capture ──▶ gateway::session ──▶ protocol ──▶ policy ──▶ approval (masking: later) ──▶ journal ──▶ relay
+//! capture ──▶ gateway::session ──▶ protocol ──▶ policy ──▶ approval / mask ──▶ journal ──▶ relay
 //! ```
 //!
 //! - [`capture`]: eBPF programs on the agent's cgroup steer its connections into the proxy and
@@ -13,6 +13,7 @@
 //!   the rest only through the [`command`] seam.
 //! - [`policy`]: who × target × what the command does (SQL-aware) → allow, review or deny.
 //! - [`approval`]: commands sent to `review` wait for a human, through a control socket.
+//! - [`mask`]: result values (and journaled texts) rewritten by column rules and detectors.
 //! - [`journal`]: SQLite, committed before forwarding.
 //! - [`exec`] and [`service`]: the two ways to put an agent under the gate.
 //! - [`config`]: the one TOML file, with embedded defaults.
@@ -29,4 +30,5 @@ pub mod mask;
 pub mod policy;
 pub mod protocol;
 pub mod service;
+pub mod ship;
 pub mod tls;

@@ -66,6 +66,45 @@ enum Command {
         #[command(subcommand)]
         command: SessionsCommand,
     },
+    /// Verify, export and prune the journal.
+    Journal {
+        #[command(subcommand)]
+        command: JournalCommand,
+    },
+    /// Shipping journal events to SIEMs (`[[sink]]` in the config).
+    Ship {
+        #[command(subcommand)]
+        command: ShipCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum JournalCommand {
+    /// Check the hash chain; reports the first edited, deleted or reordered event.
+    Verify {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write events as NDJSON, one record per event, oldest first.
+    Export {
+        /// Record format.
+        #[arg(long, default_value = "ocsf")]
+        format: String,
+        /// Only events after this sequence number.
+        #[arg(long)]
+        since: Option<i64>,
+    },
+    /// Delete events older than `[journal] retention_days`, keeping the rest verifiable.
+    Prune,
+}
+
+#[derive(Subcommand)]
+enum ShipCommand {
+    /// Each sink's cursor, lag and last error.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -285,6 +324,27 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Policy { command } => run_policy(&config, command),
         Command::Approvals { socket, command } => {
             runtime()?.block_on(run_approvals(&config, socket, command))
+        }
+        Command::Journal {
+            command: JournalCommand::Verify { json },
+        } => {
+            let _ = json;
+            anyhow::bail!("journal verify: not implemented yet")
+        }
+        Command::Journal {
+            command: JournalCommand::Prune,
+        } => anyhow::bail!("journal prune: not implemented yet"),
+        Command::Journal {
+            command: JournalCommand::Export { format, since },
+        } => {
+            let _ = (format, since);
+            anyhow::bail!("journal export: not implemented yet")
+        }
+        Command::Ship {
+            command: ShipCommand::Status { json },
+        } => {
+            let _ = json;
+            anyhow::bail!("ship status: not implemented yet")
         }
         Command::Sessions {
             command: SessionsCommand::Show { id, json },

@@ -399,3 +399,37 @@ report(rows=n, masked=masked, nulls=nulls)
     assert_eq!(r["masked"], json!(1_000_000), "{}", pretty(&r));
     assert_eq!(r["nulls"], json!(500_000), "{}", pretty(&r));
 }
+
+#[test]
+fn column_sources_are_looked_up_again_after_ddl() {
+    if !require_root() {
+        return;
+    }
+    let pg = PgServer::start();
+    seed(&pg);
+    pg.psql_db("appdb", "ALTER TABLE customers OWNER TO scram_user");
+    let cfg = config(&pg, &policy(""));
+    // The gateway logs in as scram_user (the table's owner now), so the agent's DDL runs.
+    let code = r#"
+import psycopg
+H, P = ARGS["host"], int(ARGS["port"])
+dsn = conninfo(host=H, port=P, dbname="appdb", user="agent", sslmode="disable", connect_timeout=10)
+res = {}
+with psycopg.connect(dsn, autocommit=True) as conn:
+    # Warms the cache: (customers, attnum of card_bad) -> customers.card_bad.
+    res["before"] = conn.execute("SELECT card_bad FROM customers ORDER BY id").fetchone()[0]
+    conn.execute("ALTER TABLE customers RENAME COLUMN notes TO old_notes")
+    conn.execute("ALTER TABLE customers RENAME COLUMN card_bad TO notes")
+    res["after"] = conn.execute("SELECT notes FROM customers ORDER BY id").fetchone()[0]
+    res["old"] = conn.execute("SELECT old_notes AS notes_were FROM customers ORDER BY id").fetchone()[0]
+report(**res)
+"#;
+    let out = run_venv_python_exec(&cfg, None, code, &args(&pg), RUN);
+    assert!(out.success(), "{}", out.describe());
+    let r = out.json();
+    assert_eq!(r["before"], json!("4111 1111 1111 1112"), "{}", pretty(&r));
+    // The same attribute now is customers.notes: masked by the notes rule.
+    assert_eq!(r["after"], json!("[REDACTED]"), "{}", pretty(&r));
+    // And the old notes column is no longer customers.notes.
+    assert_eq!(r["old"], json!("VIP; code ZK-7781"), "{}", pretty(&r));
+}

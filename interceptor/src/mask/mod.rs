@@ -406,6 +406,21 @@ impl ResultMasker {
     }
 
     fn mask(&mut self, plan: ColumnPlan, value: &[u8]) -> Rewrite {
+        // The common case first, without touching anything shared: no column rule, no JSON
+        // keys to look at, and the detectors find nothing.
+        let json_keys = matches!(plan.kind, ValueKind::Json | ValueKind::JsonWithHeader)
+            && !self.masking.columns.is_empty();
+        let plain = plan.rule.is_none() && !json_keys;
+        if plain {
+            let Some(scanner) = &self.masking.scanner else {
+                return Rewrite::Keep;
+            };
+            self.found.clear();
+            scanner.find(value, &mut self.found);
+            if self.found.is_empty() {
+                return Rewrite::Keep;
+            }
+        }
         let masking = self.masking.clone();
         if let Some(i) = plan.rule {
             let rule = &masking.columns[i];
@@ -447,8 +462,10 @@ impl ResultMasker {
         let Some(scanner) = &masking.scanner else {
             return keyed.map_or(Rewrite::Keep, Rewrite::Replace);
         };
-        self.found.clear();
-        scanner.find(value, &mut self.found);
+        if !plain {
+            self.found.clear();
+            scanner.find(value, &mut self.found);
+        }
         if self.found.is_empty() {
             return keyed.map_or(Rewrite::Keep, Rewrite::Replace);
         }

@@ -289,3 +289,97 @@ fn the_default_policy_sees_through_the_evasion_corpus() {
         failures.join("\n")
     );
 }
+
+const MASKS: &str = r#"
+[[rule]]
+name = "all"
+decision = "allow"
+
+[[mask]]
+name = "ssn"
+columns = ["customers.ssn"]
+strategy = "hash"
+deny_transformed = true
+[mask.match]
+users = ["alice"]
+
+[[mask]]
+name = "contact"
+detectors = ["email", "secrets"]
+strategy = "partial"
+[mask.match]
+targets = ["appdb"]
+"#;
+
+#[test]
+fn masks_apply_by_identity_and_target() {
+    let p = policy(MASKS);
+    let key = Some(Arc::new(HashKey::from_bytes(&[1; 32])));
+    let alice = p
+        .masking(&subject("alice"), Some("appdb"), "postgres", key.clone(), 0)
+        .expect("alice is masked");
+    assert!(alice.wants_sources());
+    // bob: only the target's detectors, no column rules.
+    let bob = p
+        .masking(&subject("bob"), Some("appdb"), "postgres", key.clone(), 0)
+        .expect("bob is masked");
+    assert!(!bob.wants_sources());
+    assert_eq!(bob.mask_text("x bob@example.com").0, "x ***@******e.com");
+    // Elsewhere, nothing applies to bob.
+    assert!(p
+        .masking(&subject("bob"), Some("other"), "postgres", key, 0)
+        .is_none());
+}
+
+#[test]
+fn deny_transformed_refuses_functions_on_masked_columns_only_for_its_subjects() {
+    let p = policy(MASKS);
+    let (d, rule) = decide(&p, &subject("alice"), "appdb", "SELECT concat(ssn) FROM customers");
+    assert_eq!((d, rule.as_deref()), (DecisionKind::Deny, Some("mask:ssn")));
+    let (d, _) = decide(
+        &p,
+        &subject("alice"),
+        "appdb",
+        "SELECT id FROM customers WHERE ssn LIKE '1%'",
+    );
+    assert_eq!(d, DecisionKind::Deny);
+    let (d, _) = decide(&p, &subject("alice"), "appdb", "SELECT ssn FROM customers");
+    assert_eq!(d, DecisionKind::Allow);
+    let (d, _) = decide(&p, &subject("bob"), "appdb", "SELECT concat(ssn) FROM customers");
+    assert_eq!(d, DecisionKind::Allow);
+}
+
+#[test]
+fn mask_entries_are_validated() {
+    for (text, needle) in [
+        ("[[mask]]\nname = \"m\"\ndetectors = [\"nope\"]", "unknown detector"),
+        ("[[mask]]\nname = \"m\"", "needs `columns`"),
+        (
+            "[[mask]]\nname = \"m\"\ncolumns = [\"a\"]\n[mask.match]\nclasses = [\"read\"]",
+            "identity and target keys only",
+        ),
+        (
+            "[[mask]]\nname = \"m\"\ncolumns = [\"a\"]\n[[mask]]\nname = \"m\"\ncolumns = [\"b\"]",
+            "used twice",
+        ),
+        ("[[mask]]\nname = \"m\"\ncolumns = [\"a\"]\nstrategy = \"shred\"", "shred"),
+    ] {
+        let err = file::parse(text, Path::new("t.toml"))
+            .map_err(|e| e.to_string())
+            .and_then(|s| Policy::compile(vec![s]).map_err(|e| e.to_string()))
+            .err()
+            .unwrap_or_default();
+        assert!(err.contains(needle), "{text}: {err}");
+    }
+}
+
+#[test]
+fn the_default_policy_masks_personal_data_and_secrets() {
+    let p = Policy::embedded_default().expect("default");
+    let m = p
+        .masking(&subject("agent"), Some("appdb"), "postgres", None, 0)
+        .expect("default masks");
+    let (text, counts) = m.mask_text("card 4111 1111 1111 1111, key AKIAIOSFODNN7EXAMPLE");
+    assert_eq!(text, "card **** **** **** 1111, key [REDACTED:aws_access_key]");
+    assert_eq!(counts.len(), 2);
+}
