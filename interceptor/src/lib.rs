@@ -32,3 +32,4 @@ pub mod protocol;
 pub mod service;
 pub mod ship;
 pub mod tls;
+pub mod view;

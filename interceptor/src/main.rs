@@ -180,10 +180,11 @@ enum SessionsCommand {
         /// Print a JSON array instead of a table.
         #[arg(long)]
         json: bool,
-        /// Only sessions started at or after this RFC 3339 time (a prefix such as 2026-11-28 works).
+        /// Only sessions started at or after this time: RFC 3339 (UTC unless an offset is
+        /// given), a prefix such as 2026-11-28, or a duration ago such as 2h.
         #[arg(long)]
         since: Option<String>,
-        /// Only sessions started at or before this RFC 3339 time.
+        /// Only sessions started at or before this time (a prefix includes the whole period).
         #[arg(long)]
         until: Option<String>,
         /// Only sessions of this target.
@@ -198,14 +199,29 @@ enum SessionsCommand {
         /// Only sessions with this outcome (closed, refused, upstream_failed, error, anomaly).
         #[arg(long)]
         outcome: Option<String>,
+        /// Only sessions where a command, the connection, or an approver was decided this way.
+        #[arg(long, value_parser = ["allow", "deny", "review"])]
+        decision: Option<String>,
     },
-    /// One session and its events (statements, decisions, results), in order.
+    /// One session and its events (statements, decisions, approvals, results), in order.
     Show {
         /// The session id (from `sessions list`).
         id: i64,
         /// Print `{ "session": …, "events": [ … ] }` instead of a timeline.
         #[arg(long)]
         json: bool,
+    },
+    /// Play a session back: statements, decisions and the (masked) results the agent saw,
+    /// paced by the journal's timestamps.
+    Replay {
+        /// The session id (from `sessions list`).
+        id: i64,
+        /// Playback speed: 1 = real time, 10 = ten times faster, 0 = no pauses.
+        #[arg(long, default_value_t = 1.0, value_name = "X")]
+        speed: f64,
+        /// Longest pause between two events, in seconds (long idle gaps are cut to this).
+        #[arg(long, default_value_t = 5.0, value_name = "SECS")]
+        max_wait: f64,
     },
 }
 
@@ -292,35 +308,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Sessions {
-            command:
-                SessionsCommand::List {
-                    json,
-                    since,
-                    until,
-                    target,
-                    user,
-                    run,
-                    outcome,
-                },
-        } => {
-            let conn = open_read_only(&config.journal.path)?;
-            let filter = SessionFilter {
-                since,
-                until,
-                target,
-                user,
-                run,
-                outcome,
-            };
-            let rows = list_sessions(&conn, &filter)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
-            } else {
-                print_table(&rows);
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Sessions { command } => run_sessions(&config, command),
         Command::Policy { command } => run_policy(&config, command),
         Command::Approvals { socket, command } => {
             runtime()?.block_on(run_approvals(&config, socket, command))
@@ -345,21 +333,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let _ = json;
             anyhow::bail!("ship status: not implemented yet")
-        }
-        Command::Sessions {
-            command: SessionsCommand::Show { id, json },
-        } => {
-            let conn = open_read_only(&config.journal.path)?;
-            let session = get_session(&conn, id)?
-                .ok_or_else(|| anyhow::anyhow!("no session {id} in the journal"))?;
-            let events = session_events(&conn, id)?;
-            if json {
-                let doc = serde_json::json!({ "session": session, "events": events });
-                println!("{}", serde_json::to_string_pretty(&doc)?);
-            } else {
-                print_timeline(&session, &events);
-            }
-            Ok(ExitCode::SUCCESS)
         }
     }
 }
@@ -557,124 +530,92 @@ fn run_policy(config: &Config, command: PolicyCommand) -> anyhow::Result<ExitCod
     }
 }
 
-/// `sessions show`: who, where, then one line per event.
-fn print_timeline(s: &SessionRow, events: &[EventRow]) {
-    println!(
-        "session {}  run {}  {} (pid {}, uid {})  {}",
-        s.id,
-        s.run_id.as_deref().unwrap_or("-"),
-        s.user.as_deref().unwrap_or("?"),
-        s.pid,
-        s.uid,
-        s.exe.as_deref().unwrap_or(&s.comm)
-    );
-    println!(
-        "  {} -> {} ({}{})  {} .. {}  up {} B, down {} B  {}",
-        s.client_addr,
-        s.original_dst,
-        s.protocol,
-        s.target
-            .as_deref()
-            .map(|t| format!(", target {t}"))
-            .unwrap_or_default(),
-        s.started_at,
-        s.ended_at.as_deref().unwrap_or("open"),
-        s.bytes_up,
-        s.bytes_down,
-        s.outcome.as_deref().unwrap_or("open"),
-    );
-    for e in events {
-        let result = e.result.as_ref().map(|r| {
-            let field = |k: &str| r.get(k).and_then(|v| v.as_str()).map(str::to_owned);
-            match (field("sqlstate"), field("error"), field("tag")) {
-                (Some(code), err, _) => format!("ERROR {code} {}", err.unwrap_or_default()),
-                (None, Some(err), _) => format!("ERROR {err}"),
-                (None, None, tag) => format!(
-                    "{} ({} rows, {:.1} ms)",
-                    tag.unwrap_or_default(),
-                    r.get("rows").and_then(|v| v.as_u64()).unwrap_or(0),
-                    r.get("duration_ms").and_then(|v| v.as_f64()).unwrap_or(0.0)
-                ),
+/// `sessions list|show|replay`: query the journal (read-only), then print JSON or one of the
+/// library's views (`interceptor::view`).
+fn run_sessions(config: &Config, command: SessionsCommand) -> anyhow::Result<ExitCode> {
+    use interceptor::{
+        journal::reader::{command_counts, TimeBound},
+        view::{self, replay, Term},
+    };
+    let conn = open_read_only(&config.journal.path)?;
+    let load = |id: i64| -> anyhow::Result<(SessionRow, Vec<EventRow>)> {
+        let session = get_session(&conn, id)?
+            .ok_or_else(|| anyhow::anyhow!("no session {id} in the journal"))?;
+        Ok((session, session_events(&conn, id)?))
+    };
+    match command {
+        SessionsCommand::List {
+            json,
+            since,
+            until,
+            target,
+            user,
+            run,
+            outcome,
+            decision,
+        } => {
+            let now = std::time::SystemTime::now();
+            let bound = |t: Option<String>| t.map(|t| TimeBound::parse(&t, now)).transpose();
+            let filter = SessionFilter {
+                since: bound(since)?,
+                until: bound(until)?,
+                target,
+                user,
+                run,
+                outcome,
+                decision,
+            };
+            let rows = list_sessions(&conn, &filter)?;
+            if json {
+                view::write_stdout(&format!("{}\n", serde_json::to_string_pretty(&rows)?))?;
+            } else {
+                let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+                let counts = command_counts(&conn, &ids)?;
+                view::write_stdout(&view::sessions::sessions_table(
+                    &rows,
+                    &counts,
+                    &Term::stdout(),
+                ))?;
             }
-        });
-        let what = e
-            .statement
-            .clone()
-            .unwrap_or_else(|| e.detail.to_string())
-            .replace('\n', " ");
-        println!(
-            "  #{:<6} {}  {:<13} {:<6} {}{}",
-            e.seq,
-            e.ts,
-            e.kind,
-            e.decision.as_deref().unwrap_or(""),
-            what,
-            result.map(|r| format!("  => {r}")).unwrap_or_default()
-        );
-    }
-}
-
-/// Aligned columns; long values (exe, cmdline) are left to `--json`.
-fn print_table(rows: &[SessionRow]) {
-    let header = [
-        "ID",
-        "RUN",
-        "PID",
-        "USER",
-        "EXE",
-        "DESTINATION",
-        "TARGET",
-        "PROTO",
-        "UP",
-        "DOWN",
-        "STARTED",
-        "OUTCOME",
-    ];
-    let cells: Vec<[String; 12]> = rows
-        .iter()
-        .map(|r| {
-            [
-                r.id.to_string(),
-                r.run_id.clone().unwrap_or_else(|| "-".into()),
-                r.pid.to_string(),
-                r.user.clone().unwrap_or_else(|| r.uid.to_string()),
-                r.exe.clone().unwrap_or_else(|| format!("({})", r.comm)),
-                r.original_dst.clone(),
-                r.target.clone().unwrap_or_else(|| "-".into()),
-                r.protocol.clone(),
-                r.bytes_up.to_string(),
-                r.bytes_down.to_string(),
-                r.started_at.clone(),
-                r.outcome.clone().unwrap_or_else(|| "open".into()),
-            ]
-        })
-        .collect();
-    let mut widths = header.map(str::len);
-    for row in &cells {
-        for (w, c) in widths.iter_mut().zip(row) {
-            *w = (*w).max(c.chars().count());
+        }
+        SessionsCommand::Show { id, json } => {
+            let (session, events) = load(id)?;
+            if json {
+                let doc = serde_json::json!({ "session": session, "events": events });
+                view::write_stdout(&format!("{}\n", serde_json::to_string_pretty(&doc)?))?;
+            } else {
+                let counts = command_counts(&conn, &[id])?;
+                view::write_stdout(&view::sessions::timeline(
+                    &session,
+                    &events,
+                    counts.get(&id),
+                    &Term::stdout(),
+                ))?;
+            }
+        }
+        SessionsCommand::Replay {
+            id,
+            speed,
+            max_wait,
+        } => {
+            let pace = replay::Pace::new(speed, max_wait)?;
+            let (session, events) = load(id)?;
+            let counts = command_counts(&conn, &[id])?;
+            let mut out = std::io::stdout().lock();
+            match replay::play(
+                &session,
+                &events,
+                counts.get(&id),
+                &pace,
+                &Term::stdout(),
+                &mut out,
+                &mut std::thread::sleep,
+            ) {
+                // A closed pipe (`| head`) means the reader has seen enough.
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),
+                _ => {}
+            }
         }
     }
-    let bold = std::io::stdout().is_terminal();
-    let line = |row: &[String]| {
-        row.iter()
-            .zip(widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect::<Vec<_>>()
-            .join("  ")
-            .trim_end()
-            .to_owned()
-    };
-    let head = line(&header.map(String::from));
-    if bold {
-        println!("\x1b[1m{head}\x1b[0m");
-    } else {
-        println!("{head}");
-    }
-    for row in &cells {
-        println!("{}", line(row));
-    }
-    if rows.is_empty() {
-        println!("(no sessions)");
-    }
+    Ok(ExitCode::SUCCESS)
 }

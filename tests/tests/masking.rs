@@ -151,6 +151,9 @@ async def binary():
     # A prepared statement executed again: its description came once, at prepare time.
     st = await c.prepare("SELECT email, ssn FROM customers WHERE id = $1")
     out["prepared"] = [[str(v) for v in (await st.fetchrow(i)).values()] for i in (1, 2, 1)]
+    # A cursor fetching one row per Execute: PortalSuspended between them, no new description.
+    async with c.transaction():
+        out["cursor"] = [str(r[0]) async for r in c.cursor("SELECT email FROM customers ORDER BY id", prefetch=1)]
     await c.close()
     return out
 res["binary"] = asyncio.run(binary())
@@ -243,6 +246,14 @@ fn personal_data_and_secrets_are_masked_for_every_client() {
         );
     }
     assert_eq!(r["binary"]["prepared"][0], r["binary"]["prepared"][2]);
+    assert_eq!(
+        r["binary"]["cursor"],
+        json!([
+            "*****@******e.com",
+            "***.*******@******e.org",
+            "*****@******e.net"
+        ])
+    );
     assert_eq!(r["binary"]["prepared"][0][0], json!("*****@******e.com"));
 
     // Bypasses: masked by content (or by resolved source, for aliases and subqueries).

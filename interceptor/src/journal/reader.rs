@@ -1,7 +1,15 @@
 //! Read side of the journal, for the CLI (`interceptor sessions …`). Opens the file read-only,
 //! so looking never interferes with a running daemon beyond SQLite's WAL readers.
+//!
+//! It answers questions (which sessions, which events, how many commands were refused) and
+//! leaves presentation to [`crate::view`]. The filters' time bounds are normalised here
+//! ([`TimeBound`]) because their meaning depends on how the writer formats timestamps.
 
-use std::path::Path;
+use std::{
+    collections::HashMap,
+    path::Path,
+    time::{Duration, SystemTime},
+};
 
 use rusqlite::{Connection, OpenFlags};
 use serde::Serialize;
@@ -38,13 +46,127 @@ pub struct SessionRow {
 /// Filters of `sessions list`; `None` means "any".
 #[derive(Debug, Clone, Default)]
 pub struct SessionFilter {
-    /// RFC 3339 timestamps (prefixes work: "2026-11-28").
-    pub since: Option<String>,
-    pub until: Option<String>,
+    /// Sessions started at or after this bound (see [`TimeBound::parse`]).
+    pub since: Option<TimeBound>,
+    /// Sessions started at or before this bound; a prefix bound covers the whole period it
+    /// names (`2026-11-28` includes that whole day).
+    pub until: Option<TimeBound>,
     pub target: Option<String>,
+    /// A user name or a uid.
     pub user: Option<String>,
     pub run: Option<String>,
     pub outcome: Option<String>,
+    /// Sessions with at least one event decided this way (`allow`, `deny`, `review`): see
+    /// [`DECIDED_KINDS`].
+    pub decision: Option<String>,
+}
+
+/// Kinds of the events that are commands of a session (the gateway's `CommandKind`s).
+pub const COMMAND_KINDS: &[&str] = &["statement", "execute", "function_call"];
+
+/// Kinds whose `decision` column counts for `--decision`: the commands, the connection itself
+/// (`connect`), and an approver's final word (`approval_decision`), so a held statement a human
+/// refused makes its session match `deny`. Kinds added later do not match until listed here:
+/// an unknown kind could put anything in that column.
+pub const DECIDED_KINDS: &[&str] = &[
+    "statement",
+    "execute",
+    "function_call",
+    "connect",
+    "approval_decision",
+];
+
+/// A `--since` / `--until` value, normalised to compare with the journal's timestamps, which
+/// are always `YYYY-MM-DDTHH:MM:SS.mmmZ` (UTC, milliseconds), so text order is time order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimeBound(String);
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error(
+    "{0:?} is not a time: give an RFC 3339 time (2026-11-28T09:14:03Z, an offset such as \
+     +01:00 works), a prefix of one (2026-11-28, 2026-11-28T09), or a duration ago (90s, 2h, 3days)"
+)]
+pub struct BadTime(pub String);
+
+impl TimeBound {
+    /// Accepts, in this order:
+    /// - a full timestamp (`T` or a space between date and time, optional fraction, `Z`,
+    ///   `+HH:MM` or `-HH:MM`; no zone means UTC): normalised to the journal's format;
+    /// - a duration (`90s`, `15min`, `2h`, `3days`): that long before `now`;
+    /// - a prefix of the journal's format (`2026`, `2026-11-28`, `2026-11-28T09:14`): kept
+    ///   as text, so it names a whole period.
+    pub fn parse(text: &str, now: SystemTime) -> Result<TimeBound, BadTime> {
+        let bad = || BadTime(text.to_owned());
+        let text = text.trim();
+        if let Some(t) = parse_timestamp(text) {
+            return Ok(TimeBound(format_time(t)));
+        }
+        if let Ok(ago) = humantime::parse_duration(text) {
+            let t = now.checked_sub(ago).ok_or_else(bad)?;
+            return Ok(TimeBound(format_time(t)));
+        }
+        // A prefix of the fixed-width format: digits where it has digits, its separators
+        // elsewhere (a space for `T` is accepted, as in full timestamps).
+        const TEMPLATE: &[u8] = b"0000-00-00T00:00:00.000Z";
+        let prefix = text.replacen(' ', "T", 1);
+        let shaped = !prefix.is_empty()
+            && prefix.len() <= TEMPLATE.len()
+            && prefix.bytes().zip(TEMPLATE).all(|(c, t)| match t {
+                b'0' => c.is_ascii_digit(),
+                _ => c == *t,
+            });
+        if shaped {
+            Ok(TimeBound(prefix))
+        } else {
+            Err(bad())
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The journal's timestamp format (`journal::now_rfc3339`).
+fn format_time(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// A full RFC 3339 timestamp, with an optional `±HH:MM` offset (humantime takes only UTC).
+pub fn parse_timestamp(text: &str) -> Option<SystemTime> {
+    let (base, offset_secs) = split_offset(text)?;
+    let t = humantime::parse_rfc3339_weak(base).ok()?;
+    // Local time = UTC + offset, so UTC = local time - offset.
+    let shift = Duration::from_secs(offset_secs.unsigned_abs());
+    if offset_secs >= 0 {
+        t.checked_sub(shift)
+    } else {
+        t.checked_add(shift)
+    }
+}
+
+/// `("2026-11-28T10:14:03", 3600)` for `2026-11-28T10:14:03+01:00`; the text and 0 when it
+/// has no numeric offset; `None` for a malformed one.
+fn split_offset(text: &str) -> Option<(&str, i64)> {
+    let Some(at) = text.len().checked_sub(6).filter(|&i| text.is_char_boundary(i)) else {
+        return Some((text, 0));
+    };
+    let (base, zone) = text.split_at(at);
+    // Only after a full time (`YYYY-MM-DDTHH:MM:SS` is 19 bytes) can a sign start a zone:
+    // before that, `-` is the date's own separator.
+    let sign = match zone.as_bytes().first() {
+        Some(b'+') if base.len() >= 19 => 1,
+        Some(b'-') if base.len() >= 19 => -1,
+        _ => return Some((text, 0)),
+    };
+    let (hours, minutes) = zone[1..].split_once(':')?;
+    let number = |s: &str| {
+        (s.len() == 2 && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse::<i64>().ok())
+            .flatten()
+    };
+    let (h, m) = (number(hours)?, number(minutes)?);
+    (h < 24 && m < 60).then_some((base, sign * (h * 3600 + m * 60)))
 }
 
 pub fn open_read_only(path: &Path) -> Result<Connection, JournalError> {
@@ -112,23 +234,90 @@ pub fn list_sessions(
     conn: &Connection,
     filter: &SessionFilter,
 ) -> Result<Vec<SessionRow>, JournalError> {
-    list_sessions_where(
-        conn,
+    // `until` compares only as many characters as the bound has, so a prefix bound includes
+    // the whole period it names; a full bound has the stored width and compares exactly.
+    let condition = format!(
         "(?1 IS NULL OR started_at >= ?1)
-            AND (?2 IS NULL OR started_at <= ?2)
+            AND (?2 IS NULL OR substr(started_at, 1, length(?2)) <= ?2)
             AND (?3 IS NULL OR target = ?3)
             AND (?4 IS NULL OR user = ?4 OR CAST(uid AS TEXT) = ?4)
             AND (?5 IS NULL OR run_id = ?5)
-            AND (?6 IS NULL OR outcome = ?6)",
+            AND (?6 IS NULL OR outcome = ?6)
+            AND (?7 IS NULL OR EXISTS (
+                SELECT 1 FROM events e
+                 WHERE e.session_id = sessions.id AND e.decision = ?7 AND e.kind IN ({})))",
+        sql_list(DECIDED_KINDS)
+    );
+    list_sessions_where(
+        conn,
+        &condition,
         rusqlite::params![
-            filter.since,
-            filter.until,
+            filter.since.as_ref().map(TimeBound::as_str),
+            filter.until.as_ref().map(TimeBound::as_str),
             filter.target,
             filter.user,
             filter.run,
-            filter.outcome
+            filter.outcome,
+            filter.decision
         ],
     )
+}
+
+/// `'a', 'b'` for a constant list of kinds (never user input).
+fn sql_list(items: &[&str]) -> String {
+    items
+        .iter()
+        .map(|k| format!("'{k}'"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// How a session's commands were decided by policy (the `sessions list` table's summary).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct CommandCounts {
+    pub commands: u64,
+    pub allow: u64,
+    pub deny: u64,
+    pub review: u64,
+}
+
+/// [`CommandCounts`] for each of `sessions` that has commands; one query.
+pub fn command_counts(
+    conn: &Connection,
+    sessions: &[i64],
+) -> Result<HashMap<i64, CommandCounts>, JournalError> {
+    let mut counts = HashMap::<i64, CommandCounts>::new();
+    if sessions.is_empty() {
+        return Ok(counts);
+    }
+    // The ids travel as one JSON array parameter: no SQL built from values, one statement
+    // whatever the number of sessions, and each id still uses the events_session index.
+    let ids = serde_json::to_string(sessions).unwrap_or_else(|_| "[]".to_owned());
+    let mut stmt = conn.prepare(&format!(
+        "SELECT session_id, decision, count(*) FROM events
+          WHERE session_id IN (SELECT value FROM json_each(?1)) AND kind IN ({})
+          GROUP BY session_id, decision",
+        sql_list(COMMAND_KINDS)
+    ))?;
+    let rows = stmt.query_map([ids], |row| {
+        Ok((
+            row.get::<_, i64>(0)?,
+            row.get::<_, Option<String>>(1)?,
+            row.get::<_, i64>(2)?.max(0) as u64,
+        ))
+    })?;
+    for row in rows {
+        let (session, decision, n) = row?;
+        let c = counts.entry(session).or_default();
+        c.commands += n;
+        match decision.as_deref() {
+            Some("allow") => c.allow += n,
+            Some("deny") => c.deny += n,
+            Some("review") => c.review += n,
+            _ => {}
+        }
+    }
+    Ok(counts)
 }
 
 /// One event of `sessions show`. Field names are the JSON contract of `--json`.

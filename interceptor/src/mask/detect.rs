@@ -410,7 +410,7 @@ fn luhn_card(text: &[u8]) -> bool {
         };
         count += 1;
     }
-    (13..=19).contains(&count) && sum % 10 == 0 && !all_same
+    (13..=19).contains(&count) && sum.is_multiple_of(10) && !all_same
 }
 
 /// ISO 13616 (15–34 characters): move the first four characters to the end, letters to 10..35, remainder mod 97
@@ -918,7 +918,7 @@ mod tests {
                     seed ^= seed << 13;
                     seed ^= seed >> 7;
                     seed ^= seed << 17;
-                    if seed % 3 == 0 {
+                    if seed.is_multiple_of(3) {
                         (seed >> 8) as u8
                     } else {
                         alphabet[(seed >> 16) as usize % alphabet.len()]

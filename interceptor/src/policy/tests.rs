@@ -334,7 +334,12 @@ fn masks_apply_by_identity_and_target() {
 #[test]
 fn deny_transformed_refuses_functions_on_masked_columns_only_for_its_subjects() {
     let p = policy(MASKS);
-    let (d, rule) = decide(&p, &subject("alice"), "appdb", "SELECT concat(ssn) FROM customers");
+    let (d, rule) = decide(
+        &p,
+        &subject("alice"),
+        "appdb",
+        "SELECT concat(ssn) FROM customers",
+    );
     assert_eq!((d, rule.as_deref()), (DecisionKind::Deny, Some("mask:ssn")));
     let (d, _) = decide(
         &p,
@@ -345,14 +350,22 @@ fn deny_transformed_refuses_functions_on_masked_columns_only_for_its_subjects() 
     assert_eq!(d, DecisionKind::Deny);
     let (d, _) = decide(&p, &subject("alice"), "appdb", "SELECT ssn FROM customers");
     assert_eq!(d, DecisionKind::Allow);
-    let (d, _) = decide(&p, &subject("bob"), "appdb", "SELECT concat(ssn) FROM customers");
+    let (d, _) = decide(
+        &p,
+        &subject("bob"),
+        "appdb",
+        "SELECT concat(ssn) FROM customers",
+    );
     assert_eq!(d, DecisionKind::Allow);
 }
 
 #[test]
 fn mask_entries_are_validated() {
     for (text, needle) in [
-        ("[[mask]]\nname = \"m\"\ndetectors = [\"nope\"]", "unknown detector"),
+        (
+            "[[mask]]\nname = \"m\"\ndetectors = [\"nope\"]",
+            "unknown detector",
+        ),
         ("[[mask]]\nname = \"m\"", "needs `columns`"),
         (
             "[[mask]]\nname = \"m\"\ncolumns = [\"a\"]\n[mask.match]\nclasses = [\"read\"]",
@@ -362,7 +375,10 @@ fn mask_entries_are_validated() {
             "[[mask]]\nname = \"m\"\ncolumns = [\"a\"]\n[[mask]]\nname = \"m\"\ncolumns = [\"b\"]",
             "used twice",
         ),
-        ("[[mask]]\nname = \"m\"\ncolumns = [\"a\"]\nstrategy = \"shred\"", "shred"),
+        (
+            "[[mask]]\nname = \"m\"\ncolumns = [\"a\"]\nstrategy = \"shred\"",
+            "shred",
+        ),
     ] {
         let err = file::parse(text, Path::new("t.toml"))
             .map_err(|e| e.to_string())
@@ -380,6 +396,9 @@ fn the_default_policy_masks_personal_data_and_secrets() {
         .masking(&subject("agent"), Some("appdb"), "postgres", None, 0)
         .expect("default masks");
     let (text, counts) = m.mask_text("card 4111 1111 1111 1111, key AKIAIOSFODNN7EXAMPLE");
-    assert_eq!(text, "card **** **** **** 1111, key [REDACTED:aws_access_key]");
+    assert_eq!(
+        text,
+        "card **** **** **** 1111, key [REDACTED:aws_access_key]"
+    );
     assert_eq!(counts.len(), 2);
 }

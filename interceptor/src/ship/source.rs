@@ -1,0 +1,201 @@
+//! The shipper's view of the journal: events after a sequence number, each with the session
+//! and command facts its OCSF record needs; the journal's id; and each sink's cursor.
+//!
+//! It reads and writes through its own SQLite connection, never the [`crate::journal::Journal`]
+//! writer: WAL lets it read while the gateway commits, and its only writes are to
+//! `sink_cursors` (and, once, `journal_meta`), small rows that wait for the writer's lock like
+//! any other commit. Sequence numbers are the `events` rowids (AUTOINCREMENT): SQLite has one
+//! writer, so once a reader sees seq N committed, no lower seq can commit after it, and "after
+//! the cursor" never skips an event.
+
+use rusqlite::{params, Connection, OptionalExtension as _};
+use serde_json::Value;
+
+use super::ocsf::{CommandFacts, JournalEvent, SessionFacts};
+
+/// The tables the shipper needs. The journal's own migration defines the same tables with the
+/// same statements, so whichever runs first, both find what they expect.
+const TABLES: &str = "CREATE TABLE IF NOT EXISTS journal_meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS sink_cursors (
+        name TEXT PRIMARY KEY,
+        acked_seq INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        updated_at TEXT
+    );";
+
+/// Creates the shipper's tables if needed and returns the journal's id, creating it on first
+/// use. The id makes `metadata.uid` unique across hosts and journals.
+pub fn prepare(conn: &Connection) -> rusqlite::Result<String> {
+    conn.execute_batch(TABLES)?;
+    conn.execute(
+        "INSERT OR IGNORE INTO journal_meta (key, value) VALUES ('journal_id', ?1)",
+        [uuid::Uuid::new_v4().to_string()],
+    )?;
+    conn.query_row(
+        "SELECT value FROM journal_meta WHERE key = 'journal_id'",
+        [],
+        |row| row.get(0),
+    )
+}
+
+fn table_exists(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)",
+        [name],
+        |row| row.get(0),
+    )
+}
+
+/// The journal's id, if one was ever created (read-only connections cannot create it).
+pub fn journal_id(conn: &Connection) -> rusqlite::Result<Option<String>> {
+    if !table_exists(conn, "journal_meta")? {
+        return Ok(None);
+    }
+    conn.query_row(
+        "SELECT value FROM journal_meta WHERE key = 'journal_id'",
+        [],
+        |row| row.get(0),
+    )
+    .optional()
+}
+
+/// The highest sequence number in the journal (0 when empty).
+pub fn last_seq(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("SELECT coalesce(max(id), 0) FROM events", [], |row| {
+        row.get(0)
+    })
+}
+
+const EVENT_QUERY: &str = "SELECT e.id, e.at, e.kind, e.statement, e.decision, e.rule, e.detail,
+        s.id, s.run_id, s.pid, s.uid, s.gid, s.user, s.comm, s.exe, s.cmdline, s.cgroup_path,
+        s.unit, s.identity_stale, s.client_addr, s.original_dst, s.target, s.protocol,
+        s.upstream, s.started_at,
+        c.id, c.kind, c.statement, c.detail
+   FROM events e
+   LEFT JOIN sessions s ON s.id = e.session_id
+   LEFT JOIN events c ON c.id = (CASE WHEN e.kind = 'result' AND json_valid(e.detail)
+                                      THEN json_extract(e.detail, '$.event') END)
+  WHERE e.id > ?1
+  ORDER BY e.id
+  LIMIT ?2";
+
+/// Up to `limit` events with a sequence number above `after`, in order.
+pub fn events_after(
+    conn: &Connection,
+    after: i64,
+    limit: usize,
+) -> rusqlite::Result<Vec<JournalEvent>> {
+    let mut stmt = conn.prepare_cached(EVENT_QUERY)?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = stmt.query_map(params![after, limit], |row| {
+        let session = match row.get::<_, Option<i64>>(7)? {
+            None => None,
+            Some(id) => Some(SessionFacts {
+                id,
+                run_id: row.get(8)?,
+                pid: row.get(9)?,
+                uid: row.get(10)?,
+                gid: row.get(11)?,
+                user: row.get(12)?,
+                comm: row.get(13)?,
+                exe: row.get(14)?,
+                cmdline: row.get(15)?,
+                cgroup_path: row.get(16)?,
+                unit: row.get(17)?,
+                identity_stale: row.get(18)?,
+                client_addr: row.get(19)?,
+                original_dst: row.get(20)?,
+                target: row.get(21)?,
+                protocol: row.get(22)?,
+                upstream: row.get(23)?,
+                started_at: row.get(24)?,
+            }),
+        };
+        let command = match row.get::<_, Option<i64>>(25)? {
+            None => None,
+            Some(seq) => Some(CommandFacts {
+                seq,
+                kind: row.get(26)?,
+                statement: row.get(27)?,
+                detail: parse_detail(row.get(28)?),
+            }),
+        };
+        Ok(JournalEvent {
+            seq: row.get(0)?,
+            at: row.get(1)?,
+            kind: row.get(2)?,
+            statement: row.get(3)?,
+            decision: row.get(4)?,
+            rule: row.get(5)?,
+            detail: parse_detail(row.get(6)?),
+            session,
+            command,
+        })
+    })?;
+    rows.collect()
+}
+
+/// `detail` is JSON written by the daemon; anything else is kept as text rather than lost.
+fn parse_detail(text: Option<String>) -> Value {
+    match text {
+        None => Value::Null,
+        Some(t) => serde_json::from_str(&t).unwrap_or(Value::String(t)),
+    }
+}
+
+/// One row of `sink_cursors`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CursorRow {
+    pub acked_seq: i64,
+    pub last_error: Option<String>,
+    pub updated_at: Option<String>,
+}
+
+/// The cursor of sink `name` (all zero when it never shipped).
+pub fn cursor(conn: &Connection, name: &str) -> rusqlite::Result<CursorRow> {
+    if !table_exists(conn, "sink_cursors")? {
+        return Ok(CursorRow::default());
+    }
+    Ok(conn
+        .query_row(
+            "SELECT acked_seq, last_error, updated_at FROM sink_cursors WHERE name = ?1",
+            [name],
+            |row| {
+                Ok(CursorRow {
+                    acked_seq: row.get(0)?,
+                    last_error: row.get(1)?,
+                    updated_at: row.get(2)?,
+                })
+            },
+        )
+        .optional()?
+        .unwrap_or_default())
+}
+
+/// The sink acknowledged everything up to `seq`. The cursor never moves back (two runs
+/// shipping the same sink may acknowledge out of order), and a delivery clears the error.
+pub fn acknowledge(conn: &Connection, name: &str, seq: i64) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO sink_cursors (name, acked_seq, last_error, updated_at)
+         VALUES (?1, ?2, NULL, ?3)
+         ON CONFLICT(name) DO UPDATE SET acked_seq = max(acked_seq, excluded.acked_seq),
+           last_error = NULL, updated_at = excluded.updated_at",
+    )?
+    .execute(params![name, seq, crate::journal::now_rfc3339()])
+    .map(drop)
+}
+
+/// Records why the last delivery attempt failed (shown by `ship status`).
+pub fn record_error(conn: &Connection, name: &str, error: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO sink_cursors (name, acked_seq, last_error, updated_at)
+         VALUES (?1, 0, ?2, ?3)
+         ON CONFLICT(name) DO UPDATE SET last_error = excluded.last_error,
+           updated_at = excluded.updated_at",
+    )?
+    .execute(params![name, error, crate::journal::now_rfc3339()])
+    .map(drop)
+}

@@ -1,0 +1,336 @@
+//! `sessions replay`: a session played back in the terminal, at its own pace or scaled,
+//! showing what the agent sent, what the gateway decided, and what the agent got back (the
+//! result's masked sample rows when the journal kept them, else its tag and row count).
+//!
+//! The pace comes from the journal's timestamps: each event is shown after the gap that
+//! preceded it (from the session's start for the first one), divided by the speed and capped
+//! per gap by `--max-wait`, so a session that idled for an hour still replays in moments.
+//! Event times are commit times with millisecond precision; events committed together replay
+//! together. Planning ([`plan`]) is separate from playing ([`play`]), and `play` sleeps through
+//! a function it is given, so tests check timing without waiting.
+//!
+//! A held command's result is shown after the approver's decision, where the agent got it,
+//! rather than with the statement.
+
+use std::{
+    collections::HashMap,
+    io::{self, Write},
+    time::{Duration, SystemTime},
+};
+
+use serde_json::Value;
+
+use super::{
+    one_line,
+    sessions::{entries, is_command, session_header, Entry},
+    Cell, Column, Paint, Table, Term,
+};
+use crate::journal::reader::{parse_timestamp, CommandCounts, EventRow, SessionRow};
+
+/// How fast to play: `speed` 1 is real time, 2 twice as fast, 0 no pauses at all; no single
+/// pause is longer than `max_wait`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Pace {
+    speed: f64,
+    max_wait: Duration,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum BadPace {
+    #[error("--speed must be a number >= 0 (1 = real time, 0 = no pauses), not {0}")]
+    Speed(f64),
+    #[error("--max-wait must be a number of seconds >= 0, not {0}")]
+    MaxWait(f64),
+}
+
+impl Pace {
+    pub fn new(speed: f64, max_wait_secs: f64) -> Result<Pace, BadPace> {
+        if !speed.is_finite() || speed < 0.0 {
+            return Err(BadPace::Speed(speed));
+        }
+        let max_wait =
+            Duration::try_from_secs_f64(max_wait_secs).map_err(|_| BadPace::MaxWait(max_wait_secs))?;
+        Ok(Pace { speed, max_wait })
+    }
+
+    /// The pause standing for a `gap` of the original session.
+    pub fn wait_for(&self, gap: Duration) -> Duration {
+        if self.speed == 0.0 {
+            return Duration::ZERO;
+        }
+        // A tiny speed overflows the division: that is "wait as long as allowed".
+        Duration::try_from_secs_f64(gap.as_secs_f64() / self.speed)
+            .unwrap_or(Duration::MAX)
+            .min(self.max_wait)
+    }
+}
+
+/// One moment of the playback.
+#[derive(Debug, Clone)]
+pub struct Step<'a> {
+    /// Time since the session started, in the original session (shown as `[+1.234s]`).
+    pub offset: Duration,
+    /// The pause before showing it.
+    pub wait: Duration,
+    pub frame: Frame<'a>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Frame<'a> {
+    Event {
+        entry: Entry<'a>,
+        /// Show the result here (false for a held command: its decision frame shows it).
+        with_result: bool,
+        /// The held command whose result arrives with this approval decision.
+        releases: Option<Entry<'a>>,
+    },
+    /// The session's end (only when it has ended).
+    End,
+}
+
+/// The playback, in journal order, with its pauses. Unparseable timestamps count as no gap.
+pub fn plan<'a>(session: &SessionRow, events: &'a [EventRow], pace: &Pace) -> Vec<Step<'a>> {
+    let entries = entries(events);
+    // Held commands and the decisions that released them: the result moves to the decision.
+    let decided: HashMap<i64, usize> = entries
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.event.kind == "approval_decision")
+        .filter_map(|(i, e)| e.command.map(|seq| (seq, i)))
+        .collect();
+    let by_seq: HashMap<i64, &Entry<'a>> = entries.iter().map(|e| (e.event.seq, e)).collect();
+    let start = parse_timestamp(&session.started_at);
+    let mut clock = Clock {
+        start,
+        last: start,
+        pace,
+    };
+    let mut steps: Vec<Step<'a>> = entries
+        .iter()
+        .map(|entry| {
+            let (offset, wait) = clock.advance(&entry.event.ts);
+            let held = is_command(&entry.event.kind)
+                && entry.event.decision.as_deref() == Some("review")
+                && decided.contains_key(&entry.event.seq);
+            let releases = (entry.event.kind == "approval_decision")
+                .then_some(entry.command)
+                .flatten()
+                .and_then(|seq| by_seq.get(&seq).map(|e| (*e).clone()));
+            Step {
+                offset,
+                wait,
+                frame: Frame::Event {
+                    entry: entry.clone(),
+                    with_result: !held,
+                    releases,
+                },
+            }
+        })
+        .collect();
+    if let Some(end) = &session.ended_at {
+        let (offset, wait) = clock.advance(end);
+        steps.push(Step {
+            offset,
+            wait,
+            frame: Frame::End,
+        });
+    }
+    steps
+}
+
+/// Turns timestamps into offsets and pauses, in order.
+struct Clock<'p> {
+    start: Option<SystemTime>,
+    last: Option<SystemTime>,
+    pace: &'p Pace,
+}
+
+impl Clock<'_> {
+    fn advance(&mut self, ts: &str) -> (Duration, Duration) {
+        let Some(t) = parse_timestamp(ts) else {
+            let offset = self.since_start(self.last);
+            return (offset, Duration::ZERO);
+        };
+        self.start.get_or_insert(t);
+        // Commit order and clock order can disagree by a millisecond: never a negative gap,
+        // and the clock never runs backwards.
+        let gap = self
+            .last
+            .and_then(|last| t.duration_since(last).ok())
+            .unwrap_or(Duration::ZERO);
+        if self.last.is_none_or(|last| t > last) {
+            self.last = Some(t);
+        }
+        (self.since_start(Some(t)), self.pace.wait_for(gap))
+    }
+
+    fn since_start(&self, t: Option<SystemTime>) -> Duration {
+        match (self.start, t) {
+            (Some(start), Some(t)) => t.duration_since(start).unwrap_or(Duration::ZERO),
+            _ => Duration::ZERO,
+        }
+    }
+}
+
+/// Plays the session to `out`: the header, then each step after its pause (`sleep` does the
+/// waiting, so tests can record instead), flushing after each so a terminal shows it live.
+pub fn play(
+    session: &SessionRow,
+    events: &[EventRow],
+    counts: Option<&CommandCounts>,
+    pace: &Pace,
+    term: &Term,
+    out: &mut dyn Write,
+    sleep: &mut dyn FnMut(Duration),
+) -> io::Result<()> {
+    let steps = plan(session, events, pace);
+    let shown = steps
+        .iter()
+        .filter(|s| matches!(s.frame, Frame::Event { .. }))
+        .count();
+    let how = if pace.speed == 0.0 {
+        "without pauses".to_owned()
+    } else {
+        format!(
+            "at {}x, pauses capped at {}",
+            pace.speed,
+            humantime::format_duration(pace.max_wait)
+        )
+    };
+    write!(
+        out,
+        "{}replaying {shown} events {how}\n\n",
+        session_header(session, counts, term)
+    )?;
+    out.flush()?;
+    for step in &steps {
+        if !step.wait.is_zero() {
+            sleep(step.wait);
+        }
+        out.write_all(render_step(session, step, term).as_bytes())?;
+        out.flush()?;
+    }
+    Ok(())
+}
+
+/// One step as text.
+pub fn render_step(session: &SessionRow, step: &Step<'_>, term: &Term) -> String {
+    let at = term.paint(Paint::Dim, &format!("[{}]", format_offset(step.offset)));
+    match &step.frame {
+        Frame::End => format!(
+            "{at} session ended: {}, up {} B, down {} B\n",
+            one_line(session.outcome.as_deref().unwrap_or("?")),
+            session.bytes_up,
+            session.bytes_down
+        ),
+        Frame::Event {
+            entry,
+            with_result,
+            releases,
+        } => {
+            let e = entry.event;
+            let mut out = format!("{at} #{} {}", e.seq, one_line(&e.kind));
+            if let Some(d) = &e.decision {
+                out.push(' ');
+                out.push_str(&term.paint(Paint::decision(d), &one_line(d)));
+            }
+            if let Some(rule) = &e.rule {
+                out.push_str(&format!(" ({})", one_line(rule)));
+            }
+            let what = entry.what();
+            if is_command(&e.kind) {
+                // The statement on its own line, as the agent sent it (masked in the journal).
+                out.push_str(&format!("\n  > {}", term.paint(what.paint, &what.text)));
+            } else {
+                out.push_str(&format!("  {}", term.paint(what.paint, &what.text)));
+            }
+            out.push('\n');
+            for note in entry.notes(false) {
+                out.push_str(&format!("  {}\n", term.paint(note.paint, &note.text)));
+            }
+            if *with_result {
+                out.push_str(&result_block(entry, term));
+            } else if is_command(&e.kind) {
+                out.push_str(&format!(
+                    "  {}\n",
+                    term.paint(Paint::Yellow, "(held: waiting for an approver)")
+                ));
+            }
+            if let Some(command) = releases {
+                out.push_str(&format!("  result of #{}:\n", command.event.seq));
+                out.push_str(&result_block(command, term));
+            }
+            out
+        }
+    }
+}
+
+/// The result as the agent received it: summary, masking counts, then the sample rows.
+fn result_block(entry: &Entry<'_>, term: &Term) -> String {
+    let mut out = String::new();
+    for note in entry.result_notes() {
+        out.push_str(&format!("  {}\n", term.paint(note.paint, &note.text)));
+    }
+    if let Some(rows) = entry
+        .result
+        .and_then(|r| r.get("sample"))
+        .and_then(Value::as_array)
+    {
+        out.push_str(&sample_rows(rows, term));
+    }
+    out
+}
+
+/// Sample rows (a JSON array of arrays of strings or nulls) as an aligned block prefixed with
+/// `| `, NULL shown as `NULL`. Values are already masked: they are what the agent received.
+pub fn sample_rows(rows: &[Value], term: &Term) -> String {
+    let columns = rows
+        .iter()
+        .filter_map(Value::as_array)
+        .map(Vec::len)
+        .max()
+        .unwrap_or(0);
+    if columns == 0 {
+        return String::new();
+    }
+    let mut table = Table::new(
+        (0..columns)
+            .map(|_| Column::new("").max(40).shrink(4))
+            .collect(),
+    )
+    .without_header();
+    for row in rows.iter().filter_map(Value::as_array) {
+        table.push(
+            row.iter()
+                .map(|v| match v {
+                    Value::Null => Cell::new("NULL").paint(Paint::Dim),
+                    Value::String(s) => Cell::new(s),
+                    other => Cell::new(other.to_string()),
+                })
+                .collect(),
+        );
+    }
+    // The prefix takes four columns of the terminal.
+    let inner = Term {
+        width: term.width.map(|w| w.saturating_sub(4)),
+        ..*term
+    };
+    table
+        .render(&inner)
+        .lines()
+        .map(|line| format!("  | {line}\n"))
+        .collect()
+}
+
+/// `+0.025s`, `+12.500s`, `+3m07.250s`, `+1h02m03.000s`.
+pub fn format_offset(d: Duration) -> String {
+    let ms = d.as_millis();
+    let (h, rest) = (ms / 3_600_000, ms % 3_600_000);
+    let (m, rest) = (rest / 60_000, rest % 60_000);
+    let (s, ms) = (rest / 1000, rest % 1000);
+    match (h, m) {
+        (0, 0) => format!("+{s}.{ms:03}s"),
+        (0, m) => format!("+{m}m{s:02}.{ms:03}s"),
+        (h, m) => format!("+{h}h{m:02}m{s:02}.{ms:03}s"),
+    }
+}
