@@ -586,6 +586,8 @@ async fn server_to_client<H: Hooks>(
     let max = ctx.target.max_message_bytes;
     let mut scratch = RowScratch::default();
     let mut out = BytesMut::new();
+    // Masked rows of the batch, encoded one after the other (no allocation per row).
+    let mut rewritten = BytesMut::new();
     loop {
         let (found, consumed) = match frames(&buf, max) {
             Ok(f) => f,
@@ -611,7 +613,8 @@ async fn server_to_client<H: Hooks>(
             resolve_sources(ctx, catalog, database, &buf, &found).await;
         }
         // Frames whose bytes are replaced (masked rows, a refusal's error), by position.
-        let mut replaced: Vec<(usize, bytes::Bytes)> = Vec::new();
+        let mut replaced: Vec<(usize, Replace)> = Vec::new();
+        rewritten.clear();
         let observed = {
             let mut flow = pending.lock().unwrap_or_else(|p| p.into_inner());
             let mut results = Observer {
@@ -619,10 +622,12 @@ async fn server_to_client<H: Hooks>(
                 flow: &mut flow,
                 catalog: catalog.map(|c| c.0),
                 scratch: &mut scratch,
+                rewritten: &mut rewritten,
             };
             found.iter().enumerate().try_for_each(|(i, (tag, range))| {
-                if let Some(bytes) = results.observe(*tag, &buf[range.clone()])? {
-                    replaced.push((i, bytes));
+                match results.observe(*tag, &buf[range.clone()])? {
+                    Replace::Keep => {}
+                    other => replaced.push((i, other)),
                 }
                 Ok::<_, Stop>(())
             })
@@ -648,10 +653,14 @@ async fn server_to_client<H: Hooks>(
             // One write for the whole batch: masking may replace every row.
             out.clear();
             let mut at = 0;
-            for (i, bytes) in &replaced {
+            for (i, with) in &replaced {
                 let frame_start = found[*i].1.start - 5;
                 out.extend_from_slice(&buf[at..frame_start]);
-                out.extend_from_slice(bytes);
+                match with {
+                    Replace::Keep => out.extend_from_slice(&buf[frame_start..found[*i].1.end]),
+                    Replace::With(bytes) => out.extend_from_slice(bytes),
+                    Replace::Rewritten(r) => out.extend_from_slice(&rewritten[r.clone()]),
+                }
                 at = found[*i].1.end;
             }
             out.extend_from_slice(&buf[at..consumed]);
@@ -751,6 +760,15 @@ struct Observer<'a, H: Hooks> {
     flow: &'a mut Flow,
     catalog: Option<&'a Catalog>,
     scratch: &'a mut RowScratch,
+    rewritten: &'a mut BytesMut,
+}
+
+/// What to send the client instead of a server message.
+enum Replace {
+    Keep,
+    With(bytes::Bytes),
+    /// Bytes at this range of the batch's rewritten rows.
+    Rewritten(std::ops::Range<usize>),
 }
 
 /// A pending command's masker and result, whichever kind of command it is.
@@ -783,7 +801,22 @@ impl<H: Hooks> Observer<'_, H> {
 
     /// Updates the pending answers with one server message. Returns the bytes to send the
     /// client instead of this message: a masked row, or our error for a refused command.
-    fn observe(&mut self, tag: u8, body: &[u8]) -> Result<Option<bytes::Bytes>, Stop> {
+    /// A DataRow through `masker`, encoded into the batch's rewritten rows when it changed.
+    fn mask_row(
+        masker: &mut dyn Masker,
+        body: &[u8],
+        scratch: &mut RowScratch,
+        rewritten: &mut BytesMut,
+    ) -> Result<Replace, Stop> {
+        let start = rewritten.len();
+        Ok(if results::mask_data_row(masker, body, scratch, rewritten)? {
+            Replace::Rewritten(start..rewritten.len())
+        } else {
+            Replace::Keep
+        })
+    }
+
+    fn observe(&mut self, tag: u8, body: &[u8]) -> Result<Replace, Stop> {
         let hooks = self.hooks;
         let queue = &mut self.flow.queue;
         if tag == b'E' && matches!(queue.front(), Some(Pending::Denied { .. })) {
@@ -800,7 +833,7 @@ impl<H: Hooks> Observer<'_, H> {
                     ..CommandResult::default()
                 };
                 finish(hooks, event, started, result);
-                return Ok(Some(error));
+                return Ok(Replace::With(error));
             }
         }
         match tag {
@@ -859,6 +892,7 @@ impl<H: Hooks> Observer<'_, H> {
                 let binary = self.flow.copy_binary;
                 if let Some((Some(masker), _)) = masker_of(queue.front_mut()) {
                     return results::mask_copy_data(hooks, masker.as_mut(), body, binary)
+                        .map(|b| b.map_or(Replace::Keep, Replace::With))
                         .map_err(Stop::Copy);
                 }
             }
@@ -873,7 +907,7 @@ impl<H: Hooks> Observer<'_, H> {
                     Some(Pending::UntilReady { result, masker, .. }) => {
                         result.rows += 1;
                         if let Some(m) = masker {
-                            return Ok(results::mask_data_row(m.as_mut(), body, self.scratch)?);
+                            return Self::mask_row(m.as_mut(), body, self.scratch, self.rewritten);
                         }
                     }
                     Some(Pending::Execute {
@@ -888,7 +922,7 @@ impl<H: Hooks> Observer<'_, H> {
                             shape.ready = true;
                         }
                         if let Some(m) = masker {
-                            return Ok(results::mask_data_row(m.as_mut(), body, self.scratch)?);
+                            return Self::mask_row(m.as_mut(), body, self.scratch, self.rewritten);
                         }
                     }
                     _ => {}
@@ -917,22 +951,7 @@ impl<H: Hooks> Observer<'_, H> {
                         });
                     }
                     Some(Pending::Execute { .. }) => {
-                        if let Some(Pending::Execute {
-                            event,
-                            started,
-                            rows,
-                            masker,
-                            mut result,
-                            ..
-                        }) = queue.pop_front()
-                        {
-                            if let Some(mut m) = masker {
-                                result.absorb(m.report());
-                            }
-                            result.tag = Some(tag_text);
-                            result.rows = rows;
-                            finish(hooks, event, started, result);
-                        }
+                        finish_execute(hooks, queue, |r| r.tag = Some(tag_text));
                     }
                     _ => {}
                 }
@@ -950,28 +969,15 @@ impl<H: Hooks> Observer<'_, H> {
                             result.error = message;
                         }
                         Some(Pending::Execute { .. }) => {
-                            if let Some(Pending::Execute {
-                                event,
-                                started,
-                                rows,
-                                masker,
-                                mut result,
-                                ..
-                            }) = queue.pop_front()
-                            {
-                                if let Some(mut m) = masker {
-                                    result.absorb(m.report());
-                                }
-                                result.rows = rows;
-                                result.sqlstate = sqlstate;
-                                result.error = message;
-                                finish(hooks, event, started, result);
-                            }
+                            finish_execute(hooks, queue, |r| {
+                                r.sqlstate = sqlstate;
+                                r.error = message;
+                            });
                         }
                         _ => {}
                     }
                 }
-                return Ok(replaced);
+                return Ok(replaced.map_or(Replace::Keep, Replace::With));
             }
             b'Z' => {
                 // Everything up to the batch's Sync (or the Query) is answered now. Executes still
@@ -1032,7 +1038,32 @@ impl<H: Hooks> Observer<'_, H> {
             }
             _ => {}
         }
-        Ok(None)
+        Ok(Replace::Keep)
+    }
+}
+
+/// Ends the Execute at the front of the queue: its rows and masking counts, then what
+/// `complete` adds (its tag, or its error).
+fn finish_execute(
+    hooks: &impl Hooks,
+    queue: &mut VecDeque<Pending>,
+    complete: impl FnOnce(&mut CommandResult),
+) {
+    if let Some(Pending::Execute {
+        event,
+        started,
+        rows,
+        masker,
+        mut result,
+        ..
+    }) = queue.pop_front()
+    {
+        if let Some(mut m) = masker {
+            result.absorb(m.report());
+        }
+        result.rows = rows;
+        complete(&mut result);
+        finish(hooks, event, started, result);
     }
 }
 

@@ -100,12 +100,14 @@ pub struct RowScratch {
     rewrites: Vec<Rewrite>,
 }
 
-/// A DataRow with every value passed through `masker`; `None` when nothing changed.
+/// A DataRow with every value passed through `masker`, appended (tag and length included) to
+/// `out` when something changed; `false`, and nothing appended, when nothing did.
 pub fn mask_data_row(
     masker: &mut dyn Masker,
     body: &[u8],
     scratch: &mut RowScratch,
-) -> Result<Option<Bytes>, FrameError> {
+    out: &mut BytesMut,
+) -> Result<bool, FrameError> {
     backend::data_row(body, &mut scratch.values)?;
     scratch.rewrites.clear();
     let mut changed = false;
@@ -117,9 +119,10 @@ pub fn mask_data_row(
     }
     masker.end_row();
     if !changed {
-        return Ok(None);
+        return Ok(false);
     }
-    let mut out = BytesMut::with_capacity(body.len() + 64);
+    let start = out.len();
+    out.reserve(body.len() + 64);
     out.put_u8(b'D');
     out.put_i32(0); // length, patched below
     out.put_i16(scratch.values.len() as i16);
@@ -137,9 +140,9 @@ pub fn mask_data_row(
             None => out.put_i32(-1),
         }
     }
-    let len = (out.len() - 1) as i32;
-    out[1..5].copy_from_slice(&len.to_be_bytes());
-    Ok(Some(out.freeze()))
+    let len = (out.len() - start - 1) as i32;
+    out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
+    Ok(true)
 }
 
 /// Why a COPY row could not be masked.
@@ -235,9 +238,9 @@ mod tests {
     #[test]
     fn rewritten_rows_keep_exact_lengths_and_nulls() {
         let body = row(&[Some(b"abc"), Some(b"secret"), None, Some(b"x")]);
-        let out = mask_data_row(&mut Upper, &body, &mut RowScratch::default())
-            .unwrap()
-            .unwrap();
+        let mut out = BytesMut::from(&b"prefix"[..]);
+        assert!(mask_data_row(&mut Upper, &body, &mut RowScratch::default(), &mut out).unwrap());
+        let out = out.split_off(6);
         assert_eq!(out[0], b'D');
         assert_eq!(
             i32::from_be_bytes([out[1], out[2], out[3], out[4]]) as usize,
@@ -249,18 +252,20 @@ mod tests {
     #[test]
     fn malformed_rows_are_errors_not_panics() {
         let mut scratch = RowScratch::default();
+        let mut out = BytesMut::new();
         for body in [
             &b""[..],
             b"\x00",
             b"\x00\x01\x00\x00\x00\x09ab",
             b"\x00\x01\xff\xff",
         ] {
-            assert!(mask_data_row(&mut Upper, body, &mut scratch).is_err());
+            assert!(mask_data_row(&mut Upper, body, &mut scratch, &mut out).is_err());
         }
         // Trailing bytes after the last value.
         let mut body = row(&[Some(b"a")]);
         body.push(0);
-        assert!(mask_data_row(&mut Upper, &body, &mut scratch).is_err());
+        assert!(mask_data_row(&mut Upper, &body, &mut scratch, &mut out).is_err());
+        assert!(out.is_empty());
     }
 
     #[test]
