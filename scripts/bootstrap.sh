@@ -12,7 +12,7 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 # System packages: the eBPF linker's LLVM, and the real peers the tests talk to.
-APT_PACKAGES=(llvm-22-dev libpolly-22-dev libzstd-dev postgresql pgbouncer python3-venv iproute2 procps openssl util-linux tmux rsyslog)
+APT_PACKAGES=(llvm-22-dev libpolly-22-dev libzstd-dev postgresql pgbouncer python3-venv iproute2 procps openssl util-linux tmux rsyslog sqlite3)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

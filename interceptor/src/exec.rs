@@ -52,6 +52,8 @@ pub enum ExecError {
     },
     #[error("invalid configuration: {0}")]
     Config(String),
+    #[error(transparent)]
+    Ship(#[from] crate::ship::ShipError),
 }
 
 /// What a gateway needs besides capture, built the same way by `exec` and `run`.
@@ -68,7 +70,7 @@ impl GatewayParts {
         let policy = Arc::new(Engine::new(
             crate::policy::load_policies(config).map_err(|e| ExecError::Config(e.to_string()))?,
         ));
-        let journal = Journal::open(&config.journal.path)?;
+        let journal = Journal::open_with(&config.journal)?;
         let webhook = config.approvals.webhook.clone().map(|url| Webhook {
             url,
             format: config.approvals.webhook_format,
@@ -248,6 +250,7 @@ pub async fn exec(
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(gateway::serve(gateway, listeners, stop_rx));
+    let shipper = crate::ship::Shipper::start(&config.journal.path, &config.sinks)?;
     // Each run has its own control socket beside the service's, so runs never share one.
     let control = crate::approval::control::start(
         &config
@@ -285,6 +288,8 @@ pub async fn exec(
     }
     // Sessions whose client just died still journal their close.
     gateway::drain(stop_tx, server, &journal).await?;
+    // Everything the run journaled is committed: give the sinks a moment to take it.
+    shipper.stop(crate::ship::STOP_GRACE).await;
     if let Some(task) = kernel_logs {
         task.abort();
     }

@@ -163,6 +163,7 @@ pub async fn run(config: Config) -> Result<(), ExecError> {
     let port = listeners.port4();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(gateway::serve(gateway, listeners, stop_rx));
+    let shipper = crate::ship::Shipper::start(&config.journal.path, &config.sinks)?;
     let control = crate::approval::control::start(
         &config.approvals.socket,
         &config.approvals.group,
@@ -182,6 +183,7 @@ pub async fn run(config: Config) -> Result<(), ExecError> {
         "stopping; the pinned capture stays attached and refuses connections until restart"
     );
     gateway::drain(stop_tx, server, &journal).await?;
+    shipper.stop(crate::ship::STOP_GRACE).await;
     if let Some(task) = kernel_logs {
         task.abort();
     }

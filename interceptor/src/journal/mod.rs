@@ -7,9 +7,20 @@
 //! (the CLI) open the file separately ([`reader`]); WAL lets them read while the daemon writes.
 //!
 //! Schema changes are migrations keyed by `PRAGMA user_version` ([`schema`]).
+//!
+//! Every event is a link of a hash chain: it stores the hash of the event before it and its own
+//! hash over that and its content ([`event_hash`]), computed in the transaction that inserts
+//! it. Whatever the gateway later learns about a row it already wrote (a command's result, a
+//! session's end) is appended as a chained event too, besides updating the row readers use, so
+//! an edit, a deletion or a reordering after the fact shows up in [`verify`]. Retention
+//! ([`prune_file`], [`Journal::prune`]) deletes a prefix of the chain and leaves a checkpoint
+//! the rest verifies from. The chain holds no secret: it proves nothing against someone who
+//! rewrites the whole tail, unless its head is also kept elsewhere (shipped; see
+//! docs/journal.md).
 
 pub mod reader;
 pub mod schema;
+pub mod verify;
 
 use std::{
     path::{Path, PathBuf},
@@ -17,14 +28,17 @@ use std::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex, TryLockError,
     },
-    time::SystemTime,
+    time::{Duration, SystemTime},
 };
 
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension as _, TransactionBehavior};
 use serde::Serialize;
 use tokio::sync::oneshot;
 
-use crate::capture::identity::Identity;
+use crate::{
+    capture::identity::Identity,
+    config::{JournalConfig, JournalSync},
+};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -54,6 +68,10 @@ pub enum JournalError {
     /// The journal handle is gone (the daemon is shutting down).
     #[error("the journal writer has stopped")]
     Stopped,
+    /// The journal's schema predates the hash chain: it has never been opened for writing by a
+    /// binary that chains events (which would have migrated it).
+    #[error("journal {path} has schema version {found}, older than the hash chain (3): it is chained when the gateway or `interceptor doctor` next opens it")]
+    NotChained { path: PathBuf, found: i64 },
 }
 
 /// A run: one `exec` invocation, or one incarnation of a captured cgroup under the service.
@@ -154,7 +172,7 @@ enum Op {
     Event(Event),
     /// Several events in one commit (a pipeline's commands); answered with all their ids.
     Events(Vec<Event>),
-    /// A command's outcome, added to its event once known.
+    /// A command's outcome, added to its event once known (and appended as a `result` event).
     EventResult {
         id: i64,
         result: serde_json::Value,
@@ -164,6 +182,18 @@ enum Op {
     /// Marks every pending approval of the service's runs as expired (see
     /// [`Journal::expire_service_approvals`]); answers with how many.
     ExpireServiceApprovals,
+}
+
+impl Op {
+    /// Operations of more than one statement run inside a savepoint, so a failure leaves none
+    /// of their rows behind and the chain head in memory can simply be restored.
+    fn is_single_statement(&self) -> bool {
+        match self {
+            Op::StartRun(_) | Op::EndRun { .. } | Op::Event(_) | Op::Flush => true,
+            Op::Events(events) => events.len() <= 1,
+            _ => false,
+        }
+    }
 }
 
 struct Request {
@@ -188,6 +218,8 @@ struct Inner {
     queue: Mutex<Vec<Request>>,
     /// A caller is about to commit the queue (see [`Journal::enqueue`]).
     gathering: AtomicBool,
+    /// `journal_meta.journal_id`, fixed for the life of the file.
+    id: String,
 }
 
 /// Upper bound on operations per transaction, so one commit never holds the lock for long.
@@ -198,16 +230,39 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Journal {
-    /// Opens (creating and migrating) the journal at `path`.
+    /// Opens (creating and migrating) the journal at `path` with the default settings
+    /// (`sync = "normal"`).
     pub fn open(path: &Path) -> Result<Journal, JournalError> {
-        let conn = open_connection(path)?;
+        Journal::open_with(&JournalConfig {
+            path: path.to_owned(),
+            ..JournalConfig::default()
+        })
+    }
+
+    /// Opens (creating and migrating) the journal at `config.path` with its `sync` setting.
+    pub fn open_with(config: &JournalConfig) -> Result<Journal, JournalError> {
+        let conn = open_connection_with(&config.path, config.sync)?;
+        // The migration creates it; only a journal edited by hand can lack it.
+        let id = journal_id(&conn)?.ok_or_else(|| {
+            JournalError::Write(format!(
+                "journal {} has no journal_id in journal_meta",
+                config.path.display()
+            ))
+        })?;
         let inner = Arc::new(Inner {
             conn: Mutex::new(conn),
             queue: Mutex::new(Vec::new()),
             gathering: AtomicBool::new(false),
+            id,
         });
-        start_checkpointer(path, Arc::downgrade(&inner))?;
+        start_checkpointer(&config.path, config.sync, Arc::downgrade(&inner))?;
         Ok(Journal { inner })
+    }
+
+    /// The journal's id, a random UUID made with its chain. With an event's sequence number
+    /// (`events.id`) it names the event uniquely across hosts and journals: `"{id}:{seq}"`.
+    pub fn id(&self) -> &str {
+        &self.inner.id
     }
 
     /// Queues `op` and makes sure someone commits it. The first caller of a group yields once
@@ -253,12 +308,6 @@ impl Inner {
                 }
                 let results = apply_batch(&mut conn, &batch);
                 for (req, result) in batch.into_iter().zip(results) {
-                    if let Err(e) = &result {
-                        if req.reply.is_closed() {
-                            // Nobody waits for this one (a queued close): the log is its trace.
-                            tracing::error!(error = %e, "journal write failed");
-                        }
-                    }
                     let _ = req.reply.send(result);
                 }
             }
@@ -301,11 +350,13 @@ impl Journal {
         .map(drop)
     }
 
-    /// Records a session and returns its id once committed.
+    /// Records a session (its row, a chained `session_open` event with its identity, and a
+    /// `connect` event when the connection was judged) and returns its id once committed.
     pub async fn open_session(&self, session: NewSession) -> Result<i64, JournalError> {
         self.submit(Op::OpenSession(Box::new(session))).await
     }
 
+    /// Records how a session ended: on its row, and as a chained `session_close` event.
     pub async fn close_session(
         &self,
         id: i64,
@@ -373,13 +424,52 @@ impl Journal {
         drop(self.inner.queue_only(Op::Event(event)));
     }
 
-    /// Queues a command's result for its event.
+    /// Queues a command's result: set on its event's `result` column (what readers show) and
+    /// appended as a chained `result` event (what makes it tamper-evident and shippable).
     pub fn record_result(&self, id: i64, result: serde_json::Value) {
         drop(self.inner.queue_only(Op::EventResult { id, result }));
     }
+
+    /// Deletes what `options` lets go, like [`prune_file`], on this handle's connection: for a
+    /// daemon that prunes on a timer. Commits wait while it runs (one transaction).
+    pub async fn prune(&self, options: PruneOptions) -> Result<PruneReport, JournalError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let report = prune_connection(&mut lock(&inner.conn), &options, SystemTime::now());
+            // Callers that found the connection taken left their requests for us.
+            inner.commit_queued();
+            report
+        })
+        .await
+        .map_err(|_| JournalError::Stopped)?
+    }
 }
 
+/// `journal_meta.journal_id`, or `None` for a journal older than the chain. Works on a
+/// read-only connection (for readers such as the shipper).
+pub fn journal_id(conn: &Connection) -> Result<Option<String>, JournalError> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    if version < schema::CHAIN_VERSION {
+        return Ok(None);
+    }
+    Ok(conn
+        .query_row(
+            "SELECT value FROM journal_meta WHERE key = 'journal_id'",
+            [],
+            |row| row.get(0),
+        )
+        .optional()?)
+}
+
+/// A read-write connection to the journal at `path` (created and migrated), `sync = "normal"`.
 pub(crate) fn open_connection(path: &Path) -> Result<Connection, JournalError> {
+    open_connection_with(path, JournalSync::Normal)
+}
+
+pub(crate) fn open_connection_with(
+    path: &Path,
+    sync: JournalSync,
+) -> Result<Connection, JournalError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|source| JournalError::Directory {
             path: dir.to_owned(),
@@ -392,11 +482,16 @@ pub(crate) fn open_connection(path: &Path) -> Result<Connection, JournalError> {
     };
     let mut conn = Connection::open(path).map_err(open_err)?;
     // Several `exec` runs may share one journal file: wait for each other's commits.
-    conn.busy_timeout(std::time::Duration::from_secs(10))
-        .map_err(open_err)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
     conn.pragma_update(None, "journal_mode", "WAL")
         .map_err(open_err)?;
-    conn.pragma_update(None, "synchronous", "NORMAL")
+    // NORMAL: a commit survives the daemon crashing (it is in the WAL) but not necessarily a
+    // power loss; FULL also fsyncs the WAL at every commit. Neither can corrupt the file.
+    let synchronous = match sync {
+        JournalSync::Normal => "NORMAL",
+        JournalSync::Full => "FULL",
+    };
+    conn.pragma_update(None, "synchronous", synchronous)
         .map_err(open_err)?;
     conn.pragma_update(None, "foreign_keys", "ON")
         .map_err(open_err)?;
@@ -410,8 +505,11 @@ pub(crate) fn open_connection(path: &Path) -> Result<Connection, JournalError> {
     Ok(conn)
 }
 
+/// How long a writer waits for another process's transaction on the same file.
+pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How often the background thread commits queued closes.
-const COMMIT_QUEUED_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+const COMMIT_QUEUED_EVERY: Duration = Duration::from_millis(100);
 /// How often it folds the WAL back into the database.
 const CHECKPOINT_EVERY: u32 = 10;
 
@@ -419,8 +517,12 @@ const CHECKPOINT_EVERY: u32 = 10;
 /// committing connection only checkpoints itself as a fallback, when the WAL grows past
 /// [`FALLBACK_CHECKPOINT_PAGES`], e.g. if this thread could not keep up. It also commits
 /// records nobody waits for (session closes) when no other commit has taken them along.
-fn start_checkpointer(path: &Path, journal: std::sync::Weak<Inner>) -> Result<(), JournalError> {
-    let conn = open_connection(path)?;
+fn start_checkpointer(
+    path: &Path,
+    sync: JournalSync,
+    journal: std::sync::Weak<Inner>,
+) -> Result<(), JournalError> {
+    let conn = open_connection_with(path, sync)?;
     std::thread::Builder::new()
         .name("journal-checkpoint".into())
         .spawn(move || {
@@ -460,101 +562,174 @@ fn restrict_permissions(path: &Path) {
 
 /// Applies a group in one transaction. If the commit fails, every caller in the group gets the
 /// error: nothing is reported as recorded unless it is on disk.
+///
+/// The transaction is IMMEDIATE: it takes the write lock before reading the chain head, so
+/// another process sharing the file cannot append between that read and our inserts.
 fn apply_batch(conn: &mut Connection, batch: &[Request]) -> Vec<Result<Vec<i64>, String>> {
-    let tx = match conn.transaction() {
-        Ok(tx) => tx,
-        Err(e) => return batch.iter().map(|_| Err(e.to_string())).collect(),
+    let fail_all = |message: String| -> Vec<Result<Vec<i64>, String>> {
+        tracing::error!(
+            error = %message,
+            operations = batch.len(),
+            "journal write failed; the affected commands are refused"
+        );
+        batch.iter().map(|_| Err(message.clone())).collect()
     };
-    let mut results: Vec<Result<Vec<i64>, String>> = batch
-        .iter()
-        .map(|req| apply(&tx, &req.op).map_err(|e| e.to_string()))
-        .collect();
+    let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) => return fail_all(e.to_string()),
+    };
+    let mut head = match ChainHead::read(&tx) {
+        Ok(head) => head,
+        Err(e) => return fail_all(e.to_string()),
+    };
+    // After taking the lock: times then follow the order of ids, even across processes.
+    let now = now_rfc3339();
+    let mut results = Vec::with_capacity(batch.len());
+    for req in batch {
+        let result = apply_atomically(&tx, &mut head, &req.op, &now);
+        // An I/O error or a full disk makes SQLite roll the whole transaction back: nothing of
+        // this group is in, and what followed would run outside it on a stale chain head.
+        if result.is_err() && tx.is_autocommit() {
+            let message = result.err().unwrap_or_default();
+            drop(tx);
+            return fail_all(message);
+        }
+        results.push(result);
+    }
     if let Err(e) = tx.commit() {
-        tracing::error!(error = %e, "journal commit failed; the affected commands are refused");
-        results = batch.iter().map(|_| Err(e.to_string())).collect();
+        return fail_all(e.to_string());
+    }
+    let failed = results.iter().filter(|r| r.is_err()).count();
+    if let Some(Err(first)) = results.iter().find(|r| r.is_err()) {
+        tracing::error!(error = %first, failed, "journal write failed for some operations");
     }
     results
+}
+
+/// One operation, all or nothing (see [`Op::is_single_statement`]).
+fn apply_atomically(
+    tx: &Connection,
+    head: &mut ChainHead,
+    op: &Op,
+    now: &str,
+) -> Result<Vec<i64>, String> {
+    if op.is_single_statement() {
+        return apply(tx, head, op, now);
+    }
+    tx.prepare_cached("SAVEPOINT journal_op")
+        .and_then(|mut s| s.execute([]))
+        .map_err(|e| e.to_string())?;
+    let saved = head.clone();
+    let result = apply(tx, head, op, now);
+    if result.is_err() {
+        *head = saved;
+        // Fails only if SQLite already rolled the whole transaction back (checked by caller).
+        let _ = tx
+            .prepare_cached("ROLLBACK TO journal_op")
+            .and_then(|mut s| s.execute([]));
+    }
+    let _ = tx
+        .prepare_cached("RELEASE journal_op")
+        .and_then(|mut s| s.execute([]));
+    result
 }
 
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
 
-fn apply(tx: &rusqlite::Transaction<'_>, op: &Op) -> rusqlite::Result<Vec<i64>> {
-    let now = now_rfc3339();
+fn apply(tx: &Connection, head: &mut ChainHead, op: &Op, now: &str) -> Result<Vec<i64>, String> {
+    let sql = |e: rusqlite::Error| e.to_string();
     match op {
-        Op::Events(events) => events.iter().map(|e| insert_event(tx, e, &now)).collect(),
+        Op::Events(events) => events
+            .iter()
+            .map(|e| insert_event(tx, head, e, now).map_err(sql))
+            .collect(),
         Op::EventResult { id, result } => {
-            tx.execute(
-                "UPDATE events SET result = ?2 WHERE id = ?1",
-                params![id, result.to_string()],
-            )?;
+            let session_id: Option<Option<i64>> = tx
+                .prepare_cached("SELECT session_id FROM events WHERE id = ?1")
+                .and_then(|mut s| s.query_row([id], |row| row.get(0)).optional())
+                .map_err(sql)?;
+            let Some(session_id) = session_id else {
+                return Err(format!("no event {id} to record a result for"));
+            };
+            tx.prepare_cached("UPDATE events SET result = ?2 WHERE id = ?1")
+                .and_then(|mut s| s.execute(params![id, result.to_string()]))
+                .map_err(sql)?;
+            let event = Event::note(
+                session_id,
+                "result",
+                serde_json::json!({ "event": id, "result": result }),
+            );
+            insert_event(tx, head, &event, now).map_err(sql)?;
             Ok(vec![*id])
         }
-        other => apply_one(tx, other, &now).map(|id| vec![id]),
+        other => apply_one(tx, head, other, now)
+            .map(|id| vec![id])
+            .map_err(sql),
     }
 }
 
-fn apply_one(tx: &rusqlite::Transaction<'_>, op: &Op, now: &str) -> rusqlite::Result<i64> {
+fn apply_one(tx: &Connection, head: &mut ChainHead, op: &Op, now: &str) -> rusqlite::Result<i64> {
     match op {
         Op::StartRun(run) => {
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT INTO runs (id, mode, command, uid, user, cgroup_path, started_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                  ON CONFLICT(id) DO NOTHING",
-                params![
-                    run.id,
-                    run.mode,
-                    run.command,
-                    run.uid,
-                    run.user,
-                    run.cgroup_path,
-                    now
-                ],
-            )?;
+            )?
+            .execute(params![
+                run.id,
+                run.mode,
+                run.command,
+                run.uid,
+                run.user,
+                run.cgroup_path,
+                now
+            ])?;
             Ok(0)
         }
         Op::EndRun { id, exit_code } => {
-            tx.execute(
-                "UPDATE runs SET ended_at = ?2, exit_code = ?3 WHERE id = ?1",
-                params![id, now, exit_code],
-            )?;
+            tx.prepare_cached("UPDATE runs SET ended_at = ?2, exit_code = ?3 WHERE id = ?1")?
+                .execute(params![id, now, exit_code])?;
             Ok(0)
         }
         Op::OpenSession(s) => {
             let i = &s.identity;
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT INTO sessions (run_id, pid, uid, gid, user, comm, exe, cmdline, cgroup_id,
                    cgroup_path, unit, process_start_ns, identity_stale, client_addr, original_dst,
                    target, protocol, upstream, started_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
                    ?17, ?18, ?19)",
-                params![
-                    s.run_id,
-                    i.pid,
-                    i.uid,
-                    i.gid,
-                    i.user,
-                    i.comm,
-                    i.exe,
-                    i.cmdline,
-                    i.cgroup_id as i64,
-                    i.cgroup_path,
-                    i.unit,
-                    i.start_boot_ns.map(|n| n as i64),
-                    i.stale,
-                    s.client_addr,
-                    s.original_dst,
-                    s.target,
-                    s.protocol,
-                    s.upstream,
-                    now
-                ],
-            )?;
+            )?
+            .execute(params![
+                s.run_id,
+                i.pid,
+                i.uid,
+                i.gid,
+                i.user,
+                i.comm,
+                i.exe,
+                i.cmdline,
+                i.cgroup_id as i64,
+                i.cgroup_path,
+                i.unit,
+                i.start_boot_ns.map(|n| n as i64),
+                i.stale,
+                s.client_addr,
+                s.original_dst,
+                s.target,
+                s.protocol,
+                s.upstream,
+                now
+            ])?;
             let id = tx.last_insert_rowid();
+            insert_event(tx, head, &session_open_event(id, s), now)?;
             if s.decision.is_some() {
                 insert_event(
                     tx,
+                    head,
                     &Event {
                         session_id: Some(id),
                         kind: "connect",
@@ -575,58 +750,445 @@ fn apply_one(tx: &rusqlite::Transaction<'_>, op: &Op, now: &str) -> rusqlite::Re
             outcome,
             detail,
         } => {
-            tx.execute(
+            tx.prepare_cached(
                 "UPDATE sessions SET bytes_up = ?2, bytes_down = ?3, outcome = ?4, detail = ?5,
                    ended_at = ?6 WHERE id = ?1",
-                params![
-                    id,
-                    *bytes_up as i64,
-                    *bytes_down as i64,
-                    outcome.as_str(),
-                    detail,
-                    now
-                ],
-            )?;
+            )?
+            .execute(params![
+                id,
+                *bytes_up as i64,
+                *bytes_down as i64,
+                outcome.as_str(),
+                detail,
+                now
+            ])?;
+            let close = Event::note(
+                Some(*id),
+                "session_close",
+                serde_json::json!({
+                    "outcome": outcome.as_str(),
+                    "bytes_up": *bytes_up as i64,
+                    "bytes_down": *bytes_down as i64,
+                    "detail": detail,
+                }),
+            );
+            insert_event(tx, head, &close, now)?;
             Ok(*id)
         }
-        Op::Event(event) => insert_event(tx, event, now),
+        Op::Event(event) => insert_event(tx, head, event, now),
         Op::Flush => Ok(0),
         Op::ExpireServiceApprovals => {
-            let expired = tx.execute(
-                "INSERT INTO events (session_id, at, kind, statement, decision, rule, detail)
-                 SELECT e.session_id, ?1, 'approval_decision', e.statement, 'deny', e.rule,
-                        json_object('id', json_extract(e.detail, '$.id'), 'status', 'expired',
-                                    'reason', 'the daemon restarted while it was pending')
-                   FROM events e JOIN sessions s ON s.id = e.session_id
-                  WHERE e.kind = 'approval' AND s.run_id LIKE 'cg-%'
-                    AND NOT EXISTS (
-                        SELECT 1 FROM events d
-                         WHERE d.kind = 'approval_decision'
-                           AND json_extract(d.detail, '$.id') = json_extract(e.detail, '$.id'))",
-                params![now],
-            )?;
-            Ok(expired as i64)
+            let pending = {
+                let mut stmt = tx.prepare_cached(
+                    "SELECT e.session_id, e.statement, e.rule, json_quote(json_extract(e.detail, '$.id'))
+                       FROM events e JOIN sessions s ON s.id = e.session_id
+                      WHERE e.kind = 'approval' AND s.run_id LIKE 'cg-%'
+                        AND NOT EXISTS (
+                            SELECT 1 FROM events d
+                             WHERE d.kind = 'approval_decision'
+                               AND json_extract(d.detail, '$.id') = json_extract(e.detail, '$.id'))
+                      ORDER BY e.id",
+                )?;
+                let rows = stmt.query_map([], |row| {
+                    Ok((
+                        row.get::<_, Option<i64>>(0)?,
+                        row.get::<_, Option<String>>(1)?,
+                        row.get::<_, Option<String>>(2)?,
+                        row.get::<_, Option<String>>(3)?,
+                    ))
+                })?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()?
+            };
+            for (session_id, statement, rule, approval_id) in &pending {
+                // The id as it was written (a JSON value); anything unreadable stays null.
+                let approval_id: serde_json::Value = approval_id
+                    .as_deref()
+                    .and_then(|text| serde_json::from_str(text).ok())
+                    .unwrap_or(serde_json::Value::Null);
+                let expired = Event {
+                    session_id: *session_id,
+                    kind: "approval_decision",
+                    statement: statement.clone(),
+                    decision: Some("deny".to_owned()),
+                    rule: rule.clone(),
+                    detail: serde_json::json!({
+                        "id": approval_id,
+                        "status": "expired",
+                        "reason": "the daemon restarted while it was pending",
+                    }),
+                };
+                insert_event(tx, head, &expired, now)?;
+            }
+            Ok(pending.len() as i64)
         }
         // Handled in `apply`.
         Op::Events(_) | Op::EventResult { .. } => Ok(0),
     }
 }
 
-fn insert_event(tx: &rusqlite::Transaction<'_>, event: &Event, now: &str) -> rusqlite::Result<i64> {
+/// The chained record of a session's identity, next to its row in `sessions` (which readers
+/// use). Its keys are the `sessions` columns [`verify`] compares, plus the connection's
+/// decision and rule.
+fn session_open_event(id: i64, s: &NewSession) -> Event {
+    let i = &s.identity;
+    Event::note(
+        Some(id),
+        "session_open",
+        serde_json::json!({
+            "run_id": s.run_id,
+            "pid": i.pid,
+            "uid": i.uid,
+            "gid": i.gid,
+            "user": i.user,
+            "comm": i.comm,
+            "exe": i.exe,
+            "cmdline": i.cmdline,
+            "cgroup_path": i.cgroup_path,
+            "unit": i.unit,
+            "client_addr": s.client_addr,
+            "original_dst": s.original_dst,
+            "target": s.target,
+            "protocol": s.protocol,
+            "upstream": s.upstream,
+            "decision": s.decision,
+            "rule": s.rule,
+        }),
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// The hash chain
+// ---------------------------------------------------------------------------------------------
+
+/// `prev_hash` of the first event of a journal: nothing came before it.
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// The columns of an event that its hash covers, as stored. `result` is not among them: it
+/// is set later, and covered by the `result` event appended at the same time.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ChainedContent<'a> {
+    pub id: i64,
+    pub session_id: Option<i64>,
+    pub at: &'a str,
+    pub kind: &'a str,
+    pub statement: Option<&'a str>,
+    pub decision: Option<&'a str>,
+    pub rule: Option<&'a str>,
+    /// The stored JSON text, hashed as is (never re-serialised, so nothing depends on how a
+    /// JSON library orders keys or prints numbers).
+    pub detail: &'a str,
+}
+
+/// `hex(SHA-256(prev_hash || canonical))`, where `prev_hash` is the previous event's hash in
+/// hex and `canonical` the compact JSON array
+/// `[id, session_id, at, kind, statement, decision, rule, detail]` (docs/journal.md shows how
+/// to recompute it with other tools).
+pub(crate) fn event_hash(prev_hash: &str, content: &ChainedContent<'_>) -> String {
+    let canonical = serde_json::to_vec(&(
+        content.id,
+        content.session_id,
+        content.at,
+        content.kind,
+        content.statement,
+        content.decision,
+        content.rule,
+        content.detail,
+    ))
+    // Integers, strings and nulls: serde_json cannot fail on them.
+    .unwrap_or_default();
+    let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+    digest.update(prev_hash.as_bytes());
+    digest.update(&canonical);
+    hex(digest.finish().as_ref())
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 0x0f)] as char);
+    }
+    out
+}
+
+/// Where the next event goes: its id and the hash it links to. Read inside each write
+/// transaction, never cached across them: other processes may append to the same file.
+#[derive(Debug, Clone)]
+pub(crate) struct ChainHead {
+    pub next_id: i64,
+    pub last_hash: String,
+}
+
+impl ChainHead {
+    pub(crate) fn read(conn: &Connection) -> rusqlite::Result<ChainHead> {
+        // AUTOINCREMENT semantics: never reuse an id, even one deleted from the end (so such a
+        // deletion leaves a gap that `verify` sees).
+        let (seq, last_id, last_hash, checkpoint_seq, checkpoint_hash) = conn
+            .prepare_cached(
+                "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0),
+                        (SELECT id FROM events ORDER BY id DESC LIMIT 1),
+                        (SELECT hash FROM events ORDER BY id DESC LIMIT 1),
+                        (SELECT last_seq FROM journal_checkpoints ORDER BY id DESC LIMIT 1),
+                        (SELECT last_hash FROM journal_checkpoints ORDER BY id DESC LIMIT 1)",
+            )?
+            .query_row([], |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, Option<i64>>(1)?,
+                    row.get::<_, Option<String>>(2)?,
+                    row.get::<_, Option<i64>>(3)?,
+                    row.get::<_, Option<String>>(4)?,
+                ))
+            })?;
+        let last_hash = match last_id {
+            // A row without a hash (written around the gateway) links as "": verify names it.
+            Some(_) => last_hash.unwrap_or_default(),
+            // Everything was pruned: continue from the checkpoint.
+            None => checkpoint_hash.unwrap_or_else(|| GENESIS_HASH.to_owned()),
+        };
+        let next_id = seq
+            .max(last_id.unwrap_or(0))
+            .max(checkpoint_seq.unwrap_or(0))
+            + 1;
+        Ok(ChainHead { next_id, last_hash })
+    }
+}
+
+/// Inserts `event` as the next link of the chain; `head` moves only once the row is in.
+pub(crate) fn insert_event(
+    tx: &Connection,
+    head: &mut ChainHead,
+    event: &Event,
+    now: &str,
+) -> rusqlite::Result<i64> {
+    let detail = event.detail.to_string();
+    let id = head.next_id;
+    let hash = event_hash(
+        &head.last_hash,
+        &ChainedContent {
+            id,
+            session_id: event.session_id,
+            at: now,
+            kind: event.kind,
+            statement: event.statement.as_deref(),
+            decision: event.decision.as_deref(),
+            rule: event.rule.as_deref(),
+            detail: &detail,
+        },
+    );
+    tx.prepare_cached(
+        "INSERT INTO events (id, session_id, at, kind, statement, decision, rule, detail,
+           prev_hash, hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?
+    .execute(params![
+        id,
+        event.session_id,
+        now,
+        event.kind,
+        event.statement,
+        event.decision,
+        event.rule,
+        detail,
+        head.last_hash,
+        hash
+    ])?;
+    head.next_id = id + 1;
+    head.last_hash = hash;
+    Ok(id)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Retention
+// ---------------------------------------------------------------------------------------------
+
+/// What a prune may delete.
+#[derive(Debug, Clone, Default)]
+pub struct PruneOptions {
+    /// Events older than this many days go (0: everything recorded before now).
+    pub retention_days: u32,
+    /// Sinks whose acknowledged position (`sink_cursors.acked_seq`) bounds the prune: an event
+    /// a sink has not delivered yet stays, whatever its age. A sink with no cursor yet holds
+    /// everything back.
+    pub sinks: Vec<String>,
+}
+
+/// What a prune did.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PruneReport {
+    /// Events recorded before this time could go.
+    pub cutoff: String,
+    /// The last deleted event, now the checkpoint the rest verifies from; `None` when nothing
+    /// was deleted.
+    pub last_seq: Option<i64>,
+    pub events: u64,
+    pub sessions: u64,
+    pub runs: u64,
+    /// The sink whose cursor kept events older than the cutoff.
+    pub held_back_by: Option<String>,
+    /// The first problem of the deleted part of the chain, if it did not verify. It stays in
+    /// the checkpoint, so `journal verify` keeps reporting it after the evidence is gone.
+    pub broken: Option<String>,
+}
+
+impl std::fmt::Display for PruneReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.last_seq {
+            None => write!(f, "nothing recorded before {} to prune", self.cutoff)?,
+            Some(seq) => write!(
+                f,
+                "pruned {} events (seq <= {seq}), {} sessions and {} runs recorded before {}; \
+                 the rest verifies from the checkpoint at seq {seq}",
+                self.events, self.sessions, self.runs, self.cutoff
+            )?,
+        }
+        if let Some(sink) = &self.held_back_by {
+            write!(
+                f,
+                "\nheld back by sink {sink:?}, which has not acknowledged older events"
+            )?;
+        }
+        if let Some(broken) = &self.broken {
+            write!(
+                f,
+                "\nWARNING: the pruned part of the chain was broken ({broken}); \
+                 `journal verify` will keep reporting it"
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// `interceptor journal prune`: deletes, in one transaction, the events recorded more than
+/// `retention_days` ago (a prefix of the chain), the finished sessions and runs no remaining
+/// event refers to, and records a checkpoint (the last deleted event's id and hash) plus a
+/// chained `prune` event, so what remains still verifies.
+pub fn prune_file(
+    config: &JournalConfig,
+    options: &PruneOptions,
+) -> Result<PruneReport, JournalError> {
+    let mut conn = open_connection_with(&config.path, config.sync)?;
+    prune_connection(&mut conn, options, SystemTime::now())
+}
+
+pub(crate) fn prune_connection(
+    conn: &mut Connection,
+    options: &PruneOptions,
+    now: SystemTime,
+) -> Result<PruneReport, JournalError> {
+    let age = Duration::from_secs(u64::from(options.retention_days) * 86_400);
+    let cutoff = now.checked_sub(age).unwrap_or(SystemTime::UNIX_EPOCH);
+    prune_before(
+        conn,
+        &humantime::format_rfc3339_millis(cutoff).to_string(),
+        &options.sinks,
+    )
+}
+
+/// Prunes what was recorded before `cutoff` (an RFC 3339 time as the journal writes them).
+pub(crate) fn prune_before(
+    conn: &mut Connection,
+    cutoff: &str,
+    sinks: &[String],
+) -> Result<PruneReport, JournalError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut report = PruneReport {
+        cutoff: cutoff.to_owned(),
+        last_seq: None,
+        events: 0,
+        sessions: 0,
+        runs: 0,
+        held_back_by: None,
+        broken: None,
+    };
+    // Only a prefix of the chain can go: everything up to the newest event older than the
+    // cutoff (times follow ids, see `apply_batch`).
+    let newest_old: Option<i64> = tx.query_row(
+        "SELECT MAX(id) FROM events WHERE at < ?1",
+        [cutoff],
+        |row| row.get(0),
+    )?;
+    let Some(mut bound) = newest_old else {
+        return Ok(report);
+    };
+    for sink in sinks {
+        let acked: i64 = tx
+            .query_row(
+                "SELECT acked_seq FROM sink_cursors WHERE name = ?1",
+                [sink],
+                |row| row.get(0),
+            )
+            .optional()?
+            .unwrap_or(0);
+        if acked < bound {
+            bound = acked;
+            report.held_back_by = Some(sink.clone());
+        }
+    }
+    let last: Option<(i64, Option<String>)> = tx
+        .query_row(
+            "SELECT id, hash FROM events WHERE id <= ?1 ORDER BY id DESC LIMIT 1",
+            [bound],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .optional()?;
+    let Some((last_seq, last_hash)) = last else {
+        return Ok(report);
+    };
+    // The evidence is about to go: whatever is wrong with it is kept in the checkpoint.
+    let start = verify::chain_start(&tx)?;
+    let walk = verify::walk_chain(&tx, &start, Some(last_seq), 1)?;
+    report.broken = walk.findings.first().map(|f| f.to_string());
+    let last_hash = last_hash.unwrap_or_default();
+
+    report.events = tx.execute("DELETE FROM events WHERE id <= ?1", [last_seq])? as u64;
+    // Rows that events still point to stay (and foreign keys would refuse anyway).
+    report.sessions = tx.execute(
+        "DELETE FROM sessions WHERE ended_at IS NOT NULL AND ended_at < ?1
+           AND NOT EXISTS (SELECT 1 FROM events e WHERE e.session_id = sessions.id)",
+        [cutoff],
+    )? as u64;
+    report.runs = tx.execute(
+        "DELETE FROM runs WHERE ended_at IS NOT NULL AND ended_at < ?1
+           AND NOT EXISTS (SELECT 1 FROM sessions s WHERE s.run_id = runs.id)",
+        [cutoff],
+    )? as u64;
+    let now = now_rfc3339();
     tx.execute(
-        "INSERT INTO events (session_id, at, kind, statement, decision, rule, detail)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO journal_checkpoints (at, cutoff, last_seq, last_hash, events_deleted,
+           sessions_deleted, runs_deleted, broken)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         params![
-            event.session_id,
             now,
-            event.kind,
-            event.statement,
-            event.decision,
-            event.rule,
-            event.detail.to_string()
+            cutoff,
+            last_seq,
+            last_hash,
+            report.events as i64,
+            report.sessions as i64,
+            report.runs as i64,
+            report.broken
         ],
     )?;
-    Ok(tx.last_insert_rowid())
+    // The prune itself is part of the record, so a shipped copy of the chain shows it too.
+    let mut head = ChainHead::read(&tx)?;
+    let prune = Event::note(
+        None,
+        "prune",
+        serde_json::json!({
+            "cutoff": cutoff,
+            "last_seq": last_seq,
+            "last_hash": last_hash,
+            "events": report.events,
+            "sessions": report.sessions,
+            "runs": report.runs,
+            "broken": report.broken,
+        }),
+    );
+    insert_event(&tx, &mut head, &prune, &now)?;
+    tx.commit()?;
+    report.last_seq = Some(last_seq);
+    Ok(report)
 }
 
 #[cfg(test)]

@@ -148,7 +148,11 @@ pub fn parse_timestamp(text: &str) -> Option<SystemTime> {
 /// `("2026-11-28T10:14:03", 3600)` for `2026-11-28T10:14:03+01:00`; the text and 0 when it
 /// has no numeric offset; `None` for a malformed one.
 fn split_offset(text: &str) -> Option<(&str, i64)> {
-    let Some(at) = text.len().checked_sub(6).filter(|&i| text.is_char_boundary(i)) else {
+    let Some(at) = text
+        .len()
+        .checked_sub(6)
+        .filter(|&i| text.is_char_boundary(i))
+    else {
         return Some((text, 0));
     };
     let (base, zone) = text.split_at(at);
@@ -357,4 +361,221 @@ pub fn session_events(conn: &Connection, session_id: i64) -> Result<Vec<EventRow
         })
     })?;
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::*;
+
+    /// 2026-11-28T09:14:03.496Z
+    fn instant() -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(1_795_857_243_496)
+    }
+
+    #[test]
+    fn time_bounds_normalise_to_the_journal_format() {
+        let now = instant();
+        let bound = |s: &str| TimeBound::parse(s, now).map(|b| b.as_str().to_owned());
+        assert_eq!(format_time(now), "2026-11-28T09:14:03.496Z");
+        assert_eq!(
+            bound("2026-11-28T09:14:03Z").as_deref(),
+            Ok("2026-11-28T09:14:03.000Z")
+        );
+        assert_eq!(
+            bound("2026-11-28 09:14:03.5").as_deref(),
+            Ok("2026-11-28T09:14:03.500Z")
+        );
+        assert_eq!(
+            bound("2026-11-28T10:14:03+01:00").as_deref(),
+            Ok("2026-11-28T09:14:03.000Z")
+        );
+        assert_eq!(
+            bound("2026-11-28T04:14:03.496-05:00").as_deref(),
+            Ok("2026-11-28T09:14:03.496Z")
+        );
+        assert_eq!(bound("90s").as_deref(), Ok("2026-11-28T09:12:33.496Z"));
+        assert_eq!(bound("2h").as_deref(), Ok("2026-11-28T07:14:03.496Z"));
+        // Prefixes stay prefixes (a space for the `T` is accepted).
+        assert_eq!(bound("2026-11-28").as_deref(), Ok("2026-11-28"));
+        assert_eq!(bound("2026-11-28 09").as_deref(), Ok("2026-11-28T09"));
+        for bad in [
+            "",
+            "yesterday",
+            "28/11/2026",
+            "2026-11-28T25:00:00Z",
+            "2026-11-28T09:14:03+1:00",
+            "2026-11-28X",
+        ] {
+            assert!(bound(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    /// A journal with three sessions, written through the writer (so it has whatever the
+    /// current schema requires): `alice` (reads only), `bob` (a denied DROP), and `bob` again
+    /// (no commands, its connection allowed). Returns their ids and start times too.
+    async fn journal() -> (tempfile::TempDir, Connection, Vec<(i64, String)>) {
+        use crate::{
+            capture::identity::Identity,
+            journal::{Event, Journal, NewSession},
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("journal.db");
+        let journal = Journal::open(&path).expect("journal");
+        let session =
+            |user: &str, uid: u32, run: &str, target: Option<&str>, decision: Option<&str>| {
+                NewSession {
+                    run_id: Some(run.to_owned()),
+                    identity: Identity {
+                        pid: 42,
+                        uid,
+                        gid: uid,
+                        user: Some(user.to_owned()),
+                        comm: "psql".to_owned(),
+                        ..Identity::default()
+                    },
+                    client_addr: "127.0.0.1:40000".to_owned(),
+                    original_dst: "127.0.0.2:5432".to_owned(),
+                    target: target.map(str::to_owned),
+                    protocol: "postgres".to_owned(),
+                    upstream: None,
+                    decision: decision.map(str::to_owned),
+                    rule: decision.map(|_| "egress".to_owned()),
+                }
+            };
+        let command = |id: i64, kind: &'static str, decision: &str| Event {
+            session_id: Some(id),
+            kind,
+            statement: Some("SELECT 1".to_owned()),
+            decision: Some(decision.to_owned()),
+            rule: None,
+            detail: serde_json::json!({}),
+        };
+        let mut ids = Vec::new();
+        for (user, uid, run, target, decision) in [
+            ("alice", 1000, "run-a", Some("appdb"), None),
+            ("bob", 1001, "run-b", Some("appdb"), None),
+            ("bob", 1001, "run-b", None, Some("allow")),
+        ] {
+            ids.push(
+                journal
+                    .open_session(session(user, uid, run, target, decision))
+                    .await
+                    .expect("session"),
+            );
+            // Distinct start times, a few milliseconds apart.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        journal
+            .events(vec![
+                Event::note(Some(ids[0]), "auth", serde_json::json!({"ok": true})),
+                command(ids[0], "statement", "allow"),
+                command(ids[0], "execute", "allow"),
+                command(ids[1], "statement", "allow"),
+                command(ids[1], "statement", "deny"),
+                // Not a kind whose decision counts.
+                Event {
+                    decision: Some("review".to_owned()),
+                    ..Event::note(Some(ids[1]), "anomaly", serde_json::json!({}))
+                },
+            ])
+            .await
+            .expect("events");
+        journal.flush().await.expect("flush");
+        let reader = open_read_only(&path).expect("reader");
+        let started = ids
+            .iter()
+            .map(|&id| {
+                let s = get_session(&reader, id).expect("get").expect("session");
+                (id, s.started_at)
+            })
+            .collect();
+        (dir, reader, started)
+    }
+
+    fn ids(conn: &Connection, filter: SessionFilter) -> Vec<i64> {
+        list_sessions(conn, &filter)
+            .expect("list")
+            .into_iter()
+            .map(|s| s.id)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn filters_select_the_right_sessions() {
+        let (_dir, conn, sessions) = journal().await;
+        let [(a, a_start), (b, b_start), (c, _)] = [0, 1, 2].map(|i| sessions[i].clone());
+        let now = SystemTime::now();
+        let at = |s: &str| Some(TimeBound::parse(s, now).expect("time"));
+        let decision = |d: &str| SessionFilter {
+            decision: Some(d.to_owned()),
+            ..SessionFilter::default()
+        };
+        assert_eq!(ids(&conn, SessionFilter::default()), vec![a, b, c]);
+        assert_eq!(ids(&conn, decision("deny")), vec![b]);
+        // The connection's decision counts; a kind that is not a decision's does not.
+        assert_eq!(ids(&conn, decision("allow")), vec![a, b, c]);
+        assert_eq!(ids(&conn, decision("review")), Vec::<i64>::new());
+        let user = |u: &str| SessionFilter {
+            user: Some(u.to_owned()),
+            ..SessionFilter::default()
+        };
+        assert_eq!(ids(&conn, user("bob")), vec![b, c]);
+        assert_eq!(ids(&conn, user("1000")), vec![a]);
+        // A full `until` is exact; a prefix one covers the whole period it names.
+        let until = |s: &str| SessionFilter {
+            until: at(s),
+            ..SessionFilter::default()
+        };
+        assert_eq!(ids(&conn, until(&a_start)), vec![a]);
+        assert_eq!(ids(&conn, until(&b_start)), vec![a, b]);
+        assert_eq!(ids(&conn, until(&a_start[..10])), vec![a, b, c]);
+        assert_eq!(ids(&conn, until("2000-01-01")), Vec::<i64>::new());
+        let since = |s: &str| SessionFilter {
+            since: at(s),
+            ..SessionFilter::default()
+        };
+        assert_eq!(ids(&conn, since(&b_start)), vec![b, c]);
+        assert_eq!(ids(&conn, since("1h")), vec![a, b, c]);
+        assert_eq!(ids(&conn, since("2999")), Vec::<i64>::new());
+        assert_eq!(
+            ids(
+                &conn,
+                SessionFilter {
+                    target: Some("appdb".into()),
+                    run: Some("run-b".into()),
+                    ..SessionFilter::default()
+                }
+            ),
+            vec![b]
+        );
+    }
+
+    #[tokio::test]
+    async fn commands_are_counted_by_decision() {
+        let (_dir, conn, sessions) = journal().await;
+        let [a, b, c] = [0, 1, 2].map(|i| sessions[i].0);
+        let counts = command_counts(&conn, &[a, b, c]).expect("counts");
+        assert_eq!(
+            counts.get(&a),
+            Some(&CommandCounts {
+                commands: 2,
+                allow: 2,
+                deny: 0,
+                review: 0
+            })
+        );
+        assert_eq!(
+            counts.get(&b),
+            Some(&CommandCounts {
+                commands: 2,
+                allow: 1,
+                deny: 1,
+                review: 0
+            })
+        );
+        assert_eq!(counts.get(&c), None, "a connect event is not a command");
+        assert!(command_counts(&conn, &[]).expect("none").is_empty());
+    }
 }

@@ -153,7 +153,9 @@ impl TryFrom<RawSink> for SinkConfig {
         }
         let kind = match raw.kind.as_str() {
             "file" => {
-                let path = raw.path.ok_or_else(|| fail("type \"file\" needs path".to_owned()))?;
+                let path = raw
+                    .path
+                    .ok_or_else(|| fail("type \"file\" needs path".to_owned()))?;
                 let max_bytes = raw.max_bytes.unwrap_or(DEFAULT_MAX_BYTES);
                 if max_bytes < MIN_MAX_BYTES {
                     return Err(fail(format!("max_bytes must be at least {MIN_MAX_BYTES}")));
@@ -171,9 +173,9 @@ impl TryFrom<RawSink> for SinkConfig {
                 })
             }
             "syslog" => {
-                let address = raw
-                    .address
-                    .ok_or_else(|| fail("type \"syslog\" needs address (\"host:port\")".to_owned()))?;
+                let address = raw.address.ok_or_else(|| {
+                    fail("type \"syslog\" needs address (\"host:port\")".to_owned())
+                })?;
                 split_host_port(&address).map_err(&fail)?;
                 let tls = raw.tls.unwrap_or(false);
                 if !tls && (raw.ca_file.is_some() || raw.server_name.is_some()) {
@@ -203,7 +205,9 @@ impl TryFrom<RawSink> for SinkConfig {
                 let url = url.trim_end_matches('/').to_owned();
                 let https = url.starts_with("https://");
                 if !https && !url.starts_with("http://") {
-                    return Err(fail(format!("url {url:?} must start with http:// or https://")));
+                    return Err(fail(format!(
+                        "url {url:?} must start with http:// or https://"
+                    )));
                 }
                 if url.contains("/services/collector") {
                     return Err(fail(format!(
@@ -214,7 +218,10 @@ impl TryFrom<RawSink> for SinkConfig {
                     return Err(fail("ca_file needs an https:// url".to_owned()));
                 }
                 let token_file = raw.token_file.ok_or_else(|| {
-                    fail("type \"splunk_hec\" needs token_file (the HEC token, alone in a file)".to_owned())
+                    fail(
+                        "type \"splunk_hec\" needs token_file (the HEC token, alone in a file)"
+                            .to_owned(),
+                    )
                 })?;
                 SinkKind::SplunkHec(HecSink {
                     url,

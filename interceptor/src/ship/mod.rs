@@ -45,6 +45,8 @@ use crate::journal::JournalError;
 pub const POLL: Duration = Duration::from_millis(200);
 const BACKOFF_FIRST: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// How long a stopping daemon lets its sinks catch up (see [`Shipper::stop`]).
+pub const STOP_GRACE: Duration = Duration::from_secs(2);
 /// Events per read of `journal export`.
 const EXPORT_BATCH: usize = 1000;
 
@@ -64,6 +66,9 @@ pub enum ShipError {
     /// The export's output (stdout) failed.
     #[error("writing the export: {0}")]
     Output(std::io::Error),
+    /// The journal predates the hash chain and has no id for `metadata.uid` yet.
+    #[error("journal {0} has no id yet (it predates the hash chain): it gets one when `interceptor doctor`, `exec` or `run` next opens it")]
+    NoJournalId(std::path::PathBuf),
     #[error("starting the shipper for sink {name:?}: {source}")]
     Thread {
         name: String,
@@ -119,11 +124,11 @@ pub(crate) struct Record {
 }
 
 fn encode(journal_id: &str, event: &ocsf::JournalEvent) -> Record {
-    let (value, summary) = ocsf::record(journal_id, event);
+    let (line, summary) = ocsf::record_line(journal_id, event);
     Record {
         seq: event.seq,
         at: event.at.clone(),
-        line: value.to_string(),
+        line,
         summary,
     }
 }
@@ -185,10 +190,7 @@ impl Worker {
     /// delivered (0: caught up). Whatever the sink acknowledged before an error is committed.
     fn step(&mut self) -> Result<usize, ShipError> {
         let events = source::events_after(&self.conn, self.cursor, self.batch_size)?;
-        let records: Vec<Record> = events
-            .iter()
-            .map(|e| encode(&self.journal_id, e))
-            .collect();
+        let records: Vec<Record> = events.iter().map(|e| encode(&self.journal_id, e)).collect();
         let mut sent = 0;
         while sent < records.len() {
             let n = match self.sink.send(&records[sent..]) {
@@ -367,12 +369,10 @@ pub fn ship_pending(journal: &Path, sink: &SinkConfig) -> Result<u64, ShipError>
 /// sequence order. Returns how many were written.
 pub fn export(journal: &Path, since: i64, out: &mut dyn Write) -> Result<u64, ShipError> {
     let conn = crate::journal::reader::open_read_only(journal)?;
-    let journal_id = match source::journal_id(&conn)? {
-        Some(id) => id,
-        // A journal that never shipped gets its id now (one write), so the uids printed here
-        // are the ones a sink will carry.
-        None => open_journal(journal)?.1,
-    };
+    // Exporting never writes: a journal from before the hash chain (no id yet) gets its id
+    // when the daemon or `doctor` migrates it, and only then do records have their uids.
+    let journal_id =
+        source::journal_id(&conn)?.ok_or_else(|| ShipError::NoJournalId(journal.to_owned()))?;
     let mut after = since;
     let mut written = 0u64;
     loop {
@@ -436,7 +436,15 @@ pub fn status_table(rows: &[SinkStatus]) -> String {
     if rows.is_empty() {
         return "(no [[sink]] configured)\n".to_owned();
     }
-    let header = ["SINK", "TYPE", "CURSOR", "LAST", "LAG", "UPDATED", "LAST ERROR"];
+    let header = [
+        "SINK",
+        "TYPE",
+        "CURSOR",
+        "LAST",
+        "LAG",
+        "UPDATED",
+        "LAST ERROR",
+    ];
     let cells: Vec<[String; 7]> = rows
         .iter()
         .map(|r| {

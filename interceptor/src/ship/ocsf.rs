@@ -1,5 +1,5 @@
 //! The journal → OCSF mapping, in one place: `journal export --format ocsf` and every sink
-//! print what [`record`] returns, so a SIEM sees the same record whichever way it came.
+//! write what [`record_line`] returns, so a SIEM sees the same record whichever way it came.
 //!
 //! Targets OCSF 1.3. Classes used:
 //!
@@ -7,7 +7,7 @@
 //! |---|---|---|
 //! | `statement`, `execute`, `function_call` | Datastore Activity (6005) | Delete / Update / Write by the statement's classes, else Query |
 //! | `cancel` | 6005 | Other |
-//! | `approval` (`approval_request`), `approval_decision` | 6005 | as the held command |
+//! | `approval` (`approval_request`), `approval_decision` | 6005 | Query |
 //! | `result` | 6005 | as the command it reports on, with `duration` and `status_*` |
 //! | `auth` | 6005 | Connect |
 //! | `connect`, `session_open` | Network Activity (4001) | Open, or Refuse when denied |
@@ -24,7 +24,10 @@
 //! `metadata.uid` (`{journal id}:{seq}`), and an export run later prints it identically.
 //! The journal only ever holds masked text; nothing here unmasks or adds anything else.
 
-use serde_json::{json, Map, Value};
+use std::borrow::Cow;
+
+use serde::Serialize;
+use serde_json::{json, Value};
 
 /// OCSF schema version the records follow.
 pub const OCSF_VERSION: &str = "1.3.0";
@@ -100,155 +103,326 @@ impl Summary {
     }
 }
 
-/// The OCSF record of `event` in a journal whose id is `journal_id`.
+/// The OCSF record of `event` in a journal whose id is `journal_id`, as JSON text (what sinks
+/// and the export write).
+pub fn record_line(journal_id: &str, event: &JournalEvent) -> (String, Summary) {
+    let (record, summary) = build(journal_id, event);
+    // Serializing plain structs with string keys cannot fail; the fallback keeps the event
+    // visible (with its uid) rather than dropping it.
+    let line = serde_json::to_string(&record).unwrap_or_else(|e| {
+        json!({ "metadata": { "uid": record.metadata.uid, "sequence": event.seq },
+                "unmapped": { "encoding_error": e.to_string() } })
+        .to_string()
+    });
+    (line, summary)
+}
+
+/// The same record as a JSON value (for tests and tools).
 pub fn record(journal_id: &str, event: &JournalEvent) -> (Value, Summary) {
+    let (line, summary) = record_line(journal_id, event);
+    (serde_json::from_str(&line).unwrap_or(Value::Null), summary)
+}
+
+// The record's parts. Plain structs rather than `serde_json::Value` maps: shipping serializes
+// every event once, and building maps was most of its cost. Field order is the output's.
+
+#[derive(Serialize)]
+struct OcsfRecord<'a> {
+    class_uid: i64,
+    class_name: &'static str,
+    category_uid: i64,
+    category_name: &'static str,
+    activity_id: i64,
+    activity_name: &'a str,
+    type_uid: i64,
+    type_name: String,
+    time: i64,
+    severity_id: u8,
+    severity: &'static str,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    action_id: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    action: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    disposition_id: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    disposition: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    policy: Option<Named<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status_id: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status_code: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status_detail: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    duration: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    actor: Option<Actor<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    src_endpoint: Option<Endpoint>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dst_endpoint: Option<Endpoint>,
+    /// Datastore type: 1 Database.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    type_id: Option<i64>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    datastore_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    database: Option<Database<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    connection_info: Option<ConnectionInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    query_info: Option<QueryInfo<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    traffic: Option<Traffic>,
+    metadata: Metadata<'a>,
+    unmapped: Unmapped<'a>,
+}
+
+#[derive(Serialize)]
+struct Metadata<'a> {
+    version: &'static str,
+    uid: String,
+    sequence: i64,
+    original_time: &'a str,
+    event_code: &'a str,
+    log_name: &'static str,
+    product: Product,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    profiles: Option<[&'static str; 1]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    correlation_uid: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct Product {
+    name: &'static str,
+    vendor_name: &'static str,
+    version: &'static str,
+}
+
+#[derive(Serialize)]
+struct Named<'a> {
+    name: &'a str,
+}
+
+#[derive(Serialize)]
+struct Actor<'a> {
+    user: User<'a>,
+    process: Process<'a>,
+    session: SessionRef,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    app_name: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct User<'a> {
+    uid: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct Process<'a> {
+    pid: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    file: Option<ProcessFile<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cmd_line: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct ProcessFile<'a> {
+    path: &'a str,
+    name: &'a str,
+}
+
+#[derive(Serialize)]
+struct SessionRef {
+    uid: String,
+}
+
+#[derive(Serialize)]
+struct Endpoint {
+    ip: String,
+    port: u16,
+}
+
+#[derive(Serialize)]
+struct Database<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    type_id: i64,
+}
+
+#[derive(Serialize)]
+struct ConnectionInfo {
+    protocol_name: &'static str,
+    protocol_num: u8,
+    direction: &'static str,
+    direction_id: u8,
+}
+
+#[derive(Serialize)]
+struct QueryInfo<'a> {
+    query_string: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct Traffic {
+    bytes_out: i64,
+    bytes_in: i64,
+    bytes: i64,
+}
+
+#[derive(Serialize)]
+struct Unmapped<'a> {
+    kind: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    session_id: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    protocol: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    target: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    upstream: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unit: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cgroup: Option<&'a str>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    identity_stale: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    command_seq: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    command_uid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<Cow<'a, Value>>,
+}
+
+fn build<'a>(journal_id: &str, event: &'a JournalEvent) -> (OcsfRecord<'a>, Summary) {
     let time_ms = epoch_ms(&event.at).unwrap_or(0);
     let shape = shape(event);
-    let mut r = Map::new();
     let (class_uid, class_name) = shape.class;
     let (category_uid, category_name) = if class_uid == NETWORK.0 {
         (4, "Network Activity")
     } else {
         (6, "Application Activity")
     };
-    r.insert("class_uid".into(), json!(class_uid));
-    r.insert("class_name".into(), json!(class_name));
-    r.insert("category_uid".into(), json!(category_uid));
-    r.insert("category_name".into(), json!(category_name));
-    r.insert("activity_id".into(), json!(shape.activity.0));
-    r.insert("activity_name".into(), json!(shape.activity.1));
-    r.insert("type_uid".into(), json!(class_uid * 100 + shape.activity.0));
-    r.insert(
-        "type_name".into(),
-        json!(format!("{class_name}: {}", shape.activity.1)),
-    );
-    r.insert("time".into(), json!(time_ms));
-    r.insert("severity_id".into(), json!(shape.severity.0));
-    r.insert("severity".into(), json!(shape.severity.1));
-    r.insert("message".into(), json!(shape.message));
-
-    let mut metadata = json!({
-        "version": OCSF_VERSION,
-        "uid": format!("{journal_id}:{}", event.seq),
-        "sequence": event.seq,
-        "original_time": event.at,
-        "event_code": event.kind,
-        "log_name": "journal",
-        "product": {
-            "name": "interceptor",
-            "vendor_name": "interceptor",
-            "version": env!("CARGO_PKG_VERSION"),
+    let session = event.session.as_ref();
+    let datastore = class_uid == DATASTORE.0;
+    let (status_id, status, status_code, status_detail) = match shape.status {
+        Some((id, name, code, detail)) => (Some(id), Some(name), code, detail),
+        None => (None, None, None, None),
+    };
+    let record = OcsfRecord {
+        class_uid,
+        class_name,
+        category_uid,
+        category_name,
+        activity_id: shape.activity.0,
+        activity_name: shape.activity.1,
+        type_uid: class_uid * 100 + shape.activity.0,
+        type_name: format!("{class_name}: {}", shape.activity.1),
+        time: time_ms,
+        severity_id: shape.severity.0,
+        severity: shape.severity.1,
+        message: shape.message,
+        action_id: shape.action.map(|a| a.0),
+        action: shape.action.map(|a| a.1),
+        disposition_id: shape.action.map(|a| a.2),
+        disposition: shape.action.map(|a| a.3),
+        policy: rule_of(event).map(|name| Named { name }),
+        status_id,
+        status,
+        status_code,
+        status_detail,
+        duration: shape.duration_ms,
+        actor: session.map(actor),
+        src_endpoint: session.and_then(|s| endpoint(&s.client_addr)),
+        dst_endpoint: session.and_then(|s| endpoint(&s.original_dst)),
+        type_id: (datastore && session.is_some()).then_some(1),
+        datastore_type: (datastore && session.is_some()).then_some("Database"),
+        database: session.filter(|_| datastore).map(|s| Database {
+            name: s.target.as_deref(),
+            kind: &s.protocol,
+            type_id: if s.protocol == "postgres" { 1 } else { 99 },
+        }),
+        connection_info: session.filter(|_| !datastore).map(|_| ConnectionInfo {
+            protocol_name: "tcp",
+            protocol_num: 6,
+            direction: "Outbound",
+            direction_id: 2,
+        }),
+        query_info: shape.query,
+        traffic: shape.traffic,
+        metadata: Metadata {
+            version: OCSF_VERSION,
+            uid: format!("{journal_id}:{}", event.seq),
+            sequence: event.seq,
+            original_time: &event.at,
+            event_code: &event.kind,
+            log_name: "journal",
+            product: Product {
+                name: "interceptor",
+                vendor_name: "interceptor",
+                version: env!("CARGO_PKG_VERSION"),
+            },
+            profiles: shape.action.map(|_| ["security_control"]),
+            correlation_uid: session.and_then(|s| s.run_id.as_deref()),
         },
-    });
-    if shape.action.is_some() {
-        metadata["profiles"] = json!(["security_control"]);
-    }
-    if let Some(run) = event.session.as_ref().and_then(|s| s.run_id.as_deref()) {
-        metadata["correlation_uid"] = json!(run);
-    }
-    r.insert("metadata".into(), metadata);
-
-    if let Some((action_id, action, disposition_id, disposition)) = shape.action {
-        r.insert("action_id".into(), json!(action_id));
-        r.insert("action".into(), json!(action));
-        r.insert("disposition_id".into(), json!(disposition_id));
-        r.insert("disposition".into(), json!(disposition));
-    }
-    if let Some(rule) = &event.rule {
-        r.insert("policy".into(), json!({ "name": rule }));
-    }
-    if let Some((status_id, status, code, detail)) = shape.status {
-        r.insert("status_id".into(), json!(status_id));
-        r.insert("status".into(), json!(status));
-        if let Some(code) = code {
-            r.insert("status_code".into(), json!(code));
-        }
-        if let Some(detail) = detail {
-            r.insert("status_detail".into(), json!(detail));
-        }
-    }
-    if let Some(ms) = shape.duration_ms {
-        r.insert("duration".into(), json!(ms));
-    }
-
-    let mut unmapped = Map::new();
-    unmapped.insert("kind".into(), json!(event.kind));
-    if let Some(s) = &event.session {
-        r.insert("actor".into(), actor(s));
-        if let Some(src) = endpoint(&s.client_addr) {
-            r.insert("src_endpoint".into(), src);
-        }
-        if let Some(dst) = endpoint(&s.original_dst) {
-            r.insert("dst_endpoint".into(), dst);
-        }
-        if class_uid == DATASTORE.0 {
-            r.insert("type_id".into(), json!(1));
-            r.insert("type".into(), json!("Database"));
-            let mut database = json!({ "type": s.protocol });
-            database["type_id"] = json!(if s.protocol == "postgres" { 1 } else { 99 });
-            if let Some(target) = &s.target {
-                database["name"] = json!(target);
-            }
-            r.insert("database".into(), database);
-        } else {
-            r.insert(
-                "connection_info".into(),
-                json!({ "protocol_name": "tcp", "protocol_num": 6, "direction": "Outbound", "direction_id": 2 }),
-            );
-            if let Some(target) = &s.target {
-                unmapped.insert("target".into(), json!(target));
-            }
-        }
-        unmapped.insert("session_id".into(), json!(s.id));
-        unmapped.insert("protocol".into(), json!(s.protocol));
-        if let Some(upstream) = &s.upstream {
-            unmapped.insert("upstream".into(), json!(upstream));
-        }
-        if let Some(unit) = &s.unit {
-            unmapped.insert("unit".into(), json!(unit));
-        }
-        if let Some(cgroup) = &s.cgroup_path {
-            unmapped.insert("cgroup".into(), json!(cgroup));
-        }
-        if s.identity_stale {
-            unmapped.insert("identity_stale".into(), json!(true));
-        }
-    }
-    if let Some(query) = shape.query {
-        r.insert("query_info".into(), query);
-    }
-    if let Some(traffic) = shape.traffic {
-        r.insert("traffic".into(), traffic);
-    }
-    if let Some(c) = &event.command {
-        unmapped.insert("command_seq".into(), json!(c.seq));
-        unmapped.insert("command_uid".into(), json!(format!("{journal_id}:{}", c.seq)));
-    }
-    if !event.detail.is_null() {
-        unmapped.insert("detail".into(), strip_samples(&event.detail));
-    }
-    r.insert("unmapped".into(), Value::Object(unmapped));
-
+        unmapped: Unmapped {
+            kind: &event.kind,
+            session_id: session.map(|s| s.id),
+            protocol: session.map(|s| s.protocol.as_str()),
+            // The Datastore record names the target as its database.
+            target: session
+                .filter(|_| !datastore)
+                .and_then(|s| s.target.as_deref()),
+            upstream: session.and_then(|s| s.upstream.as_deref()),
+            unit: session.and_then(|s| s.unit.as_deref()),
+            cgroup: session.and_then(|s| s.cgroup_path.as_deref()),
+            identity_stale: session.is_some_and(|s| s.identity_stale),
+            command_seq: event.command.as_ref().map(|c| c.seq),
+            command_uid: event
+                .command
+                .as_ref()
+                .map(|c| format!("{journal_id}:{}", c.seq)),
+            // A `session_open`'s detail repeats the session's identity, mapped above.
+            detail: (!event.detail.is_null() && event.kind != "session_open")
+                .then(|| strip_samples(&event.detail)),
+        },
+    };
     let summary = Summary {
         class_uid,
         severity_id: shape.severity.0,
         time_ms,
     };
-    (Value::Object(r), summary)
+    (record, summary)
 }
 
 /// Everything that differs between kinds, decided before the record is assembled.
-struct Shape {
+struct Shape<'a> {
     class: (i64, &'static str),
-    activity: (i64, String),
+    activity: (i64, &'a str),
     severity: (u8, &'static str),
     /// (action_id, action, disposition_id, disposition)
     action: Option<(i64, &'static str, i64, &'static str)>,
     /// (status_id, status, status_code, status_detail)
     status: Option<(i64, &'static str, Option<String>, Option<String>)>,
     duration_ms: Option<i64>,
-    query: Option<Value>,
-    traffic: Option<Value>,
+    query: Option<QueryInfo<'a>>,
+    traffic: Option<Traffic>,
     message: String,
 }
 
@@ -256,11 +430,11 @@ const INFORMATIONAL: (u8, &str) = (1, "Informational");
 const LOW: (u8, &str) = (2, "Low");
 const MEDIUM: (u8, &str) = (3, "Medium");
 
-fn shape(e: &JournalEvent) -> Shape {
+fn shape(e: &JournalEvent) -> Shape<'_> {
     let detail_str = |key: &str| e.detail.get(key).and_then(Value::as_str).map(str::to_owned);
     let base = Shape {
         class: DATASTORE,
-        activity: (99, "Other".to_owned()),
+        activity: (99, "Other"),
         severity: INFORMATIONAL,
         action: None,
         status: None,
@@ -319,7 +493,7 @@ fn shape(e: &JournalEvent) -> Shape {
             Shape {
                 activity: command
                     .map(|c| sql_activity(&c.kind, &c.detail))
-                    .unwrap_or((4, "Query".to_owned())),
+                    .unwrap_or((4, "Query")),
                 severity: INFORMATIONAL,
                 status: Some(if failed {
                     (2, "Failure", sqlstate, error)
@@ -331,15 +505,24 @@ fn shape(e: &JournalEvent) -> Shape {
                     .and_then(Value::as_f64)
                     .map(|ms| ms.round() as i64),
                 query: command.and_then(|c| query_info(c.statement.as_deref(), &c.detail)),
-                message: if failed { "command failed" } else { "command completed" }.to_owned(),
+                message: if failed {
+                    "command failed"
+                } else {
+                    "command completed"
+                }
+                .to_owned(),
                 ..base
             }
         }
         "auth" => {
             let ok = e.detail.get("ok").and_then(Value::as_bool);
             Shape {
-                activity: (3, "Connect".to_owned()),
-                severity: if ok == Some(false) { MEDIUM } else { INFORMATIONAL },
+                activity: (3, "Connect"),
+                severity: if ok == Some(false) {
+                    MEDIUM
+                } else {
+                    INFORMATIONAL
+                },
                 status: ok.map(|ok| {
                     if ok {
                         (1, "Success", None, None)
@@ -362,18 +545,16 @@ fn shape(e: &JournalEvent) -> Shape {
             }
         }
         "connect" | "session_open" => {
-            let (action, severity) = decision(e.decision.as_deref());
-            let refused = e.decision.as_deref().is_some_and(|d| d != "allow");
+            // A `session_open` carries the connection's decision in its detail.
+            let decided = e.decision.clone().or_else(|| detail_str("decision"));
+            let (action, severity) = decision(decided.as_deref());
+            let refused = decided.as_deref().is_some_and(|d| d != "allow");
             Shape {
                 class: NETWORK,
-                activity: if refused {
-                    (5, "Refuse".to_owned())
-                } else {
-                    (1, "Open".to_owned())
-                },
+                activity: if refused { (5, "Refuse") } else { (1, "Open") },
                 severity,
                 action,
-                message: decided_message("connection", e.decision.as_deref(), e.rule.as_deref()),
+                message: decided_message("connection", decided.as_deref(), rule_of(e)),
                 ..base
             }
         }
@@ -389,11 +570,11 @@ fn shape(e: &JournalEvent) -> Shape {
             let number = |key: &str| e.detail.get(key).and_then(Value::as_i64);
             let traffic = match (number("bytes_up"), number("bytes_down")) {
                 (None, None) => None,
-                (up, down) => Some(json!({
-                    "bytes_out": up.unwrap_or(0),
-                    "bytes_in": down.unwrap_or(0),
-                    "bytes": up.unwrap_or(0) + down.unwrap_or(0),
-                })),
+                (up, down) => Some(Traffic {
+                    bytes_out: up.unwrap_or(0),
+                    bytes_in: down.unwrap_or(0),
+                    bytes: up.unwrap_or(0) + down.unwrap_or(0),
+                }),
             };
             // The session's start is immutable, so the duration is as stable as the record.
             let duration_ms = number("duration_ms").or_else(|| {
@@ -402,19 +583,27 @@ fn shape(e: &JournalEvent) -> Shape {
             });
             Shape {
                 class: NETWORK,
-                activity: (activity.0, activity.1.to_owned()),
+                activity,
                 severity,
                 duration_ms,
                 traffic,
-                message: format!("connection {}", if outcome.is_empty() { "closed" } else { &outcome }),
+                message: format!(
+                    "connection {}",
+                    if outcome.is_empty() {
+                        "closed"
+                    } else {
+                        &outcome
+                    }
+                ),
                 ..base
             }
         }
         other => {
             let (action, _) = decision(e.decision.as_deref());
-            let failure = other.contains("error") || other == "anomaly" || other.ends_with("_failed");
+            let failure =
+                other.contains("error") || other == "anomaly" || other.ends_with("_failed");
             Shape {
-                activity: (99, other.to_owned()),
+                activity: (99, other),
                 severity: if failure { MEDIUM } else { INFORMATIONAL },
                 action: e.decision.as_ref().and(action),
                 status: failure.then(|| {
@@ -432,6 +621,15 @@ fn shape(e: &JournalEvent) -> Shape {
     }
 }
 
+/// The rule that decided: the event's own, or (`session_open`) the one in its detail.
+fn rule_of(e: &JournalEvent) -> Option<&str> {
+    e.rule.as_deref().or_else(|| {
+        (e.kind == "session_open")
+            .then(|| e.detail.get("rule").and_then(Value::as_str))
+            .flatten()
+    })
+}
+
 type Action = Option<(i64, &'static str, i64, &'static str)>;
 
 /// A policy decision as OCSF action and disposition, with the severity it warrants.
@@ -447,9 +645,9 @@ fn decision(decision: Option<&str>) -> (Action, (u8, &'static str)) {
 
 /// The Datastore activity of a command, from the statement classes the policy found
 /// (`detail.classes`). The most consequential class names it.
-fn sql_activity(kind: &str, detail: &Value) -> (i64, String) {
+fn sql_activity(kind: &str, detail: &Value) -> (i64, &'static str) {
     if kind == "cancel" {
-        return (99, "Other".to_owned());
+        return (99, "Other");
     }
     let classes: Vec<&str> = detail
         .get("classes")
@@ -457,7 +655,7 @@ fn sql_activity(kind: &str, detail: &Value) -> (i64, String) {
         .map(|a| a.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
     let has = |names: &[&str]| classes.iter().any(|c| names.contains(c));
-    let (id, name) = if has(&["delete"]) {
+    if has(&["delete"]) {
         (7, "Delete")
     } else if has(&["update", "merge"]) {
         (2, "Update")
@@ -465,21 +663,17 @@ fn sql_activity(kind: &str, detail: &Value) -> (i64, String) {
         (5, "Write")
     } else {
         (4, "Query")
-    };
-    (id, name.to_owned())
+    }
 }
 
-fn query_info(statement: Option<&str>, detail: &Value) -> Option<Value> {
-    let statement = statement?;
-    let mut q = json!({ "query_string": statement });
-    if let Some(name) = detail
-        .get("name")
-        .and_then(Value::as_str)
-        .filter(|n| !n.is_empty())
-    {
-        q["name"] = json!(name);
-    }
-    Some(q)
+fn query_info<'a>(statement: Option<&'a str>, detail: &'a Value) -> Option<QueryInfo<'a>> {
+    Some(QueryInfo {
+        query_string: statement?,
+        name: detail
+            .get("name")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty()),
+    })
 }
 
 fn decided_message(what: &str, decision: Option<&str>, rule: Option<&str>) -> String {
@@ -496,49 +690,52 @@ fn decided_message(what: &str, decision: Option<&str>, rule: Option<&str>) -> St
     }
 }
 
-fn actor(s: &SessionFacts) -> Value {
-    let mut user = json!({ "uid": s.uid.to_string() });
-    if let Some(name) = &s.user {
-        user["name"] = json!(name);
+fn actor(s: &SessionFacts) -> Actor<'_> {
+    Actor {
+        user: User {
+            uid: s.uid.to_string(),
+            name: s.user.as_deref(),
+        },
+        process: Process {
+            pid: s.pid,
+            name: Some(s.comm.as_str()).filter(|c| !c.is_empty()),
+            file: s.exe.as_deref().map(|path| ProcessFile {
+                path,
+                name: path.rsplit('/').next().unwrap_or(path),
+            }),
+            cmd_line: s.cmdline.as_deref(),
+        },
+        session: SessionRef {
+            uid: s.id.to_string(),
+        },
+        app_name: s.unit.as_deref(),
     }
-    let mut process = json!({ "pid": s.pid });
-    if !s.comm.is_empty() {
-        process["name"] = json!(s.comm);
-    }
-    if let Some(exe) = &s.exe {
-        let name = exe.rsplit('/').next().unwrap_or(exe);
-        process["file"] = json!({ "path": exe, "name": name });
-    }
-    if let Some(cmd) = &s.cmdline {
-        process["cmd_line"] = json!(cmd);
-    }
-    let mut actor = json!({ "user": user, "process": process, "session": { "uid": s.id.to_string() } });
-    if let Some(unit) = &s.unit {
-        actor["app_name"] = json!(unit);
-    }
-    actor
 }
 
 /// An `ip:port` (or `[v6]:port`) as an OCSF network endpoint; `None` for anything else.
-fn endpoint(addr: &str) -> Option<Value> {
+fn endpoint(addr: &str) -> Option<Endpoint> {
     let addr: std::net::SocketAddr = addr.parse().ok()?;
-    Some(json!({ "ip": addr.ip().to_string(), "port": addr.port() }))
+    Some(Endpoint {
+        ip: addr.ip().to_string(),
+        port: addr.port(),
+    })
 }
 
 /// Result samples are rows the client received (masked, but data all the same): a SIEM gets
 /// the shape of a result, not its contents.
-fn strip_samples(detail: &Value) -> Value {
-    match detail {
-        Value::Object(map) if map.contains_key("sample") || map.contains_key("result") => {
-            let mut map = map.clone();
-            map.remove("sample");
-            if let Some(Value::Object(result)) = map.get_mut("result") {
-                result.remove("sample");
-            }
-            Value::Object(map)
-        }
-        other => other.clone(),
+fn strip_samples(detail: &Value) -> Cow<'_, Value> {
+    let has_sample = |v: &Value| v.get("sample").is_some();
+    if !has_sample(detail) && !detail.get("result").is_some_and(has_sample) {
+        return Cow::Borrowed(detail);
     }
+    let mut detail = detail.clone();
+    if let Some(map) = detail.as_object_mut() {
+        map.remove("sample");
+        if let Some(Value::Object(result)) = map.get_mut("result") {
+            result.remove("sample");
+        }
+    }
+    Cow::Owned(detail)
 }
 
 /// Milliseconds since the epoch of an RFC 3339 time.

@@ -95,47 +95,61 @@ pub fn events_after(
             None => None,
             Some(id) => Some(SessionFacts {
                 id,
-                run_id: row.get(8)?,
+                run_id: text(row, 8)?,
                 pid: row.get(9)?,
                 uid: row.get(10)?,
                 gid: row.get(11)?,
-                user: row.get(12)?,
-                comm: row.get(13)?,
-                exe: row.get(14)?,
-                cmdline: row.get(15)?,
-                cgroup_path: row.get(16)?,
-                unit: row.get(17)?,
+                user: text(row, 12)?,
+                comm: text(row, 13)?.unwrap_or_default(),
+                exe: text(row, 14)?,
+                cmdline: text(row, 15)?,
+                cgroup_path: text(row, 16)?,
+                unit: text(row, 17)?,
                 identity_stale: row.get(18)?,
-                client_addr: row.get(19)?,
-                original_dst: row.get(20)?,
-                target: row.get(21)?,
-                protocol: row.get(22)?,
-                upstream: row.get(23)?,
-                started_at: row.get(24)?,
+                client_addr: text(row, 19)?.unwrap_or_default(),
+                original_dst: text(row, 20)?.unwrap_or_default(),
+                target: text(row, 21)?,
+                protocol: text(row, 22)?.unwrap_or_default(),
+                upstream: text(row, 23)?,
+                started_at: text(row, 24)?.unwrap_or_default(),
             }),
         };
         let command = match row.get::<_, Option<i64>>(25)? {
             None => None,
             Some(seq) => Some(CommandFacts {
                 seq,
-                kind: row.get(26)?,
-                statement: row.get(27)?,
-                detail: parse_detail(row.get(28)?),
+                kind: text(row, 26)?.unwrap_or_default(),
+                statement: text(row, 27)?,
+                detail: parse_detail(text(row, 28)?),
             }),
         };
         Ok(JournalEvent {
             seq: row.get(0)?,
-            at: row.get(1)?,
-            kind: row.get(2)?,
-            statement: row.get(3)?,
-            decision: row.get(4)?,
-            rule: row.get(5)?,
-            detail: parse_detail(row.get(6)?),
+            at: text(row, 1)?.unwrap_or_default(),
+            kind: text(row, 2)?.unwrap_or_default(),
+            statement: text(row, 3)?,
+            decision: text(row, 4)?,
+            rule: text(row, 5)?,
+            detail: parse_detail(text(row, 6)?),
             session,
             command,
         })
     })?;
     rows.collect()
+}
+
+/// A text column, read leniently: a byte that is not UTF-8 must not stop a sink for good
+/// (the batch would fail on every retry), so it is replaced, not refused.
+fn text(row: &rusqlite::Row<'_>, index: usize) -> rusqlite::Result<Option<String>> {
+    use rusqlite::types::ValueRef;
+    Ok(match row.get_ref(index)? {
+        ValueRef::Null => None,
+        ValueRef::Text(bytes) | ValueRef::Blob(bytes) => {
+            Some(String::from_utf8_lossy(bytes).into_owned())
+        }
+        ValueRef::Integer(n) => Some(n.to_string()),
+        ValueRef::Real(x) => Some(x.to_string()),
+    })
 }
 
 /// `detail` is JSON written by the daemon; anything else is kept as text rather than lost.

@@ -78,7 +78,12 @@ impl SyslogOut {
     /// Prepares the sink; the connection is opened on first use, so a receiver that is down
     /// does not stop the gateway from starting.
     pub fn new(config: &SyslogSink) -> Result<SyslogOut, SinkError> {
-        let (host, _) = super::config::split_host_port(&config.address).map_err(SinkError::Tls)?;
+        let (host, _) = super::config::split_host_port(&config.address).map_err(|message| {
+            SinkError::Connect {
+                address: config.address.clone(),
+                message,
+            }
+        })?;
         let tls = match &config.tls {
             None => None,
             Some(t) => {
@@ -204,12 +209,12 @@ impl Sink for SyslogOut {
 /// OCSF severity → syslog severity (RFC 5424 §6.2.1).
 fn syslog_severity(ocsf: u8) -> u8 {
     match ocsf {
-        2 => 5,     // Low → notice
-        3 => 4,     // Medium → warning
-        4 => 3,     // High → error
-        5 => 2,     // Critical → critical
-        6 => 1,     // Fatal → alert
-        _ => 6,     // Informational, Unknown, Other → informational
+        2 => 5, // Low → notice
+        3 => 4, // Medium → warning
+        4 => 3, // High → error
+        5 => 2, // Critical → critical
+        6 => 1, // Fatal → alert
+        _ => 6, // Informational, Unknown, Other → informational
     }
 }
 

@@ -380,7 +380,8 @@ impl Table {
             self.line(&mut out, &row.cells, &widths, term);
             for note in &row.notes {
                 let room = term.width.map(|w| w.saturating_sub(indent).max(20));
-                let text = room.map_or_else(|| note.text.clone(), |r| truncate(&note.text, r, false));
+                let text =
+                    room.map_or_else(|| note.text.clone(), |r| truncate(&note.text, r, false));
                 out.push_str(&" ".repeat(indent));
                 out.push_str(&term.paint(note.paint, &text));
                 out.push('\n');

@@ -48,8 +48,8 @@ impl Pace {
         if !speed.is_finite() || speed < 0.0 {
             return Err(BadPace::Speed(speed));
         }
-        let max_wait =
-            Duration::try_from_secs_f64(max_wait_secs).map_err(|_| BadPace::MaxWait(max_wait_secs))?;
+        let max_wait = Duration::try_from_secs_f64(max_wait_secs)
+            .map_err(|_| BadPace::MaxWait(max_wait_secs))?;
         Ok(Pace { speed, max_wait })
     }
 
@@ -84,7 +84,7 @@ pub enum Frame<'a> {
         /// The held command whose result arrives with this approval decision.
         releases: Option<Entry<'a>>,
     },
-    /// The session's end (only when it has ended).
+    /// The session's end (when it has ended and no `session_close` event shows it).
     End,
 }
 
@@ -127,7 +127,9 @@ pub fn plan<'a>(session: &SessionRow, events: &'a [EventRow], pace: &Pace) -> Ve
             }
         })
         .collect();
-    if let Some(end) = &session.ended_at {
+    // The end, unless a `session_close` event already showed it.
+    let closed = entries.iter().any(|e| e.event.kind == "session_close");
+    if let Some(end) = session.ended_at.as_ref().filter(|_| !closed) {
         let (offset, wait) = clock.advance(end);
         steps.push(Step {
             offset,

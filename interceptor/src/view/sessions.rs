@@ -122,12 +122,15 @@ pub fn entries(events: &[EventRow]) -> Vec<Entry<'_>> {
     for e in events {
         match e.kind.as_str() {
             "result" => {
-                if let (Some(seq), Some(result)) = (e.detail["event"].as_i64(), e.detail.get("result")) {
+                if let (Some(seq), Some(result)) =
+                    (e.detail["event"].as_i64(), e.detail.get("result"))
+                {
                     chained.insert(seq, result);
                 }
             }
             "approval" | "approval_request" => {
-                if let (Some(id), Some(seq)) = (e.detail["id"].as_str(), e.detail["event"].as_i64()) {
+                if let (Some(id), Some(seq)) = (e.detail["id"].as_str(), e.detail["event"].as_i64())
+                {
                     held.insert(id, seq);
                 }
             }
@@ -197,7 +200,9 @@ impl Entry<'_> {
             "cancel" => match d.get("ok").and_then(Value::as_bool) {
                 Some(true) => Cell::new(format!(
                     "cancel request for backend {}",
-                    d.get("backend_pid").map(Value::to_string).unwrap_or_default()
+                    d.get("backend_pid")
+                        .map(Value::to_string)
+                        .unwrap_or_default()
                 )),
                 _ => Cell::new(format!(
                     "cancel request refused: {}",
@@ -205,13 +210,11 @@ impl Entry<'_> {
                 ))
                 .paint(Paint::Red),
             },
-            "connect" => Cell::new(format!(
-                "connect to {}",
-                text("destination").unwrap_or("?")
-            )),
+            "connect" => Cell::new(format!("connect to {}", text("destination").unwrap_or("?"))),
             "error" | "anomaly" => Cell::new(compact(d)).paint(Paint::Red),
-            "session_open" => Cell::new(joined("session opened", d)).paint(Paint::Dim),
-            "session_close" => Cell::new(joined("session closed", d)).paint(Paint::Dim),
+            // The header already shows the identity this event snapshots for the hash chain.
+            "session_open" => Cell::new("session opened").paint(Paint::Dim),
+            "session_close" => session_closed(d),
             // A kind this binary does not know: what it says, unformatted.
             _ => match &e.statement {
                 Some(s) => Cell::new(s),
@@ -231,11 +234,15 @@ impl Entry<'_> {
         if is_command(&e.kind) {
             if decision != "allow" {
                 if let Some(reason) = d.get("reason").and_then(Value::as_str) {
-                    notes.push(Cell::new(format!("reason: {reason}")).paint(Paint::decision(decision)));
+                    notes.push(
+                        Cell::new(format!("reason: {reason}")).paint(Paint::decision(decision)),
+                    );
                 }
             }
             if let Some(err) = d.get("parse_error").and_then(Value::as_str) {
-                notes.push(Cell::new(format!("not understood by the SQL parser: {err}")).paint(Paint::Dim));
+                notes.push(
+                    Cell::new(format!("not understood by the SQL parser: {err}")).paint(Paint::Dim),
+                );
             }
             if let Some(m) = counts_text(d.get("masked")) {
                 notes.push(Cell::new(format!("masked in the statement: {m}")).paint(Paint::Cyan));
@@ -270,7 +277,10 @@ fn approval_decision(d: &Value, on_command: &str) -> Cell {
     let text = |key: &str| d.get(key).and_then(Value::as_str);
     let id = text("id").unwrap_or("?");
     // `approver` is the name the control socket resolved; `by` is accepted for older entries.
-    let who = match (text("approver").or(text("by")), d.get("approver_uid").and_then(Value::as_u64)) {
+    let who = match (
+        text("approver").or(text("by")),
+        d.get("approver_uid").and_then(Value::as_u64),
+    ) {
         (Some(name), Some(uid)) => format!("{name} (uid {uid})"),
         (Some(name), None) => name.to_owned(),
         (None, Some(uid)) => format!("uid {uid}"),
@@ -283,20 +293,38 @@ fn approval_decision(d: &Value, on_command: &str) -> Cell {
         ))
         .paint(Paint::Green),
         Some("denied") => Cell::new(format!("denied {id}{on_command} by {who}")).paint(Paint::Red),
-        Some("expired") => {
-            Cell::new(format!("{id}{on_command} expired: nobody decided, nothing ran")).paint(Paint::Red)
-        }
+        Some("expired") => Cell::new(format!(
+            "{id}{on_command} expired: nobody decided, nothing ran"
+        ))
+        .paint(Paint::Red),
         other => Cell::new(format!("{id}{on_command}: {}", other.unwrap_or("?"))),
     }
+}
+
+/// `session closed: closed, up 111 B, down 432 B` (and its detail, if any).
+fn session_closed(d: &Value) -> Cell {
+    let bytes = |key: &str| d.get(key).and_then(Value::as_u64);
+    let text = match (
+        d.get("outcome").and_then(Value::as_str),
+        bytes("bytes_up"),
+        bytes("bytes_down"),
+    ) {
+        (Some(outcome), Some(up), Some(down)) => {
+            let mut text = format!("session closed: {outcome}, up {up} B, down {down} B");
+            if let Some(detail) = d.get("detail").and_then(Value::as_str) {
+                text.push_str(&format!(" ({detail})"));
+            }
+            text
+        }
+        _ => joined("session closed", d),
+    };
+    Cell::new(text).paint(Paint::Dim)
 }
 
 /// A result in a few words.
 pub fn result_summary(r: &Value) -> Cell {
     let text = |key: &str| r.get(key).and_then(Value::as_str);
-    let duration = r
-        .get("duration_ms")
-        .and_then(Value::as_f64)
-        .map(format_ms);
+    let duration = r.get("duration_ms").and_then(Value::as_f64).map(format_ms);
     match (text("sqlstate"), text("error")) {
         (None, None) => {
             let rows = r.get("rows").and_then(Value::as_u64).unwrap_or(0);
@@ -336,7 +364,12 @@ fn counts_text(counts: Option<&Value>) -> Option<String> {
     let obj = counts?.as_object().filter(|o| !o.is_empty())?;
     Some(
         obj.iter()
-            .map(|(k, n)| format!("{k} {}", n.as_u64().map_or_else(|| n.to_string(), |n| n.to_string())))
+            .map(|(k, n)| {
+                format!(
+                    "{k} {}",
+                    n.as_u64().map_or_else(|| n.to_string(), |n| n.to_string())
+                )
+            })
             .collect::<Vec<_>>()
             .join(", "),
     )
@@ -418,7 +451,11 @@ pub fn session_header(s: &SessionRow, counts: Option<&CommandCounts>, term: &Ter
                 parts.push(term.paint(Paint::decision(word), &format!("{n} {word}")));
             }
         }
-        out.push_str(&format!("  commands: {} ({})\n", c.commands, parts.join(", ")));
+        out.push_str(&format!(
+            "  commands: {} ({})\n",
+            c.commands,
+            parts.join(", ")
+        ));
     }
     if let Some(cmdline) = &s.cmdline {
         out.push_str(&format!("  cmdline: {}\n", one_line(cmdline)));

@@ -80,9 +80,21 @@ fn events() -> Vec<EventRow> {
         "masked": {"detector:email": 2},
         "sample": [["a***@example.com"], [null]],
     }));
-    let mut drop = command(11, "2026-11-28T09:00:03.000Z", "DROP TABLE contacts", "deny", "no-schema-changes");
+    let mut drop = command(
+        11,
+        "2026-11-28T09:00:03.000Z",
+        "DROP TABLE contacts",
+        "deny",
+        "no-schema-changes",
+    );
     drop.detail["reason"] = json!("schema changes are not allowed for agents");
-    let mut update = command(12, "2026-11-28T09:00:04.000Z", "UPDATE acct SET bal = 0", "review", "writes-need-review");
+    let mut update = command(
+        12,
+        "2026-11-28T09:00:04.000Z",
+        "UPDATE acct SET bal = 0",
+        "review",
+        "writes-need-review",
+    );
     update.detail["reason"] = json!("data changes need a human's approval");
     let held = EventRow {
         detail: json!({"id": "apr-1", "status": "pending", "event": 12}),
@@ -109,7 +121,13 @@ fn events() -> Vec<EventRow> {
         detail: json!({"what": "a kind from the future", "n": 3, "gone": null}),
         ..event(16, "2026-11-28T09:00:25.000Z", "telepathy")
     };
-    vec![opened, read, drop, update, held, decided, chained, future]
+    let closed = EventRow {
+        detail: json!({"outcome": "closed", "bytes_up": 100, "bytes_down": 200, "detail": null}),
+        ..event(17, "2026-11-28T09:00:30.000Z", "session_close")
+    };
+    vec![
+        opened, read, drop, update, held, decided, chained, future, closed,
+    ]
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -121,7 +139,11 @@ fn truncation_marks_the_cut_at_either_end() {
     assert_eq!(truncate("abcdef", 6, false), "abcdef");
     assert_eq!(truncate("abcdef", 4, false), "abc…");
     assert_eq!(truncate("/usr/bin/python3", 8, true), "…python3");
-    assert_eq!(truncate("ééééé", 3, false), "éé…", "counts chars, not bytes");
+    assert_eq!(
+        truncate("ééééé", 3, false),
+        "éé…",
+        "counts chars, not bytes"
+    );
     assert_eq!(truncate("abc", 0, false), "");
 }
 
@@ -129,17 +151,26 @@ fn truncation_marks_the_cut_at_either_end() {
 fn journal_text_cannot_drive_the_terminal() {
     // An escape sequence and a bidi override in a statement are shown, not obeyed.
     let shown = one_line("SELECT 1 \x1b[2J\u{202e}-- x");
-    assert!(!shown.contains('\x1b') && !shown.contains('\u{202e}'), "{shown}");
+    assert!(
+        !shown.contains('\x1b') && !shown.contains('\u{202e}'),
+        "{shown}"
+    );
     assert_eq!(shown, "SELECT 1 \\x1b[2J\\u{202e}-- x");
     // Line breaks and their indentation become one space; tabs become spaces.
-    assert_eq!(one_line("SELECT a,\n       b\r\nFROM t\twhere"), "SELECT a, b FROM t where");
+    assert_eq!(
+        one_line("SELECT a,\n       b\r\nFROM t\twhere"),
+        "SELECT a, b FROM t where"
+    );
 }
 
 #[test]
 fn colors_only_for_a_terminal_without_no_color() {
     use std::ffi::OsStr;
     assert!(color_allowed(true, None));
-    assert!(color_allowed(true, Some(OsStr::new(""))), "an empty NO_COLOR is unset");
+    assert!(
+        color_allowed(true, Some(OsStr::new(""))),
+        "an empty NO_COLOR is unset"
+    );
     assert!(!color_allowed(true, Some(OsStr::new("1"))));
     assert!(!color_allowed(false, None));
     assert_eq!(Term::PLAIN.paint(Paint::Red, "deny"), "deny");
@@ -160,8 +191,18 @@ fn table() -> Table {
         Column::new("PATH").max(10).keep_end(),
         Column::new("DECISION"),
     ]);
-    t.push(vec!["1".into(), "short".into(), "/bin/sh".into(), Cell::new("allow").paint(Paint::Green)]);
-    t.push(vec!["22".into(), "a-much-longer-name".into(), "/usr/lib/postgresql/15/bin/psql".into(), Cell::new("deny").paint(Paint::Red)]);
+    t.push(vec![
+        "1".into(),
+        "short".into(),
+        "/bin/sh".into(),
+        Cell::new("allow").paint(Paint::Green),
+    ]);
+    t.push(vec![
+        "22".into(),
+        "a-much-longer-name".into(),
+        "/usr/lib/postgresql/15/bin/psql".into(),
+        Cell::new("deny").paint(Paint::Red),
+    ]);
     t
 }
 
@@ -185,7 +226,10 @@ fn colors_do_not_change_alignment_and_plain_has_no_escapes() {
     assert!(!plain.contains('\x1b'), "{plain}");
     let colored = table().render(&COLOR);
     assert!(colored.contains("\x1b[32mallow\x1b[0m"), "{colored}");
-    assert!(colored.contains("\x1b[1mID\x1b[0m"), "bold header: {colored}");
+    assert!(
+        colored.contains("\x1b[1mID\x1b[0m"),
+        "bold header: {colored}"
+    );
     // Without the escapes, the colored table is the plain one.
     let stripped = strip_ansi(&colored);
     assert_eq!(stripped, plain);
@@ -215,7 +259,11 @@ fn a_narrow_terminal_shrinks_the_shrinkable_columns_fairly() {
         Column::new("A").shrink(4),
         Column::new("B").shrink(4),
     ]);
-    t.push(vec!["1".into(), "x".repeat(20).into(), "y".repeat(10).into()]);
+    t.push(vec![
+        "1".into(),
+        "x".repeat(20).into(),
+        "y".repeat(10).into(),
+    ]);
     let term = Term {
         color: false,
         width: Some(24),
@@ -240,7 +288,10 @@ fn notes_start_under_the_last_column() {
     let mut t = Table::new(vec![Column::new("SEQ"), Column::new("WHAT")]);
     t.push(vec!["#1".into(), "SELECT 1".into()]);
     t.note(Cell::new("=> SELECT 1"));
-    assert_eq!(t.render(&Term::PLAIN), "SEQ  WHAT\n#1   SELECT 1\n     => SELECT 1\n");
+    assert_eq!(
+        t.render(&Term::PLAIN),
+        "SEQ  WHAT\n#1   SELECT 1\n     => SELECT 1\n"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -284,7 +335,10 @@ fn the_sessions_table_summarises_decisions() {
         "ID  STARTED  RUN  USER  PID  EXE  DESTINATION  TARGET  PROTO  COMMANDS  UP  DOWN  OUTCOME\n(no sessions)\n"
     );
     let colored = sessions::sessions_table(&[session()], &counts, &COLOR);
-    assert!(colored.contains("\x1b[31m3 (1 deny, 1 review)\x1b[0m"), "{colored}");
+    assert!(
+        colored.contains("\x1b[31m3 (1 deny, 1 review)\x1b[0m"),
+        "{colored}"
+    );
 }
 
 #[test]
@@ -304,30 +358,55 @@ fn the_timeline_shows_decisions_rules_approvals_masking_and_results() {
             .unwrap_or_else(|| panic!("no line with {needle:?} in\n{text}"))
     };
     assert!(text.starts_with("session 7  run run-0123456789abcdef  alice (pid 4242, uid 1000)  /usr/bin/python3.11\n"), "{text}");
-    assert!(text.contains("2026-11-28T09:00:00.000Z .. 2026-11-28T09:00:30.000Z (30.00 s)"), "{text}");
-    assert!(text.contains("commands: 3 (1 allow, 1 deny, 1 review)"), "{text}");
+    assert!(
+        text.contains("2026-11-28T09:00:00.000Z .. 2026-11-28T09:00:30.000Z (30.00 s)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("commands: 3 (1 allow, 1 deny, 1 review)"),
+        "{text}"
+    );
     let read = line("SELECT email FROM contacts");
     assert!(read.starts_with("#10  09:00:01.000  statement"), "{read}");
-    assert!(read.contains(" allow ") && read.contains(" reads "), "{read}");
+    assert!(
+        read.contains(" allow ") && read.contains(" reads "),
+        "{read}"
+    );
     assert!(line("=> SELECT 2").contains("(2 rows, 0.6 ms)"));
     line("masked: detector:email 2");
     let drop = line("DROP TABLE contacts");
-    assert!(drop.contains("deny") && drop.contains("no-schema-changes"), "{drop}");
+    assert!(
+        drop.contains("deny") && drop.contains("no-schema-changes"),
+        "{drop}"
+    );
     line("reason: schema changes are not allowed for agents");
     line("held for approval apr-1 (#12)");
     let approved = line("approved apr-1 (#12) by root (uid 0), scope run");
-    assert!(approved.starts_with("#14  09:00:20.000  approval_decision  allow"), "{approved}");
+    assert!(
+        approved.starts_with("#14  09:00:20.000  approval_decision  allow"),
+        "{approved}"
+    );
     line("reason: looks right");
     // The chained result is shown with its command, and the `result` event is not a line.
     line("=> UPDATE 1 (1 row, 2.0 ms)");
     assert!(!text.contains("#15"), "{text}");
     // New and unknown kinds are shown compactly and generically.
-    line("session opened: pid=4242");
+    // Compact: the header already has what session_open snapshots.
+    assert!(line("session_open").ends_with("  session opened"), "{text}");
+    line("session closed: closed, up 100 B, down 200 B");
     let future = line("telepathy");
-    assert!(future.ends_with("n=3 what=\"a kind from the future\""), "{future}");
+    assert!(
+        future.ends_with("n=3 what=\"a kind from the future\""),
+        "{future}"
+    );
     // Aligned: every row's WHAT starts at the header's WHAT.
     let what = line("SEQ").find("WHAT").expect("WHAT");
-    for needle in ["SELECT email", "DROP TABLE", "held for approval", "=> SELECT 2"] {
+    for needle in [
+        "SELECT email",
+        "DROP TABLE",
+        "held for approval",
+        "=> SELECT 2",
+    ] {
         assert_eq!(line(needle).find(needle), Some(what), "{needle}: {text}");
     }
 }
@@ -345,7 +424,9 @@ fn approval_outcomes_read_as_sentences() {
         (cell.text, cell.paint)
     };
     assert_eq!(
-        decision(json!({"id": "apr-9", "status": "denied", "approver": "bob", "approver_uid": 1001, "reason": "no"})),
+        decision(
+            json!({"id": "apr-9", "status": "denied", "approver": "bob", "approver_uid": 1001, "reason": "no"})
+        ),
         ("denied apr-9 by bob (uid 1001)".to_owned(), Paint::Red)
     );
     assert_eq!(
@@ -355,17 +436,26 @@ fn approval_outcomes_read_as_sentences() {
     // `by` is accepted where `approver` is absent.
     assert_eq!(
         decision(json!({"id": "apr-9", "status": "approved", "by": "carol", "scope": "once"})),
-        ("approved apr-9 by carol, scope once".to_owned(), Paint::Green)
+        (
+            "approved apr-9 by carol, scope once".to_owned(),
+            Paint::Green
+        )
     );
 }
 
 #[test]
 fn errors_are_red_and_rows_are_counted() {
-    let e = sessions::result_summary(&json!({"sqlstate": "42501", "error": "permission denied", "duration_ms": 0.26, "rows": 0}));
+    let e = sessions::result_summary(
+        &json!({"sqlstate": "42501", "error": "permission denied", "duration_ms": 0.26, "rows": 0}),
+    );
     assert_eq!(e.text, "=> ERROR 42501 permission denied (0.3 ms)");
     assert_eq!(e.paint, Paint::Red);
-    let ok = sessions::result_summary(&json!({"tag": "SELECT 1", "rows": 1, "duration_ms": 1500.0}));
-    assert_eq!((ok.text.as_str(), ok.paint), ("=> SELECT 1 (1 row, 1.50 s)", Paint::Plain));
+    let ok =
+        sessions::result_summary(&json!({"tag": "SELECT 1", "rows": 1, "duration_ms": 1500.0}));
+    assert_eq!(
+        (ok.text.as_str(), ok.paint),
+        ("=> SELECT 1 (1 row, 1.50 s)", Paint::Plain)
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -381,7 +471,7 @@ fn replay_keeps_journal_order_and_scales_the_gaps() {
     let events = events();
     let real = Pace::new(1.0, 60.0).expect("pace");
     let steps = plan(&session(), &events, &real);
-    // Journal order, `result` events folded away, then the session's end.
+    // Journal order, `result` events folded away; the session_close event is the end.
     let seqs: Vec<Option<i64>> = steps
         .iter()
         .map(|s| match &s.frame {
@@ -389,18 +479,66 @@ fn replay_keeps_journal_order_and_scales_the_gaps() {
             Frame::End => None,
         })
         .collect();
-    assert_eq!(seqs, vec![Some(9), Some(10), Some(11), Some(12), Some(13), Some(14), Some(16), None]);
+    assert_eq!(
+        seqs,
+        vec![
+            Some(9),
+            Some(10),
+            Some(11),
+            Some(12),
+            Some(13),
+            Some(14),
+            Some(16),
+            Some(17)
+        ]
+    );
     let ms = Duration::from_millis;
     // Gaps from the session's start (09:00:00.000), then event to event, then to the end.
-    assert_eq!(waits(&steps), vec![ms(500), ms(500), ms(2000), ms(1000), ms(0), ms(16000), ms(5000), ms(5000)]);
+    assert_eq!(
+        waits(&steps),
+        vec![
+            ms(500),
+            ms(500),
+            ms(2000),
+            ms(1000),
+            ms(0),
+            ms(16000),
+            ms(5000),
+            ms(5000)
+        ]
+    );
     assert_eq!(steps[5].offset, ms(20_000));
 
     let fast = plan(&session(), &events, &Pace::new(4.0, 60.0).expect("pace"));
-    assert_eq!(waits(&fast), vec![ms(125), ms(125), ms(500), ms(250), ms(0), ms(4000), ms(1250), ms(1250)]);
+    assert_eq!(
+        waits(&fast),
+        vec![
+            ms(125),
+            ms(125),
+            ms(500),
+            ms(250),
+            ms(0),
+            ms(4000),
+            ms(1250),
+            ms(1250)
+        ]
+    );
     assert_eq!(fast[5].offset, ms(20_000), "offsets stay in session time");
 
     let capped = plan(&session(), &events, &Pace::new(1.0, 1.5).expect("pace"));
-    assert_eq!(waits(&capped), vec![ms(500), ms(500), ms(1500), ms(1000), ms(0), ms(1500), ms(1500), ms(1500)]);
+    assert_eq!(
+        waits(&capped),
+        vec![
+            ms(500),
+            ms(500),
+            ms(1500),
+            ms(1000),
+            ms(0),
+            ms(1500),
+            ms(1500),
+            ms(1500)
+        ]
+    );
 
     let none = plan(&session(), &events, &Pace::new(0.0, 10.0).expect("pace"));
     assert!(waits(&none).iter().all(Duration::is_zero));
@@ -417,7 +555,17 @@ fn replay_survives_odd_timestamps() {
     ];
     let steps = plan(&session(), &events, &Pace::new(1.0, 60.0).expect("pace"));
     let ms = Duration::from_millis;
-    assert_eq!(waits(&steps), vec![ms(2000), ms(0), ms(0), ms(1000), ms(27000)]);
+    assert_eq!(
+        waits(&steps),
+        vec![ms(2000), ms(0), ms(0), ms(1000), ms(27000)]
+    );
+    // No session_close event: the session row's end closes the replay.
+    assert!(matches!(steps.last().map(|s| &s.frame), Some(Frame::End)));
+    let end = replay::render_step(&session(), &steps[4], &Term::PLAIN);
+    assert_eq!(
+        end,
+        "[+30.000s] session ended: closed, up 100 B, down 200 B\n"
+    );
 }
 
 #[test]
@@ -438,22 +586,36 @@ fn replay_prints_statements_decisions_and_what_the_agent_received() {
     let text = String::from_utf8(out).expect("utf-8");
     assert!(!text.contains('\x1b'));
     let ms = Duration::from_millis;
-    assert_eq!(slept, vec![ms(250), ms(250), ms(1000), ms(500), ms(3000), ms(2500), ms(2500)]);
+    assert_eq!(
+        slept,
+        vec![
+            ms(250),
+            ms(250),
+            ms(1000),
+            ms(500),
+            ms(3000),
+            ms(2500),
+            ms(2500)
+        ]
+    );
     let position = |needle: &str| {
         text.find(needle)
             .unwrap_or_else(|| panic!("no {needle:?} in\n{text}"))
     };
     let order = [
-        "replaying 7 events at 2x, pauses capped at 3s",
+        "replaying 8 events at 2x, pauses capped at 3s",
         "[+1.000s] #10 statement allow (reads)\n  > SELECT email FROM contacts\n",
         "  => SELECT 2 (2 rows, 0.6 ms)\n  masked: detector:email 2\n  | a***@example.com\n  | NULL\n",
         "[+3.000s] #11 statement deny (no-schema-changes)\n  > DROP TABLE contacts\n  reason: schema changes",
         "  > UPDATE acct SET bal = 0\n  reason: data changes need a human's approval\n  (held: waiting for an approver)\n",
         "[+20.000s] #14 approval_decision allow  approved apr-1 (#12) by root (uid 0), scope run\n  reason: looks right\n  result of #12:\n  => UPDATE 1 (1 row, 2.0 ms)\n",
-        "[+30.000s] session ended: closed, up 100 B, down 200 B\n",
+        "[+30.000s] #17 session_close  session closed: closed, up 100 B, down 200 B\n",
     ];
     let positions: Vec<usize> = order.iter().map(|n| position(n)).collect();
-    assert!(positions.windows(2).all(|w| w[0] < w[1]), "out of order:\n{text}");
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "out of order:\n{text}"
+    );
 }
 
 #[test]
@@ -464,7 +626,9 @@ fn replay_pace_is_validated() {
     assert!(Pace::new(1.0, f64::INFINITY).is_err());
     // A tiny speed is "as slow as allowed", not an overflow.
     assert_eq!(
-        Pace::new(1e-300, 2.0).expect("pace").wait_for(Duration::from_secs(1)),
+        Pace::new(1e-300, 2.0)
+            .expect("pace")
+            .wait_for(Duration::from_secs(1)),
         Duration::from_secs(2)
     );
 }
@@ -473,5 +637,8 @@ fn replay_pace_is_validated() {
 fn offsets_read_naturally() {
     assert_eq!(format_offset(Duration::from_millis(25)), "+0.025s");
     assert_eq!(format_offset(Duration::from_millis(187_250)), "+3m07.250s");
-    assert_eq!(format_offset(Duration::from_millis(3_723_000)), "+1h02m03.000s");
+    assert_eq!(
+        format_offset(Duration::from_millis(3_723_000)),
+        "+1h02m03.000s"
+    );
 }
