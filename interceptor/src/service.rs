@@ -177,8 +177,15 @@ pub async fn run(config: Config) -> Result<(), ExecError> {
     sd_notify("READY=1");
 
     let reloader = tokio::spawn(reload_policies_on_sighup(config.clone(), policy.clone()));
+    let pruner = config.journal.retention_days.map(|days| {
+        let sinks = config.sinks.iter().map(|s| s.name.clone()).collect();
+        tokio::spawn(prune_daily(journal.clone(), days, sinks))
+    });
     wait_for_stop().await;
     reloader.abort();
+    if let Some(p) = pruner {
+        p.abort();
+    }
     tracing::info!(
         "stopping; the pinned capture stays attached and refuses connections until restart"
     );
@@ -189,6 +196,24 @@ pub async fn run(config: Config) -> Result<(), ExecError> {
     }
     drop(control);
     Ok(())
+}
+
+/// Applies `[journal] retention_days` once a day (the first time an hour after start, so a
+/// restart loop does not prune repeatedly). Events no sink has delivered stay.
+async fn prune_daily(journal: crate::journal::Journal, retention_days: u32, sinks: Vec<String>) {
+    let mut next = std::time::Duration::from_secs(3600);
+    loop {
+        tokio::time::sleep(next).await;
+        next = std::time::Duration::from_secs(24 * 3600);
+        let options = crate::journal::PruneOptions {
+            retention_days,
+            sinks: sinks.clone(),
+        };
+        match journal.prune(options).await {
+            Ok(report) => tracing::info!(?report, "journal pruned"),
+            Err(e) => tracing::error!(error = %e, "journal prune failed"),
+        }
+    }
 }
 
 /// SIGHUP re-reads every policy file. All of them load, or none: a broken file keeps the

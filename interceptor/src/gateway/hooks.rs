@@ -254,7 +254,13 @@ impl Hooks for SessionHooks {
             };
         };
         match self.approvals.wait(id, held.decision, held.timeout).await {
-            Resolution::Approved { .. } => Verdict::Allow,
+            // The approval is on disk before the statement is forwarded, like every decision.
+            Resolution::Approved { .. } => match self.journal.flush().await {
+                Ok(()) => Verdict::Allow,
+                Err(e) => Verdict::Deny {
+                    message: format!("approval {id} could not be recorded ({e}); nothing was run"),
+                },
+            },
             Resolution::Denied { by, reason } => Verdict::Deny {
                 message: format!("denied by {by}: {reason} [approval {id}]"),
             },

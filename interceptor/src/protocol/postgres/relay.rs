@@ -809,11 +809,13 @@ impl<H: Hooks> Observer<'_, H> {
         rewritten: &mut BytesMut,
     ) -> Result<Replace, Stop> {
         let start = rewritten.len();
-        Ok(if results::mask_data_row(masker, body, scratch, rewritten)? {
-            Replace::Rewritten(start..rewritten.len())
-        } else {
-            Replace::Keep
-        })
+        Ok(
+            if results::mask_data_row(masker, body, scratch, rewritten)? {
+                Replace::Rewritten(start..rewritten.len())
+            } else {
+                Replace::Keep
+            },
+        )
     }
 
     fn observe(&mut self, tag: u8, body: &[u8]) -> Result<Replace, Stop> {
