@@ -149,11 +149,12 @@ fn open_sink(config: &SinkConfig) -> Result<Box<dyn Sink>, SinkError> {
     })
 }
 
-/// A read-write connection for the shipper (migrated, with the shipper's tables) and the
-/// journal's id.
+/// A read-write connection for the shipper and the journal's id. Opening migrates the journal,
+/// which creates `journal_meta` (with the id) and `sink_cursors`.
 fn open_journal(path: &Path) -> Result<(Connection, String), ShipError> {
     let conn = crate::journal::open_connection(path)?;
-    let id = source::prepare(&conn)?;
+    let id = crate::journal::journal_id(&conn)?
+        .ok_or_else(|| ShipError::NoJournalId(path.to_owned()))?;
     Ok((conn, id))
 }
 
@@ -371,8 +372,8 @@ pub fn export(journal: &Path, since: i64, out: &mut dyn Write) -> Result<u64, Sh
     let conn = crate::journal::reader::open_read_only(journal)?;
     // Exporting never writes: a journal from before the hash chain (no id yet) gets its id
     // when the daemon or `doctor` migrates it, and only then do records have their uids.
-    let journal_id =
-        source::journal_id(&conn)?.ok_or_else(|| ShipError::NoJournalId(journal.to_owned()))?;
+    let journal_id = crate::journal::journal_id(&conn)?
+        .ok_or_else(|| ShipError::NoJournalId(journal.to_owned()))?;
     let mut after = since;
     let mut written = 0u64;
     loop {

@@ -13,53 +13,13 @@ use serde_json::Value;
 
 use super::ocsf::{CommandFacts, JournalEvent, SessionFacts};
 
-/// The tables the shipper needs. The journal's own migration defines the same tables with the
-/// same statements, so whichever runs first, both find what they expect.
-const TABLES: &str = "CREATE TABLE IF NOT EXISTS journal_meta (
-        key TEXT PRIMARY KEY,
-        value TEXT NOT NULL
-    );
-    CREATE TABLE IF NOT EXISTS sink_cursors (
-        name TEXT PRIMARY KEY,
-        acked_seq INTEGER NOT NULL DEFAULT 0,
-        last_error TEXT,
-        updated_at TEXT
-    );";
-
-/// Creates the shipper's tables if needed and returns the journal's id, creating it on first
-/// use. The id makes `metadata.uid` unique across hosts and journals.
-pub fn prepare(conn: &Connection) -> rusqlite::Result<String> {
-    conn.execute_batch(TABLES)?;
-    conn.execute(
-        "INSERT OR IGNORE INTO journal_meta (key, value) VALUES ('journal_id', ?1)",
-        [uuid::Uuid::new_v4().to_string()],
-    )?;
-    conn.query_row(
-        "SELECT value FROM journal_meta WHERE key = 'journal_id'",
-        [],
-        |row| row.get(0),
-    )
-}
-
+/// `ship status` reads journals read-only, including ones older than the table.
 fn table_exists(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
     conn.query_row(
         "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)",
         [name],
         |row| row.get(0),
     )
-}
-
-/// The journal's id, if one was ever created (read-only connections cannot create it).
-pub fn journal_id(conn: &Connection) -> rusqlite::Result<Option<String>> {
-    if !table_exists(conn, "journal_meta")? {
-        return Ok(None);
-    }
-    conn.query_row(
-        "SELECT value FROM journal_meta WHERE key = 'journal_id'",
-        [],
-        |row| row.get(0),
-    )
-    .optional()
 }
 
 /// The highest sequence number in the journal (0 when empty).
