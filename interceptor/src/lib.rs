@@ -25,6 +25,7 @@ pub mod config;
 pub mod doctor;
 pub mod exec;
 pub mod gateway;
+pub mod install;
 pub mod journal;
 pub mod mask;
 pub mod policy;

@@ -48,6 +48,25 @@ enum Command {
     Doctor,
     /// Remove the service's pinned capture (detaches the programs from its cgroups).
     Detach,
+    /// Install the systemd service: user, groups, directories, unit, default config; then
+    /// enable and start it. Idempotent (re-run to upgrade).
+    Install {
+        /// Only write the files below DIR (no users, no systemctl).
+        #[arg(long, value_name = "DIR")]
+        root: Option<PathBuf>,
+        /// Don't enable and start the unit.
+        #[arg(long)]
+        no_start: bool,
+    },
+    /// Stop and remove the systemd service and detach its capture; config and state stay.
+    Uninstall {
+        /// Only remove the files below DIR (no systemctl, no detach).
+        #[arg(long, value_name = "DIR")]
+        root: Option<PathBuf>,
+        /// Also remove the config, the state (journal, CA), the logs and the binary.
+        #[arg(long)]
+        purge: bool,
+    },
     /// See and decide commands held for approval.
     Approvals {
         /// Control socket (default: the configured one, and every running `exec`'s beside it).
@@ -316,6 +335,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 println!("nothing pinned at {}", pin_dir.display());
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Install { root, no_start } => {
+            let report = interceptor::install::install(&interceptor::install::InstallOptions {
+                root,
+                no_start,
+                binary: None,
+            })?;
+            print!("{report}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Uninstall { root, purge } => {
+            let report =
+                interceptor::install::uninstall(&interceptor::install::UninstallOptions {
+                    root,
+                    purge,
+                    pin_dir: Some(config.capture.pin_dir.clone()),
+                })?;
+            print!("{report}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Sessions { command } => run_sessions(&config, command),

@@ -175,6 +175,12 @@ pub async fn run(config: Config) -> Result<(), ExecError> {
         .collect();
     tracing::info!(port, cgroups = ?names, "capture ready");
     sd_notify("READY=1");
+    let watchdog = watchdog_interval(
+        std::env::var("WATCHDOG_USEC").ok().as_deref(),
+        std::env::var("WATCHDOG_PID").ok().as_deref(),
+        std::process::id(),
+    )
+    .map(|every| tokio::spawn(ping_watchdog(every)));
 
     let reloader = tokio::spawn(reload_policies_on_sighup(config.clone(), policy.clone()));
     let pruner = config.journal.retention_days.map(|days| {
@@ -195,7 +201,35 @@ pub async fn run(config: Config) -> Result<(), ExecError> {
         task.abort();
     }
     drop(control);
+    if let Some(task) = watchdog {
+        task.abort();
+    }
     Ok(())
+}
+
+/// How often to send WATCHDOG=1: half of `$WATCHDOG_USEC` (WatchdogSec=), if systemd set it
+/// for this process (`$WATCHDOG_PID`, when present, must be ours).
+fn watchdog_interval(
+    usec: Option<&str>,
+    pid: Option<&str>,
+    me: u32,
+) -> Option<std::time::Duration> {
+    if pid.is_some_and(|p| p.trim().parse::<u32>().ok() != Some(me)) {
+        return None;
+    }
+    let usec: u64 = usec?.trim().parse().ok().filter(|&u| u > 0)?;
+    Some(std::time::Duration::from_micros(usec / 2))
+}
+
+/// Pings systemd's watchdog from the runtime itself: a wedged event loop stops the pings and
+/// systemd restarts the daemon (the pins refuse connections meanwhile).
+async fn ping_watchdog(every: std::time::Duration) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        sd_notify("WATCHDOG=1");
+    }
 }
 
 /// Applies `[journal] retention_days` once a day (the first time an hour after start, so a
@@ -267,5 +301,27 @@ fn sd_notify(state: &str) {
     };
     if let Err(e) = result {
         tracing::warn!(error = %e, "sd_notify failed");
+    }
+}
+
+#[cfg(test)]
+mod watchdog_tests {
+    use super::watchdog_interval;
+    use std::time::Duration;
+
+    #[test]
+    fn half_of_watchdog_usec_for_our_pid_only() {
+        assert_eq!(
+            watchdog_interval(Some("30000000"), None, 7),
+            Some(Duration::from_secs(15))
+        );
+        assert_eq!(
+            watchdog_interval(Some("30000000"), Some("7"), 7),
+            Some(Duration::from_secs(15))
+        );
+        assert_eq!(watchdog_interval(Some("30000000"), Some("8"), 7), None);
+        assert_eq!(watchdog_interval(None, None, 7), None);
+        assert_eq!(watchdog_interval(Some("0"), None, 7), None);
+        assert_eq!(watchdog_interval(Some("junk"), None, 7), None);
     }
 }
