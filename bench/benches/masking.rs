@@ -200,7 +200,8 @@ fn sensitive(rng: &mut Rng) -> String {
             1 + rng.below(254)
         ),
         15 => format!("::ffff:127.0.{}.{}", rng.below(256), rng.below(256)),
-        16 => format!("fe80::{:x}:{:x}", rng.below(65536), rng.below(65536)),
+        // Loopback in its long form (the network rule: no other address is written anywhere).
+        16 => "0:0:0:0:0:0:0:1".to_owned(),
         17 => format!(
             "AKIA{}",
             rng.text_from(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", 16)
