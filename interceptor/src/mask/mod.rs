@@ -199,7 +199,9 @@ pub struct Masking {
     columns: Vec<Arc<ColumnRule>>,
     strategies: BTreeMap<Detector, Strategy>,
     scanner: Option<Arc<Scanner>>,
-    key: Arc<HashKey>,
+    /// `None` when no key could be read: `hash` then redacts (never a hash anyone could
+    /// reproduce with a known key, and never the clear value).
+    key: Option<Arc<HashKey>>,
     /// Rows of each result kept in the journal (after masking); 0 keeps none.
     sample_rows: usize,
 }
@@ -234,7 +236,7 @@ impl Masking {
         columns: Vec<Arc<ColumnRule>>,
         detectors: &[DetectorRule],
         scanner: Option<Arc<Scanner>>,
-        key: Arc<HashKey>,
+        key: Option<Arc<HashKey>>,
         sample_rows: usize,
     ) -> Masking {
         let mut strategies = BTreeMap::new();
@@ -329,7 +331,10 @@ impl Masking {
                 None => b"[REDACTED]".to_vec(),
             },
             Strategy::Partial => partial(value),
-            Strategy::Hash => self.key.token(value),
+            Strategy::Hash => match &self.key {
+                Some(key) => key.token(value),
+                None => self.replacement(Strategy::Redact, value, detector),
+            },
         }
     }
 }

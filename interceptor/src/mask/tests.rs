@@ -27,7 +27,7 @@ fn masking(
         columns,
         &rules,
         Some(Arc::new(Scanner::new(&set))),
-        Arc::new(HashKey::from_bytes(&[7u8; 32])),
+        Some(Arc::new(HashKey::from_bytes(&[7u8; 32]))),
         2,
     ))
 }
@@ -233,4 +233,35 @@ fn column_rules_apply_to_json_keys() {
     );
     assert_eq!(masker.value(0, Some(br#"{"id":1}"#)), Rewrite::Keep);
     assert_eq!(masker.report().counts.get("rule:notes"), Some(&2));
+}
+
+#[test]
+fn without_a_key_hash_redacts_for_column_rules_and_detectors() {
+    let columns = vec![Arc::new(
+        ColumnRule::new("ssn", &["ssn".to_owned()], Strategy::Hash).unwrap(),
+    )];
+    let rules = [DetectorRule {
+        detector: Detector::Email,
+        strategy: Strategy::Hash,
+        rule: "test".to_owned(),
+    }];
+    let m = Arc::new(Masking::new(
+        columns,
+        &rules,
+        Some(Arc::new(Scanner::new(&[Detector::Email]))),
+        None,
+        0,
+    ));
+    let mut masker = m.masker(vec![
+        column("ssn", None, ValueKind::Text),
+        column("note", None, ValueKind::Text),
+    ]);
+    assert_eq!(
+        replaced(masker.value(0, Some(b"123-45-6789"))),
+        "[REDACTED]"
+    );
+    assert_eq!(
+        replaced(masker.value(1, Some(b"a@example.com"))),
+        "[REDACTED:email]"
+    );
 }

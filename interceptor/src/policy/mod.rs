@@ -440,20 +440,6 @@ impl Policy {
         if columns.is_empty() && detectors.is_empty() && sample_rows == 0 {
             return None;
         }
-        // Without a key, hashing falls back to redaction: never to the clear value.
-        let key = match key {
-            Some(k) => k,
-            None => {
-                for d in &mut detectors {
-                    if d.strategy == Strategy::Hash {
-                        d.strategy = Strategy::Redact;
-                    }
-                }
-                Arc::new(HashKey::from_bytes(
-                    b"unused: no hash strategy without a key",
-                ))
-            }
-        };
         let mut set: Vec<Detector> = detectors.iter().map(|d| d.detector).collect();
         set.sort();
         set.dedup();
