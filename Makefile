@@ -2,7 +2,7 @@
 #
 #   make bootstrap  idempotent machine set-up (apt packages, nightly + rust-src, bpf-linker, venv)
 #   make build      bootstrap, then the release binary (build.rs compiles the eBPF object)
-#   make demo       build, then capture one python client on loopback and show the journal
+#   make demo       build, then a real AutoGen agent vs a throw-away PostgreSQL: masked, held, denied
 #   make test       build, then the whole workspace test suite (needs root; uses sudo -E if not)
 #   make bench      capture and PostgreSQL benchmarks, written to docs/performance.md
 #   make lint       rustfmt check and clippy with warnings as errors

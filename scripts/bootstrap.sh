@@ -62,4 +62,14 @@ if ! "$VENV/bin/python" -c 'import psycopg, asyncpg, sqlalchemy' 2>/dev/null; th
   log "pip install test clients"
   "$VENV/bin/python" -m pip install -q 'psycopg[binary]' asyncpg sqlalchemy
 fi
+# The demo's agent (demo/agent.py): pinned, because ReplayChatCompletionClient's behaviour is
+# what the demo and its test script against.
+AUTOGEN_VERSION=0.7.5
+if ! "$VENV/bin/python" -c "
+import importlib.metadata as m, sys
+sys.exit(0 if all(m.version(p) == '$AUTOGEN_VERSION' for p in ('autogen-agentchat', 'autogen-ext')) else 1)
+" 2>/dev/null; then
+  log "pip install autogen-agentchat and autogen-ext $AUTOGEN_VERSION"
+  "$VENV/bin/python" -m pip install -q "autogen-agentchat==$AUTOGEN_VERSION" "autogen-ext==$AUTOGEN_VERSION"
+fi
 log "ok"

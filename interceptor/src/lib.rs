@@ -27,6 +27,7 @@ pub mod exec;
 pub mod gateway;
 pub mod install;
 pub mod journal;
+pub mod logging;
 pub mod mask;
 pub mod policy;
 pub mod protocol;

@@ -1,7 +1,7 @@
 //! The `interceptor` command line: parse, validate into a config, dispatch. Everything with
 //! logic lives in the library; this file only turns errors into messages and exit codes.
 
-use std::{io::IsTerminal as _, path::PathBuf, process::ExitCode};
+use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use interceptor::{
@@ -254,16 +254,6 @@ enum SessionsCommand {
     },
 }
 
-fn init_logging(default_level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
-}
-
 fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
     let explicit = path.is_some();
     let path = path
@@ -275,7 +265,7 @@ fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // exec shares the terminal with CMD: only warnings and errors by default.
-    init_logging(match cli.command {
+    interceptor::logging::init(match cli.command {
         Command::Exec { .. } => "warn",
         _ => "info",
     });
