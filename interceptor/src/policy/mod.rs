@@ -662,6 +662,38 @@ const CACHEABLE_TEXT: usize = 16 * 1024;
 pub struct Engine {
     policies: RwLock<Arc<Policies>>,
     analyses: Mutex<HashMap<String, Arc<Parsed>>>,
+    /// Analyses shared by texts that differ only in literal values, by
+    /// [`sql::literal_fingerprint`]; only those [`shareable`] are kept.
+    shapes: Mutex<HashMap<String, Arc<Parsed>>>,
+}
+
+/// Whether an analysis may stand for every text with the same literal fingerprint: one plain
+/// read or write that looked at no literal's value and raised nothing to look closer at.
+/// Everything else (SET, EXPLAIN, COPY, DDL, PREPARE, dangerous functions, parse failures) is
+/// analysed per text, so a literal can never change a decision behind the cache's back.
+fn shareable(parsed: &Parsed) -> bool {
+    use sql::StatementClass as C;
+    let [a] = parsed.statements.as_slice() else {
+        return false;
+    };
+    !parsed.reads_literals
+        && parsed.error.is_none()
+        && a.dangerous.is_empty()
+        && a.prepared.is_none()
+        && a.executes.is_none()
+        && !a.classes.is_empty()
+        && a.classes
+            .iter()
+            .all(|c| matches!(c, C::Read | C::Insert | C::Update | C::Delete | C::Merge))
+}
+
+/// Inserts into a bounded cache, emptying it when full (a re-parse is the only cost).
+fn remember(cache: &Mutex<HashMap<String, Arc<Parsed>>>, key: String, parsed: &Arc<Parsed>) {
+    let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
+    if cache.len() >= ANALYSIS_CACHE {
+        cache.clear();
+    }
+    cache.insert(key, parsed.clone());
 }
 
 /// The policy of each target, and the one for everything else.
@@ -683,6 +715,7 @@ impl Engine {
         Engine {
             policies: RwLock::new(Arc::new(policies)),
             analyses: Mutex::new(HashMap::new()),
+            shapes: Mutex::new(HashMap::new()),
         }
     }
 
@@ -698,7 +731,8 @@ impl Engine {
             .clone()
     }
 
-    /// The analysis of `text`, parsed once per distinct text.
+    /// The analysis of `text`: parsed once per distinct text, and once per literal
+    /// fingerprint for plain reads and writes (see [`shareable`]).
     pub fn analyze(&self, text: &str) -> Arc<Parsed> {
         if let Some(p) = self
             .analyses
@@ -708,13 +742,37 @@ impl Engine {
         {
             return p.clone();
         }
+        let shape = sql::literal_fingerprint(text, CACHEABLE_TEXT);
+        if let Some(key) = &shape {
+            let shared = self
+                .shapes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(key)
+                .cloned();
+            if let Some(shared) = shared {
+                // Everything but the text is the same; the text is this one, as written.
+                let statements = shared
+                    .statements
+                    .iter()
+                    .map(|a| sql::Analysis {
+                        text: text.trim().to_owned(),
+                        ..a.clone()
+                    })
+                    .collect();
+                return Arc::new(Parsed {
+                    statements,
+                    error: None,
+                    reads_literals: false,
+                });
+            }
+        }
         let parsed = Arc::new(sql::analyze(text));
         if text.len() <= CACHEABLE_TEXT {
-            let mut cache = self.analyses.lock().unwrap_or_else(|p| p.into_inner());
-            if cache.len() >= ANALYSIS_CACHE {
-                cache.clear();
-            }
-            cache.insert(text.to_owned(), parsed.clone());
+            remember(&self.analyses, text.to_owned(), &parsed);
+        }
+        if let Some(key) = shape.filter(|_| shareable(&parsed)) {
+            remember(&self.shapes, key, &parsed);
         }
         parsed
     }

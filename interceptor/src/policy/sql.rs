@@ -199,6 +199,11 @@ pub struct Parsed {
     pub statements: Vec<Analysis>,
     /// Why (part of) the text could not be analysed; `None` when every statement was.
     pub error: Option<String>,
+    /// The analysis looked at the value of some literal (an `EXPLAIN` option, a setting's name
+    /// in `set_config`, …), so a text differing only in literals may be analysed differently.
+    /// Such an analysis is never shared through [`literal_fingerprint`].
+    #[serde(skip)]
+    pub reads_literals: bool,
 }
 
 impl Parsed {
@@ -221,16 +226,52 @@ pub fn analyze(sql: &str) -> Parsed {
             ),
         );
     }
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| analyze_text(sql, 0))) {
-        Ok(parsed) => parsed,
-        Err(_) => unknown_text(sql, "internal error: the SQL parser panicked".to_string()),
+    let outer = READ_LITERAL.with(|r| r.replace(false));
+    let mut parsed =
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| analyze_text(sql, 0))) {
+            Ok(parsed) => parsed,
+            Err(_) => unknown_text(sql, "internal error: the SQL parser panicked".to_string()),
+        };
+    parsed.reads_literals = READ_LITERAL.with(|r| r.replace(outer));
+    parsed
+}
+
+/// A key shared by texts that differ only in the values of their numbers and plain
+/// single-quoted strings: `SELECT abalance FROM pgbench_accounts WHERE aid = 42` and `… = 7`.
+/// Clients that inline their parameters send a new text for every row they touch, and parsing
+/// each one cost more than anything else the gateway did for them.
+///
+/// Built from sqlparser's own tokens, so two texts with one key are the same token stream
+/// (comments and whitespace aside, which the parser skips) and parse to the same tree but for
+/// those values. Only analyses that never read a literal's value may be shared this way (see
+/// [`Parsed::reads_literals`]); the caller also limits sharing to plain reads and writes.
+/// `None` when the text does not tokenize or is longer than `max_len`.
+pub fn literal_fingerprint(sql: &str, max_len: usize) -> Option<String> {
+    use std::fmt::Write as _;
+    if sql.len() > max_len {
+        return None;
     }
+    let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize().ok()?;
+    let mut key = String::with_capacity(sql.len() + 64);
+    for token in &tokens {
+        match token {
+            Token::Whitespace(_) => continue,
+            Token::Number(_, long) => key.push_str(if *long { "?N" } else { "?n" }),
+            Token::SingleQuotedString(_) => key.push_str("?s"),
+            // Debug names the variant and quotes its contents, so no two tokens print alike;
+            // it escapes control characters, so the separator cannot occur inside one.
+            other => write!(key, "{other:?}").ok()?,
+        }
+        key.push('\u{1}');
+    }
+    Some(key)
 }
 
 fn unknown_text(sql: &str, error: String) -> Parsed {
     Parsed {
         statements: vec![unknown_analysis(truncate_raw(sql))],
         error: Some(error),
+        reads_literals: false,
     }
 }
 
@@ -276,12 +317,19 @@ fn analyze_text(sql: &str, body_depth: u8) -> Parsed {
             .stack_size(BIG_STACK_BYTES)
             .spawn_scoped(scope, || {
                 ON_BIG_STACK.with(|b| b.set(true));
-                parse_tokens(sql, tokens, body_depth)
+                let parsed = parse_tokens(sql, tokens, body_depth);
+                (parsed, READ_LITERAL.with(Cell::get))
             });
         match spawned {
-            Ok(handle) => handle.join().unwrap_or_else(|_| {
-                unknown_text(sql, "internal error: the SQL parser panicked".to_string())
-            }),
+            Ok(handle) => match handle.join() {
+                Ok((parsed, read_literal)) => {
+                    if read_literal {
+                        note_literal_read();
+                    }
+                    parsed
+                }
+                Err(_) => unknown_text(sql, "internal error: the SQL parser panicked".to_string()),
+            },
             Err(e) => unknown_text(sql, format!("cannot analyse nested SQL: {e}")),
         }
     })
@@ -289,6 +337,13 @@ fn analyze_text(sql: &str, body_depth: u8) -> Parsed {
 
 thread_local! {
     static ON_BIG_STACK: Cell<bool> = const { Cell::new(false) };
+    /// Set while analysing when a literal's value is inspected (see [`Parsed::reads_literals`]).
+    static READ_LITERAL: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Every place that decides something from a literal's value calls this.
+fn note_literal_read() {
+    READ_LITERAL.with(|r| r.set(true));
 }
 
 fn parse_tokens(sql: &str, tokens: Vec<TokenWithSpan>, body_depth: u8) -> Parsed {
@@ -305,8 +360,11 @@ fn parse_tokens(sql: &str, tokens: Vec<TokenWithSpan>, body_depth: u8) -> Parsed
                 .map(|s| analyze_statement(s, body_depth))
                 .collect(),
             error: None,
+            reads_literals: false,
         };
     }
+    // What follows classifies pieces by their tokens, literals included: never shared.
+    note_literal_read();
     // Rare path: tokenize again rather than clone the tokens on the common one.
     let tokens = match Tokenizer::new(&dialect, sql).tokenize_with_location() {
         Ok(tokens) => tokens,
@@ -318,6 +376,7 @@ fn parse_tokens(sql: &str, tokens: Vec<TokenWithSpan>, body_depth: u8) -> Parsed
     let mut parsed = Parsed {
         statements: Vec::new(),
         error: None,
+        reads_literals: false,
     };
     for piece in split_statements(&tokens) {
         let significant: Vec<&TokenWithSpan> = piece
@@ -548,6 +607,8 @@ fn is_word(t: Option<&&TokenWithSpan>, kw: &str) -> bool {
 /// Statements sqlparser cannot parse but whose grammar is simple enough to classify by their
 /// keywords: `DO`, `TABLE name`, `REINDEX`, `CLUSTER`, `VACUUM`, `ANALYZE`, `ALTER SYSTEM`.
 fn keyword_fallback(tokens: &[&TokenWithSpan], raw: &str) -> Option<Analysis> {
+    // ALTER SYSTEM's settings are literals; classifying by raw tokens is never shared.
+    note_literal_read();
     let first = word(tokens.first()?)?.to_ascii_uppercase();
     let mut a = Analysis {
         text: raw.to_string(),
@@ -1604,13 +1665,16 @@ impl Walker {
 
 fn string_value(expr: &Expr) -> Option<String> {
     match expr {
-        Expr::Value(v) => match &v.value {
-            Value::SingleQuotedString(s)
-            | Value::EscapedStringLiteral(s)
-            | Value::UnicodeStringLiteral(s) => Some(s.clone()),
-            Value::DollarQuotedString(d) => Some(d.value.clone()),
-            _ => None,
-        },
+        Expr::Value(v) => {
+            note_literal_read();
+            match &v.value {
+                Value::SingleQuotedString(s)
+                | Value::EscapedStringLiteral(s)
+                | Value::UnicodeStringLiteral(s) => Some(s.clone()),
+                Value::DollarQuotedString(d) => Some(d.value.clone()),
+                _ => None,
+            }
+        }
         _ => None,
     }
 }
@@ -1628,12 +1692,15 @@ fn first_string_arg(args: &FunctionArguments) -> Option<String> {
 /// `EXPLAIN (ANALYZE false)`, `(ANALYZE off)`, `(ANALYZE 0)`, `(ANALYZE 'no')`.
 fn is_false_option(arg: &Expr) -> bool {
     let text = match arg {
-        Expr::Value(v) => match &v.value {
-            Value::Boolean(b) => return !b,
-            Value::Number(n, _) => n.to_string(),
-            Value::SingleQuotedString(s) => s.clone(),
-            _ => return false,
-        },
+        Expr::Value(v) => {
+            note_literal_read();
+            match &v.value {
+                Value::Boolean(b) => return !b,
+                Value::Number(n, _) => n.to_string(),
+                Value::SingleQuotedString(s) => s.clone(),
+                _ => return false,
+            }
+        }
         Expr::Identifier(i) => i.value.clone(),
         _ => return false,
     };

@@ -448,7 +448,8 @@ fn empty_text_has_no_statement() {
             parsed,
             Parsed {
                 statements: vec![],
-                error: None
+                error: None,
+                reads_literals: false,
             },
             "{sql:?}"
         );
