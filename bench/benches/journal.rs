@@ -15,7 +15,8 @@
 //! Before that, outside criterion, the latency that recording adds to one statement before it
 //! may be forwarded: p50/p99 of `Journal::events` for one command, alone and while 63 other
 //! tasks write as fast as they can, at `sync = "normal"` and `sync = "full"` (printed with
-//! eprintln; skipped under `--test`, which only checks the benchmark runs).
+//! eprintln; skipped under `--test`, which only checks the benchmark runs, and with
+//! `INTERCEPTOR_BENCH_QUICK=1`, the smoke run of `make bench`).
 //!
 //! Run with `cargo bench -p interceptor-bench --bench journal` (about a minute).
 
@@ -190,7 +191,8 @@ fn journal(c: &mut Criterion) {
         .build()
         .expect("runtime");
 
-    if !std::env::args().any(|arg| arg == "--test") {
+    let quick = std::env::var_os("INTERCEPTOR_BENCH_QUICK").is_some_and(|v| v == "1");
+    if !quick && !std::env::args().any(|arg| arg == "--test") {
         for sync in [JournalSync::Normal, JournalSync::Full] {
             latency(&runtime, sync, 0, 2_000);
             latency(&runtime, sync, TASKS - 1, 5_000);

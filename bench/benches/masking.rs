@@ -8,7 +8,8 @@
 //!
 //! Criterion measures `Scanner::find` over a 16 MB stream; before that, one pass over a 100 MB
 //! stream prints its own MB/s, so the figure for the size named in the goal is recorded too
-//! (skipped under `--test`, which only checks the benchmark runs).
+//! (skipped under `--test`, which only checks the benchmark runs, and with
+//! `INTERCEPTOR_BENCH_QUICK=1`, the smoke run of `make bench`, which also scans a 200 kB stream).
 //!
 //! Run with `cargo bench -p interceptor-bench --bench masking`.
 
@@ -320,7 +321,8 @@ fn masking(c: &mut Criterion) {
     let mut out = Vec::new();
 
     let smoke_test = std::env::args().any(|arg| arg == "--test");
-    if !smoke_test {
+    let quick = std::env::var_os("INTERCEPTOR_BENCH_QUICK").is_some_and(|v| v == "1");
+    if !smoke_test && !quick {
         let big = stream(100_000_000);
         let (started, cpu_started) = (Instant::now(), thread_cpu_seconds());
         let found = scan_all(&scanner, &big, &mut out);
@@ -339,7 +341,11 @@ fn masking(c: &mut Criterion) {
         );
     }
 
-    let sample = stream(if smoke_test { 1_000_000 } else { 16_000_000 });
+    let sample = stream(match (smoke_test, quick) {
+        (_, true) => 200_000,
+        (true, false) => 1_000_000,
+        (false, false) => 16_000_000,
+    });
     let mut group = c.benchmark_group("masking");
     group.throughput(Throughput::Bytes(sample.bytes.len() as u64));
     group.bench_function("find/all-detectors/16MB", |b| {

@@ -1,6 +1,6 @@
-//! Policy verdict cost (issue 4 goals): a statement seen before (its analysis is cached) and a
-//! new ~200-character statement (parsed and analysed with sqlparser), both judged by the
-//! shipped default policy. Run with `cargo bench -p interceptor-bench --bench policy`.
+//! Policy verdict cost (issue 4 goals): a statement seen before (its analysis is cached), a
+//! new ~200-character statement (parsed and analysed with sqlparser), and the same statement
+//! with new literals (the literal-fingerprint cache), all judged by the shipped default policy. Run with `cargo bench -p interceptor-bench --bench policy`.
 
 use std::{collections::HashMap, hint::black_box, sync::Arc};
 
@@ -49,11 +49,28 @@ fn verdicts(c: &mut Criterion) {
         })
     });
 
+    // A distinct text every time, ~200 characters. An alias that changes with `n` makes each
+    // one a new token stream, so neither cache (by text, by literal fingerprint) can answer:
+    // sqlparser and the analysis run every time.
     let mut n = 0u64;
     c.bench_function("verdict/new-200-char-statement", |b| {
         b.iter(|| {
             n += 1;
-            // A distinct text every time, so nothing is cached: ~200 characters.
+            let sql = format!(
+                "SELECT c.id, c.name, o{n}.total FROM customers c JOIN orders o{n} ON o{n}.customer_id = c.id \
+                 WHERE c.region = 'north' AND o{n}.total > 10 AND o{n}.created_at > now() - interval '30 days' \
+                 ORDER BY o{n}.total DESC LIMIT 50"
+            );
+            engine.evaluate(black_box(&who), Some("appdb"), "postgres", Request::Sql { text: &sql })
+        })
+    });
+
+    // The same statement with a new literal every time, as clients that inline their
+    // parameters send it: answered by the literal-fingerprint cache after one tokenizing pass.
+    let mut n = 0u64;
+    c.bench_function("verdict/new-literals-same-shape", |b| {
+        b.iter(|| {
+            n += 1;
             let sql = format!(
                 "SELECT c.id, c.name, o.total FROM customers c JOIN orders o ON o.customer_id = c.id \
                  WHERE c.region = 'north' AND o.total > {n} AND o.created_at > now() - interval '30 days' \

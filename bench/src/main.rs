@@ -2,13 +2,15 @@
 //!
 //! Why this exists: the capture's costs (the connect() hook, the proxy hop, the relay) are
 //! only meaningful as ratios against the same workload without them, measured in the same run.
-//! This tool runs one bounded workload and prints one JSON line; `scripts/bench.sh` runs it
-//! directly and under `interceptor exec` and writes the ratios to docs/performance.md.
+//! This tool runs one bounded workload and prints one JSON line; `scripts/bench-capture.sh` runs
+//! it directly and under `interceptor exec` and writes the ratios to docs/performance.md, and
+//! `scripts/bench-memory.sh` holds idle sessions open through the gateway to weigh them.
 //! Every workload has a fixed count and a wall-clock cap; addresses must be loopback.
 
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
     thread,
     time::{Duration, Instant},
 };
@@ -49,10 +51,40 @@ enum Command {
         #[arg(long)]
         bytes: u64,
     },
+    /// Hold --count idle sessions open: the gateway's memory per session. At each stage it
+    /// prints a JSON line `{"state": S, …}` and waits until the file --control-dir/S exists:
+    /// `ready`; --warmup sessions opened together and closed, `warm`; --pause-at sessions
+    /// open, `paused`; all --count open, `held`; then it closes them and prints `released`. A
+    /// session is a connection with one byte echoed through an `echo` server, or a PostgreSQL
+    /// start-up with --pg-user. Everything, waits included, ends within --timeout seconds (at
+    /// most 300).
+    Hold {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long)]
+        count: u64,
+        #[arg(long, default_value_t = 0)]
+        warmup: u64,
+        #[arg(long, default_value_t = 0)]
+        pause_at: u64,
+        #[arg(long)]
+        control_dir: PathBuf,
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+        /// Speak PostgreSQL: a start-up message as this user (the server must trust it), then
+        /// wait for ReadyForQuery.
+        #[arg(long)]
+        pg_user: Option<String>,
+        #[arg(long, default_value = "postgres")]
+        pg_database: String,
+    },
 }
 
 /// No workload may run longer than this, whatever its count.
 const WALL_CLOCK_CAP: Duration = Duration::from_secs(60);
+
+/// `hold` waits for files as well as connecting, so it gets a longer cap.
+const HOLD_CAP: Duration = Duration::from_secs(300);
 
 fn require_loopback(addr: SocketAddr) -> anyhow::Result<()> {
     if !addr.ip().is_loopback() {
@@ -102,6 +134,128 @@ fn main() -> anyhow::Result<()> {
                 bail!("received {total} bytes, expected {bytes}");
             }
             report("bulk", 1, elapsed, Some(total), None)
+        }
+        Command::Hold {
+            addr,
+            count,
+            warmup,
+            pause_at,
+            control_dir,
+            timeout,
+            pg_user,
+            pg_database,
+        } => {
+            require_loopback(addr)?;
+            let session = Session {
+                addr,
+                pg: pg_user.as_deref().map(|user| (user, pg_database.as_str())),
+                deadline: Instant::now() + Duration::from_secs(timeout).min(HOLD_CAP),
+            };
+            let stage = |state: &str, connections: usize| {
+                let line = serde_json::json!({"workload": "hold", "state": state, "connections": connections});
+                println!("{line}");
+                session.wait_for(&control_dir.join(state))
+            };
+            stage("ready", 0)?;
+            drop(session.open_many(warmup)?);
+            stage("warm", 0)?;
+            let mut held = session.open_many(pause_at.min(count))?;
+            stage("paused", held.len())?;
+            held.extend(session.open_many(count - held.len() as u64)?);
+            let waited = stage("held", held.len());
+            drop(held);
+            println!(
+                "{}",
+                serde_json::json!({"workload": "hold", "state": "released"})
+            );
+            waited
+        }
+    }
+}
+
+/// How `hold` opens its sessions, and when it must give up.
+struct Session<'a> {
+    addr: SocketAddr,
+    pg: Option<(&'a str, &'a str)>,
+    deadline: Instant,
+}
+
+impl Session<'_> {
+    fn open_many(&self, count: u64) -> anyhow::Result<Vec<TcpStream>> {
+        let mut held = Vec::with_capacity(count as usize);
+        while (held.len() as u64) < count {
+            if Instant::now() >= self.deadline {
+                bail!("only {} of {count} sessions opened in time", held.len());
+            }
+            let mut stream = TcpStream::connect(self.addr)
+                .with_context(|| format!("connection {} to {}", held.len(), self.addr))?;
+            stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+            match self.pg {
+                Some((user, database)) => pg_startup(&mut stream, user, database),
+                None => ping(&mut stream),
+            }
+            .with_context(|| format!("session {}", held.len()))?;
+            held.push(stream);
+        }
+        Ok(held)
+    }
+
+    /// Polls for `file` until the deadline.
+    fn wait_for(&self, file: &Path) -> anyhow::Result<()> {
+        while !file.exists() {
+            if Instant::now() >= self.deadline {
+                bail!("{} did not appear in time", file.display());
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+}
+
+/// One byte through an `echo` server: the session is relayed end to end, then left idle.
+fn ping(stream: &mut TcpStream) -> std::io::Result<()> {
+    stream.write_all(b"p")?;
+    let mut got = [0u8; 1];
+    stream.read_exact(&mut got)
+}
+
+/// A PostgreSQL start-up (protocol 3.0, no TLS, a server that trusts `user`), up to
+/// ReadyForQuery: the session is idle and ready, as a connection pool's would be.
+fn pg_startup(stream: &mut TcpStream, user: &str, database: &str) -> std::io::Result<()> {
+    let mut body = 196_608u32.to_be_bytes().to_vec();
+    for (key, value) in [("user", user), ("database", database)] {
+        for text in [key, value] {
+            body.extend_from_slice(text.as_bytes());
+            body.push(0);
+        }
+    }
+    body.push(0);
+    let mut message = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    message.extend_from_slice(&body);
+    stream.write_all(&message)?;
+    loop {
+        let mut header = [0u8; 5];
+        stream.read_exact(&mut header)?;
+        let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+        if !(4..=1 << 20).contains(&len) {
+            return Err(std::io::Error::other(format!("message length {len}")));
+        }
+        let mut body = vec![0u8; len - 4];
+        stream.read_exact(&mut body)?;
+        match header[0] {
+            b'Z' => return Ok(()),
+            b'E' => {
+                return Err(std::io::Error::other(format!(
+                    "server error: {}",
+                    String::from_utf8_lossy(&body).replace('\0', " ")
+                )))
+            }
+            b'R' if body.get(..4) != Some(&[0, 0, 0, 0]) => {
+                return Err(std::io::Error::other(
+                    "the server asked for a password: hold needs a trusted user",
+                ))
+            }
+            _ => {}
         }
     }
 }

@@ -742,7 +742,8 @@ impl Engine {
         {
             return p.clone();
         }
-        let shape = sql::literal_fingerprint(text, CACHEABLE_TEXT);
+        let tokenized = sql::tokenize(text);
+        let shape = tokenized.fingerprint(CACHEABLE_TEXT);
         if let Some(key) = &shape {
             let shared = self
                 .shapes
@@ -767,7 +768,7 @@ impl Engine {
                 });
             }
         }
-        let parsed = Arc::new(sql::analyze(text));
+        let parsed = Arc::new(tokenized.analyze());
         if text.len() <= CACHEABLE_TEXT {
             remember(&self.analyses, text.to_owned(), &parsed);
         }

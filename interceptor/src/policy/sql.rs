@@ -217,54 +217,117 @@ impl Parsed {
 
 /// Analyse `sql` (PostgreSQL dialect). Never panics; see the module documentation.
 pub fn analyze(sql: &str) -> Parsed {
-    if sql.len() > MAX_SQL_BYTES {
-        return unknown_text(
-            sql,
-            format!(
-                "input too large: {} bytes (limit {MAX_SQL_BYTES})",
-                sql.len()
-            ),
-        );
-    }
-    let outer = READ_LITERAL.with(|r| r.replace(false));
-    let mut parsed =
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| analyze_text(sql, 0))) {
-            Ok(parsed) => parsed,
-            Err(_) => unknown_text(sql, "internal error: the SQL parser panicked".to_string()),
-        };
-    parsed.reads_literals = READ_LITERAL.with(|r| r.replace(outer));
-    parsed
+    tokenize(sql).analyze()
 }
 
-/// A key shared by texts that differ only in the values of their numbers and plain
-/// single-quoted strings: `SELECT abalance FROM pgbench_accounts WHERE aid = 42` and `… = 7`.
-/// Clients that inline their parameters send a new text for every row they touch, and parsing
-/// each one cost more than anything else the gateway did for them.
-///
-/// Built from sqlparser's own tokens, so two texts with one key are the same token stream
-/// (comments and whitespace aside, which the parser skips) and parse to the same tree but for
-/// those values. Only analyses that never read a literal's value may be shared this way (see
-/// [`Parsed::reads_literals`]); the caller also limits sharing to plain reads and writes.
-/// `None` when the text does not tokenize or is longer than `max_len`.
-pub fn literal_fingerprint(sql: &str, max_len: usize) -> Option<String> {
-    use std::fmt::Write as _;
-    if sql.len() > max_len {
-        return None;
-    }
-    let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize().ok()?;
-    let mut key = String::with_capacity(sql.len() + 64);
-    for token in &tokens {
-        match token {
-            Token::Whitespace(_) => continue,
-            Token::Number(_, long) => key.push_str(if *long { "?N" } else { "?n" }),
-            Token::SingleQuotedString(_) => key.push_str("?s"),
-            // Debug names the variant and quotes its contents, so no two tokens print alike;
-            // it escapes control characters, so the separator cannot occur inside one.
-            other => write!(key, "{other:?}").ok()?,
+/// A text tokenized once, for both its [`Tokenized::fingerprint`] (a cache lookup) and, when
+/// that misses, its [`Tokenized::analyze`]: tokenizing is a third of the cost of an analysis.
+pub struct Tokenized<'a> {
+    sql: &'a str,
+    /// The tokens, or why there are none (the reason an `Unknown` analysis gives).
+    tokens: Result<Vec<TokenWithSpan>, String>,
+}
+
+/// Tokenizes `sql` (PostgreSQL dialect). Never panics.
+pub fn tokenize(sql: &str) -> Tokenized<'_> {
+    let tokens = if sql.len() > MAX_SQL_BYTES {
+        Err(format!(
+            "input too large: {} bytes (limit {MAX_SQL_BYTES})",
+            sql.len()
+        ))
+    } else {
+        let run = || Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize_with_location();
+        match std::panic::catch_unwind(run) {
+            Ok(Ok(tokens)) => Ok(tokens),
+            Ok(Err(e)) => Err(format!("cannot tokenize: {e}")),
+            Err(_) => Err("internal error: the SQL tokenizer panicked".to_string()),
         }
-        key.push('\u{1}');
+    };
+    Tokenized { sql, tokens }
+}
+
+impl Tokenized<'_> {
+    /// A key shared by texts that differ only in the values of their numbers and plain
+    /// single-quoted strings: `SELECT abalance FROM pgbench_accounts WHERE aid = 42` and
+    /// `… = 7`. Clients that inline their parameters send a new text for every row they touch,
+    /// and parsing each one cost more than anything else the gateway did for them.
+    ///
+    /// Built from sqlparser's own tokens, so two texts with one key are the same token stream
+    /// (comments and whitespace aside, which the parser skips) and parse to the same tree but
+    /// for those values. Only analyses that never read a literal's value may be shared this
+    /// way (see [`Parsed::reads_literals`]); the caller also limits sharing to plain reads and
+    /// writes. `None` when the text did not tokenize or is longer than `max_len`.
+    pub fn fingerprint(&self, max_len: usize) -> Option<String> {
+        use std::fmt::Write as _;
+        if self.sql.len() > max_len {
+            return None;
+        }
+        let tokens = self.tokens.as_ref().ok()?;
+        let mut key = String::with_capacity(self.sql.len() + 64);
+        for t in tokens {
+            // Each form below is told apart from the others by its first character: `?`,
+            // lower-case `w`/`p`, a symbol, or Debug's upper-case variant name.
+            match &t.token {
+                Token::Whitespace(_) => continue,
+                Token::Number(_, long) => key.push_str(if *long { "?N" } else { "?n" }),
+                Token::SingleQuotedString(_) => key.push_str("?s"),
+                // The common tokens, cheaply: a word with its quoting, a placeholder, and
+                // fixed punctuation (each prints one constant symbol).
+                Token::Word(w) => {
+                    key.push('w');
+                    key.push(w.quote_style.unwrap_or('-'));
+                    key.push_str(&w.value);
+                }
+                Token::Placeholder(p) => {
+                    key.push('p');
+                    key.push_str(p);
+                }
+                Token::Comma
+                | Token::Period
+                | Token::LParen
+                | Token::RParen
+                | Token::Eq
+                | Token::Neq
+                | Token::Lt
+                | Token::Gt
+                | Token::LtEq
+                | Token::GtEq
+                | Token::Mul
+                | Token::Plus
+                | Token::Minus
+                | Token::Div
+                | Token::SemiColon
+                | Token::DoubleColon => write!(key, "{}", t.token).ok()?,
+                // The rest by Debug, which names the variant and quotes its contents; it
+                // escapes control characters, so the separator cannot occur inside.
+                other => write!(key, "{other:?}").ok()?,
+            }
+            key.push('\u{1}');
+        }
+        Some(key)
     }
-    Some(key)
+
+    /// The analysis of the text. Never panics.
+    pub fn analyze(self) -> Parsed {
+        let Tokenized { sql, tokens } = self;
+        let outer = READ_LITERAL.with(|r| r.replace(false));
+        let mut parsed = match tokens {
+            Err(e) => unknown_text(sql, e),
+            Ok(tokens) => match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                analyze_tokens(sql, tokens, 0)
+            })) {
+                Ok(parsed) => parsed,
+                Err(_) => unknown_text(sql, "internal error: the SQL parser panicked".to_string()),
+            },
+        };
+        parsed.reads_literals = READ_LITERAL.with(|r| r.replace(outer));
+        parsed
+    }
+}
+
+/// [`Tokenized::fingerprint`] of `sql`.
+pub fn literal_fingerprint(sql: &str, max_len: usize) -> Option<String> {
+    tokenize(sql).fingerprint(max_len)
 }
 
 fn unknown_text(sql: &str, error: String) -> Parsed {
@@ -297,10 +360,13 @@ fn truncate_raw(sql: &str) -> String {
 
 fn analyze_text(sql: &str, body_depth: u8) -> Parsed {
     let dialect = PostgreSqlDialect {};
-    let tokens = match Tokenizer::new(&dialect, sql).tokenize_with_location() {
-        Ok(tokens) => tokens,
-        Err(e) => return unknown_text(sql, format!("cannot tokenize: {e}")),
-    };
+    match Tokenizer::new(&dialect, sql).tokenize_with_location() {
+        Ok(tokens) => analyze_tokens(sql, tokens, body_depth),
+        Err(e) => unknown_text(sql, format!("cannot tokenize: {e}")),
+    }
+}
+
+fn analyze_tokens(sql: &str, tokens: Vec<TokenWithSpan>, body_depth: u8) -> Parsed {
     let depth = match check_limits(&tokens) {
         Ok(depth) => depth,
         Err(e) => return unknown_text(sql, e),
