@@ -543,7 +543,9 @@ fn start_checkpointer(
 /// page cache and its frames are overwritten in place; at 20,000 pages (80 MB) every commit
 /// paid for writing into a large, growing file: with 1,000 pages (4 MiB) connection setup
 /// through the gateway went from ~1,490 to ~2,150 connections/s and pgbench -S through it
-/// gained 23% (8 clients) and 33% (1 client) in A/B runs; 250 pages was no better.
+/// gained 23% (8 clients) and 33% (1 client) in A/B runs; 250 pages was no better. The cost is
+/// a more frequent, smaller checkpoint on the commit path: p99 up, p99.9 down (see
+/// docs/performance.md).
 const FALLBACK_CHECKPOINT_PAGES: i64 = 1_000;
 
 /// The journal holds who did what: readable by root (and the file's group) only.
