@@ -7,7 +7,7 @@
 //! JSON lines for a log collector. These are diagnostics only: the audit trail is the SQLite
 //! journal, and nothing secret is ever logged (see docs/security.md).
 
-use std::{env, fmt, os::fd::AsRawFd as _};
+use std::{env, os::fd::AsRawFd as _};
 
 use tracing_subscriber::{layer::SubscriberExt as _, util::SubscriberInitExt as _, EnvFilter};
 
@@ -23,23 +23,13 @@ pub const SYSLOG_IDENTIFIER: &str = "interceptor";
 pub const FIELD_PREFIX: &str = "INTERCEPTOR";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
+enum Format {
     /// Human-readable lines on stderr, coloured on a terminal.
     Text,
     /// One JSON object per line on stderr.
     Json,
     /// Native journald entries, with structured fields.
     Journald,
-}
-
-impl fmt::Display for Format {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Format::Text => "text",
-            Format::Json => "json",
-            Format::Journald => "journald",
-        })
-    }
 }
 
 /// The format asked for by [`FORMAT_ENV`], or detected: journald when stderr is the journal.
@@ -88,11 +78,10 @@ fn stderr_is_journal() -> bool {
     }
 }
 
-/// Installs the global subscriber. `default_level` applies when `RUST_LOG` is unset. Returns
-/// the format in use. If journald was chosen but its socket cannot be reached, JSON lines on
+/// Installs the global subscriber. `default_level` applies when `RUST_LOG` is unset. If journald was chosen but its socket cannot be reached, JSON lines on
 /// stderr are used instead (stderr is still the journal, so nothing is lost) and a warning
 /// says so.
-pub fn init(default_level: &str) -> Format {
+pub fn init(default_level: &str) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let (mut format, note) = choose();
@@ -117,7 +106,7 @@ pub fn init(default_level: &str) -> Format {
                 if let Some(note) = note {
                     tracing::warn!("{note}");
                 }
-                return format;
+                return;
             }
             Err(e) => {
                 fallback = Some(format!(
@@ -147,5 +136,4 @@ pub fn init(default_level: &str) -> Format {
     for warning in note.into_iter().chain(fallback) {
         tracing::warn!("{warning}");
     }
-    format
 }

@@ -663,7 +663,7 @@ pub struct Engine {
     policies: RwLock<Arc<Policies>>,
     analyses: Mutex<HashMap<String, Arc<Parsed>>>,
     /// Analyses shared by texts that differ only in literal values, by
-    /// [`sql::literal_fingerprint`]; only those [`shareable`] are kept.
+    /// [`sql::Tokenized::fingerprint`]; only those [`shareable`] are kept.
     shapes: Mutex<HashMap<String, Arc<Parsed>>>,
 }
 

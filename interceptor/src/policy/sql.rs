@@ -201,7 +201,7 @@ pub struct Parsed {
     pub error: Option<String>,
     /// The analysis looked at the value of some literal (an `EXPLAIN` option, a setting's name
     /// in `set_config`, …), so a text differing only in literals may be analysed differently.
-    /// Such an analysis is never shared through [`literal_fingerprint`].
+    /// Such an analysis is never shared through [`Tokenized::fingerprint`].
     #[serde(skip)]
     pub reads_literals: bool,
 }
@@ -323,11 +323,6 @@ impl Tokenized<'_> {
         parsed.reads_literals = READ_LITERAL.with(|r| r.replace(outer));
         parsed
     }
-}
-
-/// [`Tokenized::fingerprint`] of `sql`.
-pub fn literal_fingerprint(sql: &str, max_len: usize) -> Option<String> {
-    tokenize(sql).fingerprint(max_len)
 }
 
 fn unknown_text(sql: &str, error: String) -> Parsed {

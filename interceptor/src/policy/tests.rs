@@ -445,7 +445,7 @@ fn texts_differing_only_in_literals_share_one_analysis() {
 
 #[test]
 fn names_and_quoting_are_part_of_the_fingerprint() {
-    let key = |s: &str| sql::literal_fingerprint(s, 1 << 14).expect("tokenizes");
+    let key = |s: &str| sql::tokenize(s).fingerprint(1 << 14).expect("tokenizes");
     assert_eq!(
         key("SELECT a FROM t WHERE id = 1"),
         key("SELECT a FROM t WHERE id = 2")
@@ -464,9 +464,11 @@ fn names_and_quoting_are_part_of_the_fingerprint() {
         key("SELECT $$b$$"),
         "dollar quotes are kept"
     );
-    assert!(sql::literal_fingerprint("SELECT 'unterminated", 1 << 14).is_none());
+    assert!(sql::tokenize("SELECT 'unterminated")
+        .fingerprint(1 << 14)
+        .is_none());
     assert!(
-        sql::literal_fingerprint("SELECT 1", 4).is_none(),
+        sql::tokenize("SELECT 1").fingerprint(4).is_none(),
         "too long"
     );
 }
