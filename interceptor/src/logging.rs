@@ -78,9 +78,9 @@ fn stderr_is_journal() -> bool {
     }
 }
 
-/// Installs the global subscriber. `default_level` applies when `RUST_LOG` is unset. If journald was chosen but its socket cannot be reached, JSON lines on
-/// stderr are used instead (stderr is still the journal, so nothing is lost) and a warning
-/// says so.
+/// Installs the global subscriber. `default_level` applies when `RUST_LOG` is unset. If
+/// journald was chosen but its socket cannot be reached, JSON lines on stderr are used instead
+/// (stderr is still the journal, so nothing is lost) and a warning says so.
 pub fn init(default_level: &str) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
