@@ -12,7 +12,8 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 # System packages: the eBPF linker's LLVM, and the real peers the tests talk to.
-APT_PACKAGES=(llvm-22-dev libpolly-22-dev libzstd-dev postgresql pgbouncer python3-venv iproute2 procps openssl util-linux tmux rsyslog sqlite3)
+# libclang-dev and protobuf-compiler build pg_query (PostgreSQL's own parser: bindgen + prost).
+APT_PACKAGES=(llvm-22-dev libpolly-22-dev libzstd-dev libclang-dev protobuf-compiler postgresql pgbouncer python3-venv iproute2 procps openssl util-linux tmux rsyslog sqlite3)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

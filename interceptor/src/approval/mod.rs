@@ -88,6 +88,9 @@ pub enum ApprovalError {
 
 struct Pending {
     request: Request,
+    /// What a `run`-scoped approval of this request grants: the command's canonical key
+    /// (for SQL, PostgreSQL's fingerprint of the raw statement). `None`: only this request.
+    key: Option<String>,
     decide: oneshot::Sender<Resolution>,
 }
 
@@ -96,56 +99,8 @@ pub struct Approvals {
     journal: Journal,
     webhook: Option<notify::Webhook>,
     pending: Mutex<HashMap<String, Pending>>,
-    /// (run id, statement fingerprint) approved for the rest of the run.
+    /// (run id, command key) approved for the rest of the run.
     run_grants: Mutex<HashSet<(String, String)>>,
-}
-
-/// A statement's shape for `run`-scoped approvals: whitespace collapsed, string and numeric
-/// literals replaced. Only ever used to *repeat* a human's approval within one run.
-pub fn fingerprint(statement: &str) -> String {
-    let mut out = String::with_capacity(statement.len());
-    let mut chars = statement.chars().peekable();
-    let mut prev_ident = false;
-    while let Some(c) = chars.next() {
-        match c {
-            '\'' => {
-                // A string literal; '' is an escaped quote inside it.
-                while let Some(d) = chars.next() {
-                    if d == '\'' {
-                        if chars.peek() == Some(&'\'') {
-                            chars.next();
-                        } else {
-                            break;
-                        }
-                    }
-                }
-                out.push('?');
-                prev_ident = false;
-            }
-            d if d.is_ascii_digit() && !prev_ident => {
-                while chars
-                    .peek()
-                    .is_some_and(|n| n.is_ascii_digit() || *n == '.')
-                {
-                    chars.next();
-                }
-                out.push('?');
-            }
-            w if w.is_whitespace() => {
-                while chars.peek().is_some_and(|n| n.is_whitespace()) {
-                    chars.next();
-                }
-                out.push(' ');
-                prev_ident = false;
-            }
-            other => {
-                out.push(other);
-                prev_ident =
-                    other.is_alphanumeric() || other == '_' || other == '"' || other == '$';
-            }
-        }
-    }
-    out.trim().trim_end_matches(';').trim().to_owned()
 }
 
 impl Approvals {
@@ -158,13 +113,15 @@ impl Approvals {
         }
     }
 
-    /// True when a human already approved this statement for the rest of `run_id`.
-    pub fn granted_for_run(&self, run_id: Option<&str>, statement: &str) -> bool {
-        let Some(run) = run_id else { return false };
+    /// True when a human already approved a command with this key for the rest of `run_id`.
+    pub fn granted_for_run(&self, run_id: Option<&str>, key: Option<&str>) -> bool {
+        let (Some(run), Some(key)) = (run_id, key) else {
+            return false;
+        };
         self.run_grants
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .contains(&(run.to_owned(), fingerprint(statement)))
+            .contains(&(run.to_owned(), key.to_owned()))
     }
 
     /// Registers a held command (committed to the journal first) and returns how to wait for
@@ -172,6 +129,7 @@ impl Approvals {
     pub async fn hold(
         &self,
         mut request: Request,
+        key: Option<String>,
     ) -> Result<oneshot::Receiver<Resolution>, JournalError> {
         request.status = Status::Pending;
         self.journal
@@ -197,6 +155,7 @@ impl Approvals {
                 request.id.clone(),
                 Pending {
                     request,
+                    key,
                     decide: tx,
                 },
             );
@@ -272,11 +231,11 @@ impl Approvals {
     ) -> Result<Request, ApprovalError> {
         let pending = self.claim(id, by)?;
         if scope == Scope::Run {
-            if let Some(run) = &pending.request.run_id {
+            if let (Some(run), Some(key)) = (&pending.request.run_id, &pending.key) {
                 self.run_grants
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .insert((run.clone(), fingerprint(&pending.request.statement)));
+                    .insert((run.clone(), key.clone()));
             }
         }
         self.journal_decision(&pending.request, "approved", Some(by), Some(scope), reason);
@@ -376,26 +335,4 @@ fn settle(pending: Pending, status: Status, resolution: Resolution) -> Request {
 pub fn new_id() -> String {
     let uuid = uuid::Uuid::new_v4().simple().to_string();
     format!("apr-{}", &uuid[..10])
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fingerprints_ignore_literals_and_whitespace_but_not_structure() {
-        assert_eq!(
-            fingerprint("UPDATE t SET a = 1 WHERE name = 'x'"),
-            fingerprint("UPDATE t  SET a = 42\nWHERE name = 'it''s';")
-        );
-        assert_ne!(
-            fingerprint("UPDATE t SET a = 1"),
-            fingerprint("UPDATE u SET a = 1")
-        );
-        assert_ne!(fingerprint("DELETE FROM t2"), fingerprint("DELETE FROM t3"));
-        assert_ne!(
-            fingerprint("UPDATE t SET a = 1"),
-            fingerprint("UPDATE t SET b = 1")
-        );
-    }
 }

@@ -19,6 +19,17 @@ use crate::{
     policy::{self, DecisionKind, Engine, Request, Subject},
 };
 
+/// What a `run`-scoped approval of a reviewed statement extends to: the same rule, and a
+/// statement PostgreSQL's own parser fingerprints the same (only literal values may differ).
+/// `None` when the server's grammar rejects the text: then the approval covers only itself.
+fn approval_key(verdict: &policy::Verdict, text: &str) -> Option<String> {
+    let fingerprint = policy::pg_grammar::fingerprint(text)?;
+    Some(format!(
+        "{}\u{1}{fingerprint}",
+        verdict.rule.as_deref().unwrap_or_default()
+    ))
+}
+
 /// A held command waiting for its decision.
 struct Held {
     decision: tokio::sync::oneshot::Receiver<Resolution>,
@@ -93,6 +104,7 @@ impl SessionHooks {
         command: &Command<'_>,
         verdict: &policy::Verdict,
         event: i64,
+        key: Option<String>,
     ) -> Result<Verdict, HookError> {
         let id = approval::new_id();
         let request = approval::Request {
@@ -114,7 +126,7 @@ impl SessionHooks {
         };
         let decision = self
             .approvals
-            .hold(request)
+            .hold(request, key)
             .await
             .map_err(|e| HookError(e.to_string()))?;
         let timeout = verdict
@@ -164,19 +176,24 @@ impl Hooks for SessionHooks {
     }
 
     async fn request_all(&self, commands: &[Command<'_>]) -> Result<Vec<Decision>, HookError> {
+        let mut keys: Vec<Option<String>> = Vec::with_capacity(commands.len());
         let verdicts: Vec<policy::Verdict> = commands
             .iter()
             .map(|c| {
                 let mut v = self.judge(c);
+                let key = (v.decision == DecisionKind::Review)
+                    .then(|| approval_key(&v, c.text))
+                    .flatten();
                 // A human already approved this statement for the rest of the run.
                 if v.decision == DecisionKind::Review
                     && self
                         .approvals
-                        .granted_for_run(self.subject.run_id.as_deref(), c.text)
+                        .granted_for_run(self.subject.run_id.as_deref(), key.as_deref())
                 {
                     v.decision = DecisionKind::Allow;
                     v.message = "approved earlier in this run".to_owned();
                 }
+                keys.push(key);
                 v
             })
             .collect();
@@ -221,7 +238,7 @@ impl Hooks for SessionHooks {
             ));
         }
         let mut decisions = Vec::with_capacity(ids.len());
-        for ((id, v), command) in ids.into_iter().zip(verdicts).zip(commands) {
+        for (((id, v), command), key) in ids.into_iter().zip(verdicts).zip(commands).zip(keys) {
             let rule = v
                 .rule
                 .clone()
@@ -231,7 +248,7 @@ impl Hooks for SessionHooks {
                 DecisionKind::Deny => Verdict::Deny {
                     message: format!("{} [rule {rule}, journal event {id}]", v.message),
                 },
-                DecisionKind::Review => self.hold(command, &v, id).await?,
+                DecisionKind::Review => self.hold(command, &v, id, key).await?,
             };
             decisions.push(Decision {
                 verdict,

@@ -17,6 +17,7 @@
 //! text is cached, and policies are swapped atomically on reload.
 
 pub mod file;
+pub mod pg_grammar;
 pub mod sql;
 pub mod tooling;
 
@@ -565,6 +566,17 @@ impl Policy {
                 }),
             });
         }
+        // What the gateway cannot be sure of is refused, whatever the rules say.
+        if let Some(refusal) = &parsed.refusal {
+            return Verdict {
+                decision: DecisionKind::Deny,
+                rule: Some(refusal.rule.to_owned()),
+                message: refusal.message.clone(),
+                review_timeout: None,
+                parse_error: parsed.error.clone(),
+                statements,
+            };
+        }
         // An empty text asks for nothing; it still has to be allowed by something.
         match worst.unwrap_or((DecisionKind::Deny, None)) {
             (decision, Some(Decider::Mask(m))) => Verdict {
@@ -664,7 +676,15 @@ pub struct Engine {
     analyses: Mutex<HashMap<String, Arc<Parsed>>>,
     /// Analyses shared by texts that differ only in literal values, by
     /// [`sql::Tokenized::fingerprint`]; only those [`shareable`] are kept.
-    shapes: Mutex<HashMap<String, Arc<Parsed>>>,
+    shapes: Mutex<HashMap<String, Shape>>,
+}
+
+/// A shared analysis, with PostgreSQL's own fingerprint of the text it was made from: a text
+/// may use it only if both parsers agree it is the same statement but for its literals.
+#[derive(Clone)]
+struct Shape {
+    parsed: Arc<Parsed>,
+    pg_fingerprint: String,
 }
 
 /// Whether an analysis may stand for every text with the same literal fingerprint: one plain
@@ -678,6 +698,7 @@ fn shareable(parsed: &Parsed) -> bool {
     };
     !parsed.reads_literals
         && parsed.error.is_none()
+        && parsed.refusal.is_none()
         && a.dangerous.is_empty()
         && a.prepared.is_none()
         && a.executes.is_none()
@@ -688,12 +709,12 @@ fn shareable(parsed: &Parsed) -> bool {
 }
 
 /// Inserts into a bounded cache, emptying it when full (a re-parse is the only cost).
-fn remember(cache: &Mutex<HashMap<String, Arc<Parsed>>>, key: String, parsed: &Arc<Parsed>) {
+fn remember<V>(cache: &Mutex<HashMap<String, V>>, key: String, value: V) {
     let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
     if cache.len() >= ANALYSIS_CACHE {
         cache.clear();
     }
-    cache.insert(key, parsed.clone());
+    cache.insert(key, value);
 }
 
 /// The policy of each target, and the one for everything else.
@@ -744,6 +765,8 @@ impl Engine {
         }
         let tokenized = sql::tokenize(text);
         let shape = tokenized.fingerprint(CACHEABLE_TEXT);
+        // PostgreSQL's fingerprint of this text, computed at most once.
+        let mut pg_fingerprint: Option<Option<String>> = None;
         if let Some(key) = &shape {
             let shared = self
                 .shapes
@@ -751,7 +774,13 @@ impl Engine {
                 .unwrap_or_else(|p| p.into_inner())
                 .get(key)
                 .cloned();
-            if let Some(shared) = shared {
+            let shared = shared.filter(|s| {
+                // sqlparser says "same statement, other literals"; the server's grammar must
+                // say so too, or this text gets an analysis of its own.
+                let ours = pg_fingerprint.get_or_insert_with(|| pg_grammar::fingerprint(text));
+                ours.as_deref() == Some(s.pg_fingerprint.as_str())
+            });
+            if let Some(Shape { parsed: shared, .. }) = shared {
                 // Everything but the text is the same; the text is this one, as written.
                 let statements = shared
                     .statements
@@ -765,15 +794,27 @@ impl Engine {
                     statements,
                     error: None,
                     reads_literals: false,
+                    refusal: None,
                 });
             }
         }
         let parsed = Arc::new(tokenized.analyze());
         if text.len() <= CACHEABLE_TEXT {
-            remember(&self.analyses, text.to_owned(), &parsed);
+            remember(&self.analyses, text.to_owned(), parsed.clone());
         }
         if let Some(key) = shape.filter(|_| shareable(&parsed)) {
-            remember(&self.shapes, key, &parsed);
+            let fingerprint = pg_fingerprint.unwrap_or_else(|| pg_grammar::fingerprint(text));
+            if let Some(pg_fingerprint) = fingerprint {
+                let parsed = parsed.clone();
+                remember(
+                    &self.shapes,
+                    key,
+                    Shape {
+                        parsed,
+                        pg_fingerprint,
+                    },
+                );
+            }
         }
         parsed
     }

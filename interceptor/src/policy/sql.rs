@@ -204,6 +204,18 @@ pub struct Parsed {
     /// Such an analysis is never shared through [`Tokenized::fingerprint`].
     #[serde(skip)]
     pub reads_literals: bool,
+    /// Set when the gateway must refuse the text whatever the policy says: PostgreSQL's own
+    /// grammar reads it differently, or it changes a setting the gateway pins (see
+    /// [`super::pg_grammar`]).
+    pub refusal: Option<GateRefusal>,
+}
+
+/// A refusal no policy can override.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct GateRefusal {
+    /// The built-in rule journaled as the decider (`gate:…`).
+    pub rule: &'static str,
+    pub message: String,
 }
 
 impl Parsed {
@@ -215,9 +227,38 @@ impl Parsed {
     }
 }
 
-/// Analyse `sql` (PostgreSQL dialect). Never panics; see the module documentation.
+/// Analyse `sql` (PostgreSQL dialect), checked against PostgreSQL's own grammar. Never
+/// panics; see the module documentation.
 pub fn analyze(sql: &str) -> Parsed {
     tokenize(sql).analyze()
+}
+
+/// The analysis alone, without PostgreSQL's second opinion (for tests of either side).
+pub fn analyze_unchecked(sql: &str) -> Parsed {
+    tokenize(sql).analyze_unchecked()
+}
+
+/// Adds PostgreSQL's own reading of `sql` to its analysis (see [`super::pg_grammar`]).
+fn second_opinion(sql: &str, mut parsed: Parsed) -> Parsed {
+    use super::pg_grammar::{self, Objection};
+    match pg_grammar::check(sql, &parsed.statements) {
+        Ok(()) => {}
+        Err(o @ Objection::PinnedSetting(_)) => {
+            parsed.refusal = Some(GateRefusal {
+                rule: "gate:pinned-setting",
+                message: o.to_string(),
+            });
+        }
+        // A text the analysis already refuses keeps its own reason (and the policy's rule).
+        Err(_) if parsed.has_unknown() => {}
+        Err(o) => {
+            parsed.refusal = Some(GateRefusal {
+                rule: "gate:parser-disagreement",
+                message: o.to_string(),
+            });
+        }
+    }
+    parsed
 }
 
 /// A text tokenized once, for both its [`Tokenized::fingerprint`] (a cache lookup) and, when
@@ -307,8 +348,14 @@ impl Tokenized<'_> {
         Some(key)
     }
 
-    /// The analysis of the text. Never panics.
+    /// The analysis of the text, checked against PostgreSQL's own grammar. Never panics.
     pub fn analyze(self) -> Parsed {
+        let sql = self.sql;
+        second_opinion(sql, self.analyze_unchecked())
+    }
+
+    /// The analysis alone. Never panics.
+    pub fn analyze_unchecked(self) -> Parsed {
         let Tokenized { sql, tokens } = self;
         let outer = READ_LITERAL.with(|r| r.replace(false));
         let mut parsed = match tokens {
@@ -330,6 +377,7 @@ fn unknown_text(sql: &str, error: String) -> Parsed {
         statements: vec![unknown_analysis(truncate_raw(sql))],
         error: Some(error),
         reads_literals: false,
+        refusal: None,
     }
 }
 
@@ -422,6 +470,7 @@ fn parse_tokens(sql: &str, tokens: Vec<TokenWithSpan>, body_depth: u8) -> Parsed
                 .collect(),
             error: None,
             reads_literals: false,
+            refusal: None,
         };
     }
     // What follows classifies pieces by their tokens, literals included: never shared.
@@ -438,6 +487,7 @@ fn parse_tokens(sql: &str, tokens: Vec<TokenWithSpan>, body_depth: u8) -> Parsed
         statements: Vec::new(),
         error: None,
         reads_literals: false,
+        refusal: None,
     };
     for piece in split_statements(&tokens) {
         let significant: Vec<&TokenWithSpan> = piece
@@ -1970,8 +2020,12 @@ impl Visitor for Walker {
                 self.transforming_factors.push(factor as *const _);
                 self.whole_row_args(args);
             }
-            TableFactor::UNNEST { .. }
-            | TableFactor::TableFunction { .. }
+            TableFactor::UNNEST { .. } => {
+                // sqlparser has syntax of its own for it; to the server it is a function call.
+                self.a.functions.insert("unnest".to_owned());
+                self.transforming_factors.push(factor as *const _);
+            }
+            TableFactor::TableFunction { .. }
             | TableFactor::JsonTable { .. }
             | TableFactor::OpenJsonTable { .. }
             | TableFactor::XmlTable { .. } => {

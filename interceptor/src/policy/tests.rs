@@ -537,3 +537,21 @@ fn the_evasion_corpus_holds_with_literal_variants_judged_first() {
     }
     assert_default_policy_passes(&primed);
 }
+
+/// The differential test over the evasion corpus: PostgreSQL's own grammar and the analysis
+/// agree on every case, or the case is refused.
+#[test]
+fn postgresql_and_the_analysis_agree_on_the_evasion_corpus() {
+    for case in corpus() {
+        let Some(text) = &case.sql else { continue };
+        let unchecked = sql::analyze_unchecked(text);
+        if let Err(objection) = pg_grammar::check(text, &unchecked.statements) {
+            let checked = sql::analyze(text);
+            assert!(
+                checked.has_unknown() || checked.refusal.is_some(),
+                "{text}: {objection} but the text is not refused"
+            );
+            assert_eq!(case.expect, DecisionKind::Deny, "{text}: {objection}");
+        }
+    }
+}

@@ -166,7 +166,7 @@ async fn connect(upstream: &Upstream<'_>) -> Result<(BoxIo, BytesMut), PgError> 
     .await
     .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
     let mut io = startup::connect_upstream_tls(tcp, upstream.tls, upstream.addr).await?;
-    let params = [
+    let mut params = vec![
         ("user".to_owned(), creds.user.clone()),
         ("database".to_owned(), upstream.database.to_owned()),
         (
@@ -174,6 +174,7 @@ async fn connect(upstream: &Upstream<'_>) -> Result<(BoxIo, BytesMut), PgError> 
             "interceptor catalog".to_owned(),
         ),
     ];
+    super::reading::pin_startup(&mut params).map_err(|e| PgError::Unsupported(e.to_string()))?;
     let login = startup::login(&mut io, creds, &params, upstream.target.max_message_bytes).await?;
     Ok((io, login.server_buf))
 }

@@ -212,7 +212,15 @@ fn read_cstr(b: &mut &[u8], what: &'static str) -> Result<String, FrameError> {
             what,
             why: "string without terminator",
         })?;
-    let s = String::from_utf8_lossy(&b[..end]).into_owned();
+    // Strictly UTF-8: the session's client_encoding is pinned to UTF8 (see `reading`), so
+    // anything else is text the server would refuse, or read differently than a lossy
+    // decoding here would (two names differing only in invalid bytes must never collide).
+    let s = std::str::from_utf8(&b[..end])
+        .map_err(|_| FrameError::Malformed {
+            what,
+            why: "text is not valid UTF-8 (the session's client_encoding is UTF8)",
+        })?
+        .to_owned();
     b.advance(end + 1);
     Ok(s)
 }

@@ -12,12 +12,17 @@
 //! - [`results`]: what result columns are, and masking of rows, COPY output and notices.
 //! - [`catalog`]: table OID + attribute number → `schema.table.column`, for column rules.
 //! - [`cancel`]: the map from the keys we gave clients to the server's real keys.
+//! - [`reading`]: the session settings that decide how the server reads text, pinned.
+//! - [`names`]: the prepared statements and portals the server keeps, mirrored from its
+//!   confirmations.
 //!
 //! It talks to the rest of the gateway only through [`crate::command::Hooks`].
 
 pub mod cancel;
 pub mod catalog;
 pub mod codec;
+pub mod names;
+pub mod reading;
 pub mod relay;
 pub mod results;
 pub mod startup;
@@ -66,6 +71,8 @@ pub enum PgError {
     Journal(#[from] HookError),
     #[error("refused by policy: {0}")]
     Denied(String),
+    #[error("session state the gateway cannot read for: {0}")]
+    Unpinned(String),
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }

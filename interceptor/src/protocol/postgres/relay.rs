@@ -29,6 +29,8 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _, ReadHalf, Writ
 use super::{
     catalog::{self, Catalog},
     codec::{self, backend, backend::Field, frontend, FrameError},
+    names::{self, Change, EventRef, Forget, Lookup, Names, Portal, Statement},
+    reading,
     results::{self, RowScratch, UnmaskableCopy},
     startup::Legs,
     BoxIo, Context, PgError,
@@ -40,7 +42,8 @@ use crate::command::{
 /// Read at least this much spare room before each read, so large results need few syscalls.
 const READ_CHUNK: usize = 64 * 1024;
 
-/// What the server still owes an answer for, in order.
+/// What the server still owes an answer for, in order. Each entry knows the Sync segment of
+/// the message it answers.
 enum Pending {
     /// A simple Query (possibly several statements) or FunctionCall: ends at ReadyForQuery.
     UntilReady {
@@ -49,6 +52,9 @@ enum Pending {
         result: CommandResult,
         /// Masks the result set being received (each RowDescription starts a new one).
         masker: Option<Box<dyn Masker>>,
+        segment: u64,
+        /// What it drops (names), applied when it is answered.
+        change: Option<Change>,
     },
     /// An Execute: ends at CommandComplete, EmptyQueryResponse, PortalSuspended or an error.
     Execute {
@@ -58,27 +64,71 @@ enum Pending {
         shape: ExecShape,
         masker: Option<Box<dyn Masker>>,
         result: CommandResult,
+        segment: u64,
+        /// What running it drops (a prepared `DEALLOCATE`, …).
+        change: Option<Change>,
     },
     /// A Describe: its RowDescription (or NoData) tells what a later Execute returns.
-    Describe(Described),
+    Describe(Described, u64),
+    /// A Parse, Bind or Close: answered by ParseComplete, BindComplete or CloseComplete (or an
+    /// error), which decides whether its change to the names happened.
+    Name {
+        change: Option<Change>,
+        segment: u64,
+    },
     /// A Sync (or the implicit one of a simple Query): its ReadyForQuery closes the batch.
-    Sync,
-    /// A refused command, replaced by one that fails: the server's ErrorResponse for it is
-    /// swapped for `error`.
+    Sync { segment: u64 },
+    /// A refused message, replaced by one that fails: the server's ErrorResponse for it is
+    /// swapped for `error`. `event` is `None` for refusals of the gateway's own (unknown names).
     Denied {
-        event: EventId,
+        event: Option<EventId>,
         started: Instant,
         error: bytes::Bytes,
         message: String,
+        /// What the replacement still does on the server, applied as a rejected change.
+        change: Option<Change>,
+        segment: u64,
     },
+}
+
+impl Pending {
+    fn segment(&self) -> Option<u64> {
+        match self {
+            Pending::UntilReady { segment, .. }
+            | Pending::Execute { segment, .. }
+            | Pending::Describe(_, segment)
+            | Pending::Name { segment, .. }
+            | Pending::Sync { segment }
+            | Pending::Denied { segment, .. } => Some(*segment),
+        }
+    }
+
+    /// The change to the names this entry waits to settle, if any.
+    fn change(&self) -> Option<(u64, &Change)> {
+        match self {
+            Pending::UntilReady {
+                segment, change, ..
+            }
+            | Pending::Execute {
+                segment, change, ..
+            }
+            | Pending::Name { segment, change }
+            | Pending::Denied {
+                segment, change, ..
+            } => change.as_ref().map(|c| (*segment, c)),
+            Pending::Describe(..) | Pending::Sync { .. } => None,
+        }
+    }
 }
 
 /// What a Describe asked about.
 #[derive(Debug, Clone)]
 enum Described {
-    /// A prepared statement, by its generation (see [`Prepared::generation`]).
+    /// A prepared statement, by its generation (see [`Statement::generation`]).
     Statement(u64),
     Portal(String),
+    /// A statement the gateway does not know (the server answers with an error).
+    Unknown,
 }
 
 /// What an Execute's rows look like, as far as the client side knows when sending it.
@@ -95,16 +145,73 @@ struct ExecShape {
     ready: bool,
 }
 
-/// State shared by the two directions: the answers the server owes, and the descriptions of
-/// prepared statements (by generation), which results of later Executes need.
+/// State shared by the two directions: the answers the server owes, the names the server
+/// has confirmed, and the descriptions of prepared statements (by generation), which results
+/// of later Executes need.
 #[derive(Default)]
 struct Flow {
     queue: VecDeque<Pending>,
+    names: Names,
     shapes: HashMap<u64, Arc<Vec<Field>>>,
-    /// See [`Statements::retired`]; purged when the queue is empty.
+    /// Generations replaced or closed, whose descriptions can go once the server has
+    /// answered everything sent before; purged when the queue is empty.
     retired: Vec<u64>,
     /// The COPY TO in progress sends binary rows.
     copy_binary: bool,
+}
+
+impl Flow {
+    /// Queues what the server will answer for a forwarded message.
+    fn expect(
+        &mut self,
+        expect: Option<Expect>,
+        change: Option<Change>,
+        segment: u64,
+        started: Instant,
+        events: &[EventId],
+    ) {
+        let entry = match expect {
+            Some(Expect::Sync) => Pending::Sync { segment },
+            Some(Expect::UntilReady(r)) => match r.resolve(events) {
+                Some(event) => Pending::UntilReady {
+                    event,
+                    started,
+                    result: CommandResult::default(),
+                    masker: None,
+                    segment,
+                    change,
+                },
+                None => return,
+            },
+            Some(Expect::Execute(r, shape)) => match r.resolve(events) {
+                Some(event) => Pending::Execute {
+                    event,
+                    started,
+                    rows: 0,
+                    shape,
+                    masker: None,
+                    result: CommandResult::default(),
+                    segment,
+                    change,
+                },
+                None => return,
+            },
+            Some(Expect::Describe(d)) => Pending::Describe(d, segment),
+            Some(Expect::Answer) => Pending::Name { change, segment },
+            None => return,
+        };
+        self.queue.push_back(entry);
+    }
+
+    fn confirm(&mut self, change: Change) {
+        let retired = self.names.confirm(change);
+        self.retired.extend(retired);
+    }
+
+    fn reject(&mut self, change: &Change) {
+        let retired = self.names.reject(change);
+        self.retired.extend(retired);
+    }
 }
 
 type ClientWriter = tokio::sync::Mutex<WriteHalf<BoxIo>>;
@@ -114,6 +221,8 @@ pub async fn run<H: Hooks>(ctx: &Context<'_, H>, legs: Legs) -> Result<(), PgErr
     let (server_read, server_write) = tokio::io::split(legs.server);
     let client_write: ClientWriter = tokio::sync::Mutex::new(client_write);
     let pending = Mutex::new(Flow::default());
+    // Woken at every ReadyForQuery: a plan waiting on an earlier segment's answer tries again.
+    let answered = tokio::sync::Notify::new();
     // Column sources are resolved only when masking rules name tables, and only with the
     // gateway's own login (credentials) to open a catalog connection.
     let catalog = match (&legs.database, ctx.hooks.wants_sources()) {
@@ -130,6 +239,7 @@ pub async fn run<H: Hooks>(ctx: &Context<'_, H>, legs: Legs) -> Result<(), PgErr
         legs.client_buf,
         &client_write,
         &pending,
+        &answered,
     );
     let down = server_to_client(
         ctx,
@@ -137,6 +247,7 @@ pub async fn run<H: Hooks>(ctx: &Context<'_, H>, legs: Legs) -> Result<(), PgErr
         &client_write,
         legs.server_buf,
         &pending,
+        &answered,
         catalog.as_deref().map(|c| (c, database.as_str())),
     );
     crate::protocol::both_directions(up, down).await
@@ -172,23 +283,6 @@ async fn tell_client(writer: &ClientWriter, sqlstate: &str, text: &str) {
     let _ = w.flush().await;
 }
 
-/// The journal event of a command: known, or the index of a command in the batch being
-/// recorded (resolved once the batch is committed).
-#[derive(Debug, Clone, Copy)]
-enum EventRef {
-    Known(EventId),
-    Batch(usize),
-}
-
-impl EventRef {
-    fn resolve(self, batch: &[EventId]) -> Option<EventId> {
-        match self {
-            EventRef::Known(e) => Some(e),
-            EventRef::Batch(i) => batch.get(i).copied(),
-        }
-    }
-}
-
 async fn tell_client_notice(writer: &ClientWriter, text: &str) {
     let mut out = BytesMut::new();
     backend::error(b'N', "NOTICE", "00000", text).encode(&mut out);
@@ -197,19 +291,7 @@ async fn tell_client_notice(writer: &ClientWriter, text: &str) {
     let _ = w.flush().await;
 }
 
-/// A prepared statement the client created with Parse.
-struct Prepared {
-    text: String,
-    params: usize,
-    event: EventRef,
-    /// The Parse event carries the first execution's result; later ones get their own event.
-    executed: bool,
-    /// Unique per Parse in this session: a re-Parse of the same name (the unnamed statement
-    /// is re-parsed all the time) must not inherit the old description.
-    generation: u64,
-}
-
-/// A command to record, owned so the statement table can change while the batch is planned.
+/// A command to record, owned so the plan can be made before anything is recorded.
 struct Planned {
     kind: CommandKind,
     text: String,
@@ -217,16 +299,15 @@ struct Planned {
     name: Option<String>,
 }
 
-/// Per-connection protocol state the client side keeps.
+/// Client-side protocol state that outlives a batch.
 #[derive(Default)]
 struct Statements {
-    prepared: HashMap<String, Prepared>,
-    /// Portal → the statement it was bound to, and the result formats asked for.
-    portals: HashMap<String, (String, Vec<i16>)>,
+    /// Sync segments sent so far: a Sync, a simple Query or a FunctionCall ends one.
+    segment: u64,
     generations: u64,
-    /// Generations replaced or closed, whose descriptions can go once the server has
-    /// answered everything sent before.
-    retired: Vec<u64>,
+    /// Statement name → the generation whose first execution reported to its Parse event.
+    /// Later executions are recorded (and judged) as commands of their own.
+    first_run: HashMap<String, u64>,
 }
 
 /// What one client message means for the batch.
@@ -235,151 +316,322 @@ struct Step {
     /// Index into the batch's commands to record, if this message carries one.
     record: Option<usize>,
     expect: Option<Expect>,
-    /// The prepared statement this Parse created (undone if the Parse is refused).
-    parsed: Option<String>,
+    /// A change to the names: answered by ParseComplete, BindComplete or CloseComplete, or
+    /// (a simple Query's drops) applied when the Query is answered.
+    change: Option<Change>,
+    /// Refused by the gateway itself, before policy (an unknown name): why.
+    refuse: Option<String>,
+    /// The segment the message belongs to.
+    segment: u64,
 }
 
 enum Expect {
+    /// A simple Query or FunctionCall.
     UntilReady(EventRef),
     Execute(EventRef, ExecShape),
     Describe(Described),
+    /// A message answered by ParseComplete, BindComplete or CloseComplete (or an error).
+    Answer,
     Sync,
 }
 
+/// A batch worked out: a step per message and the commands to record.
+struct Plan {
+    steps: Vec<Step>,
+    record: Vec<Planned>,
+    /// First-run claims, applied only if the plan is used.
+    first_run: Vec<(String, u64)>,
+    generations: u64,
+    segment: u64,
+}
+
+/// Why a batch cannot be planned (all of it) now.
+enum PlanError {
+    /// A name depends on the server's answer to this segment: wait for it, then plan again.
+    Wait(u64),
+    /// A name depends on an earlier segment of this very batch: send the messages before
+    /// this index first.
+    Cut(usize),
+    Frame(FrameError),
+}
+
+impl From<FrameError> for PlanError {
+    fn from(e: FrameError) -> PlanError {
+        PlanError::Frame(e)
+    }
+}
+
+/// The changes a lookup must look through: the queued ones (sent, not yet answered), then
+/// those of the batch being planned.
+fn changes<'a>(
+    flow: &'a Flow,
+    steps: &'a [Step],
+) -> impl DoubleEndedIterator<Item = names::Planned<'a>> {
+    let queued = flow.queue.iter().filter_map(Pending::change);
+    let local = steps
+        .iter()
+        .filter_map(|s| s.change.as_ref().map(|c| (s.segment, c, true)));
+    queued.map(|(s, c)| (s, c, false)).chain(local)
+}
+
 impl Statements {
-    /// Reads one client message: updates statements and portals, and appends what must be
-    /// recorded to `record`.
-    fn plan(
-        &mut self,
+    /// Works out what the messages `found` of `buf` ask for, against the names as the server
+    /// will hold them (`flow`). Changes nothing here: [`Statements::adopt`] applies the plan.
+    fn plan(&self, buf: &[u8], found: &[Frame], flow: &Flow) -> Result<Plan, PlanError> {
+        let mut plan = Plan {
+            steps: Vec::with_capacity(found.len()),
+            record: Vec::new(),
+            first_run: Vec::new(),
+            generations: self.generations,
+            segment: self.segment,
+        };
+        // Where each segment that starts inside this batch starts.
+        let mut starts: Vec<(u64, usize)> = vec![(self.segment, 0)];
+        for (index, (tag, range)) in found.iter().enumerate() {
+            let step = match self.plan_one(*tag, &buf[range.clone()], flow, &mut plan) {
+                Ok(step) => step,
+                Err(PlanError::Cut(segment)) => {
+                    // Send everything before the segment after the one the name came from.
+                    let at = starts
+                        .iter()
+                        .find(|(s, _)| *s as usize > segment)
+                        .map_or(index, |(_, i)| *i);
+                    return Err(PlanError::Cut(at));
+                }
+                Err(e) => return Err(e),
+            };
+            plan.steps.push(step);
+            if matches!(tag, b'S' | b'Q' | b'F') {
+                plan.segment += 1;
+                starts.push((plan.segment, index + 1));
+            }
+        }
+        Ok(plan)
+    }
+
+    /// One message of a batch.
+    fn plan_one(
+        &self,
         tag: u8,
         body: &[u8],
-        record: &mut Vec<Planned>,
-    ) -> Result<Step, FrameError> {
-        let mut step = Step::default();
-        let mut push = |p: Planned| {
-            record.push(p);
-            step.record = Some(record.len() - 1);
-            EventRef::Batch(record.len() - 1)
+        flow: &Flow,
+        plan: &mut Plan,
+    ) -> Result<Step, PlanError> {
+        let mut step = Step {
+            segment: plan.segment,
+            ..Step::default()
+        };
+        let current = plan.segment;
+        let record = |plan: &mut Plan, p: Planned, step: &mut Step| {
+            plan.record.push(p);
+            step.record = Some(plan.record.len() - 1);
+            EventRef::Batch(plan.record.len() - 1)
         };
         match tag {
             b'Q' => {
                 let text = frontend::query(body)?;
-                let event = push(Planned {
-                    kind: CommandKind::Statement,
-                    text,
-                    params: 0,
-                    name: None,
-                });
+                let mut forget = names::sql_forget(&text);
+                forget.statements.push(String::new());
+                forget.portals.push(String::new());
+                let event = record(
+                    plan,
+                    Planned {
+                        kind: CommandKind::Statement,
+                        text,
+                        params: 0,
+                        name: None,
+                    },
+                    &mut step,
+                );
+                step.change = Some(Change::Forget(forget));
                 step.expect = Some(Expect::UntilReady(event));
             }
             b'P' => {
                 let (name, text, params) = frontend::parse(body)?;
-                let event = push(Planned {
-                    kind: CommandKind::Prepare,
-                    text: text.clone(),
-                    params,
-                    name: Some(name.clone()),
-                });
-                self.generations += 1;
-                if let Some(old) = self.prepared.get(&name) {
-                    self.retired.push(old.generation);
-                }
-                self.prepared.insert(
-                    name.clone(),
-                    Prepared {
-                        text,
+                // A named statement that exists makes the server reject the Parse: the name
+                // keeps its statement. (The unnamed one is always replaced.)
+                let taken = !name.is_empty()
+                    && match names::statement(
+                        &flow.names,
+                        changes(flow, &plan.steps),
+                        current,
+                        &name,
+                    )
+                    .map_err(PlanError::Cut)?
+                    {
+                        Lookup::Known(_) => true,
+                        Lookup::Unknown => false,
+                        Lookup::Wait(s) => return Err(PlanError::Wait(s)),
+                    };
+                // What running it drops (a prepared DEALLOCATE, CLOSE or COMMIT).
+                let forget = Some(names::sql_forget(&text)).filter(|f| *f != Forget::default());
+                let event = record(
+                    plan,
+                    Planned {
+                        kind: CommandKind::Prepare,
+                        text: text.clone(),
                         params,
-                        event,
-                        executed: false,
-                        generation: self.generations,
+                        name: Some(name.clone()),
                     },
+                    &mut step,
                 );
-                step.parsed = Some(name);
+                step.expect = Some(Expect::Answer);
+                if !taken {
+                    plan.generations += 1;
+                    step.change = Some(Change::Parsed {
+                        name,
+                        statement: Statement {
+                            text: text.into(),
+                            params,
+                            event,
+                            generation: plan.generations,
+                            forget,
+                        },
+                    });
+                }
             }
             b'B' => {
-                let (portal, statement, _) = frontend::bind(body)?;
+                let (portal, statement_name, _) = frontend::bind(body)?;
                 let formats = frontend::bind_result_formats(body)?;
-                self.portals.insert(portal, (statement, formats));
+                step.expect = Some(Expect::Answer);
+                match names::statement(
+                    &flow.names,
+                    changes(flow, &plan.steps),
+                    current,
+                    &statement_name,
+                )
+                .map_err(PlanError::Cut)?
+                {
+                    Lookup::Known(statement) => {
+                        let statement = statement.clone();
+                        step.change = Some(Change::Bound {
+                            name: portal,
+                            portal: Portal {
+                                statement_name,
+                                statement,
+                                formats,
+                            },
+                        });
+                    }
+                    Lookup::Unknown => {
+                        step.refuse = Some(format!(
+                            "Bind of prepared statement {statement_name:?}, which the gateway \
+                             did not see prepared (SQL-level PREPARE names cannot be bound)"
+                        ));
+                    }
+                    Lookup::Wait(s) => return Err(PlanError::Wait(s)),
+                }
             }
             b'D' => {
-                step.expect = match frontend::describe(body)? {
-                    (b'S', name) => self
-                        .prepared
-                        .get(&name)
-                        .map(|p| Expect::Describe(Described::Statement(p.generation))),
-                    (_, portal) => Some(Expect::Describe(Described::Portal(portal))),
-                };
+                step.expect = Some(Expect::Describe(match frontend::describe(body)? {
+                    (b'S', name) => match names::statement(
+                        &flow.names,
+                        changes(flow, &plan.steps),
+                        current,
+                        &name,
+                    ) {
+                        Ok(Lookup::Known(s)) => Described::Statement(s.generation),
+                        _ => Described::Unknown,
+                    },
+                    (_, portal) => Described::Portal(portal),
+                }));
             }
             b'E' => {
-                let portal = frontend::execute(body)?;
-                // An unknown portal gets an error from the server; nothing to record.
-                let Some((statement, formats)) = self.portals.get(&portal) else {
-                    return Ok(step);
+                let portal_name = frontend::execute(body)?;
+                let portal = match names::portal(
+                    &flow.names,
+                    changes(flow, &plan.steps),
+                    current,
+                    &portal_name,
+                )
+                .map_err(PlanError::Cut)?
+                {
+                    Lookup::Known(p) => p.clone(),
+                    Lookup::Unknown => {
+                        step.refuse = Some(format!(
+                            "Execute of portal {portal_name:?}, which the gateway did not see \
+                             bound (SQL cursors are read with FETCH)"
+                        ));
+                        step.expect = Some(Expect::Answer);
+                        return Ok(step);
+                    }
+                    Lookup::Wait(s) => return Err(PlanError::Wait(s)),
                 };
-                let Some(prepared) = self.prepared.get_mut(statement) else {
-                    return Ok(step);
-                };
-                let event = if prepared.executed {
-                    let planned = Planned {
-                        kind: CommandKind::Execute,
-                        text: prepared.text.clone(),
-                        params: prepared.params,
-                        name: Some(statement.clone()),
-                    };
-                    push(planned)
+                let statement = &portal.statement;
+                let claimed =
+                    self.first_run.get(&portal.statement_name) == Some(&statement.generation)
+                        || plan.first_run.iter().any(|(n, g)| {
+                            *n == portal.statement_name && *g == statement.generation
+                        });
+                let event = if claimed {
+                    record(
+                        plan,
+                        Planned {
+                            kind: CommandKind::Execute,
+                            text: statement.text.to_string(),
+                            params: statement.params,
+                            name: Some(portal.statement_name.clone()),
+                        },
+                        &mut step,
+                    )
                 } else {
-                    prepared.executed = true;
-                    prepared.event
+                    plan.first_run
+                        .push((portal.statement_name.clone(), statement.generation));
+                    statement.event
                 };
+                step.change = statement.forget.clone().map(Change::Forget);
                 let shape = ExecShape {
-                    portal,
-                    statement: Some(prepared.generation),
-                    formats: formats.clone(),
+                    portal: portal_name,
+                    statement: Some(statement.generation),
+                    formats: portal.formats.clone(),
                     ..ExecShape::default()
                 };
                 step.expect = Some(Expect::Execute(event, shape));
             }
             b'F' => {
                 let oid = frontend::function_call(body)?;
-                let text = format!("function call (oid {oid})");
-                let event = push(Planned {
-                    kind: CommandKind::FunctionCall,
-                    text,
-                    params: 0,
-                    name: None,
-                });
+                let event = record(
+                    plan,
+                    Planned {
+                        kind: CommandKind::FunctionCall,
+                        text: format!("function call (oid {oid})"),
+                        params: 0,
+                        name: None,
+                    },
+                    &mut step,
+                );
                 step.expect = Some(Expect::UntilReady(event));
             }
-            b'C' => match frontend::close(body)? {
-                (b'S', name) => {
-                    if let Some(old) = self.prepared.remove(&name) {
-                        self.retired.push(old.generation);
-                    }
-                }
-                (_, name) => {
-                    self.portals.remove(&name);
-                }
-            },
+            b'C' => {
+                let (which, name) = frontend::close(body)?;
+                step.expect = Some(Expect::Answer);
+                step.change = Some(Change::Closed {
+                    statement: which == b'S',
+                    name,
+                });
+            }
             b'S' => step.expect = Some(Expect::Sync),
             // Flush, COPY data/done/fail, Terminate: relayed as they are.
             b'H' | b'd' | b'c' | b'f' | b'X' => {}
             _ => {
-                return Err(FrameError::Malformed {
+                return Err(PlanError::Frame(FrameError::Malformed {
                     what: "client",
                     why: "unknown message type",
-                })
+                }))
             }
         }
         Ok(step)
     }
+}
 
-    /// Once a batch is committed, statements parsed in it point at their events.
-    fn resolve(&mut self, batch: &[EventId]) {
-        for p in self.prepared.values_mut() {
-            if let Some(e) = p.event.resolve(batch) {
-                p.event = EventRef::Known(e);
-            }
+impl Statements {
+    /// The plan is committed: its first-run claims and counters become the state.
+    fn adopt(&mut self, plan: &Plan) {
+        for (name, generation) in &plan.first_run {
+            self.first_run.insert(name.clone(), *generation);
         }
+        self.generations = plan.generations;
+        self.segment = plan.segment;
     }
 }
 
@@ -394,6 +646,18 @@ fn substitute(tag: u8, body: &[u8]) -> codec::Message {
                 b.put_slice(name.as_bytes());
                 b.put_u8(0);
                 b.put_slice(b"interceptor_refused\0");
+                b.put_i16(0);
+            })
+        }
+        // A Bind of a statement that cannot exist (clients' names never start with \x01).
+        b'B' => {
+            let portal = frontend::bind(body).map(|(p, _, _)| p).unwrap_or_default();
+            backend::message(b'B', |b| {
+                b.put_slice(portal.as_bytes());
+                b.put_u8(0);
+                b.put_slice(b"\x01interceptor refused statement\0");
+                b.put_i16(0);
+                b.put_i16(0);
                 b.put_i16(0);
             })
         }
@@ -413,11 +677,12 @@ async fn client_to_server<H: Hooks>(
     mut buf: BytesMut,
     client_write: &ClientWriter,
     pending: &Mutex<Flow>,
+    answered: &tokio::sync::Notify,
 ) -> Result<(), PgError> {
     let max = ctx.target.max_message_bytes;
     let mut statements = Statements::default();
     loop {
-        let (found, consumed) = match frames(&buf, max) {
+        let (mut found, mut consumed) = match frames(&buf, max) {
             Ok(f) => f,
             Err(e) => {
                 tell_client(client_write, "08P01", &format!("interceptor: {e}")).await;
@@ -432,23 +697,43 @@ async fn client_to_server<H: Hooks>(
             continue;
         }
 
-        // 1. Work out what the messages ask for, in order.
-        let mut record = Vec::new();
-        let mut steps = Vec::with_capacity(found.len());
-        for (tag, range) in &found {
-            match statements.plan(*tag, &buf[range.clone()], &mut record) {
-                Ok(step) => steps.push(step),
-                Err(e) => {
-                    tell_client(
-                        client_write,
-                        "08P01",
-                        &format!("interceptor: {e} ({tag:#04x})"),
-                    )
-                    .await;
+        // 1. Work out what the messages ask for, against the names as the server will hold
+        // them. A name that depends on an unanswered earlier segment waits for the answer.
+        let plan = loop {
+            let attempt = {
+                let flow = pending.lock().unwrap_or_else(|p| p.into_inner());
+                statements.plan(&buf, &found, &flow)
+            };
+            match attempt {
+                Ok(plan) => break plan,
+                Err(PlanError::Cut(at)) => {
+                    found.truncate(at);
+                    consumed = found.last().map_or(0, |(_, r)| r.end);
+                }
+                Err(PlanError::Wait(segment)) => {
+                    // Flush what we sent, so the server answers it.
+                    server.flush().await?;
+                    let notified = answered.notified();
+                    tokio::pin!(notified);
+                    // Registered before the check, so an answer in between is not missed.
+                    notified.as_mut().enable();
+                    let still = pending
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .queue
+                        .iter()
+                        .any(|p| p.segment().is_some_and(|s| s <= segment));
+                    if still {
+                        notified.await;
+                    }
+                }
+                Err(PlanError::Frame(e)) => {
+                    tell_client(client_write, "08P01", &format!("interceptor: {e}")).await;
                     return Err(PgError::Client(e));
                 }
             }
-        }
+        };
+        let record = &plan.record;
 
         // 2. Decide and record every command of the batch with one commit, before anything
         // is forwarded.
@@ -489,77 +774,66 @@ async fn client_to_server<H: Hooks>(
             }
         }
         let events: Vec<EventId> = decisions.iter().map(|d| d.event).collect();
+        for step in &plan.steps {
+            if let Some(why) = &step.refuse {
+                ctx.hooks.note(
+                    "refused",
+                    serde_json::json!({ "phase": "names", "reason": why }),
+                );
+            }
+        }
 
         // 3. Refused messages are replaced; the rest go as they came. Expect the answers first.
         let mut out = BytesMut::new();
         let mut substituted = false;
+        statements.adopt(&plan);
         {
             let mut flow = pending.lock().unwrap_or_else(|p| p.into_inner());
-            flow.retired.append(&mut statements.retired);
-            let queue = &mut flow.queue;
             let started = Instant::now();
-            for ((tag, range), step) in found.iter().zip(steps) {
-                let refusal = step.record.and_then(|i| match &decisions[i].verdict {
-                    Verdict::Deny { message } => Some((decisions[i].event, message.clone())),
-                    Verdict::Allow => None,
-                    // Resolved above; an unresolved hold never runs.
-                    Verdict::Hold { id, .. } => {
-                        Some((decisions[i].event, format!("approval {id} unresolved")))
-                    }
-                });
+            for ((tag, range), step) in found.iter().zip(plan.steps) {
+                let refusal = match (&step.refuse, step.record) {
+                    (Some(why), _) => Some((None, format!("refused: {why}"))),
+                    (None, Some(i)) => match &decisions[i].verdict {
+                        Verdict::Deny { message } => {
+                            Some((Some(decisions[i].event), message.clone()))
+                        }
+                        Verdict::Allow => None,
+                        // Resolved above; an unresolved hold never runs.
+                        Verdict::Hold { id, .. } => Some((
+                            Some(decisions[i].event),
+                            format!("approval {id} unresolved"),
+                        )),
+                    },
+                    (None, None) => None,
+                };
                 let frame = range.start - 5..range.end;
+                let segment = step.segment;
+                let change = step.change.map(|c| c.resolved(&events));
                 let Some((event, message)) = refusal else {
                     out.extend_from_slice(&buf[frame]);
-                    match step.expect {
-                        Some(Expect::Sync) => queue.push_back(Pending::Sync),
-                        Some(Expect::UntilReady(r)) => {
-                            if let Some(event) = r.resolve(&events) {
-                                queue.push_back(Pending::UntilReady {
-                                    event,
-                                    started,
-                                    result: CommandResult::default(),
-                                    masker: None,
-                                });
-                            }
-                        }
-                        Some(Expect::Execute(r, shape)) => {
-                            if let Some(event) = r.resolve(&events) {
-                                queue.push_back(Pending::Execute {
-                                    event,
-                                    started,
-                                    rows: 0,
-                                    shape,
-                                    masker: None,
-                                    result: CommandResult::default(),
-                                });
-                            }
-                        }
-                        Some(Expect::Describe(d)) => queue.push_back(Pending::Describe(d)),
-                        None => {}
-                    }
+                    flow.expect(step.expect, change, segment, started, &events);
                     continue;
                 };
                 substituted = true;
-                if let Some(name) = &step.parsed {
-                    // The statement was never prepared on the server; forget it here too.
-                    statements.prepared.remove(name);
-                }
                 let mut error = BytesMut::new();
                 backend::error(b'E', "ERROR", "42501", &format!("interceptor: {message}"))
                     .encode(&mut error);
-                queue.push_back(Pending::Denied {
+                // What a refused message still does on the server is applied as a rejected
+                // change (a Parse drops the old unnamed statement; a Query its names).
+                flow.queue.push_back(Pending::Denied {
                     event,
                     started,
                     error: error.freeze(),
                     message,
+                    change,
+                    segment,
                 });
                 substitute(*tag, &buf[range.clone()]).encode(&mut out);
                 if matches!(*tag, b'Q' | b'F') {
-                    queue.push_back(Pending::Sync);
+                    flow.queue.push_back(Pending::Sync { segment });
                 }
             }
         }
-        statements.resolve(&events);
         if substituted {
             server.write_all(&out).await?;
         } else {
@@ -581,6 +855,7 @@ async fn server_to_client<H: Hooks>(
     client: &ClientWriter,
     mut buf: BytesMut,
     pending: &Mutex<Flow>,
+    answered: &tokio::sync::Notify,
     catalog: Option<(&Catalog, &str)>,
 ) -> Result<(), PgError> {
     let max = ctx.target.max_message_bytes;
@@ -639,12 +914,17 @@ async fn server_to_client<H: Hooks>(
                     format!("interceptor: invalid message from the server: {e}"),
                 ),
                 Stop::Copy(e) => ("42501", format!("interceptor: {e}")),
+                Stop::Unpinned(e) => ("0A000", format!("interceptor: {e}")),
             };
             tell_client(client, sqlstate, &text).await;
             return Err(match stop {
                 Stop::Frame(e) => PgError::Server(e),
                 Stop::Copy(e) => PgError::Denied(e.to_string()),
+                Stop::Unpinned(e) => PgError::Unpinned(e),
             });
+        }
+        if found.iter().any(|(tag, _)| *tag == b'Z') {
+            answered.notify_waiters();
         }
         let mut w = client.lock().await;
         if replaced.is_empty() {
@@ -719,6 +999,9 @@ async fn resolve_sources<H: Hooks>(
 enum Stop {
     Frame(FrameError),
     Copy(UnmaskableCopy),
+    /// The server left a pinned setting (see `reading`): nothing it says can be trusted to
+    /// match what the gateway judged.
+    Unpinned(String),
 }
 
 impl From<FrameError> for Stop {
@@ -827,27 +1110,47 @@ impl<H: Hooks> Observer<'_, H> {
                 started,
                 error,
                 message,
+                change,
+                ..
             }) = queue.pop_front()
             {
-                let result = CommandResult {
-                    sqlstate: Some("42501".to_owned()),
-                    error: Some(message),
-                    ..CommandResult::default()
-                };
-                finish(hooks, event, started, result);
+                if let Some(change) = &change {
+                    self.flow.reject(change);
+                }
+                if let Some(event) = event {
+                    let result = CommandResult {
+                        sqlstate: Some("42501".to_owned()),
+                        error: Some(message),
+                        ..CommandResult::default()
+                    };
+                    finish(hooks, event, started, result);
+                }
                 return Ok(Replace::With(error));
             }
         }
+        let queue = &mut self.flow.queue;
         match tag {
+            b'1' | b'2' | b'3' => {
+                if let Some(Pending::Name { .. }) = queue.front() {
+                    if let Some(Pending::Name {
+                        change: Some(change),
+                        ..
+                    }) = queue.pop_front()
+                    {
+                        self.flow.confirm(change);
+                    }
+                }
+            }
+            b'S' => reading::check_status(body).map_err(Stop::Unpinned)?,
             b'T' => {
                 let fields = backend::row_description(body)?;
                 match queue.front_mut() {
-                    Some(Pending::Describe(Described::Statement(generation))) => {
+                    Some(Pending::Describe(Described::Statement(generation), _)) => {
                         let generation = *generation;
                         queue.pop_front();
                         self.flow.shapes.insert(generation, Arc::new(fields));
                     }
-                    Some(Pending::Describe(Described::Portal(portal))) => {
+                    Some(Pending::Describe(Described::Portal(portal), _)) => {
                         let portal = std::mem::take(portal);
                         queue.pop_front();
                         // The next Execute of this portal returns these columns.
@@ -866,7 +1169,7 @@ impl<H: Hooks> Observer<'_, H> {
                 }
             }
             b'n' => {
-                if matches!(queue.front(), Some(Pending::Describe(_))) {
+                if matches!(queue.front(), Some(Pending::Describe(..))) {
                     queue.pop_front();
                 }
             }
@@ -953,7 +1256,10 @@ impl<H: Hooks> Observer<'_, H> {
                         });
                     }
                     Some(Pending::Execute { .. }) => {
-                        finish_execute(hooks, queue, |r| r.tag = Some(tag_text));
+                        let change = finish_execute(hooks, queue, |r| r.tag = Some(tag_text));
+                        if let Some(change) = change {
+                            self.flow.confirm(change);
+                        }
                     }
                     _ => {}
                 }
@@ -971,10 +1277,27 @@ impl<H: Hooks> Observer<'_, H> {
                             result.error = message;
                         }
                         Some(Pending::Execute { .. }) => {
-                            finish_execute(hooks, queue, |r| {
+                            let change = finish_execute(hooks, queue, |r| {
                                 r.sqlstate = sqlstate;
                                 r.error = message;
                             });
+                            if let Some(change) = change {
+                                self.flow.reject(&change);
+                            }
+                        }
+                        // The Parse, Bind or Close failed: its change did not happen (but a
+                        // failed unnamed Parse or Bind still dropped the old one).
+                        Some(Pending::Name { .. }) => {
+                            if let Some(Pending::Name {
+                                change: Some(change),
+                                ..
+                            }) = queue.pop_front()
+                            {
+                                self.flow.reject(&change);
+                            }
+                        }
+                        Some(Pending::Describe(..)) => {
+                            queue.pop_front();
                         }
                         _ => {}
                     }
@@ -982,8 +1305,10 @@ impl<H: Hooks> Observer<'_, H> {
                 return Ok(replaced.map_or(Replace::Keep, Replace::With));
             }
             b'Z' => {
-                // Everything up to the batch's Sync (or the Query) is answered now. Executes still
-                // waiting were skipped by the server after an earlier error.
+                // Everything up to the batch's Sync (or the Query) is answered now. What is
+                // still waiting was skipped by the server after an earlier error: Executes did
+                // not run, and name changes did not happen.
+                let mut changes = Vec::new();
                 while let Some(entry) = queue.pop_front() {
                     match entry {
                         Pending::UntilReady {
@@ -991,11 +1316,14 @@ impl<H: Hooks> Observer<'_, H> {
                             started,
                             mut result,
                             masker,
+                            change,
+                            ..
                         } => {
                             if let Some(mut m) = masker {
                                 result.absorb(m.report());
                             }
                             finish(hooks, event, started, result);
+                            changes.extend(change);
                             break;
                         }
                         Pending::Execute {
@@ -1014,8 +1342,8 @@ impl<H: Hooks> Observer<'_, H> {
                             };
                             finish(hooks, event, started, result);
                         }
-                        Pending::Describe(_) => {}
-                        Pending::Sync => break,
+                        Pending::Describe(..) | Pending::Name { .. } => {}
+                        Pending::Sync { .. } => break,
                         // The server skipped it after an earlier error: it was refused anyway.
                         Pending::Denied {
                             event,
@@ -1023,16 +1351,25 @@ impl<H: Hooks> Observer<'_, H> {
                             message,
                             ..
                         } => {
-                            let result = CommandResult {
-                                sqlstate: Some("42501".to_owned()),
-                                error: Some(message),
-                                ..CommandResult::default()
-                            };
-                            finish(hooks, event, started, result);
+                            if let Some(event) = event {
+                                let result = CommandResult {
+                                    sqlstate: Some("42501".to_owned()),
+                                    error: Some(message),
+                                    ..CommandResult::default()
+                                };
+                                finish(hooks, event, started, result);
+                            }
                         }
                     }
                 }
-                if queue.is_empty() {
+                for change in changes {
+                    self.flow.confirm(change);
+                }
+                // Outside a transaction block, the transaction that held the portals is over.
+                if body.first() == Some(&b'I') {
+                    self.flow.names.end_transaction();
+                }
+                if self.flow.queue.is_empty() {
                     for generation in self.flow.retired.drain(..) {
                         self.flow.shapes.remove(&generation);
                     }
@@ -1045,18 +1382,19 @@ impl<H: Hooks> Observer<'_, H> {
 }
 
 /// Ends the Execute at the front of the queue: its rows and masking counts, then what
-/// `complete` adds (its tag, or its error).
+/// `complete` adds (its tag, or its error). Returns what running it drops.
 fn finish_execute(
     hooks: &impl Hooks,
     queue: &mut VecDeque<Pending>,
     complete: impl FnOnce(&mut CommandResult),
-) {
+) -> Option<Change> {
     if let Some(Pending::Execute {
         event,
         started,
         rows,
         masker,
         mut result,
+        change,
         ..
     }) = queue.pop_front()
     {
@@ -1066,7 +1404,9 @@ fn finish_execute(
         result.rows = rows;
         complete(&mut result);
         finish(hooks, event, started, result);
+        return change;
     }
+    None
 }
 
 /// Command tags of statements that may rename or renumber table columns.

@@ -20,7 +20,7 @@ use tokio::{
 use super::{
     cancel::{new_client_key, Key},
     codec::{self, backend, frontend, Message, Startup},
-    BoxIo, Context, PgError,
+    reading, BoxIo, Context, PgError,
 };
 use crate::{command::Hooks, config::UpstreamTlsMode, tls};
 
@@ -108,7 +108,14 @@ pub async fn establish<H: Hooks>(
                 forward_cancel(ctx, upstream, (pid, key)).await;
                 return Ok(None);
             }
-            Startup::Params(params) => break params,
+            Startup::Params(mut params) => {
+                // The session starts in the state the gateway reads statements for.
+                if let Err(e) = reading::pin_startup(&mut params) {
+                    refuse(&mut client, "0A000", &format!("interceptor: {e}")).await;
+                    return Err(PgError::Unsupported(e.to_string()));
+                }
+                break params;
+            }
             Startup::SslRequest => {
                 refuse(&mut client, "08P01", "interceptor: SSLRequest repeated").await;
                 return Err(PgError::Client(codec::FrameError::Malformed {
@@ -318,6 +325,10 @@ async fn authenticate_with_credentials<H: Hooks>(
     let login = match login(&mut server, creds, &params, max).await {
         Ok(login) => login,
         Err(PgError::UpstreamAuth(why)) => return fail_auth(ctx, client, &why).await,
+        Err(PgError::Unpinned(why)) => {
+            refuse(client, "0A000", &format!("interceptor: {why}")).await;
+            return Err(PgError::Unpinned(why));
+        }
         Err(e) => return Err(e),
     };
     let client_key = new_client_key();
@@ -449,7 +460,11 @@ pub(super) async fn login(
                     messages,
                 });
             }
-            // ParameterStatus, NoticeResponse, NegotiateProtocolVersion: the client needs them.
+            b'S' => {
+                reading::check_status(&msg.body).map_err(PgError::Unpinned)?;
+                messages.push(msg);
+            }
+            // NoticeResponse, NegotiateProtocolVersion: the client needs them.
             _ => messages.push(msg),
         }
     }
@@ -536,6 +551,12 @@ async fn authenticate_passthrough<H: Hooks>(
                 let (_, message) = backend::error_fields(&msg.body);
                 send(client, &[msg], &ctx.counters.down).await?;
                 return Err(PgError::UpstreamAuth(message.unwrap_or_default()));
+            }
+            b'S' => {
+                if let Err(e) = reading::check_status(&msg.body) {
+                    refuse(client, "0A000", &format!("interceptor: {e}")).await;
+                    return Err(PgError::Unpinned(e));
+                }
             }
             _ => {}
         }
