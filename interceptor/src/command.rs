@@ -196,6 +196,19 @@ pub trait Hooks: Send + Sync {
         }
     }
 
+    /// Functions the commands call whose side effects only the server's catalog can tell
+    /// (user-defined ones, or a look-alike of a built-in in another schema), and that this
+    /// session has not asked about yet. A protocol that can ask its server (over the
+    /// gateway's own login) does, and answers with [`Hooks::vouch_functions`]; unanswered,
+    /// such calls stay "may have side effects" (fail closed).
+    fn functions_to_vouch(&self, _commands: &[Command<'_>]) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// The server's catalog on [`Hooks::functions_to_vouch`]: for each name, whether every
+    /// function of that name is IMMUTABLE or STABLE.
+    fn vouch_functions(&self, _facts: Vec<(String, bool)>) {}
+
     /// Waits for the decision on a held command; returns Allow or Deny (a timeout denies).
     fn wait_for_approval(&self, id: &str) -> impl std::future::Future<Output = Verdict> + Send;
 

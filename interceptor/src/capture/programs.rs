@@ -66,9 +66,16 @@ impl Settings {
     ) -> Result<Settings, String> {
         Ok(Settings {
             intercept_all: config.capture.mode.unwrap_or(default_mode) == CaptureMode::All,
+            // A target's real address is captured like the ones agents are meant to dial: a
+            // connection straight to it is judged as that target, never relayed raw.
             intercept: targets
                 .iter()
-                .flat_map(|t| t.intercept.iter().copied())
+                .flat_map(|t| {
+                    t.intercept.iter().copied().chain(
+                        t.upstream
+                            .map(|u| DestPattern::Exact(crate::config::normalize(u))),
+                    )
+                })
                 .chain(config.extra_intercepts()?)
                 .collect(),
             udp_allow_all: config.capture.udp == UdpPolicy::Allow,

@@ -54,6 +54,8 @@ pub struct SessionHooks {
     held: Mutex<HashMap<String, Held>>,
     /// What this session's results (and journaled texts) are masked with.
     masking: Option<Arc<Masking>>,
+    /// What the server's catalog said about functions (see [`Hooks::vouch_functions`]).
+    functions: Mutex<HashMap<String, bool>>,
 }
 
 /// Who a session belongs to, for the hooks.
@@ -87,6 +89,7 @@ impl SessionHooks {
             default_review_timeout,
             held: Mutex::new(HashMap::new()),
             masking: info.masking,
+            functions: Mutex::new(HashMap::new()),
         }
     }
 
@@ -144,12 +147,15 @@ impl SessionHooks {
     }
 
     fn judge(&self, command: &Command<'_>) -> policy::Verdict {
-        let verdict = self.policy.evaluate(
+        let functions = self.functions.lock().unwrap_or_else(|p| p.into_inner());
+        let verdict = self.policy.evaluate_with(
             &self.subject,
             self.target.as_deref(),
             self.protocol,
             Request::Sql { text: command.text },
+            &|f| functions.get(f) == Some(&true),
         );
+        drop(functions);
         let mut prepared = self.prepared.lock().unwrap_or_else(|p| p.into_inner());
         if let [only] = verdict.statements.as_slice() {
             if let Some(name) = &only.analysis.executes {
@@ -257,6 +263,32 @@ impl Hooks for SessionHooks {
             });
         }
         Ok(decisions)
+    }
+
+    fn functions_to_vouch(&self, commands: &[Command<'_>]) -> Vec<String> {
+        let known = self.functions.lock().unwrap_or_else(|p| p.into_inner());
+        let mut names: Vec<String> = commands
+            .iter()
+            .flat_map(|c| {
+                let parsed = self.policy.analyze(c.text);
+                parsed
+                    .statements
+                    .iter()
+                    .flat_map(|a| a.volatile_functions.iter().cloned())
+                    .collect::<Vec<_>>()
+            })
+            .filter(|f| !known.contains_key(f))
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    fn vouch_functions(&self, facts: Vec<(String, bool)>) {
+        self.functions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(facts);
     }
 
     async fn wait_for_approval(&self, id: &str) -> Verdict {

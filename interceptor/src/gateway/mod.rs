@@ -62,13 +62,24 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// The first target whose `intercept` list matches the original destination.
+    /// The first target whose `intercept` list matches the original destination; else the
+    /// target whose upstream it is. An agent that learnt a target's real address (and perhaps
+    /// its password) reaches the same gate there: its connection is parsed and judged as that
+    /// target, never relayed as plain TCP.
     pub fn route(&self, original_dst: SocketAddr) -> Option<&Target> {
-        self.targets.iter().find(|t| {
-            t.intercept
-                .iter()
-                .any(|p: &DestPattern| p.matches(original_dst))
-        })
+        self.targets
+            .iter()
+            .find(|t| {
+                t.intercept
+                    .iter()
+                    .any(|p: &DestPattern| p.matches(original_dst))
+            })
+            .or_else(|| {
+                let dst = crate::config::normalize(original_dst);
+                self.targets
+                    .iter()
+                    .find(|t| t.upstream.map(crate::config::normalize) == Some(dst))
+            })
     }
 
     pub fn is_own_address(&self, dst: SocketAddr) -> bool {

@@ -534,10 +534,36 @@ impl Policy {
         protocol: &str,
         parsed: &Parsed,
     ) -> Verdict {
+        self.evaluate_parsed_with(subject, target, protocol, parsed, &|_| false)
+    }
+
+    /// [`Policy::evaluate_parsed`], where `vouched(name)` is true for functions the server's
+    /// catalog says are IMMUTABLE or STABLE: a statement whose every possibly-volatile call is
+    /// vouched for loses [`sql::StatementClass::VolatileFunction`].
+    pub fn evaluate_parsed_with(
+        &self,
+        subject: &Subject,
+        target: Option<&str>,
+        protocol: &str,
+        parsed: &Parsed,
+        vouched: &dyn Fn(&str) -> bool,
+    ) -> Verdict {
         let mut statements = Vec::with_capacity(parsed.statements.len());
         let mut worst: Option<(DecisionKind, Option<Decider<'_>>)> = None;
         let mut mask_message = None;
         for a in &parsed.statements {
+            let lifted;
+            let a = if a.classes.contains(&sql::StatementClass::VolatileFunction)
+                && !a.volatile_functions.is_empty()
+                && a.volatile_functions.iter().all(|f| vouched(f))
+            {
+                let mut copy = a.clone();
+                copy.classes.remove(&sql::StatementClass::VolatileFunction);
+                lifted = copy;
+                &lifted
+            } else {
+                a
+            };
             let (decision, decider) = match self.transformed_violation(subject, target, protocol, a)
             {
                 Some((mask, column)) => {
@@ -841,12 +867,25 @@ impl Engine {
         protocol: &str,
         request: Request<'_>,
     ) -> Verdict {
+        self.evaluate_with(subject, target, protocol, request, &|_| false)
+    }
+
+    /// [`Engine::evaluate`] with what the server's catalog vouches for (see
+    /// [`Policy::evaluate_parsed_with`]).
+    pub fn evaluate_with(
+        &self,
+        subject: &Subject,
+        target: Option<&str>,
+        protocol: &str,
+        request: Request<'_>,
+        vouched: &dyn Fn(&str) -> bool,
+    ) -> Verdict {
         let policies = self.current();
         let policy = policies.for_target(target);
         match request {
             Request::Sql { text } => {
                 let parsed = self.analyze(text);
-                policy.evaluate_parsed(subject, target, protocol, &parsed)
+                policy.evaluate_parsed_with(subject, target, protocol, &parsed, vouched)
             }
             Request::Connect { destination } => {
                 policy.evaluate_connection(subject, target, protocol, destination)

@@ -135,6 +135,7 @@ const CONSEQUENTIAL: &[StatementClass] = &[
     StatementClass::CopyTo,
     StatementClass::CopyProgram,
     StatementClass::Call,
+    StatementClass::VolatileFunction,
     StatementClass::Unknown,
 ];
 
@@ -328,7 +329,7 @@ impl Reading {
 
 /// The last part of a name as the analysis writes it (`public.t`, `"Mixed"`, `"a.b"`), with
 /// its quotes removed: what PostgreSQL's tree holds as the relation or function name.
-fn last_part(name: &str) -> String {
+pub fn last_part(name: &str) -> String {
     if let Some(inner) = name.strip_suffix('"') {
         // A quoted last part: find its opening quote (a doubled quote is an escaped one).
         let bytes = inner.as_bytes();

@@ -128,6 +128,10 @@ pub enum StatementClass {
     CopyProgram,
     /// `CALL`, `DO`, `EXECUTE name` (SQL level), `NOTIFY`.
     Call,
+    /// A call of a function that may have side effects: neither known IMMUTABLE or STABLE
+    /// (built-in, or by the server's catalog) nor on the short list of harmless volatile
+    /// built-ins. A `SELECT purge()` is as much a write as the DELETE inside it.
+    VolatileFunction,
     SetReset,
     Transaction,
     Explain,
@@ -186,6 +190,10 @@ pub struct Analysis {
     /// Reasons for a policy to look closer, `category` or `category: detail`, e.g.
     /// `server file access: pg_read_file`, `copy program`, `role change: SET ROLE`, `unparsed`.
     pub dangerous: BTreeSet<String>,
+    /// The functions behind [`StatementClass::VolatileFunction`], as the server's catalog
+    /// names them (`proname`): a catalog that vouches for every one of them (IMMUTABLE or
+    /// STABLE) lifts the class (see `policy::Engine::evaluate`).
+    pub volatile_functions: BTreeSet<String>,
     /// For `PREPARE name AS …`: the statement name (the classes are those of the inner statement).
     pub prepared: Option<String>,
     /// For `EXECUTE name`: the prepared statement it runs (opaque here: look up its analysis).
@@ -1025,6 +1033,113 @@ fn dangerous_function(base: &str) -> Option<String> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Side effects of functions
+
+/// Built-in functions whose every overload is IMMUTABLE or STABLE (PostgreSQL 15's pg_proc).
+static SIDE_EFFECT_FREE: std::sync::LazyLock<std::collections::HashSet<&'static str>> =
+    std::sync::LazyLock::new(|| {
+        include_str!("pg_side_effect_free.txt")
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .chain(SQL_SYNTAX_FUNCTIONS.iter().copied())
+            .collect()
+    });
+
+/// Names sqlparser reports as function calls that PostgreSQL's grammar treats as syntax
+/// (`COALESCE`, `CURRENT_DATE`, `TRIM(…)`, …): expressions without side effects.
+const SQL_SYNTAX_FUNCTIONS: &[&str] = &[
+    "coalesce",
+    "nullif",
+    "greatest",
+    "least",
+    "trim",
+    "row",
+    "current_date",
+    "current_time",
+    "current_timestamp",
+    "localtime",
+    "localtimestamp",
+    "current_user",
+    "current_role",
+    "session_user",
+    "user",
+    "current_catalog",
+    "xmlelement",
+    "xmlforest",
+    "xmlconcat",
+    "xmlparse",
+    "xmlserialize",
+    "xmlexists",
+    "xmlpi",
+    "xmlroot",
+    "json_object",
+    "json_array",
+];
+
+/// Volatile built-ins that change nothing another session could see: reading clocks,
+/// sequences' last values and sizes, random numbers, sleeping (statement timeouts bound it).
+pub const HARMLESS_VOLATILE: &[&str] = &[
+    "random",
+    "gen_random_uuid",
+    "clock_timestamp",
+    "timeofday",
+    "pg_sleep",
+    "pg_sleep_for",
+    "pg_sleep_until",
+    "currval",
+    "lastval",
+    "pg_relation_size",
+    "pg_table_size",
+    "pg_total_relation_size",
+    "pg_indexes_size",
+    "pg_database_size",
+    "pg_is_in_recovery",
+];
+
+/// Built-ins that write: sequences advance, advisory locks are taken or released.
+const WRITE_FUNCTIONS: &[&str] = &[
+    "nextval",
+    "setval",
+    "pg_advisory_lock",
+    "pg_advisory_lock_shared",
+    "pg_advisory_xact_lock",
+    "pg_advisory_xact_lock_shared",
+    "pg_try_advisory_lock",
+    "pg_try_advisory_lock_shared",
+    "pg_try_advisory_xact_lock",
+    "pg_try_advisory_xact_lock_shared",
+    "pg_advisory_unlock",
+    "pg_advisory_unlock_shared",
+    "pg_advisory_unlock_all",
+];
+
+/// What calling a function may do, as far as the text tells.
+enum Effects {
+    None,
+    Write,
+    /// Only the server's catalog can tell (a user-defined or volatile function).
+    Unknown,
+}
+
+fn side_effects(name: &ObjectName, base: &str) -> Effects {
+    // A schema other than pg_catalog names something other than the built-in.
+    let builtin_schema = match name.0.as_slice() {
+        [_] => true,
+        [schema, _] => schema.to_string().eq_ignore_ascii_case("pg_catalog"),
+        _ => false,
+    };
+    if builtin_schema && WRITE_FUNCTIONS.contains(&base) {
+        Effects::Write
+    } else if builtin_schema
+        && (SIDE_EFFECT_FREE.contains(base) || HARMLESS_VOLATILE.contains(&base))
+    {
+        Effects::None
+    } else {
+        Effects::Unknown
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // The walk
 
 /// Analyse one parsed statement.
@@ -1044,6 +1159,10 @@ fn analyze_statement(statement: &Statement, body_depth: u8) -> Analysis {
             a.transformed.insert(format!("{name}.*"));
             a.transformed.insert(name);
         }
+    }
+    if walker.locks_all {
+        let read = a.tables_read.clone();
+        a.tables_written.extend(read);
     }
     a.text = statement.to_string();
     if a.classes.is_empty() {
@@ -1101,6 +1220,8 @@ struct Walker {
     /// Names by which the statement's `FROM` relations can be referred to (aliases, else the
     /// last part of the table name).
     relations: Vec<String>,
+    /// A `FOR UPDATE`/`FOR SHARE` without `OF` locks rows of every table read.
+    locks_all: bool,
 }
 
 impl Walker {
@@ -1141,11 +1262,22 @@ impl Walker {
     }
 
     fn function(&mut self, name: &ObjectName, args: Option<&FunctionArguments>) {
-        self.a.functions.insert(norm_name(name));
+        let full = norm_name(name);
         let base = base_name(name);
         if let Some(reason) = dangerous_function(&base) {
             self.danger(reason);
         }
+        match side_effects(name, &base) {
+            Effects::None => {}
+            Effects::Write => self.class(StatementClass::Update),
+            Effects::Unknown => {
+                self.class(StatementClass::VolatileFunction);
+                self.a
+                    .volatile_functions
+                    .insert(super::pg_grammar::last_part(&full));
+            }
+        }
+        self.a.functions.insert(full);
         if base == "set_config" {
             let first = args.and_then(first_string_arg);
             // GUC names are case-insensitive; a non-literal name may be anything.
@@ -1958,6 +2090,16 @@ impl Visitor for Walker {
         }
         self.query_depth += 1;
         self.set_expr_tables(&q.body);
+        // `FOR UPDATE`/`FOR SHARE` lock rows: a write to the tables it names (or all of them).
+        for lock in &q.locks {
+            self.class(StatementClass::Update);
+            match &lock.of {
+                Some(name) => {
+                    self.a.tables_written.insert(norm_name(name));
+                }
+                None => self.locks_all = true,
+            }
+        }
         ControlFlow::Continue(())
     }
 

@@ -45,6 +45,8 @@ pub enum Known {
 
 struct Cache {
     names: HashMap<ColumnKey, Option<Arc<str>>>,
+    /// Function name → every function of that name (in any schema) is IMMUTABLE or STABLE.
+    functions: HashMap<String, bool>,
     since: Instant,
 }
 
@@ -71,6 +73,7 @@ impl Catalogs {
                 Arc::new(Catalog {
                     cache: Mutex::new(Cache {
                         names: HashMap::new(),
+                        functions: HashMap::new(),
                         since: Instant::now(),
                     }),
                     conn: tokio::sync::Mutex::new(None),
@@ -93,6 +96,7 @@ impl Catalog {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if cache.since.elapsed() > TTL {
             cache.names.clear();
+            cache.functions.clear();
             cache.since = Instant::now();
         }
         cache
@@ -110,7 +114,78 @@ impl Catalog {
     pub fn invalidate(&self) {
         let mut cache = self.cache();
         cache.names.clear();
+        cache.functions.clear();
         cache.since = Instant::now();
+    }
+
+    /// Whether every function called `name` (in any schema, so a shadowing one counts) is
+    /// IMMUTABLE or STABLE, asking the server for names the cache does not know. Names the
+    /// catalog has no function for are `false`.
+    pub async fn side_effect_free(
+        &self,
+        upstream: &Upstream<'_>,
+        names: &[String],
+    ) -> Result<Vec<(String, bool)>, PgError> {
+        let missing: Vec<&String> = {
+            let cache = self.cache();
+            names
+                .iter()
+                .filter(|n| !cache.functions.contains_key(*n))
+                .collect()
+        };
+        if !missing.is_empty() {
+            // Only names that can be written as a standard string literal (the session's
+            // standard_conforming_strings is pinned on: a doubled quote is the only escape).
+            let literals: Vec<String> = missing
+                .iter()
+                .filter(|n| !n.contains('\0'))
+                .map(|n| format!("'{}'", n.replace('\'', "''")))
+                .collect();
+            if !literals.is_empty() {
+                let sql = format!(
+                    "SELECT p.proname, bool_and(p.provolatile IN ('i', 's'))::text \
+                     FROM pg_catalog.pg_proc p WHERE p.proname IN ({}) GROUP BY 1",
+                    literals.join(", ")
+                );
+                let rows = self.rows(upstream, &sql).await?;
+                let mut cache = self.cache();
+                if cache.functions.len() + missing.len() > MAX_ENTRIES {
+                    cache.functions.clear();
+                }
+                for n in &missing {
+                    cache.functions.insert((*n).clone(), false);
+                }
+                for row in rows {
+                    if let [Some(name), Some(safe)] = row.as_slice() {
+                        cache.functions.insert(name.clone(), safe == "true");
+                    }
+                }
+            }
+        }
+        let cache = self.cache();
+        Ok(names
+            .iter()
+            .map(|n| (n.clone(), cache.functions.get(n).copied().unwrap_or(false)))
+            .collect())
+    }
+
+    /// Runs one catalog query on the gateway's own session (opened on first use).
+    async fn rows(
+        &self,
+        upstream: &Upstream<'_>,
+        sql: &str,
+    ) -> Result<Vec<Vec<Option<String>>>, PgError> {
+        let mut conn = self.conn.lock().await;
+        let (io, buf) = match conn.as_mut() {
+            Some(c) => c,
+            None => conn.insert(connect(upstream).await?),
+        };
+        let result = simple_query(io, buf, sql, upstream.target.max_message_bytes).await;
+        if result.is_err() {
+            // The next lookup starts over with a new connection.
+            *conn = None;
+        }
+        result
     }
 
     /// Looks up the columns the cache does not know yet.
@@ -199,6 +274,25 @@ async fn query(
         let _ = write!(sql, "{}({table},{attnum})", if i > 0 { "," } else { "" });
     }
     sql.push(')');
+    let mut found = HashMap::new();
+    for row in simple_query(io, buf, &sql, max).await? {
+        let [Some(table), Some(attnum), Some(schema), Some(rel), Some(col)] = row.as_slice() else {
+            continue;
+        };
+        if let (Ok(table), Ok(attnum)) = (table.parse::<u32>(), attnum.parse::<i16>()) {
+            found.insert((table, attnum), Arc::from(format!("{schema}.{rel}.{col}")));
+        }
+    }
+    Ok(found)
+}
+
+/// One simple Query on the gateway's own session: its rows, as text.
+async fn simple_query(
+    io: &mut BoxIo,
+    buf: &mut BytesMut,
+    sql: &str,
+    max: usize,
+) -> Result<Vec<Vec<Option<String>>>, PgError> {
     let mut out = BytesMut::new();
     codec::backend::message(b'Q', |b| {
         b.extend_from_slice(sql.as_bytes());
@@ -208,7 +302,7 @@ async fn query(
     io.write_all(&out).await?;
     io.flush().await?;
 
-    let mut found = HashMap::new();
+    let mut rows = Vec::new();
     let mut failed = None;
     let mut values = Vec::new();
     loop {
@@ -218,22 +312,16 @@ async fn query(
         match msg.tag {
             b'D' => {
                 codec::backend::data_row(&msg.body, &mut values).map_err(PgError::Server)?;
-                let text = |i: usize| {
+                rows.push(
                     values
-                        .get(i)
-                        .cloned()
-                        .flatten()
-                        .and_then(|r| msg.body.get(r))
-                        .map(|b| String::from_utf8_lossy(b).into_owned())
-                };
-                let (Some(table), Some(attnum), Some(schema), Some(rel), Some(col)) =
-                    (text(0), text(1), text(2), text(3), text(4))
-                else {
-                    continue;
-                };
-                if let (Ok(table), Ok(attnum)) = (table.parse::<u32>(), attnum.parse::<i16>()) {
-                    found.insert((table, attnum), Arc::from(format!("{schema}.{rel}.{col}")));
-                }
+                        .iter()
+                        .map(|v| {
+                            v.clone()
+                                .and_then(|r| msg.body.get(r))
+                                .map(|b| String::from_utf8_lossy(b).into_owned())
+                        })
+                        .collect(),
+                );
             }
             b'E' => {
                 failed = backend_error(&msg.body);
@@ -244,7 +332,7 @@ async fn query(
     }
     match failed {
         Some(e) => Err(PgError::Unsupported(format!("catalog lookup failed: {e}"))),
-        None => Ok(found),
+        None => Ok(rows),
     }
 }
 

@@ -216,13 +216,21 @@ impl Flow {
 
 type ClientWriter = tokio::sync::Mutex<WriteHalf<BoxIo>>;
 
+/// What the two directions share.
+struct Both {
+    flow: Mutex<Flow>,
+    /// Woken at every ReadyForQuery: a plan waiting on an earlier segment's answer tries again.
+    answered: tokio::sync::Notify,
+}
+
 pub async fn run<H: Hooks>(ctx: &Context<'_, H>, legs: Legs) -> Result<(), PgError> {
     let (client_read, client_write) = tokio::io::split(legs.client);
     let (server_read, server_write) = tokio::io::split(legs.server);
     let client_write: ClientWriter = tokio::sync::Mutex::new(client_write);
-    let pending = Mutex::new(Flow::default());
-    // Woken at every ReadyForQuery: a plan waiting on an earlier segment's answer tries again.
-    let answered = tokio::sync::Notify::new();
+    let both = Both {
+        flow: Mutex::new(Flow::default()),
+        answered: tokio::sync::Notify::new(),
+    };
     // Column sources are resolved only when masking rules name tables, and only with the
     // gateway's own login (credentials) to open a catalog connection.
     let catalog = match (&legs.database, ctx.hooks.wants_sources()) {
@@ -232,22 +240,28 @@ pub async fn run<H: Hooks>(ctx: &Context<'_, H>, legs: Legs) -> Result<(), PgErr
         _ => None,
     };
     let database = legs.database.clone().unwrap_or_default();
+    // Function side effects are asked of the catalog whenever the gateway has its own login.
+    let functions = match &legs.database {
+        Some(db) if ctx.target.credentials.is_some() => {
+            Some(ctx.shared.catalogs.get(&ctx.target.name, db))
+        }
+        _ => None,
+    };
     let up = client_to_server(
         ctx,
         client_read,
         server_write,
         legs.client_buf,
         &client_write,
-        &pending,
-        &answered,
+        &both,
+        functions.as_deref().map(|c| (c, database.as_str())),
     );
     let down = server_to_client(
         ctx,
         server_read,
         &client_write,
         legs.server_buf,
-        &pending,
-        &answered,
+        &both,
         catalog.as_deref().map(|c| (c, database.as_str())),
     );
     crate::protocol::both_directions(up, down).await
@@ -676,9 +690,10 @@ async fn client_to_server<H: Hooks>(
     mut server: WriteHalf<BoxIo>,
     mut buf: BytesMut,
     client_write: &ClientWriter,
-    pending: &Mutex<Flow>,
-    answered: &tokio::sync::Notify,
+    both: &Both,
+    functions: Option<(&Catalog, &str)>,
 ) -> Result<(), PgError> {
+    let (pending, answered) = (&both.flow, &both.answered);
     let max = ctx.target.max_message_bytes;
     let mut statements = Statements::default();
     loop {
@@ -749,6 +764,9 @@ async fn client_to_server<H: Hooks>(
                     name: p.name.as_deref(),
                 })
                 .collect();
+            if let Some((catalog, database)) = functions {
+                vouch_functions(ctx, catalog, database, &commands).await;
+            }
             match ctx.hooks.request_all(&commands).await {
                 Ok(d) if d.len() == commands.len() => d,
                 Ok(_) | Err(_) => {
@@ -854,10 +872,10 @@ async fn server_to_client<H: Hooks>(
     mut reader: ReadHalf<BoxIo>,
     client: &ClientWriter,
     mut buf: BytesMut,
-    pending: &Mutex<Flow>,
-    answered: &tokio::sync::Notify,
+    both: &Both,
     catalog: Option<(&Catalog, &str)>,
 ) -> Result<(), PgError> {
+    let (pending, answered) = (&both.flow, &both.answered);
     let max = ctx.target.max_message_bytes;
     let mut scratch = RowScratch::default();
     let mut out = BytesMut::new();
@@ -954,6 +972,39 @@ async fn server_to_client<H: Hooks>(
             .down
             .fetch_add(consumed as u64, Ordering::Relaxed);
         buf.advance(consumed);
+    }
+}
+
+/// Asks the catalog whether the functions the commands call may have side effects. A failed
+/// lookup vouches for nothing: those calls stay "may have side effects".
+async fn vouch_functions<H: Hooks>(
+    ctx: &Context<'_, H>,
+    catalog: &Catalog,
+    database: &str,
+    commands: &[Command<'_>],
+) {
+    let names = ctx.hooks.functions_to_vouch(commands);
+    if names.is_empty() {
+        return;
+    }
+    let Some(tls) = ctx.shared.upstream_tls.get(&ctx.target.name) else {
+        return;
+    };
+    let upstream = catalog::Upstream {
+        target: ctx.target,
+        addr: ctx.upstream_addr,
+        tls,
+        database,
+    };
+    match catalog.side_effect_free(&upstream, &names).await {
+        Ok(facts) => ctx.hooks.vouch_functions(facts),
+        Err(e) => {
+            tracing::warn!(error = %e, target = %ctx.target.name, "function catalog lookup failed");
+            ctx.hooks.note(
+                "error",
+                serde_json::json!({ "phase": "catalog", "error": e.to_string() }),
+            );
+        }
     }
 }
 
