@@ -18,6 +18,7 @@
 pub mod cancel;
 pub mod catalog;
 pub mod codec;
+pub mod numbers;
 pub mod relay;
 pub mod results;
 pub mod startup;
