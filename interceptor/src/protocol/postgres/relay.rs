@@ -958,6 +958,11 @@ impl<H: Hooks> Observer<'_, H> {
                     _ => {}
                 }
             }
+            b'A' => {
+                return Ok(
+                    results::mask_notification(hooks, body)?.map_or(Replace::Keep, Replace::With)
+                )
+            }
             b'E' | b'N' => {
                 let replaced = results::mask_notice(hooks, tag, body);
                 if tag == b'E' {

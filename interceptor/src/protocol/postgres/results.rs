@@ -8,7 +8,7 @@
 //! and notice messages with what the [`Masker`] answers, keeping lengths and NULLs exact.
 //! Numbers the detectors could not read as sent (binary numbers, floats with an exponent)
 //! reach the masker as decimal text ([`numbers`]), and go back to the client as they came
-//! or as NULL.
+//! or as NULL. NotificationResponse payloads (NOTIFY) are masked by content like notices.
 
 use bytes::{BufMut as _, Bytes, BytesMut};
 
@@ -277,6 +277,22 @@ pub fn mask_notice<H: Hooks>(hooks: &H, tag: u8, body: &[u8]) -> Option<Bytes> {
     Some(out.freeze())
 }
 
+/// A NotificationResponse (NOTIFY) with its payload masked by content, as notices are: an
+/// agent that LISTENs must not receive in a payload what it could not SELECT. The channel
+/// is left as it is: the client finds its listener by it, and it is a name the agent
+/// chose itself when it LISTENed. `None` when nothing changed; an error for a message that
+/// is not a well-formed notification (the session then ends: fail closed).
+pub fn mask_notification<H: Hooks>(hooks: &H, body: &[u8]) -> Result<Option<Bytes>, FrameError> {
+    let (pid, channel, payload) = backend::notification(body)?;
+    let text = String::from_utf8_lossy(payload);
+    let std::borrow::Cow::Owned(masked) = hooks.mask_text(&text) else {
+        return Ok(None);
+    };
+    let mut out = BytesMut::new();
+    backend::notification_message(pid, channel, masked.as_bytes()).encode(&mut out);
+    Ok(Some(out.freeze()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -486,6 +502,36 @@ mod tests {
     fn masker_is_plain(hooks: &Detecting) -> bool {
         let mut m = masker(hooks, &[field("t", 25, 1)], None, None).expect("masking is on");
         m.value(0, Some(b"\x00\x01")) == Rewrite::Keep
+    }
+
+    #[test]
+    fn notification_payloads_are_masked_and_stay_well_formed() {
+        let hooks = Detecting::new();
+        let mut body = 4242i32.to_be_bytes().to_vec();
+        body.extend_from_slice(b"card_\xc3\xa9vents\0paid 4111111111111111 by alice@example.com\0");
+        let out = mask_notification(&hooks, &body).unwrap().expect("masked");
+        assert_eq!(out[0], b'A');
+        assert_eq!(
+            i32::from_be_bytes([out[1], out[2], out[3], out[4]]) as usize,
+            out.len() - 1
+        );
+        let (pid, channel, payload) = backend::notification(&out[5..]).unwrap();
+        assert_eq!(pid, 4242);
+        assert_eq!(channel, b"card_\xc3\xa9vents");
+        assert_eq!(payload, b"paid [REDACTED:credit_card] by [REDACTED:email]");
+        // Nothing to mask: the server's bytes go through.
+        let mut plain = 1i32.to_be_bytes().to_vec();
+        plain.extend_from_slice(b"jobs\0done 4111111111111112\0");
+        assert_eq!(mask_notification(&hooks, &plain).unwrap(), None);
+        // Malformed: an error (the session ends), never a panic.
+        for body in [
+            &b""[..],
+            b"\0\0\0\x01",
+            b"\0\0\0\x01chan\0payload",
+            b"\0\0\0\x01a\0b\0c",
+        ] {
+            assert!(mask_notification(&hooks, body).is_err(), "{body:?}");
+        }
     }
 
     #[test]
