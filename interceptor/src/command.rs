@@ -137,8 +137,9 @@ pub enum ValueKind {
     Json,
     /// JSON text after a one-byte version header (PostgreSQL binary jsonb).
     JsonWithHeader,
-    /// Bytes whose structure masking does not know (binary numbers, arrays; text forms of
-    /// numbers and dates): a value that needs masking becomes NULL.
+    /// Bytes that cannot hold a replacement (binary values, arrays; text forms of numbers
+    /// and dates): a value that needs masking becomes NULL. A protocol may hand the decimal
+    /// text of a number it decoded instead of its bytes, so that detectors can read it.
     Opaque,
 }
 

@@ -3,6 +3,8 @@
 //! says; invalid look-alikes are left alone; the usual bypasses (`concat(ssn)`, `ssn || ''`,
 //! `upper(email)`, subqueries, views, `row_to_json`, `array_agg`, `json_agg`) are masked by
 //! content; and neither the journal nor the daemon's logs hold a seeded value in the clear.
+//! Card numbers stored as numbers come back NULL in text and binary formats, letters glued
+//! to a value do not hide it, and NOTIFY payloads reach a LISTENing agent masked.
 
 use std::time::Duration;
 
@@ -333,6 +335,180 @@ fn personal_data_and_secrets_are_masked_for_every_client() {
     }
     assert!(samples > 0, "no result sample was kept");
     assert!(statements.contains("e.com' = 'x'"), "{statements}");
+}
+
+/// A card number stored as numbers (row 1), with a Luhn-invalid control (row 2).
+fn seed_numbers(pg: &PgServer) {
+    pg.psql_db(
+        "appdb",
+        "CREATE TABLE payments (id int PRIMARY KEY, n_bigint bigint, n_numeric numeric, \
+           n_float float8, n_scaled numeric(20,2));\n\
+         INSERT INTO payments VALUES\n\
+         (1, 4111111111111111, 4111111111111111, 4111111111111111, 4111111111111111),\n\
+         (2, 4111111111111112, 4111111111111112, 4111111111111112, 4111111111111112);\n\
+         GRANT SELECT ON payments TO PUBLIC;",
+    );
+}
+
+const NUMBERS_CLIENT: &str = r#"
+import asyncio, asyncpg, psycopg
+H, P = ARGS["host"], int(ARGS["port"])
+dsn = conninfo(host=H, port=P, dbname="appdb", user="agent", sslmode="disable", connect_timeout=10)
+NUMBERS = "SELECT n_bigint, n_numeric, n_float, n_scaled FROM payments ORDER BY id"
+ARRAYS = "SELECT array_agg(n_bigint ORDER BY id), array_agg(n_float ORDER BY id) FROM payments"
+GLUED = {
+    "concat": "SELECT 'x' || n_bigint || 'x' FROM payments ORDER BY id",
+    "format": "SELECT format('id%sz', n_bigint) FROM payments ORDER BY id",
+    "ssn": "SELECT 'a' || ssn || 'b', 'a' || ssn_bad || 'b' FROM customers ORDER BY id",
+    "card_text": "SELECT 'x' || card || 'x', 'x' || card_bad || 'x' FROM customers ORDER BY id",
+    "email": "SELECT 'x' || email || '1' FROM customers ORDER BY id",
+    "iban": "SELECT 'x' || iban || 'x' FROM customers WHERE id = 1",
+}
+PAYLOAD = "paid 4111111111111111 by alice@example.com; ref 4111111111111112"
+def show(rows):
+    return [[None if v is None else str(v) for v in r] for r in rows]
+res = {}
+with psycopg.connect(dsn, autocommit=True) as conn:
+    res["psycopg_text"] = show(conn.execute(NUMBERS).fetchall())
+    res["psycopg_binary"] = show(conn.execute(NUMBERS, binary=True).fetchall())
+    res["psycopg_arrays"] = show(conn.execute(ARRAYS, binary=True).fetchall())
+    res["glued"] = {k: show(conn.execute(q).fetchall()) for k, q in GLUED.items()}
+# LISTEN/NOTIFY: the agent listens on one connection, a second one notifies; both go
+# through the gateway.
+with psycopg.connect(dsn, autocommit=True) as listener, \
+        psycopg.connect(dsn, autocommit=True) as sender:
+    listener.execute("LISTEN payments")
+    sender.execute("NOTIFY payments, '%s'" % PAYLOAD)
+    res["psycopg_notify"] = [[n.channel, n.payload]
+                             for n in listener.notifies(timeout=15, stop_after=1)]
+
+async def binary():
+    c = await asyncpg.connect(host=H, port=P, user="agent", database="appdb")
+    out = {"numbers": show(await c.fetch(NUMBERS)), "arrays": show(await c.fetch(ARRAYS))}
+    got = asyncio.get_running_loop().create_future()
+    await c.add_listener("payments", lambda conn, pid, channel, payload:
+                         got.done() or got.set_result([channel, payload]))
+    await c.execute("SELECT pg_notify('payments', $1)", PAYLOAD)
+    out["notify"] = await asyncio.wait_for(got, 15)
+    await c.close()
+    return out
+res["asyncpg"] = asyncio.run(binary())
+report(**res)
+"#;
+
+#[test]
+fn numbers_glued_values_and_notify_payloads_are_masked() {
+    if !require_root() {
+        return;
+    }
+    let pg = PgServer::start();
+    seed(&pg);
+    seed_numbers(&pg);
+    let cfg = config(&pg, &policy(""));
+    let out = run_venv_python_exec(&cfg, None, NUMBERS_CLIENT, &args(&pg), RUN);
+    assert!(out.success(), "client failed\n{}", out.describe());
+    let r = out.json();
+
+    // A card stored as bigint, numeric, float8 or numeric(20,2) comes back NULL in text
+    // (psycopg), binary (psycopg binary=True, asyncpg) and inside binary arrays; the
+    // Luhn-invalid control comes back as stored.
+    let control = json!([
+        "4111111111111112",
+        "4111111111111112",
+        "4111111111111112.0",
+        "4111111111111112.00"
+    ]);
+    for client in ["psycopg_text", "psycopg_binary"] {
+        assert_eq!(
+            r[client][0],
+            json!([null, null, null, null]),
+            "{client}: {}",
+            pretty(&r)
+        );
+        assert_eq!(r[client][1], control, "{client}: {}", pretty(&r));
+    }
+    assert_eq!(
+        r["asyncpg"]["numbers"][0],
+        json!([null, null, null, null]),
+        "{}",
+        pretty(&r)
+    );
+    assert_eq!(r["asyncpg"]["numbers"][1], control, "{}", pretty(&r));
+    for arrays in [&r["psycopg_arrays"][0], &r["asyncpg"]["arrays"][0]] {
+        assert_eq!(arrays, &json!([null, null]), "{}", pretty(&r));
+    }
+
+    // Letters glued on either side: masked by content (partial keeps the last four and the
+    // glue); the invalid look-alikes with the same glue are untouched.
+    let glued = &r["glued"];
+    assert_eq!(
+        glued["concat"],
+        json!([["x************1111x"], ["x4111111111111112x"]]),
+        "{}",
+        pretty(glued)
+    );
+    assert_eq!(
+        glued["format"],
+        json!([["id************1111z"], ["id4111111111111112z"]]),
+        "{}",
+        pretty(glued)
+    );
+    assert_eq!(
+        glued["ssn"][0],
+        json!(["a***-**-6789b", "a000-12-3456b"]),
+        "{}",
+        pretty(glued)
+    );
+    assert_eq!(
+        glued["ssn"][1][1],
+        json!("a666-01-2345b"),
+        "{}",
+        pretty(glued)
+    );
+    assert_eq!(
+        glued["card_text"][0],
+        json!(["x**** **** **** 1111x", "x4111 1111 1111 1112x"]),
+        "{}",
+        pretty(glued)
+    );
+    assert_eq!(
+        glued["email"][0],
+        json!(["******@******e.com1"]),
+        "{}",
+        pretty(glued)
+    );
+    let iban = glued["iban"][0][0].as_str().unwrap_or_default();
+    assert!(iban.starts_with("x****") && iban.ends_with("32x"), "{iban}");
+
+    // NOTIFY: the payload reaches the listening agent masked, the channel unchanged.
+    let masked = "paid ************1111 by *****@******e.com; ref 4111111111111112";
+    assert_eq!(
+        r["psycopg_notify"],
+        json!([["payments", masked]]),
+        "{}",
+        pretty(&r)
+    );
+    assert_eq!(
+        r["asyncpg"]["notify"],
+        json!(["payments", masked]),
+        "{}",
+        pretty(&r)
+    );
+
+    // Nothing of the valid values reached the client, the journal or the daemon's output.
+    let seen = r.to_string();
+    for raw in ["4111111111111111", "alice@example.com", "123-45-6789"] {
+        assert!(
+            !seen.contains(raw),
+            "the client got {raw:?}:\n{}",
+            pretty(&r)
+        );
+        assert!(!out.stderr.contains(raw), "the daemon logged {raw:?}");
+        assert!(
+            !bytes_contain(&journal_bytes(&cfg), raw.as_bytes()),
+            "the journal holds {raw:?}"
+        );
+    }
 }
 
 #[test]

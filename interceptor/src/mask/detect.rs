@@ -21,6 +21,10 @@
 //!   the earlier pattern wins, so the table lists secrets and validated detectors before the
 //!   loose ones (phone, email). Card groupings are restricted to real layouts (4-4-4-4…, 4-6-5,
 //!   4-6-4) so the tail of a UUID (`4166-446655440000`) is not read as a card.
+//! - **Glued letters do not hide a value.** Cards and SSNs are bounded by "not a digit"
+//!   rather than by `\b`, IBANs and emails need no boundary after them, so `x4111111111111111x`
+//!   (`'x'||card||'x'`), `id4111111111111111z` and `a123-45-6789b` are found. Digits glued on
+//!   are not searched through: a run of more than 19 digits is never a card (see `unglue`).
 //! - **ASCII only.** `\b` and `\d` are ASCII: a Unicode `\b` makes the lazy DFA give up on the
 //!   first non-ASCII byte, and every detected format is ASCII anyway. The haystack may be any
 //!   bytes (invalid UTF-8 included); nothing here indexes past a bound or unwraps input.
@@ -191,8 +195,9 @@ struct Rule {
 const IPV6: &str = r"(?:[0-9A-Fa-f]+:){7}[0-9A-Fa-f]+|(?:[0-9A-Fa-f]+:){6}\d+\.\d+\.\d+\.\d+|[0-9A-Fa-f:]*::(?:[0-9A-Fa-f]*:)*(?:\d+\.\d+\.\d+\.\d+|[0-9A-Fa-f]*)";
 
 /// Email: a local part (non-ASCII bytes allowed, for `josé@…`), one or more domain labels and
-/// a TLD of letters.
-const EMAIL: &str = r"[A-Za-z0-9._%+\x80-\xFF-]+@(?:[A-Za-z0-9\x80-\xFF-]+\.)+[A-Za-z]{2,}\b";
+/// a TLD of letters. Nothing is required after the TLD, so a digit glued on
+/// (`email||'1'`) does not hide the address; letters glued on either side are taken in.
+const EMAIL: &str = r"[A-Za-z0-9._%+\x80-\xFF-]+@(?:[A-Za-z0-9\x80-\xFF-]+\.)+[A-Za-z]{2,}";
 
 /// Priority order: at the same start position the first rule wins (see the module doc).
 const RULES: &[Rule] = &[
@@ -234,30 +239,36 @@ const RULES: &[Rule] = &[
         pattern: r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{10,}",
     },
     // Cards: contiguous, 4-4-4-(1..4)[-(1..3)], 4-6-(4..5), with one separator kind each.
+    // Cards and SSNs are bounded by "not a digit" rather than `\b`, so letters glued on
+    // (`'x'||card||'x'`, `format('id%sz', card)`) do not hide them: each pattern takes the byte
+    // on either side (or the edge of the value) and the validator drops it (see `unglue`).
     Rule {
         detector: Detector::CreditCard,
         check: Check::Luhn,
-        pattern: r"\b\d{13,19}\b",
+        pattern: r"(?:\A|\D)\d{13,19}(?:\D|\z)",
     },
     Rule {
         detector: Detector::CreditCard,
         check: Check::Luhn,
-        pattern: r"\b\d{4}(?: \d{4}){2} \d{1,4}(?: \d{1,3})?\b|\b\d{4} \d{6} \d{4,5}\b",
+        pattern: r"(?:\A|\D)(?:\d{4}(?: \d{4}){2} \d{1,4}(?: \d{1,3})?|\d{4} \d{6} \d{4,5})(?:\D|\z)",
     },
     Rule {
         detector: Detector::CreditCard,
         check: Check::Luhn,
-        pattern: r"\b\d{4}(?:-\d{4}){2}-\d{1,4}(?:-\d{1,3})?\b|\b\d{4}-\d{6}-\d{4,5}\b",
+        pattern: r"(?:\A|\D)(?:\d{4}(?:-\d{4}){2}-\d{1,4}(?:-\d{1,3})?|\d{4}-\d{6}-\d{4,5})(?:\D|\z)",
     },
     Rule {
         detector: Detector::Ssn,
         check: Check::Ssn,
-        pattern: r"\b\d{3}-\d{2}-\d{4}\b|\b\d{3} \d{2} \d{4}\b",
+        pattern: r"(?:\A|\D)(?:\d{3}-\d{2}-\d{4}|\d{3} \d{2} \d{4})(?:\D|\z)",
     },
+    // IBANs: no `\b` either, so letters glued on do not hide one. Lower-case glue stops the
+    // shape by itself; upper-case letters or digits glued after it are cut at the country's
+    // length by the validator (`iban_length`).
     Rule {
         detector: Detector::Iban,
         check: Check::Mod97,
-        pattern: r"\b[A-Z]{2}\d{2}[A-Z0-9]+\b|\b[A-Z]{2}\d{2}(?: [A-Z0-9]{4}){2,7}(?: [A-Z0-9]{1,3})?\b",
+        pattern: r"[A-Z]{2}\d{2}[A-Z0-9]+|[A-Z]{2}\d{2}(?: [A-Z0-9]{4}){2,7}(?: [A-Z0-9]{1,3})?",
     },
     Rule {
         detector: Detector::Ipv4,
@@ -350,7 +361,7 @@ impl Scanner {
                 break;
             };
             match validate(rule.check, value, m.range()) {
-                Some(range) => {
+                Ok(range) => {
                     at = range.end.max(at + 1);
                     out.push(Found {
                         detector: rule.detector,
@@ -358,29 +369,93 @@ impl Scanner {
                     });
                 }
                 // Every pattern is non-empty, but never loop on the same position.
-                None => at = m.end().max(at + 1),
+                Err(resume) => at = resume.max(at + 1),
             }
         }
     }
 }
 
-/// Checks a candidate beyond its shape; returns the range to report (a PEM block grows to its
-/// END line) or `None` to skip it.
-fn validate(check: Check, value: &[u8], range: Range<usize>) -> Option<Range<usize>> {
-    let text = value.get(range.clone())?;
+/// Checks a candidate beyond its shape. Returns the range to report (without the glue bytes
+/// a digit-bounded shape took on either side; a PEM block grows to its END line), or where
+/// to resume the scan when the candidate is not valid.
+fn validate(check: Check, value: &[u8], range: Range<usize>) -> Result<Range<usize>, usize> {
+    let skip = range.end;
+    let Some(text) = value.get(range.clone()) else {
+        return Err(skip);
+    };
     let valid = match check {
         Check::Shape => true,
         Check::MaxLen(max) => text.len() <= max,
-        Check::Luhn => luhn_card(text),
-        Check::Mod97 => iban_mod97(text),
-        Check::Ssn => ssn(text),
+        Check::Luhn | Check::Ssn => {
+            let digits = unglue(value, range.clone());
+            let text = value.get(digits.clone()).unwrap_or_default();
+            let valid = match check {
+                Check::Luhn => luhn_card(text),
+                _ => ssn(text),
+            };
+            // An invalid candidate glued to a word may overlap a match of another shape
+            // (the local part of `x4111111111111112@example.com`): the scan resumes at its
+            // first digit, not after it. Only then: after a space or a bracket nothing else
+            // can start there, and resuming early would check windows of grouped digits
+            // (`1234 5678 9012 3456 7890`) that were never checked before.
+            let word_glue = digits.start > range.start
+                && value.get(range.start).is_some_and(|&b| {
+                    b.is_ascii_alphabetic() || b >= 0x80 || b"._%+-".contains(&b)
+                });
+            return match (valid, word_glue) {
+                (true, _) => Ok(digits),
+                (false, true) => Err(digits.start),
+                (false, false) => Err(digits.end),
+            };
+        }
+        Check::Mod97 => {
+            return iban(text)
+                .map(|len| range.start..range.start + len)
+                .ok_or(skip)
+        }
         Check::E164 => (8..=15).contains(&text.iter().filter(|b| b.is_ascii_digit()).count()),
         Check::Ipv4 => ipv4(value, &range),
         Check::Ipv6 => ipv6(value, &range),
         Check::JwtHeader => jwt_header(text),
-        Check::PemBlock => return Some(range.start..pem_end(value, &range)),
+        Check::PemBlock => return Ok(range.start..pem_end(value, &range)),
     };
-    valid.then_some(range)
+    if valid {
+        Ok(range)
+    } else {
+        Err(skip)
+    }
+}
+
+/// The digits of a digit-bounded candidate: its shape takes one non-digit byte on each side
+/// unless it touches the edge of the value, and that byte is not part of the value found.
+///
+/// Why "not a digit" and not "not a word character": an agent can glue letters on
+/// (`'x'||card||'x'`), and a card with letters around it is still a card. Digits glued on
+/// are another matter, and deliberately left alone: a run of more than 19 digits is never
+/// searched for a card inside it. Every such run holds a Luhn-valid window of 13 to 19
+/// digits almost surely (a 20-digit run has 35 windows, each valid with probability 1/10:
+/// 1 − 0.9³⁵ ≈ 97 %), so "mask a card found inside" would NULL every long number
+/// (`2/7::numeric` is `0.28571428571428571429`, 20-digit identifiers), and it would not stop
+/// an agent that can compute: `card*10`, `substr(card, 1, 8)` or `translate(card, …)` defeat
+/// any content detector. Column rules are the control for a column known to hold cards.
+///
+/// The price of letting letters touch: digit runs inside hex strings are candidates too. A
+/// 64-character hex digest holds a run of 13 to 19 decimal digits about one time in 25,
+/// and such a run passes Luhn one time in ten, so about 0.4 % of hex digests get a span
+/// masked. On a security gateway that is the right side to err on.
+fn unglue(value: &[u8], range: Range<usize>) -> Range<usize> {
+    let glued = |i: usize| value.get(i).is_some_and(|b| !b.is_ascii_digit());
+    let start = if glued(range.start) {
+        range.start + 1
+    } else {
+        range.start
+    };
+    let end = if range.end > start && glued(range.end - 1) {
+        range.end - 1
+    } else {
+        range.end
+    };
+    start..end
 }
 
 /// Luhn over the digits (separators skipped), 13–19 digits, not all the same digit.
@@ -413,6 +488,24 @@ fn luhn_card(text: &[u8]) -> bool {
     (13..=19).contains(&count) && sum.is_multiple_of(10) && !all_same
 }
 
+/// The length in bytes of the IBAN at the start of `text`: the whole candidate when it
+/// passes mod-97, else its first N characters (N the country's IBAN length) when letters or
+/// digits were glued after it (`DE89370400440532013000X`) and those pass.
+fn iban(text: &[u8]) -> Option<usize> {
+    if iban_mod97(text) {
+        return Some(text.len());
+    }
+    let want = iban_length(text.get(..2)?)?;
+    // The byte index just after the `want`-th character that is not a space.
+    let mut seen = 0;
+    let end = text.iter().position(|&b| {
+        seen += usize::from(b != b' ');
+        seen == want
+    })? + 1;
+    // A cut must fall between two characters of the IBAN, never on a glued one.
+    (end < text.len() && iban_mod97(text.get(..end)?)).then_some(end)
+}
+
 /// ISO 13616 (15–34 characters): move the first four characters to the end, letters to 10..35, remainder mod 97
 /// must be 1. Spaces between groups are skipped.
 fn iban_mod97(text: &[u8]) -> bool {
@@ -430,6 +523,31 @@ fn iban_mod97(text: &[u8]) -> bool {
         };
     }
     remainder == 1
+}
+
+/// The IBAN length of a country (SWIFT IBAN registry), used only to cut glued characters
+/// off a candidate that fails as a whole. A country missing here only loses that cut.
+fn iban_length(country: &[u8]) -> Option<usize> {
+    #[rustfmt::skip]
+    const LENGTHS: &[(&[u8; 2], usize)] = &[
+        (b"AD", 24), (b"AE", 23), (b"AL", 28), (b"AT", 20), (b"AZ", 28), (b"BA", 20),
+        (b"BE", 16), (b"BG", 22), (b"BH", 22), (b"BR", 29), (b"BY", 28), (b"CH", 21),
+        (b"CR", 22), (b"CY", 28), (b"CZ", 24), (b"DE", 22), (b"DK", 18), (b"DO", 28),
+        (b"EE", 20), (b"EG", 29), (b"ES", 24), (b"FI", 18), (b"FO", 18), (b"FR", 27),
+        (b"GB", 22), (b"GE", 22), (b"GI", 23), (b"GL", 18), (b"GR", 27), (b"GT", 28),
+        (b"HR", 21), (b"HU", 28), (b"IE", 22), (b"IL", 23), (b"IQ", 23), (b"IS", 26),
+        (b"IT", 27), (b"JO", 30), (b"KW", 30), (b"KZ", 20), (b"LB", 28), (b"LC", 32),
+        (b"LI", 21), (b"LT", 20), (b"LU", 20), (b"LV", 21), (b"MC", 27), (b"MD", 24),
+        (b"ME", 22), (b"MK", 19), (b"MR", 27), (b"MT", 31), (b"MU", 30), (b"NL", 18),
+        (b"NO", 15), (b"PK", 24), (b"PL", 28), (b"PS", 29), (b"PT", 25), (b"QA", 29),
+        (b"RO", 24), (b"RS", 22), (b"SA", 24), (b"SC", 31), (b"SE", 24), (b"SI", 19),
+        (b"SK", 24), (b"SM", 27), (b"ST", 25), (b"SV", 28), (b"TL", 23), (b"TN", 24),
+        (b"TR", 26), (b"UA", 29), (b"VA", 22), (b"VG", 24), (b"XK", 20),
+    ];
+    LENGTHS
+        .iter()
+        .find(|(code, _)| code.as_slice() == country)
+        .map(|(_, len)| *len)
 }
 
 /// `AAA-GG-SSSS` (or spaces): area not 000, 666 or 9xx; group not 00; serial not 0000.
@@ -642,13 +760,110 @@ mod tests {
             "4111 1111 1111 1112",
             "0000000000000000",
             "12345678901234567890123",
-            "x4111111111111111",
             "550e8400-e29b-41d4-a716-446655440000",
             "4166-446655440000",
             "411111111111",
         ] {
             assert_eq!(found(not_card), vec![], "{not_card}");
         }
+    }
+
+    #[test]
+    fn letters_glued_on_do_not_hide_values() {
+        for (value, detector, text) in [
+            (
+                "x4111111111111111x",
+                Detector::CreditCard,
+                "4111111111111111",
+            ),
+            (
+                "id4111111111111111z",
+                Detector::CreditCard,
+                "4111111111111111",
+            ),
+            (
+                "x4111111111111111",
+                Detector::CreditCard,
+                "4111111111111111",
+            ),
+            (
+                "card4111-1111-1111-1111end",
+                Detector::CreditCard,
+                "4111-1111-1111-1111",
+            ),
+            (
+                "é4111 1111 1111 1111é",
+                Detector::CreditCard,
+                "4111 1111 1111 1111",
+            ),
+            ("a123-45-6789b", Detector::Ssn, "123-45-6789"),
+            ("ssn123 45 6789x", Detector::Ssn, "123 45 6789"),
+            (
+                "xDE89370400440532013000x",
+                Detector::Iban,
+                "DE89370400440532013000",
+            ),
+            (
+                "XDE89370400440532013000X",
+                Detector::Iban,
+                "DE89370400440532013000",
+            ),
+            (
+                "ibanGB82 WEST 1234 5698 7654 32Z",
+                Detector::Iban,
+                "GB82 WEST 1234 5698 7654 32",
+            ),
+            ("alice@example.com1", Detector::Email, "alice@example.com"),
+        ] {
+            assert_eq!(found(value), one(detector, text), "{value}");
+        }
+        // Letters glued on are no reason to mask an invalid look-alike.
+        for not_found in [
+            "x4111111111111112x",
+            "x4111 1111 1111 1112x",
+            "a000-12-3456b",
+            "a666-01-2345b",
+            "xDE89370400440532013001x",
+            "XGB82WEST12345698765433Y",
+        ] {
+            assert_eq!(found(not_found), vec![], "{not_found}");
+        }
+        // A glued letter that starts another value: an invalid card gives way to the email.
+        assert_eq!(
+            found("x4111111111111112@example.com"),
+            one(Detector::Email, "4111111111111112@example.com")
+        );
+        // Values glued to each other are all found.
+        assert_eq!(
+            found("4111111111111111x5500000000000004"),
+            vec![
+                (Detector::CreditCard, "4111111111111111".to_owned()),
+                (Detector::CreditCard, "5500000000000004".to_owned())
+            ]
+        );
+    }
+
+    #[test]
+    fn digits_glued_on_make_a_longer_run_not_a_card() {
+        // A run of more than 19 digits is not searched for a card inside it (see `unglue`):
+        // nearly every such run holds a Luhn-valid window, and long numbers are common.
+        for run in [
+            "41111111111111111111",
+            "04111111111111111110",
+            "0.28571428571428571429",
+            "x041111111111111111x",
+        ] {
+            assert_eq!(found(run), vec![], "{run}");
+        }
+        // Shorter runs are judged whole, as always: this 17-digit run fails Luhn.
+        assert_eq!(found("41111111111111110"), vec![]);
+        // An invalid grouped candidate is skipped whole: a later window of the same groups
+        // (here `4111 1111 1111 1111`) is not checked, as before glue was allowed.
+        assert_eq!(found("1234 4111 1111 1111 1111"), vec![]);
+        // A digit glued to an SSN or a grouped card breaks the shape.
+        assert_eq!(found("1123-45-6789"), vec![]);
+        assert_eq!(found("123-45-67891"), vec![]);
+        assert_eq!(found("4111 1111 1111 11111 2"), vec![]);
     }
 
     #[test]
@@ -661,10 +876,16 @@ mod tests {
             "GB82WEST12345698765433",
             "GB82 WEST 1234 5698 7654 33",
             "XX00",
-            "GB82WEST123456987654320000000000000",
+            "XX00WEST123456987654320000000000000",
         ] {
             assert_eq!(found(not_iban), vec![], "{not_iban}");
         }
+        // Too long for an IBAN as a whole, but a valid one of the country's length with
+        // characters glued after it: the IBAN is found.
+        assert_eq!(
+            found("GB82WEST123456987654320000000000000"),
+            one(Detector::Iban, "GB82WEST12345698765432")
+        );
     }
 
     #[test]

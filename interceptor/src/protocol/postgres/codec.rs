@@ -585,6 +585,33 @@ pub mod backend {
         fields
     }
 
+    /// 'A' (NotificationResponse): the notifying backend's pid, the channel and the payload,
+    /// as raw bytes (the channel must reach the client exactly as the server sent it).
+    pub fn notification(body: &[u8]) -> Result<(i32, &[u8], &[u8]), FrameError> {
+        let bad = |why| FrameError::Malformed {
+            what: "NotificationResponse",
+            why,
+        };
+        let (pid, rest) = body.split_first_chunk::<4>().ok_or(bad("too short"))?;
+        let mut parts = rest.splitn(3, |&b| b == 0);
+        let (Some(channel), Some(payload), Some(b"")) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad("expected two terminated strings"));
+        };
+        Ok((i32::from_be_bytes(*pid), channel, payload))
+    }
+
+    /// An 'A' message.
+    pub fn notification_message(pid: i32, channel: &[u8], payload: &[u8]) -> Message {
+        message(b'A', |b| {
+            b.put_i32(pid);
+            b.put_slice(channel);
+            b.put_u8(0);
+            b.put_slice(payload);
+            b.put_u8(0);
+        })
+    }
+
     /// An 'E'/'N' message from fields.
     pub fn notice_from_fields(tag: u8, fields: &[(u8, String)]) -> Message {
         message(tag, |b| {

@@ -13,6 +13,7 @@
 //! - [`catalog`]: table OID + attribute number → `schema.table.column`, for column rules.
 //! - [`cancel`]: the map from the keys we gave clients to the server's real keys.
 //! - [`reading`]: the session settings that decide how the server reads text, pinned.
+//! - [`numbers`]: numbers in text and binary formats, as decimal text for the detectors.
 //! - [`names`]: the prepared statements and portals the server keeps, mirrored from its
 //!   confirmations.
 //!
@@ -22,6 +23,7 @@ pub mod cancel;
 pub mod catalog;
 pub mod codec;
 pub mod names;
+pub mod numbers;
 pub mod reading;
 pub mod relay;
 pub mod results;

@@ -1122,15 +1122,15 @@ impl<H: Hooks> Observer<'_, H> {
     /// shape: the portal's description, or the statement's with the Bind's formats. Without
     /// either, columns are undescribed (opaque, and NULLed under column rules).
     fn execute_masker(&self, shape: &ExecShape) -> Option<Box<dyn Masker>> {
-        let columns = match (&shape.described, shape.statement) {
-            (Some(fields), _) => results::columns(fields, None, self.catalog),
+        let (fields, formats): (&[Field], _) = match (&shape.described, shape.statement) {
+            (Some(fields), _) => (fields, None),
             (None, Some(generation)) => match self.flow.shapes.get(&generation) {
-                Some(fields) => results::columns(fields, Some(&shape.formats), self.catalog),
-                None => Vec::new(),
+                Some(fields) => (fields, Some(shape.formats.as_slice())),
+                None => (&[], None),
             },
-            (None, None) => Vec::new(),
+            (None, None) => (&[], None),
         };
-        self.hooks.masker(columns)
+        results::masker(self.hooks, fields, formats, self.catalog)
     }
 
     /// Updates the pending answers with one server message. Returns the bytes to send the
@@ -1214,7 +1214,7 @@ impl<H: Hooks> Observer<'_, H> {
                         }
                     }
                     Some(Pending::UntilReady { masker, .. }) => {
-                        *masker = hooks.masker(results::columns(&fields, None, self.catalog));
+                        *masker = results::masker(hooks, &fields, None, self.catalog);
                     }
                     _ => {}
                 }
@@ -1314,6 +1314,11 @@ impl<H: Hooks> Observer<'_, H> {
                     }
                     _ => {}
                 }
+            }
+            b'A' => {
+                return Ok(
+                    results::mask_notification(hooks, body)?.map_or(Replace::Keep, Replace::With)
+                )
             }
             b'E' | b'N' => {
                 let replaced = results::mask_notice(hooks, tag, body);

@@ -6,14 +6,18 @@
 //! This module turns a RowDescription (plus the formats a Bind asked for) into the
 //! protocol-independent [`ResultColumn`]s masking understands, and rewrites DataRow, CopyData
 //! and notice messages with what the [`Masker`] answers, keeping lengths and NULLs exact.
+//! Numbers the detectors could not read as sent (binary numbers, floats with an exponent)
+//! reach the masker as decimal text ([`numbers`]), and go back to the client as they came
+//! or as NULL. NotificationResponse payloads (NOTIFY) are masked by content like notices.
 
 use bytes::{BufMut as _, Bytes, BytesMut};
 
 use super::{
     catalog::{Catalog, Known},
     codec::{backend, backend::Field, FrameError},
+    numbers::{self, Decimal, Wire},
 };
-use crate::command::{Hooks, Masker, ResultColumn, Rewrite, ValueKind};
+use crate::command::{Hooks, MaskReport, Masker, ResultColumn, Rewrite, ValueKind};
 
 /// Types whose text and binary forms are both plain text.
 const TEXT_TYPES: &[u32] = &[
@@ -62,6 +66,78 @@ fn format_of(formats: &[i16], i: usize) -> i16 {
     }
 }
 
+/// The format of field `i`: a Bind's result formats override the field's own.
+fn field_format(field: &Field, formats: Option<&[i16]>, i: usize) -> i16 {
+    formats.map_or(field.format, |fs| format_of(fs, i))
+}
+
+/// The masker for a result with these fields (see [`columns`]), or `None` when the hooks
+/// mask nothing. When some column holds numbers the detectors cannot read as sent, the
+/// masker is wrapped so that those values reach it as decimal text.
+pub fn masker<H: Hooks>(
+    hooks: &H,
+    fields: &[Field],
+    formats: Option<&[i16]>,
+    catalog: Option<&Catalog>,
+) -> Option<Box<dyn Masker>> {
+    let inner = hooks.masker(columns(fields, formats, catalog))?;
+    let wires: Vec<Option<Wire>> = fields
+        .iter()
+        .enumerate()
+        .map(|(i, f)| numbers::wire(f.type_oid, field_format(f, formats, i)))
+        .collect();
+    if wires.iter().all(Option::is_none) {
+        return Some(inner);
+    }
+    Some(Box::new(DecimalNumbers {
+        inner,
+        wires,
+        text: Vec::new(),
+    }))
+}
+
+/// Hands number columns to the inner masker as decimal text, and sends the client either
+/// the number as it came or NULL: a number has no room for a replacement text.
+struct DecimalNumbers {
+    inner: Box<dyn Masker>,
+    wires: Vec<Option<Wire>>,
+    /// The decimal text of the current value, reused for every value of the result.
+    text: Vec<u8>,
+}
+
+impl Masker for DecimalNumbers {
+    fn value(&mut self, column: usize, value: Option<&[u8]>) -> Rewrite {
+        let (Some(wire), Some(value)) = (self.wires.get(column).copied().flatten(), value) else {
+            return self.inner.value(column, value);
+        };
+        self.text.clear();
+        let rewrite = match numbers::decimal(wire, value, &mut self.text) {
+            Ok(Decimal::Same) => self.inner.value(column, Some(value)),
+            Ok(Decimal::Written) => self.inner.value(column, Some(&self.text)),
+            // Bytes that are not the number their type says: nothing can tell what they
+            // hold, so they are not sent (fail closed). The inner masker sees a NULL, which
+            // keeps its sample row in step with what the client gets.
+            Err(e) => {
+                tracing::debug!(column, error = %e, "undecodable number sent as NULL");
+                self.inner.value(column, None);
+                return Rewrite::Null;
+            }
+        };
+        match rewrite {
+            Rewrite::Keep => Rewrite::Keep,
+            Rewrite::Replace(_) | Rewrite::Null => Rewrite::Null,
+        }
+    }
+
+    fn end_row(&mut self) {
+        self.inner.end_row();
+    }
+
+    fn report(&mut self) -> MaskReport {
+        self.inner.report()
+    }
+}
+
 /// The columns of a result. `formats` overrides the fields' own (a described statement says
 /// 0 for every field; the Bind decides). With a catalog, plain column references are
 /// resolved to `schema.table.column`.
@@ -74,7 +150,7 @@ pub fn columns(
         .iter()
         .enumerate()
         .map(|(i, f)| {
-            let format = formats.map_or(f.format, |fs| format_of(fs, i));
+            let format = field_format(f, formats, i);
             let (source, unresolved) = match (f.table, catalog) {
                 (0, _) => (None, false),
                 (_, None) => (None, true),
@@ -201,10 +277,25 @@ pub fn mask_notice<H: Hooks>(hooks: &H, tag: u8, body: &[u8]) -> Option<Bytes> {
     Some(out.freeze())
 }
 
+/// A NotificationResponse (NOTIFY) with its payload masked by content, as notices are: an
+/// agent that LISTENs must not receive in a payload what it could not SELECT. The channel
+/// is left as it is: the client finds its listener by it, and it is a name the agent
+/// chose itself when it LISTENed. `None` when nothing changed; an error for a message that
+/// is not a well-formed notification (the session then ends: fail closed).
+pub fn mask_notification<H: Hooks>(hooks: &H, body: &[u8]) -> Result<Option<Bytes>, FrameError> {
+    let (pid, channel, payload) = backend::notification(body)?;
+    let text = String::from_utf8_lossy(payload);
+    let std::borrow::Cow::Owned(masked) = hooks.mask_text(&text) else {
+        return Ok(None);
+    };
+    let mut out = BytesMut::new();
+    backend::notification_message(pid, channel, masked.as_bytes()).encode(&mut out);
+    Ok(Some(out.freeze()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::command::MaskReport;
 
     struct Upper;
     impl Masker for Upper {
@@ -266,6 +357,181 @@ mod tests {
         body.push(0);
         assert!(mask_data_row(&mut Upper, &body, &mut scratch, &mut out).is_err());
         assert!(out.is_empty());
+    }
+
+    /// Hooks that mask by content with every detector (redact), as a session's would.
+    struct Detecting(std::sync::Arc<crate::mask::Masking>);
+
+    impl Detecting {
+        fn new() -> Detecting {
+            use crate::mask::{detect::Detector, DetectorRule, Masking, Strategy};
+            let rules: Vec<DetectorRule> = Detector::ALL
+                .iter()
+                .map(|d| DetectorRule {
+                    detector: *d,
+                    strategy: Strategy::Redact,
+                    rule: "all".to_owned(),
+                })
+                .collect();
+            let scanner = crate::mask::detect::Scanner::new(&Detector::ALL);
+            Detecting(std::sync::Arc::new(Masking::new(
+                Vec::new(),
+                &rules,
+                Some(std::sync::Arc::new(scanner)),
+                None,
+                0,
+            )))
+        }
+    }
+
+    impl Hooks for Detecting {
+        async fn request(
+            &self,
+            _: &crate::command::Command<'_>,
+        ) -> Result<crate::command::Decision, crate::command::HookError> {
+            Err(crate::command::HookError("not in these tests".to_owned()))
+        }
+
+        async fn wait_for_approval(&self, _: &str) -> crate::command::Verdict {
+            crate::command::Verdict::Deny {
+                message: "not in these tests".to_owned(),
+            }
+        }
+
+        fn result(&self, _: crate::command::EventId, _: &crate::command::CommandResult) {}
+
+        fn masker(&self, columns: Vec<ResultColumn>) -> Option<Box<dyn Masker>> {
+            Some(Box::new(self.0.masker(columns)))
+        }
+
+        fn mask_text<'t>(&self, text: &'t str) -> std::borrow::Cow<'t, str> {
+            self.0.mask_text(text).0
+        }
+
+        fn note(&self, _: &'static str, _: serde_json::Value) {}
+    }
+
+    fn field(name: &str, type_oid: u32, format: i16) -> Field {
+        Field {
+            name: name.to_owned(),
+            table: 0,
+            attnum: 0,
+            type_oid,
+            format,
+        }
+    }
+
+    fn numeric(weight: i16, digits: &[u16]) -> Vec<u8> {
+        let mut b = Vec::new();
+        for v in [digits.len() as i16, weight, 0, 0] {
+            b.extend_from_slice(&v.to_be_bytes());
+        }
+        for d in digits {
+            b.extend_from_slice(&d.to_be_bytes());
+        }
+        b
+    }
+
+    #[test]
+    fn numbers_holding_a_card_are_nulled_in_every_format() {
+        let hooks = Detecting::new();
+        let fields = [
+            field("i8", 20, 1),
+            field("n", 1700, 1),
+            field("f8", 701, 1),
+            field("f8_text", 701, 0),
+            field("i8_text", 20, 0),
+            field("arr", 1016, 1),
+            field("t", 25, 0),
+        ];
+        let mut masker = masker(&hooks, &fields, None, None).expect("masking is on");
+        // One row with every form of `n`: binary int8, numeric, float8 and int8[], text
+        // float8 (`4.111111111111111e+15`) and int8, and text with letters glued on.
+        let row_of = |n: i64, digits: &[u16]| {
+            let mut array = Vec::new();
+            for v in [1i32, 0, 20, 1, 1, 8] {
+                array.extend_from_slice(&v.to_be_bytes());
+            }
+            array.extend_from_slice(&n.to_be_bytes());
+            let float_text = format!("{:e}", n as f64).replace('e', "e+");
+            row(&[
+                Some(&n.to_be_bytes()),
+                Some(&numeric(3, digits)),
+                Some(&(n as f64).to_be_bytes()),
+                Some(float_text.as_bytes()),
+                Some(n.to_string().as_bytes()),
+                Some(&array),
+                Some(format!("x{n}x").as_bytes()),
+            ])
+        };
+        let body = row_of(4_111_111_111_111_111, &[4111, 1111, 1111, 1111]);
+        let mut out = BytesMut::new();
+        let mut scratch = RowScratch::default();
+        assert!(mask_data_row(masker.as_mut(), &body, &mut scratch, &mut out).unwrap());
+        let mut values = Vec::new();
+        backend::data_row(&out[5..], &mut values).unwrap();
+        let got: Vec<Option<&[u8]>> = values
+            .iter()
+            .map(|r| r.clone().map(|r| &out[5..][r]))
+            .collect();
+        let masked: Vec<Option<&[u8]>> = vec![None, None, None, None, None, None];
+        assert_eq!(got[..6], masked[..]);
+        assert_eq!(got[6], Some(&b"x[REDACTED:credit_card]x"[..]));
+        // The Luhn-invalid control is sent as it came, in every format.
+        let body = row_of(4_111_111_111_111_112, &[4111, 1111, 1111, 1112]);
+        let mut out = BytesMut::new();
+        assert!(!mask_data_row(masker.as_mut(), &body, &mut scratch, &mut out).unwrap());
+        assert!(out.is_empty());
+        let counts = masker.report().counts;
+        assert_eq!(counts.get("detector:credit_card"), Some(&7));
+    }
+
+    #[test]
+    fn undecodable_numbers_are_nulled() {
+        let hooks = Detecting::new();
+        let fields = [field("i8", 20, 1), field("n", 1700, 1)];
+        let mut masker = masker(&hooks, &fields, None, None).expect("masking is on");
+        assert_eq!(masker.value(0, Some(b"\x00\x01")), Rewrite::Null);
+        assert_eq!(masker.value(1, Some(b"\xff\xff\x00\x00")), Rewrite::Null);
+        assert_eq!(masker.value(0, Some(&5i64.to_be_bytes())), Rewrite::Keep);
+        assert_eq!(masker.value(0, None), Rewrite::Keep);
+        // Without number columns, the hooks' own masker is used as it is.
+        assert!(masker_is_plain(&hooks));
+    }
+
+    fn masker_is_plain(hooks: &Detecting) -> bool {
+        let mut m = masker(hooks, &[field("t", 25, 1)], None, None).expect("masking is on");
+        m.value(0, Some(b"\x00\x01")) == Rewrite::Keep
+    }
+
+    #[test]
+    fn notification_payloads_are_masked_and_stay_well_formed() {
+        let hooks = Detecting::new();
+        let mut body = 4242i32.to_be_bytes().to_vec();
+        body.extend_from_slice(b"card_\xc3\xa9vents\0paid 4111111111111111 by alice@example.com\0");
+        let out = mask_notification(&hooks, &body).unwrap().expect("masked");
+        assert_eq!(out[0], b'A');
+        assert_eq!(
+            i32::from_be_bytes([out[1], out[2], out[3], out[4]]) as usize,
+            out.len() - 1
+        );
+        let (pid, channel, payload) = backend::notification(&out[5..]).unwrap();
+        assert_eq!(pid, 4242);
+        assert_eq!(channel, b"card_\xc3\xa9vents");
+        assert_eq!(payload, b"paid [REDACTED:credit_card] by [REDACTED:email]");
+        // Nothing to mask: the server's bytes go through.
+        let mut plain = 1i32.to_be_bytes().to_vec();
+        plain.extend_from_slice(b"jobs\0done 4111111111111112\0");
+        assert_eq!(mask_notification(&hooks, &plain).unwrap(), None);
+        // Malformed: an error (the session ends), never a panic.
+        for body in [
+            &b""[..],
+            b"\0\0\0\x01",
+            b"\0\0\0\x01chan\0payload",
+            b"\0\0\0\x01a\0b\0c",
+        ] {
+            assert!(mask_notification(&hooks, body).is_err(), "{body:?}");
+        }
     }
 
     #[test]
