@@ -1288,6 +1288,11 @@ impl Walker {
         }
     }
 
+    /// A side-effect-free built-in written as SQL syntax.
+    fn builtin(&mut self, name: &str) {
+        self.a.functions.insert(name.to_owned());
+    }
+
     fn in_transformation(&self) -> bool {
         !self.transforming.is_empty() || !self.transforming_factors.is_empty()
     }
@@ -2217,6 +2222,16 @@ impl Visitor for Walker {
                     self.whole_row_args(&list.args);
                 }
             }
+            // Syntax of sqlparser's own for what PostgreSQL calls built-in functions
+            // (`substring(a, 1, 2)` is a plain call there): named as the server names them,
+            // so the two parsers agree on what is called. None has side effects.
+            Expr::Substring { .. } => self.builtin("substring"),
+            Expr::Ceil { .. } => self.builtin("ceil"),
+            Expr::Floor { .. } => self.builtin("floor"),
+            Expr::Position { .. } => self.builtin("position"),
+            Expr::Overlay { .. } => self.builtin("overlay"),
+            Expr::Extract { .. } => self.builtin("extract"),
+            Expr::AtTimeZone { .. } => self.builtin("timezone"),
             _ if self
                 .frames
                 .last()
