@@ -16,6 +16,15 @@ pub mod maps {
     /// `LruHashMap<AddrKey client tuple, ConnRecord>`: filled by sock_ops once the source port
     /// is known; the proxy looks its peer up here after accept() and deletes the entry.
     pub const CONN_BY_CLIENT: &str = "CONN_BY_CLIENT";
+    /// `Array<UnixConfig>` with one slot: how Unix-socket connects are judged.
+    pub const UNIX_CONFIG: &str = "UNIX_CONFIG";
+    /// `HashMap<UnixPath, u32 verdict>`: exact socket paths (and abstract names) to allow or deny.
+    pub const UNIX_PATHS: &str = "UNIX_PATHS";
+    /// `HashMap<BasenameKey, u32>`: socket file names to deny wherever they are
+    /// (`.s.PGSQL.*`, `docker.sock`, ...).
+    pub const UNIX_BASENAMES: &str = "UNIX_BASENAMES";
+    /// `RingBuf` of [`super::UnixRefusal`]: one record per refused Unix-socket connect.
+    pub const UNIX_REFUSALS: &str = "UNIX_REFUSALS";
 }
 
 /// Names of the programs in the object file.
@@ -29,6 +38,24 @@ pub mod programs {
     pub const SOCK_OPS: &str = "record_client_tuple";
     pub const SOCK_CREATE: &str = "deny_raw_sockets";
     pub const SOCK_RELEASE: &str = "forget_socket";
+    /// Judges `connect()` on AF_UNIX sockets. The object places it in a `cgroup/connect4`
+    /// section only because aya 0.14 knows no Unix attach type: the daemon loads it itself with
+    /// `expected_attach_type = BPF_CGROUP_UNIX_CONNECT`, never
+    /// through aya's `CgroupSockAddr::load`.
+    pub const UNIX_CONNECT: &str = "judge_unix_connect";
+    /// The same judgement for `sendmsg()` with an address (unconnected datagram sockets),
+    /// loaded with `expected_attach_type = BPF_CGROUP_UNIX_SENDMSG`.
+    pub const UNIX_SENDMSG: &str = "judge_unix_sendmsg";
+}
+
+/// Kernel functions the Unix-socket program calls. aya 0.14 cannot emit kfunc calls, so the
+/// program calls these helper numbers (no helper has them) and the daemon rewrites each such
+/// call into a `BPF_PSEUDO_KFUNC_CALL` to the function of that name in the kernel's BTF.
+pub mod kfunc_slots {
+    /// `struct bpf_sock_addr_kern *bpf_cast_to_kern_ctx(void *ctx)`.
+    pub const CAST_TO_KERN_CTX: u32 = 0x7f00_0001;
+    /// Every slot with its kernel function name.
+    pub const ALL: [(u32, &str); 1] = [(CAST_TO_KERN_CTX, "bpf_cast_to_kern_ctx")];
 }
 
 /// Intercept every outbound TCP connection of the cgroup (the default for `exec`).
@@ -105,15 +132,109 @@ pub struct ConnRecord {
     pub reserved: u32,
 }
 
+/// Longest `sun_path` (Linux: 108 bytes).
+pub const UNIX_PATH_MAX: usize = 108;
+/// Distinct lengths of `prefix*` basename patterns the program can check.
+pub const UNIX_PREFIX_LENS: usize = 8;
+/// Capacity of `UNIX_BASENAMES`.
+pub const UNIX_BASENAME_ENTRIES: u32 = 256;
+
+/// FNV-1a (64-bit) over a socket file name, one byte at a time: the program hashes the last
+/// path component as it scans the address, the daemon hashes the patterns. A collision can
+/// only refuse a socket (basenames only ever deny), never allow one.
+pub const BASENAME_HASH_SEED: u64 = 0xcbf2_9ce4_8422_2325;
+pub const fn basename_hash_step(hash: u64, byte: u8) -> u64 {
+    (hash ^ byte as u64).wrapping_mul(0x0000_0100_0000_01b3)
+}
+pub const fn basename_hash(bytes: &[u8]) -> u64 {
+    let mut hash = BASENAME_HASH_SEED;
+    let mut i = 0;
+    while i < bytes.len() {
+        hash = basename_hash_step(hash, bytes[i]);
+        i += 1;
+    }
+    hash
+}
+
+/// Verdicts in `UNIX_PATHS` and `UnixConfig::default_verdict`.
+pub const UNIX_ALLOW: u32 = 1;
+pub const UNIX_DENY: u32 = 2;
+
+/// Which hook refused, in [`UnixRefusal::hook`].
+pub const UNIX_HOOK_CONNECT: u32 = 1;
+pub const UNIX_HOOK_SENDMSG: u32 = 2;
+
+/// `UNIX_CONFIG[0]`. All zero (never configured) refuses every Unix-socket connect.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnixConfig {
+    /// 1 once the daemon has written the maps; anything else refuses.
+    pub configured: u32,
+    /// [`UNIX_ALLOW`] or [`UNIX_DENY`]: the answer when no path or basename rule matches.
+    pub default_verdict: u32,
+    /// The lengths of the `prefix*` patterns in `UNIX_BASENAMES` (0: unused slot).
+    pub prefix_lens: [u32; UNIX_PREFIX_LENS],
+}
+
+/// A socket address as the program normalises it, and the key of `UNIX_PATHS`.
+///
+/// Filesystem paths end at the first NUL (as the kernel reads them); abstract names
+/// (`path[0] == 0`) are the whole address, NULs included. Bytes past `len` are zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct UnixPath {
+    pub len: u32,
+    pub path: [u8; UNIX_PATH_MAX],
+}
+
+impl Default for UnixPath {
+    fn default() -> Self {
+        UnixPath {
+            len: 0,
+            path: [0; UNIX_PATH_MAX],
+        }
+    }
+}
+
+/// The key of `UNIX_BASENAMES`: a denied socket file name (`prefix == 0`), or the first `len`
+/// bytes of one (`prefix == 1`), by [`basename_hash`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct BasenameKey {
+    pub hash: u64,
+    pub len: u32,
+    pub prefix: u32,
+}
+
+/// What the program reports for a refused Unix-socket connect (or sendmsg).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnixRefusal {
+    pub cgroup_id: u64,
+    /// `bpf_ktime_get_boot_ns()` at the refusal, for the daemon's pid-reuse check.
+    pub boot_ns: u64,
+    pub tgid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// [`UNIX_HOOK_CONNECT`] or [`UNIX_HOOK_SENDMSG`].
+    pub hook: u32,
+    pub comm: [u8; 16],
+    pub path: UnixPath,
+}
+
+pub const AF_UNIX: u32 = 1;
 pub const AF_INET: u32 = 2;
 pub const AF_INET6: u32 = 10;
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: all three are repr(C), contain only integers and byte arrays, and have no padding.
+    // SAFETY: all of them are repr(C), contain only integers and byte arrays, and have no padding.
     unsafe impl aya::Pod for super::CaptureConfig {}
     unsafe impl aya::Pod for super::AddrKey {}
     unsafe impl aya::Pod for super::ConnRecord {}
+    unsafe impl aya::Pod for super::UnixConfig {}
+    unsafe impl aya::Pod for super::UnixPath {}
+    unsafe impl aya::Pod for super::BasenameKey {}
 }
 
 #[cfg(test)]
@@ -122,9 +243,24 @@ mod tests {
     use core::mem::size_of;
 
     #[test]
+    fn basename_hash_is_fnv1a() {
+        // Reference values of 64-bit FNV-1a.
+        assert_eq!(basename_hash(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(basename_hash(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(basename_hash(b"foobar"), 0x8594_4171_f739_67e8);
+    }
+
+    #[test]
     fn shared_types_have_no_padding() {
         assert_eq!(size_of::<CaptureConfig>(), 16);
         assert_eq!(size_of::<AddrKey>(), 20);
         assert_eq!(size_of::<ConnRecord>(), 8 + 8 + 20 + 4 * 4 + 16 + 4);
+        assert_eq!(size_of::<UnixConfig>(), 8 + 4 * UNIX_PREFIX_LENS);
+        assert_eq!(size_of::<UnixPath>(), 4 + UNIX_PATH_MAX);
+        assert_eq!(size_of::<BasenameKey>(), 16);
+        assert_eq!(
+            size_of::<UnixRefusal>(),
+            8 + 8 + 4 * 4 + 16 + 4 + UNIX_PATH_MAX
+        );
     }
 }

@@ -7,6 +7,11 @@
 //! raw sockets). Every uncertain path answers "deny": a connection that cannot be recorded is
 //! refused rather than sent direct.
 //!
+//! `judge_unix_connect` does the same for Unix-domain sockets, which never reach the TCP hooks:
+//! it refuses a captured process's `connect()` (and `sendmsg()` with an address) to sockets of
+//! databases and container runtimes, judged by path. It needs Linux 6.7+ and is loaded by the
+//! daemon itself (`capture::unix`), because aya 0.14 has no Unix attach type.
+//!
 //! The daemon (`interceptor/src/capture`) loads this object, fills `CONFIG`, and reads
 //! `CONN_BY_CLIENT`. Map and program names live in `interceptor-common`.
 #![no_std]
@@ -19,14 +24,16 @@ use aya_ebpf::{
         bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
     },
     macros::{cgroup_sock, cgroup_sock_addr, map, sock_ops},
-    maps::{Array, HashMap, LruHashMap},
+    maps::{Array, HashMap, LruHashMap, RingBuf},
     programs::{SockAddrContext, SockContext, SockOpsContext},
     EbpfContext,
 };
 use aya_log_ebpf::warn;
 use interceptor_common::{
-    AddrKey, CaptureConfig, ConnRecord, AF_INET, AF_INET6, CONN_MAP_ENTRIES, INTERCEPT_MAP_ENTRIES,
-    MODE_ALL, MODE_LISTED,
+    basename_hash_step, kfunc_slots, AddrKey, BasenameKey, CaptureConfig, ConnRecord, UnixConfig,
+    UnixPath, UnixRefusal, AF_INET, AF_INET6, BASENAME_HASH_SEED, CONN_MAP_ENTRIES,
+    INTERCEPT_MAP_ENTRIES, MODE_ALL, MODE_LISTED, UNIX_ALLOW, UNIX_BASENAME_ENTRIES, UNIX_DENY,
+    UNIX_HOOK_CONNECT, UNIX_HOOK_SENDMSG, UNIX_PATH_MAX, UNIX_PREFIX_LENS,
 };
 
 /// Return codes of cgroup sock/sock_addr programs.
@@ -56,6 +63,21 @@ static CONN_BY_COOKIE: LruHashMap<u64, ConnRecord> =
 #[map(name = "CONN_BY_CLIENT")]
 static CONN_BY_CLIENT: LruHashMap<AddrKey, ConnRecord> =
     LruHashMap::with_max_entries(CONN_MAP_ENTRIES, 0);
+
+#[map(name = "UNIX_CONFIG")]
+static UNIX_CONFIG: Array<UnixConfig> = Array::with_max_entries(1, 0);
+
+#[map(name = "UNIX_PATHS")]
+static UNIX_PATHS: HashMap<UnixPath, u32> = HashMap::with_max_entries(1_024, 0);
+
+#[map(name = "UNIX_BASENAMES")]
+static UNIX_BASENAMES: HashMap<BasenameKey, u32> =
+    HashMap::with_max_entries(UNIX_BASENAME_ENTRIES, 0);
+
+/// 64 KiB: about 400 refusals between two reads by the daemon; beyond that they are dropped
+/// from the report (never allowed).
+#[map(name = "UNIX_REFUSALS")]
+static UNIX_REFUSALS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
 
 /// Why a connect was refused; only used for the log line.
 struct Refused;
@@ -364,6 +386,199 @@ pub fn forget_socket(ctx: SockContext) -> i32 {
     let cookie = unsafe { aya_ebpf::helpers::bpf_get_socket_cookie(ctx.as_ptr()) };
     let _ = CONN_BY_COOKIE.remove(&cookie);
     ALLOW
+}
+
+/// The first fields of the kernel's `struct bpf_sock_addr_kern` (include/linux/filter.h),
+/// which `bpf_cast_to_kern_ctx` returns. The verifier checks every load below against the
+/// running kernel's BTF, so a kernel with another layout refuses to load the program rather
+/// than let it read the wrong field.
+#[repr(C)]
+struct SockAddrKern {
+    sk: u64,
+    uaddr: u64,
+    tmp_reg: u64,
+    t_ctx: u64,
+    uaddrlen: u32,
+}
+
+/// `offsetof(struct sockaddr_un, sun_path)`.
+const SUN_PATH_OFFSET: u64 = 2;
+
+/// `bpf_cast_to_kern_ctx`, reached through a slot the daemon rewrites into a kfunc call.
+fn kern_ctx(sa: *mut bpf_sock_addr) -> *const SockAddrKern {
+    // SAFETY: no helper has this number; the daemon patches the call before loading, and never
+    // loads the program unpatched. The kfunc takes the context pointer and returns it typed.
+    unsafe {
+        let cast: unsafe extern "C" fn(*mut bpf_sock_addr) -> *const SockAddrKern =
+            core::mem::transmute(kfunc_slots::CAST_TO_KERN_CTX as usize);
+        cast(sa)
+    }
+}
+
+/// The address the caller passed, normalised as [`UnixPath`] describes.
+fn unix_destination(sa: *mut bpf_sock_addr) -> Result<UnixPath, Refused> {
+    let kern = kern_ctx(sa);
+    // SAFETY: `kern` is the verifier-typed kernel context; loads are checked against BTF.
+    let (uaddr, addrlen) = unsafe {
+        (
+            core::ptr::read_volatile(&(*kern).uaddr),
+            core::ptr::read_volatile(&(*kern).uaddrlen),
+        )
+    };
+    let mut dst = UnixPath::default();
+    // SAFETY: a fault makes the helper fail, which refuses. The kernel's copy of the address is
+    // a sockaddr_storage (128 bytes), so the 108 bytes after the family are in bounds.
+    unsafe {
+        aya_ebpf::helpers::bpf_probe_read_kernel_buf(
+            (uaddr + SUN_PATH_OFFSET) as *const u8,
+            &mut dst.path,
+        )
+    }
+    .map_err(|_| Refused)?;
+    let given = (addrlen as u64).saturating_sub(SUN_PATH_OFFSET) as usize;
+    let abstract_name = dst.path[0] == 0;
+    // One pass, and no branch on a position computed from the data: the verifier then sees
+    // one state per byte position instead of one per possible path length.
+    let mut ended = false;
+    let mut len = 0u32;
+    for i in 0..UNIX_PATH_MAX {
+        // A filesystem path ends at its first NUL, however long the address was; an abstract
+        // name is the whole address.
+        if ended || i >= given || (!abstract_name && dst.path[i] == 0) {
+            ended = true;
+            dst.path[i] = 0;
+        } else {
+            len = i as u32 + 1;
+        }
+    }
+    dst.len = len;
+    Ok(dst)
+}
+
+/// Whether the file name of `dst` (after its last `/`) is denied by `UNIX_BASENAMES`, whole
+/// or by one of the prefix lengths in `cfg`.
+///
+/// One pass over the address hashes the current path component and remembers its hash at each
+/// configured prefix length; a `/` starts over. Nothing here indexes memory or decides a branch
+/// by a value computed from the address, which keeps the verifier's work linear in its length.
+fn basename_denied(dst: &UnixPath, cfg: &UnixConfig) -> bool {
+    if dst.path[0] == 0 {
+        return false; // an abstract name is not a file: it has no file name to match
+    }
+    let mut hash = BASENAME_HASH_SEED;
+    let mut len = 0u32;
+    // 0: this prefix length was not reached in the last component (0 is never a key).
+    let mut prefix_hash = [0u64; UNIX_PREFIX_LENS];
+    for i in 0..UNIX_PATH_MAX {
+        // Past the end of a filesystem path every byte is zero (see `unix_destination`).
+        let byte = dst.path[i];
+        if byte == 0 {
+            break;
+        }
+        if byte == b'/' {
+            hash = BASENAME_HASH_SEED;
+            len = 0;
+            prefix_hash = [0; UNIX_PREFIX_LENS];
+            continue;
+        }
+        hash = basename_hash_step(hash, byte);
+        len += 1;
+        for k in 0..UNIX_PREFIX_LENS {
+            if cfg.prefix_lens[k] == len {
+                prefix_hash[k] = hash;
+            }
+        }
+    }
+    let denied = |key: BasenameKey| {
+        // SAFETY: the value is a plain u32; only presence matters.
+        unsafe { UNIX_BASENAMES.get(&key) }.is_some()
+    };
+    if denied(BasenameKey {
+        hash,
+        len,
+        prefix: 0,
+    }) {
+        return true;
+    }
+    // Every slot is looked up, reached or not: a hash of 0 or a length of 0 is never a key
+    // (the daemon makes sure), and not branching on the hashes keeps them out of the
+    // verifier's precision tracking, which would otherwise multiply its states.
+    let mut any = false;
+    for k in 0..UNIX_PREFIX_LENS {
+        any |= denied(BasenameKey {
+            hash: prefix_hash[k],
+            len: cfg.prefix_lens[k],
+            prefix: 1,
+        });
+    }
+    any
+}
+
+/// Exact paths decide first (allow or deny), then the denied basenames, then the default.
+fn unix_verdict(dst: &UnixPath) -> Result<u32, Refused> {
+    let cfg = UNIX_CONFIG.get(0).copied().ok_or(Refused)?;
+    if cfg.configured != 1 {
+        return Err(Refused);
+    }
+    // SAFETY: the value is a plain u32, copied out at once.
+    if let Some(verdict) = unsafe { UNIX_PATHS.get(dst) }.copied() {
+        return Ok(verdict);
+    }
+    if basename_denied(dst, &cfg) {
+        return Ok(UNIX_DENY);
+    }
+    Ok(cfg.default_verdict)
+}
+
+/// Reports a refusal for the daemon's journal; a full ring only loses the report.
+fn report_unix_refusal(dst: &UnixPath, hook: u32) {
+    let Some(mut entry) = UNIX_REFUSALS.reserve::<UnixRefusal>(0) else {
+        return;
+    };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
+    entry.write(UnixRefusal {
+        // SAFETY: plain helper without pointer arguments.
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        // SAFETY: as above.
+        boot_ns: unsafe { bpf_ktime_get_boot_ns() },
+        tgid: (pid_tgid >> 32) as u32,
+        uid: uid_gid as u32,
+        gid: (uid_gid >> 32) as u32,
+        hook,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        path: *dst,
+    });
+    entry.submit(0);
+}
+
+fn judge_unix(sa: *mut bpf_sock_addr, hook: u32) -> i32 {
+    // Anything unreadable or unconfigured refuses: fail closed.
+    let Ok(dst) = unix_destination(sa) else {
+        return DENY;
+    };
+    match unix_verdict(&dst) {
+        Ok(UNIX_ALLOW) => ALLOW,
+        _ => {
+            report_unix_refusal(&dst, hook);
+            DENY
+        }
+    }
+}
+
+/// `connect()` on an AF_UNIX socket (stream, seqpacket or datagram). The section says
+/// connect4 only because aya 0.14 parses no Unix section: the daemon loads this program with
+/// `expected_attach_type = BPF_CGROUP_UNIX_CONNECT` (see `capture::unix`).
+#[cgroup_sock_addr(connect4)]
+pub fn judge_unix_connect(ctx: SockAddrContext) -> i32 {
+    judge_unix(ctx.sock_addr, UNIX_HOOK_CONNECT)
+}
+
+/// `sendmsg()` with an address on an unconnected AF_UNIX datagram socket, which never passes
+/// connect. Loaded with `expected_attach_type = BPF_CGROUP_UNIX_SENDMSG`.
+#[cgroup_sock_addr(sendmsg4)]
+pub fn judge_unix_sendmsg(ctx: SockAddrContext) -> i32 {
+    judge_unix(ctx.sock_addr, UNIX_HOOK_SENDMSG)
 }
 
 #[cfg(not(test))]

@@ -265,6 +265,9 @@ pub struct CaptureConfig {
     /// Service mode: where programs' links and maps are pinned so capture outlives the daemon.
     #[serde(default = "default_bpffs_dir")]
     pub pin_dir: PathBuf,
+    /// Which Unix-domain sockets captured processes may connect to (`capture::unix` owns it).
+    #[serde(default)]
+    pub unix: crate::capture::unix::UnixCaptureConfig,
 }
 
 impl Default for CaptureConfig {
@@ -276,6 +279,7 @@ impl Default for CaptureConfig {
             cgroups: Vec::new(),
             units: Vec::new(),
             pin_dir: default_bpffs_dir(),
+            unix: Default::default(),
         }
     }
 }
@@ -423,6 +427,16 @@ pub enum DestPattern {
 
 impl DestPattern {
     pub fn parse(text: &str) -> Result<Self, String> {
+        if text.starts_with("unix:") {
+            // Routing a Unix socket would need a Unix listener per target and the gateway's
+            // sessions over Unix streams; until then such sockets are refused, not routed.
+            return Err(format!(
+                "{text:?}: routing Unix sockets through the gateway is not supported yet; \
+                 captured processes are refused the sockets [capture.unix] denies (the \
+                 built-in list covers PostgreSQL's .s.PGSQL.*), so point the agent at the \
+                 target's TCP address instead"
+            ));
+        }
         if let Some(port) = text.strip_prefix("*:") {
             return port
                 .parse::<u16>()
@@ -550,6 +564,7 @@ impl Config {
         config.origin = Some((path.to_owned(), text.to_owned()));
         config.targets().map_err(|m| config.invalid(m))?;
         config.extra_intercepts().map_err(|m| config.invalid(m))?;
+        config.capture.unix.rules().map_err(|m| config.invalid(m))?;
         Ok(config)
     }
 

@@ -94,13 +94,32 @@ fn privileges() -> Result<String, String> {
     }
 }
 
-fn programs_load() -> Result<String, String> {
+/// The TCP programs (`ebpf`), and separately the Unix-socket ones (`unix`), which only kernels
+/// 6.7+ can have: their absence is reported, but only fails doctor when the config requires
+/// them (`capture.unix.required`).
+fn programs_load() -> (Result<String, String>, Result<String, String>) {
     if !nix::unistd::geteuid().is_root() {
-        return Err("skipped: needs root".to_owned());
+        let unix = crate::capture::unix::probe()
+            .map(|()| "the kernel has the Unix-socket hooks (loading them needs root)".to_owned())
+            .map_err(|e| e.to_string());
+        return (Err("skipped: needs root".to_owned()), unix);
     }
-    crate::capture::programs::Programs::load(None)
-        .map(|_| "the embedded programs pass the verifier".to_owned())
-        .map_err(|e| e.to_string())
+    match crate::capture::programs::Programs::load(None) {
+        Ok(programs) => (
+            Ok("the embedded programs pass the verifier".to_owned()),
+            programs
+                .unix_status()
+                .map(|()| {
+                    "connect() and sendmsg() to denied Unix sockets are refused (Linux 6.7+ hooks loaded)"
+                        .to_owned()
+                })
+                .map_err(|e| e.to_string()),
+        ),
+        Err(e) => (
+            Err(e.to_string()),
+            Err("not checked: the TCP programs did not load".to_owned()),
+        ),
+    }
 }
 
 const FIX_JOURNAL_DIR: &str = "create the directory or set [journal] path";
@@ -271,6 +290,7 @@ fn journal(config: &Config) -> Vec<Check> {
 }
 
 pub fn run_checks(config: &Config) -> Vec<Check> {
+    let (ebpf, unix) = programs_load();
     vec![
         check("kernel", kernel(), "upgrade to Linux 5.14 or newer"),
         check("btf", btf(), "use a kernel built with CONFIG_DEBUG_INFO_BTF=y"),
@@ -281,7 +301,8 @@ pub fn run_checks(config: &Config) -> Vec<Check> {
         ),
         check("bpffs", bpffs(config), "mount -t bpf bpf /sys/fs/bpf"),
         check("privileges", privileges(), "run as root (sudo), or as the interceptor service"),
-        check("ebpf", programs_load(), "check `dmesg` and the kernel's BPF support (CONFIG_BPF_SYSCALL, CONFIG_CGROUP_BPF)"),
+        check("ebpf", ebpf, "check `dmesg` and the kernel's BPF support (CONFIG_BPF_SYSCALL, CONFIG_CGROUP_BPF)"),
+        check("unix", unix, crate::capture::unix::FIX_UNAVAILABLE),
     ]
     .into_iter()
     .chain(journal(config))
@@ -289,11 +310,16 @@ pub fn run_checks(config: &Config) -> Vec<Check> {
 }
 
 /// Prints the report; returns whether everything needed passed. A missing bpffs is only a
-/// warning because the service mounts it itself.
+/// warning because the service mounts it itself; so is Unix-socket capture, unless
+/// `capture.unix.required` makes `exec` and `run` refuse to start without it.
 pub fn report(config: &Config) -> bool {
     let mut healthy = true;
     for c in run_checks(config) {
-        let essential = c.name != "bpffs";
+        let essential = match c.name {
+            "bpffs" => false,
+            "unix" => config.capture.unix.required,
+            _ => true,
+        };
         let status = match (c.ok, essential) {
             (true, _) => "ok  ",
             (false, true) => "FAIL",

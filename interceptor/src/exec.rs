@@ -125,6 +125,51 @@ impl GatewayParts {
     }
 }
 
+/// Unix-socket capture is missing on this host (kernels before 6.7): what `exec` and `run`
+/// journal about it.
+pub(crate) struct CaptureGap {
+    reason: String,
+}
+
+impl CaptureGap {
+    /// A `capture_gap` event: the run was captured without Unix-socket capture.
+    pub fn event(&self, run_id: &str) -> crate::journal::Event {
+        crate::journal::Event::note(
+            None,
+            "capture_gap",
+            serde_json::json!({
+                "run_id": run_id,
+                "gap": "unix_sockets",
+                "reason": self.reason,
+                "fix": crate::capture::unix::FIX_UNAVAILABLE,
+            }),
+        )
+    }
+}
+
+/// Whether Unix-socket capture is in force. Without it, the gate still captures TCP (the kernel
+/// gap is the host's, not the config's), but it says so loudly, and the caller journals the
+/// returned gap; with `[capture.unix] required = true` it refuses to start instead.
+pub(crate) fn unix_capture_gap(
+    config: &Config,
+    programs: &Programs,
+) -> Result<Option<CaptureGap>, ExecError> {
+    let Err(unavailable) = programs.unix_status() else {
+        return Ok(None);
+    };
+    let reason = unavailable.to_string();
+    if config.capture.unix.required {
+        return Err(CaptureError::UnixRequired { reason }.into());
+    }
+    tracing::warn!(
+        reason = %reason,
+        fix = crate::capture::unix::FIX_UNAVAILABLE,
+        "UNIX SOCKETS ARE NOT CAPTURED: captured processes can reach local database and \
+         container-runtime sockets directly, bypassing the gateway"
+    );
+    Ok(Some(CaptureGap { reason }))
+}
+
 /// The account CMD runs as.
 #[derive(Debug, Clone)]
 pub struct RunAs {
@@ -194,6 +239,7 @@ pub async fn exec(
     let (journal, approvals) = (parts.journal.clone(), parts.approvals.clone());
     let listeners = Listeners::bind(0).map_err(ExecError::Listen)?;
     let mut programs = Programs::load(None)?;
+    let unix_gap = unix_capture_gap(&config, &programs)?;
     programs.configure(
         &Settings::from_config(&config, &targets, CaptureMode::All, &listeners)
             .map_err(ExecError::Config)?,
@@ -201,6 +247,7 @@ pub async fn exec(
     let kernel_logs = programs
         .take_logger()
         .map(|l| tokio::spawn(forward_kernel_logs(l)));
+    let unix_refusals = programs.take_unix_refusals();
 
     let run_id = new_run_id();
     let cgroup = Cgroup::create_owned(mount.join("interceptor").join(&run_id))?;
@@ -240,6 +287,9 @@ pub async fn exec(
             cgroup_path: cgroup_rel,
         })
         .await?;
+    if let Some(gap) = unix_gap {
+        journal.event(gap.event(&run_id)).await?;
+    }
 
     let gateway = parts.gateway(
         &config,
@@ -249,7 +299,7 @@ pub async fn exec(
         &listeners,
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let server = tokio::spawn(gateway::serve(gateway, listeners, stop_rx));
+    let server = tokio::spawn(gateway::serve(gateway, listeners, unix_refusals, stop_rx));
     let shipper = crate::ship::Shipper::start(&config.journal.path, &config.sinks)?;
     // Each run has its own control socket beside the service's, so runs never share one.
     let control = crate::approval::control::start(

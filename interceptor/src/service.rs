@@ -20,7 +20,7 @@ use crate::{
         CaptureError,
     },
     config::{CaptureMode, Config},
-    exec::{require_root, ExecError, GatewayParts},
+    exec::{require_root, unix_capture_gap, ExecError, GatewayParts},
     gateway::{self, Listeners, RunIds},
 };
 
@@ -85,13 +85,21 @@ pub fn ensure_bpffs(pin_dir: &Path) -> Result<(), CaptureError> {
 
 /// True when a previous daemon left a complete capture for every cgroup behind.
 fn pins_complete(pin_dir: &Path, cgroups: &[Cgroup]) -> bool {
-    pin_dir
-        .join("maps")
-        .join(interceptor_common::maps::CONFIG)
-        .exists()
+    let maps = pin_dir.join("maps");
+    // Pins of an older daemon lack the Unix-socket maps and links: start over, so an upgrade
+    // brings Unix-socket capture wherever the kernel has it.
+    let unix_links = crate::capture::unix::probe().is_ok();
+    [
+        interceptor_common::maps::CONFIG,
+        interceptor_common::maps::UNIX_CONFIG,
+    ]
+    .iter()
+    .all(|m| maps.join(m).exists())
         && cgroups.iter().all(|cg| {
             cg.id().ok().is_some_and(|id| {
-                std::fs::read_dir(link_dir(pin_dir, id)).is_ok_and(|d| d.count() > 0)
+                let dir = link_dir(pin_dir, id);
+                std::fs::read_dir(&dir).is_ok_and(|d| d.count() > 0)
+                    && (!unix_links || dir.join(crate::capture::unix::LINK_CONNECT).exists())
             })
         })
 }
@@ -149,9 +157,14 @@ pub async fn run(config: Config) -> Result<(), ExecError> {
         programs
     };
     programs.configure(&settings)?;
+    let unix_gap = unix_capture_gap(&config, &programs)?;
+    if let Some(gap) = &unix_gap {
+        journal.event(gap.event("service")).await?;
+    }
     let kernel_logs = programs
         .take_logger()
         .map(|l| tokio::spawn(forward_kernel_logs(l)));
+    let unix_refusals = programs.take_unix_refusals();
 
     let gateway = parts.gateway(
         &config,
@@ -162,7 +175,7 @@ pub async fn run(config: Config) -> Result<(), ExecError> {
     );
     let port = listeners.port4();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let server = tokio::spawn(gateway::serve(gateway, listeners, stop_rx));
+    let server = tokio::spawn(gateway::serve(gateway, listeners, unix_refusals, stop_rx));
     let shipper = crate::ship::Shipper::start(&config.journal.path, &config.sinks)?;
     let control = crate::approval::control::start(
         &config.approvals.socket,

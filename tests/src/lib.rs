@@ -95,6 +95,54 @@ macro_rules! require_root {
     };
 }
 
+/// Checks that the kernel has the Unix-socket hooks (`BPF_CGROUP_UNIX_CONNECT`, Linux 6.7+) and
+/// that the binary under test loads them, as `interceptor doctor` reports. Call after
+/// [`require_root`]. Returns `false` (after a skip note) when they are missing; panics under
+/// `CI=true`, where a test that could not test its subject must fail.
+pub fn require_unix_hook() -> bool {
+    let out = run_command(
+        {
+            let mut cmd = interceptor_cmd(None);
+            cmd.args(["--config", "/dev/null", "doctor"]);
+            cmd
+        },
+        Duration::from_secs(60),
+    );
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some("unix"))
+        .unwrap_or_default()
+        .to_owned();
+    if line.starts_with("ok") {
+        return true;
+    }
+    let msg = format!(
+        "this test needs Unix-socket capture (Linux 6.7+); `interceptor doctor` says: {}",
+        if line.is_empty() {
+            out.describe()
+        } else {
+            line
+        }
+    );
+    if in_ci() {
+        panic!("CI=true: {msg}");
+    }
+    eprintln!("SKIPPED: {msg}");
+    false
+}
+
+/// `require_unix_hook!();` after `require_root!();`: returns early (skip) without the
+/// Unix-socket hooks, fails under CI.
+#[macro_export]
+macro_rules! require_unix_hook {
+    () => {
+        if !$crate::require_unix_hook() {
+            return;
+        }
+    };
+}
+
 /// The workspace root (parent of this crate's directory).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -911,6 +959,87 @@ impl Drop for EchoServer {
         }
         for s in self.inner.streams.lock().unwrap().drain(..) {
             let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+/// A Unix-socket echo server in its own world-searchable temp dir (socket mode 0777, so
+/// unprivileged agents can connect), one thread per connection. Stopped and removed on drop.
+pub struct UnixEchoServer {
+    dir: tempfile::TempDir,
+    path: PathBuf,
+    stop: Arc<AtomicBool>,
+    accepted: Arc<AtomicUsize>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+impl UnixEchoServer {
+    /// Listens at `<new temp dir>/<name>`.
+    pub fn start(name: &str) -> UnixEchoServer {
+        let dir = tempfile::Builder::new()
+            .prefix("interceptor-unix-")
+            .tempdir()
+            .expect("unix echo temp dir");
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod dir");
+        let path = dir.path().join(name);
+        let listener = std::os::unix::net::UnixListener::bind(&path)
+            .unwrap_or_else(|e| panic!("bind {}: {e}", path.display()));
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o777)).expect("chmod socket");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let stop = Arc::new(AtomicBool::new(false));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (stop2, accepted2) = (stop.clone(), accepted.clone());
+        let acceptor = thread::spawn(move || {
+            while !stop2.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((mut stream, _)) => {
+                        accepted2.fetch_add(1, Ordering::SeqCst);
+                        let _ = stream.set_nonblocking(false);
+                        thread::spawn(move || {
+                            let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+                            let mut buf = [0u8; 4096];
+                            while let Ok(n) = stream.read(&mut buf) {
+                                if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                            }
+                        });
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        thread::sleep(Duration::from_millis(2));
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        UnixEchoServer {
+            dir,
+            path,
+            stop,
+            accepted,
+            acceptor: Some(acceptor),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The server's (world-searchable) directory, for more sockets or links beside it.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for UnixEchoServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.acceptor.take() {
+            let _ = h.join();
         }
     }
 }

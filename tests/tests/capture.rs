@@ -324,3 +324,225 @@ fn outside_process_is_not_redirected_and_proxy_does_not_loop() {
         echo.peers()
     );
 }
+
+/// argv[1]: JSON list of actions, each `{"kind": "pg", "path", "sql"}` (connect to a
+/// PostgreSQL Unix socket as role `agent`, database appdb, run `sql`) or `{"kind": "echo",
+/// "path"}` (connect, send, read it back). Reports each outcome: "ok", or "errno N".
+const UNIX_CLIENT: &str = r#"
+import struct
+def pg_run(path, sql):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(20)
+    try:
+        s.connect(path)
+        params = b"user\0agent\0database\0appdb\0\0"
+        body = struct.pack("!I", 196608) + params
+        s.sendall(struct.pack("!I", len(body) + 4) + body)
+        def until_ready():
+            while True:
+                kind = recv_exact(s, 1)
+                n = struct.unpack("!I", recv_exact(s, 4))[0]
+                payload = recv_exact(s, n - 4)
+                if kind == b"E":
+                    raise RuntimeError(payload.decode(errors="replace"))
+                if kind == b"Z" or kind == b"":
+                    return
+        until_ready()
+        q = sql.encode() + b"\0"
+        s.sendall(b"Q" + struct.pack("!I", len(q) + 4) + q)
+        until_ready()
+    finally:
+        s.close()
+def echo(path):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(20)
+    try:
+        s.connect(path)
+        s.sendall(b"ping")
+        assert recv_exact(s, 4) == b"ping"
+    finally:
+        s.close()
+results = []
+for action in json.loads(sys.argv[1]):
+    try:
+        if action["kind"] == "pg":
+            pg_run(action["path"], action["sql"])
+        else:
+            echo(action["path"])
+        results.append("ok")
+    except OSError as e:
+        results.append("errno %d" % e.errno)
+report(results=results)
+"#;
+
+fn pg_action(path: &std::path::Path, sql: &str) -> Value {
+    json!({"kind": "pg", "path": path.display().to_string(), "sql": sql})
+}
+
+fn echo_action(path: &std::path::Path) -> Value {
+    json!({"kind": "echo", "path": path.display().to_string()})
+}
+
+/// Runs UNIX_CLIENT under `exec --user nobody` (an unprivileged agent) and returns its report.
+fn run_unix_client_captured(cfg: &TempConfig, actions: &[Value]) -> Value {
+    let out = run_python_exec(
+        cfg,
+        Some("nobody"),
+        UNIX_CLIENT,
+        &[Value::from(actions.to_vec()).to_string()],
+        EXEC_TIMEOUT,
+    );
+    assert!(
+        out.success(),
+        "unix client under exec failed\n{}",
+        out.describe()
+    );
+    out.json()
+}
+
+/// The refused sessions the run journaled, by destination.
+fn refused_unix_sessions(cfg: &TempConfig, run_id: &str, expected: usize) -> Vec<Value> {
+    let rows = wait_sessions(cfg, Some(run_id), Duration::from_secs(10), |rows| {
+        rows.len() >= expected && rows.iter().all(session_finished)
+    });
+    assert_eq!(rows.len(), expected, "{}", pretty_rows(&rows));
+    for s in &rows {
+        assert_eq!(s["protocol"], json!("unix"), "{}", pretty(s));
+        assert_eq!(s["outcome"], json!("refused"), "{}", pretty(s));
+        assert_eq!(s["uid"], json!(65534), "{}", pretty(s));
+    }
+    rows
+}
+
+/// The bypass of finding 10: an agent that talks to PostgreSQL's Unix socket directly
+/// (`local ... trust`) never meets the gateway. Under capture the connect fails with EPERM, the
+/// INSERT it carried never happens, and the attempt is journaled; a Unix socket that is not
+/// on the deny list still works.
+#[test]
+fn unix_socket_of_a_database_is_refused_and_others_still_work() {
+    require_root!();
+    require_unix_hook!();
+    let pg = PgServer::start();
+    pg.psql_db(
+        "appdb",
+        "CREATE TABLE unix_probe (v text); GRANT INSERT, SELECT ON unix_probe TO PUBLIC",
+    );
+    let pg_socket = pg.dir().join(format!(".s.PGSQL.{}", pg.port()));
+    assert!(pg_socket.exists(), "no socket at {}", pg_socket.display());
+    let helper = UnixEchoServer::start("agent-helper.sock");
+
+    // The client itself works: outside capture it reaches the database over the socket.
+    let out = run_python(
+        UNIX_CLIENT,
+        &[json!([pg_action(
+            &pg_socket,
+            "INSERT INTO unix_probe VALUES ('control')"
+        )])
+        .to_string()],
+        EXEC_TIMEOUT,
+    );
+    assert!(out.success(), "{}", out.describe());
+    assert_eq!(out.json()["results"], json!(["ok"]), "{}", out.describe());
+
+    let cfg = TempConfig::new("");
+    let client = run_unix_client_captured(
+        &cfg,
+        &[
+            pg_action(&pg_socket, "INSERT INTO unix_probe VALUES ('bypass')"),
+            echo_action(helper.path()),
+        ],
+    );
+    assert_eq!(
+        client["results"],
+        json!(["errno 1", "ok"]),
+        "the database socket must be refused (EPERM), the helper socket allowed\n{}",
+        pretty(&client)
+    );
+    assert_eq!(helper.accepted(), 1);
+    assert_eq!(
+        pg.psql_db(
+            "appdb",
+            "SELECT string_agg(v, ',' ORDER BY v) FROM unix_probe"
+        ),
+        "control",
+        "the captured agent's INSERT reached the database"
+    );
+
+    let run_id = client["run_id"].as_str().expect("run id");
+    let rows = refused_unix_sessions(&cfg, run_id, 1);
+    assert_eq!(
+        rows[0]["original_dst"],
+        json!(format!("unix:{}", pg_socket.display())),
+        "{}",
+        pretty(&rows[0])
+    );
+    assert_eq!(rows[0]["pid"], client["pid"], "{}", pretty(&rows[0]));
+}
+
+/// `default = "deny"` turns the list into an allowlist: only the allowed socket works, and a
+/// symlink to the database socket (which a file-name list cannot see through) is refused too.
+/// An extra `deny` entry refuses a socket the built-in list does not know.
+#[test]
+fn unix_allowlist_refuses_everything_else_including_links() {
+    require_root!();
+    require_unix_hook!();
+    let pg = PgServer::start();
+    pg.psql_db(
+        "appdb",
+        "CREATE TABLE unix_probe (v text); GRANT INSERT ON unix_probe TO PUBLIC",
+    );
+    let pg_socket = pg.dir().join(format!(".s.PGSQL.{}", pg.port()));
+    let allowed = UnixEchoServer::start("allowed.sock");
+    let other = UnixEchoServer::start("other.sock");
+    let link = allowed.dir().join("innocent-name");
+    std::os::unix::fs::symlink(&pg_socket, &link).expect("symlink");
+
+    let cfg = TempConfig::new(&format!(
+        "[capture.unix]\ndefault = \"deny\"\nallow = [\"{}\"]\n",
+        allowed.path().display()
+    ));
+    let client = run_unix_client_captured(
+        &cfg,
+        &[
+            echo_action(allowed.path()),
+            echo_action(other.path()),
+            pg_action(&link, "INSERT INTO unix_probe VALUES ('via-link')"),
+        ],
+    );
+    assert_eq!(
+        client["results"],
+        json!(["ok", "errno 1", "errno 1"]),
+        "{}",
+        pretty(&client)
+    );
+    assert_eq!((allowed.accepted(), other.accepted()), (1, 0));
+    assert_eq!(pg.psql_db("appdb", "SELECT count(*) FROM unix_probe"), "0");
+    let run_id = client["run_id"].as_str().expect("run id");
+    let mut dsts: Vec<String> = refused_unix_sessions(&cfg, run_id, 2)
+        .iter()
+        .map(|s| s["original_dst"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    dsts.sort();
+    let mut want = vec![
+        format!("unix:{}", link.display()),
+        format!("unix:{}", other.path().display()),
+    ];
+    want.sort();
+    assert_eq!(dsts, want);
+
+    // A `deny` entry on top of the default list.
+    let cfg = TempConfig::new(&format!(
+        "[capture.unix]\ndeny = [\"{}\"]\n",
+        other.path().display()
+    ));
+    let client = run_unix_client_captured(
+        &cfg,
+        &[echo_action(allowed.path()), echo_action(other.path())],
+    );
+    assert_eq!(
+        client["results"],
+        json!(["ok", "errno 1"]),
+        "{}",
+        pretty(&client)
+    );
+}

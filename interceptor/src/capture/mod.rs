@@ -9,6 +9,7 @@
 pub mod cgroup;
 pub mod identity;
 pub mod programs;
+pub mod unix;
 
 use std::net::SocketAddr;
 
@@ -41,6 +42,12 @@ pub enum CaptureError {
     },
     #[error("systemd unit {unit}: {message}")]
     Unit { unit: String, message: String },
+    /// `[capture.unix] required = true` on a host that cannot capture Unix sockets.
+    #[error(
+        "[capture.unix] required = true, but Unix-socket capture is unavailable: {reason}; fix: {}",
+        unix::FIX_UNAVAILABLE
+    )]
+    UnixRequired { reason: String },
 }
 
 /// What the gateway needs from the capture: the connect-time record of an accepted client.

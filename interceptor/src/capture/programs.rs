@@ -10,18 +10,25 @@
 
 use std::{
     net::{IpAddr, SocketAddr},
+    os::fd::{AsFd as _, OwnedFd},
     path::{Path, PathBuf},
     sync::Mutex,
 };
 
 use aya::{
-    maps::{Array, HashMap, Map, MapData},
+    maps::{Array, HashMap, Map, MapData, RingBuf},
     programs::{links::FdLink, CgroupAttachMode},
     Ebpf,
 };
-use interceptor_common::{self as common, AddrKey, CaptureConfig, ConnRecord};
+use interceptor_common::{
+    self as common, AddrKey, BasenameKey, CaptureConfig, ConnRecord, UnixConfig, UnixPath,
+};
 
-use super::{cgroup::Cgroup, CaptureError, ConnectionLookup};
+use super::{
+    cgroup::Cgroup,
+    unix::{Unavailable, UnixPrograms, UnixRules},
+    CaptureError, ConnectionLookup,
+};
 use crate::{
     config::{CaptureMode, Config, DestPattern, Target, UdpPolicy},
     gateway::Listeners,
@@ -53,6 +60,8 @@ pub struct Settings {
     pub udp_allow_all: bool,
     pub proxy_port4: u16,
     pub proxy_port6: u16,
+    /// Unix-socket rules (`[capture.unix]`).
+    pub unix: UnixRules,
 }
 
 impl Settings {
@@ -81,6 +90,7 @@ impl Settings {
             udp_allow_all: config.capture.udp == UdpPolicy::Allow,
             proxy_port4: listeners.port4(),
             proxy_port6: listeners.port6(),
+            unix: config.capture.unix.rules()?,
         })
     }
 }
@@ -95,6 +105,21 @@ pub struct Programs {
     config: Array<MapData, CaptureConfig>,
     intercept: HashMap<MapData, AddrKey, u32>,
     by_client: Mutex<HashMap<MapData, AddrKey, ConnRecord>>,
+    /// The Unix-socket programs (`None` when adopted from pins), or why this kernel cannot
+    /// have them.
+    unix: Result<Option<UnixPrograms>, Unavailable>,
+    /// exec mode: the Unix-socket links, detached when this is dropped.
+    owned_unix_links: Vec<OwnedFd>,
+    unix_maps: UnixMaps,
+}
+
+/// The maps of the Unix-socket programs. They exist (and are configured) even where the kernel
+/// has no Unix hook, so the pins and the daemon look the same on every kernel.
+struct UnixMaps {
+    config: Array<MapData, UnixConfig>,
+    paths: HashMap<MapData, UnixPath, u32>,
+    basenames: HashMap<MapData, BasenameKey, u32>,
+    refusals: Option<RingBuf<MapData>>,
 }
 
 fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> CaptureError {
@@ -109,6 +134,9 @@ impl Programs {
     /// the proxy uses are pinned under `<pin_dir>/maps` for a restarted daemon to adopt.
     pub fn load(pin_dir: Option<&Path>) -> Result<Programs, CaptureError> {
         let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(|e| CaptureError::Load(e.to_string()))?;
+        // First, while `ebpf` still holds every map (the logger takes its own): the Unix
+        // programs are relocated onto them.
+        let unix = UnixPrograms::load(EBPF_OBJECT, &ebpf).map(Some);
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(logger) => Some(logger),
             Err(e) => {
@@ -141,6 +169,7 @@ impl Programs {
             .map_err(map_err(common::maps::INTERCEPT))?;
         let by_client = HashMap::try_from(take(common::maps::CONN_BY_CLIENT)?)
             .map_err(map_err(common::maps::CONN_BY_CLIENT))?;
+        let unix_maps = UnixMaps::from_maps(take)?;
         Ok(Programs {
             ebpf: Some(ebpf),
             logger,
@@ -148,7 +177,21 @@ impl Programs {
             config,
             intercept,
             by_client: Mutex::new(by_client),
+            unix,
+            owned_unix_links: Vec::new(),
+            unix_maps,
         })
+    }
+
+    /// `Err` with the reason when Unix-domain sockets are not captured on this host (kernels
+    /// before 6.7): the caller warns, journals, or refuses to start (`capture.unix.required`).
+    pub fn unix_status(&self) -> Result<(), Unavailable> {
+        self.unix.as_ref().map(|_| ()).map_err(Clone::clone)
+    }
+
+    /// The ring of refused Unix-socket connects, for the gateway to journal (once).
+    pub fn take_unix_refusals(&mut self) -> Option<RingBuf<MapData>> {
+        self.unix_maps.refusals.take()
     }
 
     /// The eBPF side's log lines (refusals), to be forwarded by [`forward_kernel_logs`].
@@ -182,7 +225,8 @@ impl Programs {
         };
         self.config
             .set(0, config, 0)
-            .map_err(map_err(common::maps::CONFIG))
+            .map_err(map_err(common::maps::CONFIG))?;
+        self.unix_maps.configure(&settings.unix)
     }
 
     /// Attaches every program to `cgroup`, owned by this process (exec mode): the links are
@@ -192,7 +236,25 @@ impl Programs {
             let link = self.attach_one(cgroup, name)?;
             self.owned_links.push(link);
         }
+        for (_, link) in self.attach_unix(cgroup)? {
+            self.owned_unix_links.push(link);
+        }
         Ok(())
+    }
+
+    /// Attaches the Unix-socket programs, if this kernel has them (else nothing: the caller
+    /// reports [`Programs::unix_status`]).
+    fn attach_unix(&self, cgroup: &Cgroup) -> Result<Vec<(&'static str, OwnedFd)>, CaptureError> {
+        let Ok(Some(unix)) = &self.unix else {
+            return Ok(Vec::new());
+        };
+        let fd = cgroup.open()?;
+        unix.attach(fd.as_fd())
+            .map_err(|message| CaptureError::Attach {
+                program: common::programs::UNIX_CONNECT,
+                cgroup: cgroup.path().display().to_string(),
+                message,
+            })
     }
 
     /// Attaches every program to `cgroup` and pins the links under `link_dir`, so they stay
@@ -204,6 +266,10 @@ impl Programs {
             self.attach_one(cgroup, name)?
                 .pin(&path)
                 .map_err(|e| pin_err(&path, e))?;
+        }
+        for (name, link) in self.attach_unix(cgroup)? {
+            let path = link_dir.join(name);
+            super::unix::pin(link.as_fd(), &path).map_err(|e| pin_err(&path, e))?;
         }
         Ok(())
     }
@@ -261,11 +327,77 @@ impl Programs {
                 HashMap::try_from(open(common::maps::CONN_BY_CLIENT)?)
                     .map_err(map_err(common::maps::CONN_BY_CLIENT))?,
             ),
+            // The pinned links are attached or not; what matters now is whether the kernel
+            // has the hook at all, which `pins_complete` already required links for.
+            unix: super::unix::probe().map(|()| None),
+            owned_unix_links: Vec::new(),
+            unix_maps: UnixMaps::from_maps(open)?,
         })
     }
 
     fn by_client_data(&self) -> std::sync::MutexGuard<'_, HashMap<MapData, AddrKey, ConnRecord>> {
         self.by_client.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl UnixMaps {
+    fn from_maps(
+        mut take: impl FnMut(&'static str) -> Result<Map, CaptureError>,
+    ) -> Result<UnixMaps, CaptureError> {
+        Ok(UnixMaps {
+            config: Array::try_from(take(common::maps::UNIX_CONFIG)?)
+                .map_err(map_err(common::maps::UNIX_CONFIG))?,
+            paths: HashMap::try_from(take(common::maps::UNIX_PATHS)?)
+                .map_err(map_err(common::maps::UNIX_PATHS))?,
+            basenames: HashMap::try_from(take(common::maps::UNIX_BASENAMES)?)
+                .map_err(map_err(common::maps::UNIX_BASENAMES))?,
+            refusals: Some(
+                RingBuf::try_from(take(common::maps::UNIX_REFUSALS)?)
+                    .map_err(map_err(common::maps::UNIX_REFUSALS))?,
+            ),
+        })
+    }
+
+    /// Replaces the rules. The program refuses while `configured` is 0, so it is cleared first
+    /// and set last: a connect during the update is refused, never judged by half the rules.
+    fn configure(&mut self, rules: &UnixRules) -> Result<(), CaptureError> {
+        let unconfigured = UnixConfig::default();
+        self.config
+            .set(0, unconfigured, 0)
+            .map_err(map_err(common::maps::UNIX_CONFIG))?;
+        let keys: Vec<UnixPath> = self.paths.keys().filter_map(Result::ok).collect();
+        for key in keys {
+            self.paths
+                .remove(&key)
+                .map_err(map_err(common::maps::UNIX_PATHS))?;
+        }
+        for (path, verdict) in &rules.paths {
+            self.paths
+                .insert(path, verdict, 0)
+                .map_err(map_err(common::maps::UNIX_PATHS))?;
+        }
+        let keys: Vec<BasenameKey> = self.basenames.keys().filter_map(Result::ok).collect();
+        for key in keys {
+            self.basenames
+                .remove(&key)
+                .map_err(map_err(common::maps::UNIX_BASENAMES))?;
+        }
+        for key in &rules.basenames {
+            self.basenames
+                .insert(key, common::UNIX_DENY, 0)
+                .map_err(map_err(common::maps::UNIX_BASENAMES))?;
+        }
+        self.config
+            .set(
+                0,
+                UnixConfig {
+                    configured: 1,
+                    default_verdict: rules.default_verdict,
+                    prefix_lens: rules.prefix_lens,
+                },
+                0,
+            )
+            .map_err(map_err(common::maps::UNIX_CONFIG))
     }
 }
 

@@ -71,6 +71,32 @@ fn a_bad_intercept_names_its_line() {
 }
 
 #[test]
+fn routing_a_unix_socket_is_refused_as_not_supported_yet() {
+    let err = parse(
+        "[[target]]\nname = \"pg\"\nprotocol = \"postgres\"\nintercept = [\"unix:/var/run/postgresql/.s.PGSQL.5432\"]\n",
+    )
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(text.starts_with("test.toml:4: "), "{text}");
+    assert!(text.contains("not supported yet"), "{text}");
+}
+
+#[test]
+fn capture_unix_entries_are_checked_with_their_line() {
+    let config = parse(
+        "[capture.unix]\ndefault = \"deny\"\nallow = [\"/run/user/1000/bus\"]\ndeny = [\"redis*\"]\n",
+    )
+    .expect("valid");
+    assert!(config.capture.unix.rules().is_ok());
+    let err = parse("[capture.unix]\ndeny = [\"/run/a.sock\", \"sub/dir.sock\"]\n").unwrap_err();
+    let text = err.to_string();
+    assert!(text.starts_with("test.toml:2: "), "{text}");
+    assert!(text.contains("capture.unix.deny"), "{text}");
+    let err = parse("[capture.unix]\nmode = \"strict\"\n").unwrap_err();
+    assert!(err.to_string().contains("unknown field"), "{err}");
+}
+
+#[test]
 fn unknown_protocol_is_rejected_with_its_line() {
     let err = parse("[[target]]\nname = \"db\"\nprotocol = \"mysqlx\"\n").unwrap_err();
     let text = err.to_string();

@@ -6,6 +6,7 @@
 
 pub mod hooks;
 pub mod session;
+pub mod unix_refusals;
 
 use std::{
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
@@ -164,14 +165,23 @@ pub async fn drain(
     journal.flush().await
 }
 
-/// Accepts on all listeners until `shutdown` fires, one task per connection. Returns the
-/// tracker so the caller can wait for in-flight sessions to finish journaling.
+/// Accepts on all listeners until `shutdown` fires, one task per connection, and journals the
+/// kernel's Unix-socket refusals. Returns the tracker so the caller can wait for in-flight
+/// sessions (and the last refusals) to finish journaling.
 pub async fn serve(
     gateway: Arc<Gateway>,
     listeners: Listeners,
+    unix_refusals: Option<aya::maps::RingBuf<aya::maps::MapData>>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> TaskTracker {
     let tracker = TaskTracker::new();
+    if let Some(ring) = unix_refusals {
+        tracker.spawn(unix_refusals::journal_refusals(
+            gateway.clone(),
+            ring,
+            shutdown.clone(),
+        ));
+    }
     let mut accepts = Vec::new();
     let all = std::iter::once(listeners.v4).chain(listeners.v6);
     for listener in all {
