@@ -116,7 +116,11 @@ fn victims(pg: &PgServer) -> String {
 /// A config whose target uses `policy` (a path), with approvals on a socket of the test's
 /// own and `extra` added to the target.
 fn config(pg: &PgServer, policy: &std::path::Path, extra: &str) -> TempConfig {
-    let cfg = TempConfig::new("");
+    config_in(TempConfig::new(""), pg, policy, extra)
+}
+
+/// [`config`], written into `cfg` (whose directory may already hold the policy or secrets).
+fn config_in(cfg: TempConfig, pg: &PgServer, policy: &std::path::Path, extra: &str) -> TempConfig {
     let text = pg_config_text(
         &cfg,
         pg.port(),
@@ -141,6 +145,28 @@ fn default_policy(cfg_dir: &std::path::Path, timeout_secs: u64) -> std::path::Pa
     let path = cfg_dir.join("default-short.toml");
     std::fs::write(&path, changed).expect("write policy");
     path
+}
+
+/// A config on the shipped default policy (60 s review timeout).
+fn reviewed(pg: &PgServer) -> TempConfig {
+    let cfg = TempConfig::new("");
+    let policy = default_policy(cfg.dir(), 60);
+    config_in(cfg, pg, &policy, "")
+}
+
+/// Runs a client whose holds are answered by `decide` (see [`answer_holds`]); returns the
+/// statements held and the client's report.
+fn run_with_holds(
+    cfg: &TempConfig,
+    body: &str,
+    args: &[String],
+    decide: impl FnMut(&str) -> Option<&'static str>,
+) -> (Vec<String>, Value) {
+    let mut agent = spawn_agent(cfg, body, args);
+    let seen = answer_holds(cfg, &mut agent, decide);
+    let out = agent.wait(RUN);
+    assert!(out.success(), "{}", out.describe());
+    (seen, out.json())
 }
 
 fn allow_all() -> std::path::PathBuf {
@@ -325,9 +351,7 @@ fn a_run_approval_does_not_cover_a_statement_smuggled_past_a_comment() {
     require_root!();
     let pg = PgServer::start();
     setup(&pg);
-    let cfg = TempConfig::new("");
-    let policy = default_policy(cfg.dir(), 60);
-    let cfg = config(&pg, &policy, "");
+    let cfg = reviewed(&pg);
     let body = r#"
 HOST, PORT = ARGS["host"], int(ARGS["port"])
 raw = Raw(HOST, PORT)
@@ -336,17 +360,13 @@ again = raw.run(Q("UPDATE victims SET n = n + 1 WHERE id = 998 -- other literal,
 smuggled = raw.run(Q("UPDATE victims SET n = n + 1 WHERE id = 999 -- don't\nOR true; DELETE FROM victims"))
 report(first=first, again=again, smuggled=smuggled)
 "#;
-    let mut agent = spawn_agent(&cfg, body, &client_args(&pg, pg_dial_host()));
-    let seen = answer_holds(&cfg, &mut agent, |s| {
+    let (seen, r) = run_with_holds(&cfg, body, &client_args(&pg, pg_dial_host()), |s| {
         if s.contains("touch anything else") {
             Some("run")
         } else {
             None
         }
     });
-    let out = agent.wait(RUN);
-    assert!(out.success(), "{}", out.describe());
-    let r = out.json();
     // The first was approved for the run, and so was the same statement with another literal;
     // the smuggled text is another statement: it was held, and denied.
     assert_eq!(seen.len(), 2, "holds: {seen:#?}\n{}", pretty(&r));
@@ -388,12 +408,9 @@ fn prepared_statement_names_follow_the_server() {
     require_root!();
     let pg = PgServer::start();
     setup(&pg);
-    let cfg = TempConfig::new("");
-    let policy = default_policy(cfg.dir(), 60);
-    let cfg = config(&pg, &policy, "");
-    let mut agent = spawn_agent(&cfg, NAMES_CLIENT, &client_args(&pg, pg_dial_host()));
+    let cfg = reviewed(&pg);
     let mut approved = false;
-    let seen = answer_holds(&cfg, &mut agent, |s| {
+    let (seen, r) = run_with_holds(&cfg, NAMES_CLIENT, &client_args(&pg, pg_dial_host()), |s| {
         // The first hold is approved, once, and so is the SQL-level PREPARE (it runs nothing
         // by itself); every re-execution is denied.
         if (!approved && s.contains("n = n + 1")) || s.contains("PREPARE s2") {
@@ -403,9 +420,6 @@ fn prepared_statement_names_follow_the_server() {
             None
         }
     });
-    let out = agent.wait(RUN);
-    assert!(out.success(), "{}", out.describe());
-    let r = out.json();
     let steps = &r["steps"];
     // Each later Execute of s1 was recorded, judged and held again (and denied).
     assert!(seen.len() >= 4, "holds: {seen:#?}\n{}", pretty(&r));
@@ -464,7 +478,7 @@ fn sql_cursors_and_sql_prepared_statements_are_not_executed_unmasked() {
          [[mask]]\nname = \"pii\"\ndetectors = [\"email\"]\nstrategy = \"redact\"\n",
     )
     .expect("write policy");
-    let cfg = config(&pg, &policy, "");
+    let cfg = config_in(cfg, &pg, &policy, "");
     let r = run_agent(&cfg, CURSOR_CLIENT, &client_args(&pg, pg_dial_host()));
     let steps = &r["steps"];
     assert!(
@@ -523,7 +537,8 @@ fn functions_with_side_effects_are_reviewed_like_writes() {
         "GRANT ALL ON victims, tickets TO scram_user; \
          GRANT EXECUTE ON FUNCTION purge(), answer() TO scram_user",
     );
-    let cfg = config(
+    let cfg = config_in(
+        cfg,
         &pg,
         &policy,
         &format!(
@@ -531,11 +546,12 @@ fn functions_with_side_effects_are_reviewed_like_writes() {
             secret.display()
         ),
     );
-    let mut agent = spawn_agent(&cfg, FUNCTIONS_CLIENT, &client_args(&pg, pg_dial_host()));
-    let seen = answer_holds(&cfg, &mut agent, |_| None);
-    let out = agent.wait(RUN);
-    assert!(out.success(), "{}", out.describe());
-    let r = out.json();
+    let (seen, r) = run_with_holds(
+        &cfg,
+        FUNCTIONS_CLIENT,
+        &client_args(&pg, pg_dial_host()),
+        |_| None,
+    );
     let results = &r["out"];
     for held in [
         "SELECT purge()",
@@ -579,9 +595,7 @@ fn a_connection_to_a_targets_real_address_is_judged_as_that_target() {
     require_root!();
     let pg = PgServer::start();
     setup(&pg);
-    let cfg = TempConfig::new("");
-    let policy = default_policy(cfg.dir(), 60);
-    let cfg = config(&pg, &policy, "");
+    let cfg = reviewed(&pg);
     let body = r#"
 HOST, PORT = ARGS["host"], int(ARGS["port"])
 raw = Raw(HOST, PORT)

@@ -987,25 +987,36 @@ async fn vouch_functions<H: Hooks>(
     if names.is_empty() {
         return;
     }
-    let Some(tls) = ctx.shared.upstream_tls.get(&ctx.target.name) else {
+    let Some(upstream) = catalog_upstream(ctx, database) else {
         return;
     };
-    let upstream = catalog::Upstream {
+    match catalog.side_effect_free(&upstream, &names).await {
+        Ok(facts) => ctx.hooks.vouch_functions(facts),
+        Err(e) => catalog_failed(ctx, &e),
+    }
+}
+
+/// How the gateway's own catalog session reaches `database` of this session's target.
+fn catalog_upstream<'a, H: Hooks>(
+    ctx: &'a Context<'_, H>,
+    database: &'a str,
+) -> Option<catalog::Upstream<'a>> {
+    let tls = ctx.shared.upstream_tls.get(&ctx.target.name)?;
+    Some(catalog::Upstream {
         target: ctx.target,
         addr: ctx.upstream_addr,
         tls,
         database,
-    };
-    match catalog.side_effect_free(&upstream, &names).await {
-        Ok(facts) => ctx.hooks.vouch_functions(facts),
-        Err(e) => {
-            tracing::warn!(error = %e, target = %ctx.target.name, "function catalog lookup failed");
-            ctx.hooks.note(
-                "error",
-                serde_json::json!({ "phase": "catalog", "error": e.to_string() }),
-            );
-        }
-    }
+    })
+}
+
+/// A catalog lookup failed: logged and noted; callers fall back to the safe side.
+fn catalog_failed<H: Hooks>(ctx: &Context<'_, H>, e: &PgError) {
+    tracing::warn!(error = %e, target = %ctx.target.name, "catalog lookup failed");
+    ctx.hooks.note(
+        "error",
+        serde_json::json!({ "phase": "catalog", "error": e.to_string() }),
+    );
 }
 
 /// Asks the catalog about the table columns of every RowDescription in the batch.
@@ -1027,22 +1038,12 @@ async fn resolve_sources<H: Hooks>(
     if keys.is_empty() {
         return;
     }
-    let Some(tls) = ctx.shared.upstream_tls.get(&ctx.target.name) else {
+    let Some(upstream) = catalog_upstream(ctx, database) else {
         return;
-    };
-    let upstream = catalog::Upstream {
-        target: ctx.target,
-        addr: ctx.upstream_addr,
-        tls,
-        database,
     };
     if let Err(e) = catalog.resolve(&upstream, &keys).await {
         // Unresolved columns are matched by name: more masking, never less.
-        tracing::warn!(error = %e, target = %ctx.target.name, "catalog lookup failed");
-        ctx.hooks.note(
-            "error",
-            serde_json::json!({ "phase": "catalog", "error": e.to_string() }),
-        );
+        catalog_failed(ctx, &e);
     }
 }
 
