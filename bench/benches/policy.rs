@@ -1,6 +1,6 @@
 //! Policy verdict cost (issue 4 goals): a statement seen before (its analysis is cached), a
 //! new ~200-character statement (parsed and analysed with sqlparser), and the same statement
-//! with new literals (the literal-fingerprint cache), all judged by the shipped default policy. Run with `cargo bench -p interceptor-bench --bench policy`.
+//! with new literals (the shape cache, keyed by PostgreSQL's scanner), all judged by the shipped default policy. Run with `cargo bench -p interceptor-bench --bench policy`.
 
 use std::{collections::HashMap, hint::black_box, sync::Arc};
 
@@ -50,7 +50,7 @@ fn verdicts(c: &mut Criterion) {
     });
 
     // A distinct text every time, ~200 characters. An alias that changes with `n` makes each
-    // one a new token stream, so neither cache (by text, by literal fingerprint) can answer:
+    // one a new token stream, so neither cache (by text, by shape) can answer:
     // sqlparser and the analysis run every time.
     let mut n = 0u64;
     c.bench_function("verdict/new-200-char-statement", |b| {
@@ -66,7 +66,7 @@ fn verdicts(c: &mut Criterion) {
     });
 
     // The same statement with a new literal every time, as clients that inline their
-    // parameters send it: answered by the literal-fingerprint cache after one tokenizing pass.
+    // parameters send it: answered by the shape cache after one pass of PostgreSQL's scanner.
     let mut n = 0u64;
     c.bench_function("verdict/new-literals-same-shape", |b| {
         b.iter(|| {
@@ -81,12 +81,38 @@ fn verdicts(c: &mut Criterion) {
     });
 }
 
+/// What a text with new literals pays for on a shape-cache hit (PostgreSQL's scanner, the
+/// key), beside the fingerprint the approval key takes (libpg_query parses the text).
+fn readings(c: &mut Criterion) {
+    use interceptor::policy::pg_grammar;
+    let mut n = 0u64;
+    let text = |n: u64| {
+        format!(
+            "SELECT c.id, c.name, o.total FROM customers c JOIN orders o ON o.customer_id = c.id \
+             WHERE c.region = 'north' AND o.total > {n} AND o.created_at > now() - interval '30 days' \
+             ORDER BY o.total DESC LIMIT 50"
+        )
+    };
+    c.bench_function("reading/pg-shape-key", |b| {
+        b.iter(|| {
+            n += 1;
+            pg_grammar::shape_key(black_box(&text(n)))
+        })
+    });
+    c.bench_function("reading/pg-fingerprint", |b| {
+        b.iter(|| {
+            n += 1;
+            pg_grammar::fingerprint(black_box(&text(n)))
+        })
+    });
+}
+
 criterion_group! {
     name = benches;
     // Bounded: a few seconds per benchmark.
     config = Criterion::default()
         .measurement_time(std::time::Duration::from_secs(3))
         .warm_up_time(std::time::Duration::from_secs(1));
-    targets = verdicts
+    targets = verdicts, readings
 }
 criterion_main!(benches);

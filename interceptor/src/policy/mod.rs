@@ -700,20 +700,12 @@ const CACHEABLE_TEXT: usize = 16 * 1024;
 pub struct Engine {
     policies: RwLock<Arc<Policies>>,
     analyses: Mutex<HashMap<String, Arc<Parsed>>>,
-    /// Analyses shared by texts that differ only in literal values, by
-    /// [`sql::Tokenized::fingerprint`]; only those [`shareable`] are kept.
-    shapes: Mutex<HashMap<String, Shape>>,
+    /// Analyses shared by texts that differ only in constant values, by
+    /// [`pg_grammar::shape_key`]; only those [`shareable`] are kept.
+    shapes: Mutex<HashMap<String, Arc<Parsed>>>,
 }
 
-/// A shared analysis, with PostgreSQL's own fingerprint of the text it was made from: a text
-/// may use it only if both parsers agree it is the same statement but for its literals.
-#[derive(Clone)]
-struct Shape {
-    parsed: Arc<Parsed>,
-    pg_fingerprint: String,
-}
-
-/// Whether an analysis may stand for every text with the same literal fingerprint: one plain
+/// Whether an analysis may stand for every text with the same shape key: one plain
 /// read or write that looked at no literal's value and raised nothing to look closer at.
 /// Everything else (SET, EXPLAIN, COPY, DDL, PREPARE, dangerous functions, parse failures) is
 /// analysed per text, so a literal can never change a decision behind the cache's back.
@@ -789,10 +781,11 @@ impl Engine {
         {
             return p.clone();
         }
-        let tokenized = sql::tokenize(text);
-        let shape = tokenized.fingerprint(CACHEABLE_TEXT);
-        // PostgreSQL's fingerprint of this text, computed at most once.
-        let mut pg_fingerprint: Option<Option<String>> = None;
+        // PostgreSQL's scanner decides which texts share an analysis (see
+        // `pg_grammar::shape_key`); sqlparser runs only when no shared analysis answers.
+        let shape = (text.len() <= CACHEABLE_TEXT)
+            .then(|| pg_grammar::shape_key(text))
+            .flatten();
         if let Some(key) = &shape {
             let shared = self
                 .shapes
@@ -800,13 +793,7 @@ impl Engine {
                 .unwrap_or_else(|p| p.into_inner())
                 .get(key)
                 .cloned();
-            let shared = shared.filter(|s| {
-                // sqlparser says "same statement, other literals"; the server's grammar must
-                // say so too, or this text gets an analysis of its own.
-                let ours = pg_fingerprint.get_or_insert_with(|| pg_grammar::fingerprint(text));
-                ours.as_deref() == Some(s.pg_fingerprint.as_str())
-            });
-            if let Some(Shape { parsed: shared, .. }) = shared {
+            if let Some(shared) = shared {
                 // Everything but the text is the same; the text is this one, as written.
                 let statements = shared
                     .statements
@@ -824,23 +811,12 @@ impl Engine {
                 });
             }
         }
-        let parsed = Arc::new(tokenized.analyze());
+        let parsed = Arc::new(sql::analyze(text));
         if text.len() <= CACHEABLE_TEXT {
             remember(&self.analyses, text.to_owned(), parsed.clone());
         }
         if let Some(key) = shape.filter(|_| shareable(&parsed)) {
-            let fingerprint = pg_fingerprint.unwrap_or_else(|| pg_grammar::fingerprint(text));
-            if let Some(pg_fingerprint) = fingerprint {
-                let parsed = parsed.clone();
-                remember(
-                    &self.shapes,
-                    key,
-                    Shape {
-                        parsed,
-                        pg_fingerprint,
-                    },
-                );
-            }
+            remember(&self.shapes, key, parsed.clone());
         }
         parsed
     }

@@ -79,6 +79,55 @@ pub fn fingerprint(sql: &str) -> Option<String> {
     }
 }
 
+/// A key shared by texts that PostgreSQL's own scanner reads as the same tokens but for the
+/// values of their constants: `SELECT abalance FROM pgbench_accounts WHERE aid = 42` and
+/// `… = 7`. Clients that inline their parameters send a new text for every row they touch;
+/// the analysis of one such text stands for the others (see `policy::Engine::analyze`).
+///
+/// Why the scanner and not a fingerprint or our own tokens: the server's grammar sees only
+/// tokens, so texts with one key parse to one tree but for constant values, which is what
+/// sharing an analysis needs; and scan.l decides where strings, comments and identifiers
+/// end exactly as the server does (the session is pinned to UTF-8 and
+/// standard_conforming_strings). Scanning costs less than half of a fingerprint, which
+/// parses. Every token counts with its kind and, except for constants, its text as written
+/// (case and quotes included); comments do not count. `None` when the scanner rejects the
+/// text.
+pub fn shape_key(sql: &str) -> Option<String> {
+    use protobuf::Token as T;
+    let run = || pg_query::scan_tokens(sql);
+    let Ok(Ok(tokens)) = std::panic::catch_unwind(run) else {
+        return None;
+    };
+    // Each number is written as one char (token kinds are below 1,000; a text with a token
+    // longer than 55,295 bytes gets no key), not with `fmt`, which cost as much as the scan.
+    let code = |n: usize| u32::try_from(n).ok().and_then(char::from_u32);
+    let mut key = String::with_capacity(sql.len() + tokens.len());
+    for t in &tokens {
+        let kind = t.token;
+        if kind == T::SqlComment as i32 || kind == T::CComment as i32 {
+            continue;
+        }
+        key.push(code(usize::try_from(kind).ok()?)?);
+        let constant = [
+            T::Iconst,
+            T::Fconst,
+            T::Sconst,
+            T::Usconst,
+            T::Bconst,
+            T::Xconst,
+        ]
+        .iter()
+        .any(|c| *c as i32 == kind);
+        if !constant {
+            // The text with its length first: no two token streams write the same key.
+            let text = sql.get(usize::try_from(t.start).ok()?..usize::try_from(t.end).ok()?)?;
+            key.push(code(text.len())?);
+            key.push_str(text);
+        }
+    }
+    Some(key)
+}
+
 /// Compares libpg_query's reading of `sql` with `statements`, the analysis of the same text.
 pub fn check(sql: &str, statements: &[Analysis]) -> Result<(), Objection> {
     let parsed = match std::panic::catch_unwind(|| pg_query::parse(sql, 0)) {

@@ -269,8 +269,7 @@ fn second_opinion(sql: &str, mut parsed: Parsed) -> Parsed {
     parsed
 }
 
-/// A text tokenized once, for both its [`Tokenized::fingerprint`] (a cache lookup) and, when
-/// that misses, its [`Tokenized::analyze`]: tokenizing is a third of the cost of an analysis.
+/// A text tokenized by sqlparser, ready for [`Tokenized::analyze`].
 pub struct Tokenized<'a> {
     sql: &'a str,
     /// The tokens, or why there are none (the reason an `Unknown` analysis gives).
@@ -296,66 +295,6 @@ pub fn tokenize(sql: &str) -> Tokenized<'_> {
 }
 
 impl Tokenized<'_> {
-    /// A key shared by texts that differ only in the values of their numbers and plain
-    /// single-quoted strings: `SELECT abalance FROM pgbench_accounts WHERE aid = 42` and
-    /// `… = 7`. Clients that inline their parameters send a new text for every row they touch,
-    /// and parsing each one cost more than anything else the gateway did for them.
-    ///
-    /// Built from sqlparser's own tokens, so two texts with one key are the same token stream
-    /// (comments and whitespace aside, which the parser skips) and parse to the same tree but
-    /// for those values. Only analyses that never read a literal's value may be shared this
-    /// way (see [`Parsed::reads_literals`]); the caller also limits sharing to plain reads and
-    /// writes. `None` when the text did not tokenize or is longer than `max_len`.
-    pub fn fingerprint(&self, max_len: usize) -> Option<String> {
-        use std::fmt::Write as _;
-        if self.sql.len() > max_len {
-            return None;
-        }
-        let tokens = self.tokens.as_ref().ok()?;
-        let mut key = String::with_capacity(self.sql.len() + 64);
-        for t in tokens {
-            // Each form below is told apart from the others by its first character: `?`,
-            // lower-case `w`/`p`, a symbol, or Debug's upper-case variant name.
-            match &t.token {
-                Token::Whitespace(_) => continue,
-                Token::Number(_, long) => key.push_str(if *long { "?N" } else { "?n" }),
-                Token::SingleQuotedString(_) => key.push_str("?s"),
-                // The common tokens, cheaply: a word with its quoting, a placeholder, and
-                // fixed punctuation (each prints one constant symbol).
-                Token::Word(w) => {
-                    key.push('w');
-                    key.push(w.quote_style.unwrap_or('-'));
-                    key.push_str(&w.value);
-                }
-                Token::Placeholder(p) => {
-                    key.push('p');
-                    key.push_str(p);
-                }
-                Token::Comma
-                | Token::Period
-                | Token::LParen
-                | Token::RParen
-                | Token::Eq
-                | Token::Neq
-                | Token::Lt
-                | Token::Gt
-                | Token::LtEq
-                | Token::GtEq
-                | Token::Mul
-                | Token::Plus
-                | Token::Minus
-                | Token::Div
-                | Token::SemiColon
-                | Token::DoubleColon => write!(key, "{}", t.token).ok()?,
-                // The rest by Debug, which names the variant and quotes its contents; it
-                // escapes control characters, so the separator cannot occur inside.
-                other => write!(key, "{other:?}").ok()?,
-            }
-            key.push('\u{1}');
-        }
-        Some(key)
-    }
-
     /// The analysis of the text, checked against PostgreSQL's own grammar. Never panics.
     pub fn analyze(self) -> Parsed {
         let sql = self.sql;

@@ -444,33 +444,32 @@ fn texts_differing_only_in_literals_share_one_analysis() {
 }
 
 #[test]
-fn names_and_quoting_are_part_of_the_fingerprint() {
-    let key = |s: &str| sql::tokenize(s).fingerprint(1 << 14).expect("tokenizes");
+fn names_and_quoting_are_part_of_the_shape_key() {
+    let key = |s: &str| pg_grammar::shape_key(s).expect("scans");
     assert_eq!(
         key("SELECT a FROM t WHERE id = 1"),
         key("SELECT a FROM t WHERE id = 2")
     );
     assert_eq!(key("SELECT 'a'"), key("SELECT /* c */ 'b'"));
+    assert_eq!(key("SELECT 'a' -- c\n"), key("SELECT  'b'"));
     assert_ne!(key("SELECT a FROM t"), key("SELECT ssn FROM t"));
     assert_ne!(key("SELECT \"a\" FROM t"), key("SELECT 'a' FROM t"));
     assert_ne!(key("SELECT a FROM t"), key("SELECT \"A\" FROM t"));
     assert_ne!(
-        key("SELECT E'a'"),
-        key("SELECT 'a'"),
-        "only plain strings are elided"
+        key("SELECT 1"),
+        key("SELECT 1.5"),
+        "the kind of a constant counts"
     );
     assert_ne!(
-        key("SELECT $$a$$"),
-        key("SELECT $$b$$"),
-        "dollar quotes are kept"
+        key("SELECT 'x\\' , 'y'"),
+        key("SELECT 'x'"),
+        "strings end where the server's scanner ends them"
     );
-    assert!(sql::tokenize("SELECT 'unterminated")
-        .fingerprint(1 << 14)
-        .is_none());
-    assert!(
-        sql::tokenize("SELECT 1").fingerprint(4).is_none(),
-        "too long"
+    assert_ne!(
+        key("SELECT a FROM t"),
+        key("SELECT a FROM t; DELETE FROM t")
     );
+    assert!(pg_grammar::shape_key("SELECT 'unterminated").is_none());
 }
 
 #[test]
