@@ -343,6 +343,52 @@ fn settings_that_change_how_text_is_read_are_pinned() {
     assert_eq!(victims(&pg), "1=0,2=0,3=0");
 }
 
+// Code the server runs can flip a pinned setting, and the server says so only at ReadyForQuery,
+// after it may have parsed text pipelined behind it.
+const PIPELINE_CLIENT: &str = r#"
+HOST, PORT = ARGS["host"], int(ARGS["port"])
+# Two simple Queries in one write: the second is one SELECT of two strings with standard
+# strings on, and a SELECT and a DELETE with them off.
+raw = Raw(HOST, PORT)
+raw.sock.sendall(Q("select flip()") + Q("select 'x\\', ' ; delete from victims; --'"))
+simple = summary(raw.until_ready())
+try:
+    simple += summary(raw.until_ready())
+except (EOFError, OSError):
+    simple.append("closed")
+# The extended protocol, one Sync segment: flip() executed, then a text with a backslash.
+raw = Raw(HOST, PORT)
+extended = raw.run(P("", "select flip()"), B("", ""), E(""),
+                   P("s2", "select 'a\\' , 'b'"), B("", "s2"), E(""), S)
+# Plain ASCII without backslashes reads the same under any setting: not held back.
+raw = Raw(HOST, PORT)
+raw.sock.sendall(Q("select 1") + Q("select 2"))
+plain = summary(raw.until_ready()) + summary(raw.until_ready())
+report(simple=simple, extended=extended, plain=plain)
+"#;
+
+#[test]
+fn pipelined_text_waits_for_what_ran_before_it() {
+    require_root!();
+    let pg = PgServer::start();
+    setup(&pg);
+    let cfg = config(&pg, &allow_all(), "");
+    let r = run_agent(&cfg, PIPELINE_CLIENT, &client_args(&pg, pg_dial_host()));
+    // The DELETE smuggled behind flip() never reached the server: the gateway held the second
+    // Query until the first was answered, saw the setting change and ended the session.
+    assert_eq!(victims(&pg), "1=0,2=0,3=0", "{}", pretty(&r));
+    assert!(r["simple"].to_string().contains("0A000"), "{}", pretty(&r));
+    // In one segment the gateway cannot wait for the server's report: the text is refused.
+    assert!(
+        r["extended"].to_string().contains("42501"),
+        "{}",
+        pretty(&r)
+    );
+    // Plain statements pipelined as usual.
+    let plain = r["plain"].to_string();
+    assert_eq!(plain.matches("C:SELECT 1").count(), 2, "{}", pretty(&r));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Finding 3: run-scope approvals match by PostgreSQL's own fingerprint
 
@@ -400,6 +446,11 @@ steps["bind_sql_prepared"] = raw.run(B("", "s2"), E(""), S)
 # Close then re-Parse in a segment that fails: the name keeps its old statement.
 steps["failed_segment"] = raw.run(P("", "SELEC broken"), msg(b"C", b"S" + cstr("s1")), P("s1", "SELECT 2"), S)
 steps["after_failed_segment"] = raw.run(B("", "s1"), E(""), S)
+# Pipelined: a Parse the server will reject, and in the next segment a Bind of its name. The
+# gateway waits for the Parse's answer before judging the Bind, so it knows s3 never existed.
+raw.sock.sendall(P("s3", "SELECT * FROM no_such_table") + S + B("", "s3") + E("") + S)
+steps["pipelined_parse"] = summary(raw.until_ready())
+steps["pipelined_bind"] = summary(raw.until_ready())
 report(steps=steps)
 "#;
 
@@ -438,6 +489,17 @@ fn prepared_statement_names_follow_the_server() {
     }
     assert!(
         steps["rejected_reparse"].to_string().contains("42P05"),
+        "{}",
+        pretty(&r)
+    );
+    assert!(
+        steps["pipelined_parse"].to_string().contains("42P01"),
+        "{}",
+        pretty(&r)
+    );
+    // Refused by the gateway (42501), not left to the server (26000): it waited.
+    assert!(
+        steps["pipelined_bind"].to_string().contains("42501"),
         "{}",
         pretty(&r)
     );

@@ -15,11 +15,25 @@
 //! - statements: `SET`/`RESET`/`set_config` of a pinned setting are refused by policy, whatever
 //!   the rules say (`policy::pg_grammar`);
 //! - backstop: the server reports both settings (ParameterStatus) at start-up and whenever
-//!   they change; a report of any other value ends the session ([`check_status`]).
+//!   they change; a report of any other value ends the session ([`check_status`]);
+//! - pipelines: code the server runs (a trigger, a view's function, a procedure) can still
+//!   change a setting, and the server reports that only just before ReadyForQuery, after it
+//!   may already have parsed text pipelined behind it. A text whose reading depends on the
+//!   settings ([`depends_on_settings`]) is therefore forwarded only once everything executed
+//!   before it has been answered (its segment's ParameterStatus and ReadyForQuery seen); in
+//!   the same Sync segment as an execution it is refused, since the server answers nothing
+//!   of a segment before its Sync.
 //!
 //! `backslash_quote` and `escape_string_warning` are pinned against statements too; the server
 //! does not report them, but with UTF-8 and standard strings neither changes where a string
 //! ends (`backslash_quote = off` only makes the server reject `\'` inside `E'…'`).
+
+/// Whether the server could read `text` differently under other values of the pinned
+/// settings. Only a backslash (string escapes) and bytes above 0x7F (multi-byte characters)
+/// read differently: every encoding the server accepts from a client reads ASCII as ASCII.
+pub fn depends_on_settings(text: &str) -> bool {
+    text.bytes().any(|b| b == b'\\' || !b.is_ascii())
+}
 
 /// The values the gateway's parsers assume, as the server reports them.
 pub const PINNED: &[(&str, &str)] = &[

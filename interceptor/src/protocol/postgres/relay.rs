@@ -322,6 +322,9 @@ struct Statements {
     /// Statement name → the generation whose first execution reported to its Parse event.
     /// Later executions are recorded (and judged) as commands of their own.
     first_run: HashMap<String, u64>,
+    /// The last segment sent with an execution in it (Query, Execute, FunctionCall): code it
+    /// runs may change a pinned setting (see [`reading::depends_on_settings`]).
+    executed: Option<u64>,
 }
 
 /// What one client message means for the batch.
@@ -357,6 +360,8 @@ struct Plan {
     first_run: Vec<(String, u64)>,
     generations: u64,
     segment: u64,
+    /// [`Statements::executed`], with this batch's executions.
+    executed: Option<u64>,
 }
 
 /// Why a batch cannot be planned (all of it) now.
@@ -398,6 +403,7 @@ impl Statements {
             first_run: Vec::new(),
             generations: self.generations,
             segment: self.segment,
+            executed: self.executed,
         };
         // Where each segment that starts inside this batch starts.
         let mut starts: Vec<(u64, usize)> = vec![(self.segment, 0)];
@@ -444,6 +450,10 @@ impl Statements {
         match tag {
             b'Q' => {
                 let text = frontend::query(body)?;
+                if let Some(why) = self.after_execution(&text, flow, plan)? {
+                    step.refuse = Some(why);
+                }
+                plan.executed = Some(current);
                 let mut forget = names::sql_forget(&text);
                 forget.statements.push(String::new());
                 forget.portals.push(String::new());
@@ -462,6 +472,12 @@ impl Statements {
             }
             b'P' => {
                 let (name, text, params) = frontend::parse(body)?;
+                if let Some(why) = self.after_execution(&text, flow, plan)? {
+                    // Refused, and so never prepared: the name keeps what it had.
+                    step.refuse = Some(why);
+                    step.expect = Some(Expect::Answer);
+                    return Ok(step);
+                }
                 // A named statement that exists makes the server reject the Parse: the name
                 // keeps its statement. (The unnamed one is always replaced.)
                 let taken = !name.is_empty()
@@ -571,6 +587,7 @@ impl Statements {
                     }
                     Lookup::Wait(s) => return Err(PlanError::Wait(s)),
                 };
+                plan.executed = Some(current);
                 let statement = &portal.statement;
                 let claimed =
                     self.first_run.get(&portal.statement_name) == Some(&statement.generation)
@@ -604,6 +621,7 @@ impl Statements {
             }
             b'F' => {
                 let oid = frontend::function_call(body)?;
+                plan.executed = Some(current);
                 let event = record(
                     plan,
                     Planned {
@@ -646,6 +664,44 @@ impl Statements {
         }
         self.generations = plan.generations;
         self.segment = plan.segment;
+        self.executed = plan.executed;
+    }
+
+    /// Whether `text` may be sent now, given the executions before it (see
+    /// [`reading::depends_on_settings`]): `Ok(None)` yes; `Ok(Some(why))` never, refuse it;
+    /// `Err(Cut)` after the earlier segments of this batch are sent; `Err(Wait)` after the
+    /// server has answered them.
+    fn after_execution(
+        &self,
+        text: &str,
+        flow: &Flow,
+        plan: &Plan,
+    ) -> Result<Option<String>, PlanError> {
+        let Some(executed) = plan.executed else {
+            return Ok(None);
+        };
+        if !reading::depends_on_settings(text) {
+            return Ok(None);
+        }
+        if executed == plan.segment {
+            return Ok(Some(
+                "a text with backslashes or non-ASCII characters after an executed statement \
+                 in the same pipeline segment (code the server runs could change how it reads \
+                 the text, and the server reports that only at Sync): send Sync first"
+                    .to_owned(),
+            ));
+        }
+        if executed >= self.segment {
+            return Err(PlanError::Cut(executed as usize));
+        }
+        let unanswered = flow
+            .queue
+            .iter()
+            .any(|p| p.segment().is_some_and(|s| s <= executed));
+        if unanswered {
+            return Err(PlanError::Wait(executed));
+        }
+        Ok(None)
     }
 }
 
