@@ -7,6 +7,7 @@
 //! file, line and column. The reference for every key is `docs/configuration.md`.
 
 use std::{
+    collections::HashMap,
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
 };
@@ -419,7 +420,7 @@ pub struct LocalAuthConfig {
 }
 
 /// A destination pattern from `intercept` lists: an exact address, or any address on a port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DestPattern {
     Exact(SocketAddr),
     AnyAddress(u16),
@@ -446,6 +447,14 @@ impl DestPattern {
         text.parse::<SocketAddr>()
             .map(|addr| DestPattern::Exact(normalize(addr)))
             .map_err(|_| format!("{text:?} is not \"ip:port\", \"[ip6]:port\" or \"*:port\""))
+    }
+
+    /// As written in a config: `ip:port`, `[ip6]:port` or `*:port`.
+    pub fn describe(&self) -> String {
+        match *self {
+            DestPattern::Exact(addr) => addr.to_string(),
+            DestPattern::AnyAddress(port) => format!("*:{port}"),
+        }
     }
 
     pub fn matches(&self, dst: SocketAddr) -> bool {
@@ -662,7 +671,8 @@ impl Config {
                     local_password,
                 })
             })
-            .collect()
+            .collect::<Result<Vec<Target>, String>>()
+            .and_then(|targets| no_shared_patterns(&targets).map(|()| targets))
     }
 
     pub fn extra_intercepts(&self) -> Result<Vec<DestPattern>, String> {
@@ -672,6 +682,32 @@ impl Config {
             .map(|p| DestPattern::parse(p).map_err(|e| format!("capture.intercept: {e}")))
             .collect()
     }
+}
+
+/// Two targets may not claim one destination pattern: whichever came first would take every
+/// connection and the other would never see one. (Different patterns that overlap, such as
+/// `*:5432` and `127.0.0.2:5432`, are fine: the exact one wins, see `gateway::route_in`.)
+fn no_shared_patterns(targets: &[Target]) -> Result<(), String> {
+    let mut owner: HashMap<DestPattern, &str> = HashMap::new();
+    for t in targets {
+        for &key in &t.intercept {
+            // Parsing normalized exact addresses, so equal destinations are equal patterns.
+            match owner.get(&key) {
+                Some(first) if *first != t.name => {
+                    return Err(format!(
+                        "targets {first:?} and {:?} both intercept {}: a destination belongs \
+                         to one target",
+                        t.name,
+                        key.describe()
+                    ))
+                }
+                _ => {
+                    owner.insert(key, &t.name);
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The line of the last quoted value a validation message names (`"…"`), if it appears in

@@ -51,7 +51,8 @@ pub const DEFAULT_CONFIG: &str = r#"# interceptor configuration. Every key is do
 # autogen.slice (Slice=autogen.slice in a drop-in) or name it in `units`.
 cgroups = ["autogen.slice"]
 # units = ["autogen-agent.service"]
-# mode = "listed"               # run: only the targets' and `intercept` destinations
+# mode = "all"                  # every TCP connection journaled; "listed" (opt-in): only the
+#                               # targets' and `intercept` destinations, other TCP goes direct
 # intercept = []                # extra "ip:port", "[ip6]:port" or "*:port" in listed mode
 # udp = "dns-only"              # or "allow"
 # pin_dir = "/sys/fs/bpf/interceptor"

@@ -139,7 +139,9 @@ pub async fn run(config: Config) -> Result<(), ExecError> {
         Err(e) => return Err(e.into()),
     }
     let listeners = Listeners::bind(config.proxy.port).map_err(ExecError::Listen)?;
-    let settings = Settings::from_config(&config, &targets, CaptureMode::Listed, &listeners)
+    // Capture-all unless the operator opts into `listed`: every connection an agent makes is
+    // journaled, a target's or not (issue 15).
+    let settings = Settings::from_config(&config, &targets, CaptureMode::All, &listeners)
         .map_err(ExecError::Config)?;
 
     let mut programs = if pins_complete(&pin_dir, &cgroups) {

@@ -1,4 +1,5 @@
-//! `interceptor run` (service mode): captures a configured cgroup through pinned programs;
+//! `interceptor run` (service mode): captures every connection of a configured cgroup (the
+//! default capture mode) through pinned programs;
 //! while the daemon is down the cgroup's connects are refused (fail closed, never direct);
 //! a restarted daemon adopts the pins and capture works again.
 
@@ -67,7 +68,9 @@ fn service_captures_cgroup_fails_closed_while_down_and_adopts_pins_on_restart() 
     let pins = PinDir::new(&cfg.path);
     let port = free_port();
     cfg.write(&format!(
-        "{}\n[proxy]\nport = {port}\n\n[capture]\nmode = \"all\"\ncgroups = [\"{}\"]\npin_dir = \"{}\"\n",
+        // No `mode`: the service captures every connection by default, so a destination no
+        // target or `intercept` names is relayed and journaled too.
+        "{}\n[proxy]\nport = {port}\n\n[capture]\ncgroups = [\"{}\"]\npin_dir = \"{}\"\n",
         cfg.journal_section(),
         cgroup.relative(),
         pins.path.display()
@@ -157,7 +160,9 @@ fn connection_without_capture_record_is_closed_and_journaled_as_anomaly() {
     let pins = PinDir::new(&cfg.path);
     let port = free_port();
     cfg.write(&format!(
-        "{}\n[proxy]\nport = {port}\n\n[capture]\nmode = \"all\"\ncgroups = [\"{}\"]\npin_dir = \"{}\"\n",
+        // No `mode`: the service captures every connection by default, so a destination no
+        // target or `intercept` names is relayed and journaled too.
+        "{}\n[proxy]\nport = {port}\n\n[capture]\ncgroups = [\"{}\"]\npin_dir = \"{}\"\n",
         cfg.journal_section(),
         cgroup.relative(),
         pins.path.display()

@@ -147,3 +147,44 @@ fn embedded_defaults_understand_postgres_on_5432() {
     assert!(targets[0].intercept[0].matches("127.0.0.9:5432".parse().unwrap()));
     assert!(targets[0].credentials.is_none());
 }
+
+#[test]
+fn two_targets_may_not_claim_one_destination() {
+    let err = parse(
+        "[[target]]\nname = \"a\"\nintercept = [\"*:5432\"]\n\
+         [[target]]\nname = \"b\"\nintercept = [\"127.0.0.2:5432\", \"*:5432\"]\n",
+    )
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("\"a\" and \"b\" both intercept *:5432"),
+        "{text}"
+    );
+    let err = parse(
+        "[[target]]\nname = \"a\"\nintercept = [\"127.0.0.2:5432\"]\n\
+         [[target]]\nname = \"b\"\nintercept = [\"[::ffff:127.0.0.2]:5432\"]\n",
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("127.0.0.2:5432"), "{err}");
+}
+
+#[test]
+fn the_most_specific_target_wins_whatever_the_order() {
+    // The installed catch-all first, a target for one address added after it.
+    let config = parse(
+        "[[target]]\nname = \"catch-all\"\nintercept = [\"*:5432\"]\n\
+         [[target]]\nname = \"orders\"\nintercept = [\"127.0.0.2:5432\"]\n\
+         [[target]]\nname = \"billing\"\nintercept = [\"127.0.0.9:6000\"]\nupstream = \"127.0.0.4:5432\"\n",
+    )
+    .expect("config");
+    let targets = config.targets().expect("targets");
+    let route = |dst: &str| {
+        crate::gateway::route_in(&targets, dst.parse().expect("address")).map(|t| t.name.clone())
+    };
+    assert_eq!(route("127.0.0.2:5432").as_deref(), Some("orders"));
+    assert_eq!(route("[::ffff:127.0.0.2]:5432").as_deref(), Some("orders"));
+    // A target's real address is that target, ahead of any catch-all.
+    assert_eq!(route("127.0.0.4:5432").as_deref(), Some("billing"));
+    assert_eq!(route("127.0.0.7:5432").as_deref(), Some("catch-all"));
+    assert_eq!(route("127.0.0.7:5433"), None);
+}

@@ -63,24 +63,14 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// The first target whose `intercept` list matches the original destination; else the
-    /// target whose upstream it is. An agent that learnt a target's real address (and perhaps
-    /// its password) reaches the same gate there: its connection is parsed and judged as that
-    /// target, never relayed as plain TCP.
+    /// The target of a connection to `original_dst`, the most specific match first: a target
+    /// that intercepts that exact address; else the target whose upstream it is (an agent that
+    /// learnt a target's real address, and perhaps its password, reaches the same gate there:
+    /// parsed and judged as that target, never relayed as plain TCP); else a target that
+    /// intercepts any address on its port. So a catch-all `*:5432` never shadows a target
+    /// added for one address; two targets with the same pattern are a config error.
     pub fn route(&self, original_dst: SocketAddr) -> Option<&Target> {
-        self.targets
-            .iter()
-            .find(|t| {
-                t.intercept
-                    .iter()
-                    .any(|p: &DestPattern| p.matches(original_dst))
-            })
-            .or_else(|| {
-                let dst = crate::config::normalize(original_dst);
-                self.targets
-                    .iter()
-                    .find(|t| t.upstream.map(crate::config::normalize) == Some(dst))
-            })
+        route_in(&self.targets, original_dst)
     }
 
     pub fn is_own_address(&self, dst: SocketAddr) -> bool {
@@ -89,6 +79,25 @@ impl Gateway {
             own.port() == dst.port() && (own.ip() == dst.ip() || dst.ip().is_unspecified())
         })
     }
+}
+
+/// [`Gateway::route`] over a list of targets.
+pub fn route_in(targets: &[Target], original_dst: SocketAddr) -> Option<&Target> {
+    let dst = crate::config::normalize(original_dst);
+    let intercepts = |t: &&Target, exact: bool| {
+        t.intercept.iter().any(|p: &DestPattern| {
+            matches!(p, DestPattern::Exact(_)) == exact && p.matches(original_dst)
+        })
+    };
+    targets
+        .iter()
+        .find(|t| intercepts(t, true))
+        .or_else(|| {
+            targets
+                .iter()
+                .find(|t| t.upstream.map(crate::config::normalize) == Some(dst))
+        })
+        .or_else(|| targets.iter().find(|t| intercepts(t, false)))
 }
 
 /// The proxy's listening sockets: 127.0.0.1 and, when the host has IPv6, [::1].
