@@ -71,18 +71,22 @@ fn cgroup_v2() -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
+/// Where the service's pins will live. The installed unit runs in a mount namespace of its
+/// own (ProtectSystem=strict), so a bpffs it mounted itself would die with it: the host must
+/// have one (see `service::pin_dir_placement`).
 fn bpffs(config: &Config) -> Result<String, String> {
-    let mounts = std::fs::read_to_string("/proc/mounts").map_err(|e| e.to_string())?;
-    let mount = mounts.lines().find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        (f.len() > 2 && f[2] == "bpf").then(|| f[1].to_owned())
-    });
-    match mount {
+    let pin_dir = &config.capture.pin_dir;
+    match crate::service::pin_dir_placement(pin_dir)? {
         Some(m) => Ok(format!(
-            "mounted at {m}; pins go to {}",
-            config.capture.pin_dir.display()
+            "pins go to {} on the host's bpf filesystem at {}",
+            pin_dir.display(),
+            m.display()
         )),
-        None => Err("not mounted (the service mounts it at /sys/fs/bpf when it starts)".to_owned()),
+        None => Err(format!(
+            "no bpf filesystem holds {}: the service runs in a mount namespace of its own and \
+             cannot mount one the host keeps, so `run` would refuse to start",
+            pin_dir.display()
+        )),
     }
 }
 
@@ -299,7 +303,7 @@ pub fn run_checks(config: &Config) -> Vec<Check> {
             cgroup_v2(),
             "mount it: mount -t cgroup2 none /sys/fs/cgroup (or boot with systemd.unified_cgroup_hierarchy=1)",
         ),
-        check("bpffs", bpffs(config), "mount -t bpf bpf /sys/fs/bpf"),
+        check("bpffs", bpffs(config), "mount -t bpf bpf /sys/fs/bpf on the host (systemd: sys-fs-bpf.mount; or /etc/fstab)"),
         check("privileges", privileges(), "run as root (sudo), or as the interceptor service"),
         check("ebpf", ebpf, "check `dmesg` and the kernel's BPF support (CONFIG_BPF_SYSCALL, CONFIG_CGROUP_BPF)"),
         check("unix", unix, crate::capture::unix::FIX_UNAVAILABLE),
@@ -309,14 +313,13 @@ pub fn run_checks(config: &Config) -> Vec<Check> {
     .collect()
 }
 
-/// Prints the report; returns whether everything needed passed. A missing bpffs is only a
-/// warning because the service mounts it itself; so is Unix-socket capture, unless
-/// `capture.unix.required` makes `exec` and `run` refuse to start without it.
+/// Prints the report; returns whether everything needed passed. A missing Unix-socket
+/// capture is only a warning, unless `capture.unix.required` makes `exec` and `run` refuse
+/// to start without it.
 pub fn report(config: &Config) -> bool {
     let mut healthy = true;
     for c in run_checks(config) {
         let essential = match c.name {
-            "bpffs" => false,
             "unix" => config.capture.unix.required,
             _ => true,
         };

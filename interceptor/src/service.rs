@@ -49,23 +49,114 @@ pub fn captured_cgroups(config: &Config, mount: &Path) -> Result<Vec<Cgroup>, Ex
         .collect()
 }
 
-/// Mounts bpffs at /sys/fs/bpf if no bpf filesystem covers `pin_dir`.
+/// The mount point of the bpf filesystem that holds `pin_dir` in this mount namespace, from
+/// the text of /proc/self/mounts (the longest bpf mount point above it).
+fn bpf_mount_of(mounts: &str, pin_dir: &Path) -> Option<PathBuf> {
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 2 && f[2] == "bpf")
+                .then(|| PathBuf::from(crate::capture::cgroup::unescape_mount_path(f[1])))
+        })
+        .filter(|m| pin_dir.starts_with(m))
+        .max_by_key(|m| m.as_os_str().len())
+}
+
+/// A process of the host's mount namespace to compare with: init, or, where this process may
+/// not look into init (a sandbox whose init is not ours to inspect), the kernel's thread
+/// spawner, whose namespace is the kernel's initial one. `None` when neither can be read.
+fn host_process() -> Option<PathBuf> {
+    let readable = |pid: &str| std::fs::metadata(format!("/proc/{pid}/ns/mnt")).is_ok();
+    if readable("1") {
+        return Some(PathBuf::from("/proc/1"));
+    }
+    let kthreadd = std::fs::read_to_string("/proc/2/comm").is_ok_and(|c| c.trim() == "kthreadd");
+    (kthreadd && readable("2")).then(|| PathBuf::from("/proc/2"))
+}
+
+/// Whether `mount_point` is, in the host's mount namespace too, the very bpf filesystem this
+/// process sees there. Pins live as long as their filesystem is mounted somewhere; one that
+/// only this process's namespace has (systemd's ProtectSystem and PrivateMounts give the
+/// service a namespace of its own) is unmounted when the service stops, and the capture with
+/// it. `/proc/PID/root` resolves paths in that process's mount namespace.
+fn visible_to_host(host: &Path, mount_point: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let theirs = host
+        .join("root")
+        .join(mount_point.strip_prefix("/").unwrap_or(mount_point));
+    let is_bpf = nix::sys::statfs::statfs(&theirs)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC);
+    let same = match (std::fs::metadata(mount_point), std::fs::metadata(&theirs)) {
+        (Ok(ours), Ok(theirs)) => ours.dev() == theirs.dev(),
+        _ => false,
+    };
+    is_bpf && same
+}
+
+/// Whether this process shares the host's mount namespace (a mount it makes is the host's).
+fn in_host_mount_namespace(host: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    match (
+        std::fs::metadata("/proc/self/ns/mnt"),
+        std::fs::metadata(host.join("ns/mnt")),
+    ) {
+        (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+        _ => false,
+    }
+}
+
+/// Why `pin_dir` cannot hold pins that outlive the daemon, if it cannot (see
+/// [`ensure_bpffs`]). `Ok(Some(mount point))` when it can as it is; `Ok(None)` when no bpf
+/// filesystem holds it yet and this process could mount one at /sys/fs/bpf that the host
+/// keeps.
+pub fn pin_dir_placement(pin_dir: &Path) -> Result<Option<PathBuf>, String> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").map_err(|e| e.to_string())?;
+    let fix = "mount bpffs on the host before the service starts: `mount -t bpf bpf /sys/fs/bpf` \
+               (or enable systemd's sys-fs-bpf.mount, or add it to /etc/fstab)";
+    let Some(host) = host_process() else {
+        return Err(format!(
+            "cannot tell whether the bpf filesystem holding {} outlives the service: neither \
+             /proc/1 nor /proc/2 can be inspected (is /proc mounted with hidepid?)",
+            pin_dir.display()
+        ));
+    };
+    match bpf_mount_of(&mounts, pin_dir) {
+        Some(m) if visible_to_host(&host, &m) => Ok(Some(m)),
+        Some(m) => Err(format!(
+            "{} is on a bpf filesystem mounted at {} only in this process's mount namespace: \
+             it would be unmounted when the service stops, and with it the capture that \
+             refuses captured connections while the service is down; {fix}",
+            pin_dir.display(),
+            m.display()
+        )),
+        None if !pin_dir.starts_with("/sys/fs/bpf") => Err(format!(
+            "{} is not on a bpf filesystem; mount one there or use a pin_dir under \
+             /sys/fs/bpf",
+            pin_dir.display()
+        )),
+        None if in_host_mount_namespace(&host) => Ok(None),
+        None => Err(format!(
+            "no bpf filesystem is mounted at /sys/fs/bpf, and one mounted by the service \
+             (which runs in a mount namespace of its own) would be unmounted when it stops, \
+             taking the capture of stopped-service connections with it; {fix}"
+        )),
+    }
+}
+
+/// Makes sure `pin_dir` is on a bpf filesystem that outlives the daemon, mounting one at
+/// /sys/fs/bpf when this process shares the host's mount namespace. Refuses otherwise: a
+/// capture pinned where it dies with the service would let captured agents connect direct
+/// once the service stops (fail open).
 pub fn ensure_bpffs(pin_dir: &Path) -> Result<(), CaptureError> {
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-    let covered = mounts.lines().any(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        f.len() > 2 && f[2] == "bpf" && pin_dir.starts_with(f[1])
-    });
-    if covered {
+    let refused = |message: String| CaptureError::Pin {
+        path: pin_dir.to_owned(),
+        message,
+    };
+    if pin_dir_placement(pin_dir).map_err(refused)?.is_some() {
         return Ok(());
     }
     let target = Path::new("/sys/fs/bpf");
-    if !pin_dir.starts_with(target) {
-        return Err(CaptureError::Pin {
-            path: pin_dir.to_owned(),
-            message: "not on a bpf filesystem; mount one (`mount -t bpf bpf DIR`) or use a pin_dir under /sys/fs/bpf".to_owned(),
-        });
-    }
     std::fs::create_dir_all(target).map_err(|e| CaptureError::Pin {
         path: target.to_owned(),
         message: e.to_string(),
@@ -80,7 +171,14 @@ pub fn ensure_bpffs(pin_dir: &Path) -> Result<(), CaptureError> {
     .map_err(|e| CaptureError::Pin {
         path: target.to_owned(),
         message: format!("mounting bpffs: {e}"),
-    })
+    })?;
+    // Mounted in init's namespace: check it took, as the host sees it.
+    match pin_dir_placement(pin_dir).map_err(refused)? {
+        Some(_) => Ok(()),
+        None => Err(refused(
+            "bpffs was mounted but does not hold the pin_dir".to_owned(),
+        )),
+    }
 }
 
 /// True when a previous daemon left a complete capture for every cgroup behind.

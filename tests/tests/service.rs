@@ -3,7 +3,7 @@
 //! while the daemon is down the cgroup's connects are refused (fail closed, never direct);
 //! a restarted daemon adopts the pins and capture works again.
 
-use std::time::Duration;
+use std::{process::Command, time::Duration};
 
 use interceptor_tests::*;
 
@@ -203,4 +203,72 @@ fn connection_without_capture_record_is_closed_and_journaled_as_anomaly() {
         "{}",
         pretty(anomaly)
     );
+}
+
+/// `interceptor --config CFG run` in a private mount namespace, after `prepare` (shell).
+fn run_unshared(cfg: &TempConfig, prepare: &str) -> Output {
+    let script = format!(
+        "{prepare}; exec {bin} --config {cfg} run",
+        bin = interceptor_bin().display(),
+        cfg = cfg.path.display()
+    );
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "--mount",
+        "--propagation",
+        "private",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    run_command(cmd, Duration::from_secs(30))
+}
+
+/// The service refuses to start where its pins would die with it: a bpf filesystem that only
+/// its own mount namespace has (as a unit with ProtectSystem= gets when the host has none
+/// mounted) would be unmounted on stop, and captured agents would then connect direct.
+#[test]
+fn run_refuses_pins_that_would_not_outlive_it() {
+    require_root!();
+    let cgroup = CgroupDir::new(&unique_name("interceptor-test"));
+    let cfg = TempConfig::new("");
+    let private = tempfile::tempdir().expect("tempdir");
+    let write = |pin_dir: &std::path::Path| {
+        cfg.write(&format!(
+            "{}\n[proxy]\nport = {}\n\n[capture]\ncgroups = [\"{}\"]\npin_dir = \"{}\"\n",
+            cfg.journal_section(),
+            free_port(),
+            cgroup.relative(),
+            pin_dir.display()
+        ))
+    };
+    // A bpffs of the namespace's own, as a sandboxed unit would mount.
+    let pin_dir = private.path().join("pins");
+    write(&pin_dir);
+    let out = run_unshared(
+        &cfg,
+        &format!("mount -t bpf bpf {} || exit 99", private.path().display()),
+    );
+    assert!(!out.success(), "run started\n{}", out.describe());
+    assert!(
+        out.describe()
+            .contains("only in this process's mount namespace"),
+        "{}",
+        out.describe()
+    );
+    // Nothing was pinned or attached: the cgroup's connects are not steered anywhere.
+    assert!(!pin_dir.exists(), "{}", out.describe());
+
+    // No bpf filesystem at all inside such a namespace: it does not mount its own.
+    let pin_dir = std::path::Path::new("/sys/fs/bpf").join(unique_name("interceptor-test"));
+    write(&pin_dir);
+    let out = run_unshared(&cfg, "umount -l /sys/fs/bpf 2>/dev/null");
+    assert!(!out.success(), "run started\n{}", out.describe());
+    assert!(
+        out.describe().contains("mount namespace of its own"),
+        "{}",
+        out.describe()
+    );
+    assert!(!pin_dir.exists(), "{}", out.describe());
 }

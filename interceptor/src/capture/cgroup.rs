@@ -23,7 +23,7 @@ pub fn cgroup2_mount_in(mounts: &str) -> Option<PathBuf> {
 }
 
 /// /proc/mounts escapes space, tab, newline and backslash as octal.
-fn unescape_mount_path(field: &str) -> String {
+pub(crate) fn unescape_mount_path(field: &str) -> String {
     field
         .replace("\\040", " ")
         .replace("\\011", "\t")
