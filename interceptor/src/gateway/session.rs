@@ -212,7 +212,7 @@ async fn relay_phases(
         target,
         shared: &gateway.protocols,
         counters,
-        dialed: original_dst,
+        dialed: Some(original_dst),
         upstream_addr,
     };
     match protocol::serve(session, client, upstream).await {
