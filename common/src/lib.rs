@@ -25,6 +25,9 @@ pub mod maps {
     pub const UNIX_BASENAMES: &str = "UNIX_BASENAMES";
     /// `RingBuf` of [`super::UnixRefusal`]: one record per refused Unix-socket connect.
     pub const UNIX_REFUSALS: &str = "UNIX_REFUSALS";
+    /// `HashMap<UnixPath routed socket, UnixPath gateway listener>`: sockets routed through the
+    /// gateway. A `connect()` to the key is rewritten to the value; decided before any rule.
+    pub const UNIX_ROUTES: &str = "UNIX_ROUTES";
 }
 
 /// Names of the programs in the object file.
@@ -54,8 +57,14 @@ pub mod programs {
 pub mod kfunc_slots {
     /// `struct bpf_sock_addr_kern *bpf_cast_to_kern_ctx(void *ctx)`.
     pub const CAST_TO_KERN_CTX: u32 = 0x7f00_0001;
+    /// `int bpf_sock_addr_set_sun_path(struct bpf_sock_addr_kern *sa_kern, const u8 *sun_path,
+    /// u32 sun_path__sz)` (Linux 6.7, with the Unix hooks): rewrites the address being connected.
+    pub const SET_SUN_PATH: u32 = 0x7f00_0002;
     /// Every slot with its kernel function name.
-    pub const ALL: [(u32, &str); 1] = [(CAST_TO_KERN_CTX, "bpf_cast_to_kern_ctx")];
+    pub const ALL: [(u32, &str); 2] = [
+        (CAST_TO_KERN_CTX, "bpf_cast_to_kern_ctx"),
+        (SET_SUN_PATH, "bpf_sock_addr_set_sun_path"),
+    ];
 }
 
 /// Intercept every outbound TCP connection of the cgroup (the default for `exec`).
@@ -138,6 +147,8 @@ pub const UNIX_PATH_MAX: usize = 108;
 pub const UNIX_PREFIX_LENS: usize = 8;
 /// Capacity of `UNIX_BASENAMES`.
 pub const UNIX_BASENAME_ENTRIES: u32 = 256;
+/// Capacity of `UNIX_ROUTES`: one entry per routed socket path.
+pub const UNIX_ROUTE_ENTRIES: u32 = 64;
 
 /// FNV-1a (64-bit) over a socket file name, one byte at a time: the program hashes the last
 /// path component as it scans the address, the daemon hashes the patterns. A collision can

@@ -9,7 +9,8 @@
 //!
 //! `judge_unix_connect` does the same for Unix-domain sockets, which never reach the TCP hooks:
 //! it refuses a captured process's `connect()` (and `sendmsg()` with an address) to sockets of
-//! databases and container runtimes, judged by path. It needs Linux 6.7+ and is loaded by the
+//! databases and container runtimes, judged by path, and rewrites a `connect()` to a routed
+//! socket into one to the gateway's listener for it. It needs Linux 6.7+ and is loaded by the
 //! daemon itself (`capture::unix`), because aya 0.14 has no Unix attach type.
 //!
 //! The daemon (`interceptor/src/capture`) loads this object, fills `CONFIG`, and reads
@@ -33,7 +34,7 @@ use interceptor_common::{
     basename_hash_step, kfunc_slots, AddrKey, BasenameKey, CaptureConfig, ConnRecord, UnixConfig,
     UnixPath, UnixRefusal, AF_INET, AF_INET6, BASENAME_HASH_SEED, CONN_MAP_ENTRIES,
     INTERCEPT_MAP_ENTRIES, MODE_ALL, MODE_LISTED, UNIX_ALLOW, UNIX_BASENAME_ENTRIES, UNIX_DENY,
-    UNIX_HOOK_CONNECT, UNIX_HOOK_SENDMSG, UNIX_PATH_MAX, UNIX_PREFIX_LENS,
+    UNIX_HOOK_CONNECT, UNIX_HOOK_SENDMSG, UNIX_PATH_MAX, UNIX_PREFIX_LENS, UNIX_ROUTE_ENTRIES,
 };
 
 /// Return codes of cgroup sock/sock_addr programs.
@@ -69,6 +70,10 @@ static UNIX_CONFIG: Array<UnixConfig> = Array::with_max_entries(1, 0);
 
 #[map(name = "UNIX_PATHS")]
 static UNIX_PATHS: HashMap<UnixPath, u32> = HashMap::with_max_entries(1_024, 0);
+
+/// Routed socket path -> the gateway's listener for it (`capture::unix`, `gateway::unix_routes`).
+#[map(name = "UNIX_ROUTES")]
+static UNIX_ROUTES: HashMap<UnixPath, UnixPath> = HashMap::with_max_entries(UNIX_ROUTE_ENTRIES, 0);
 
 #[map(name = "UNIX_BASENAMES")]
 static UNIX_BASENAMES: HashMap<BasenameKey, u32> =
@@ -514,20 +519,49 @@ fn basename_denied(dst: &UnixPath, cfg: &UnixConfig) -> bool {
     any
 }
 
+/// `UNIX_CONFIG[0]` once the daemon has finished writing the rules; `None` refuses.
+fn unix_config() -> Option<UnixConfig> {
+    UNIX_CONFIG.get(0).copied().filter(|c| c.configured == 1)
+}
+
 /// Exact paths decide first (allow or deny), then the denied basenames, then the default.
-fn unix_verdict(dst: &UnixPath) -> Result<u32, Refused> {
-    let cfg = UNIX_CONFIG.get(0).copied().ok_or(Refused)?;
-    if cfg.configured != 1 {
-        return Err(Refused);
-    }
+fn unix_verdict(dst: &UnixPath, cfg: &UnixConfig) -> u32 {
     // SAFETY: the value is a plain u32, copied out at once.
     if let Some(verdict) = unsafe { UNIX_PATHS.get(dst) }.copied() {
-        return Ok(verdict);
+        return verdict;
     }
-    if basename_denied(dst, &cfg) {
-        return Ok(UNIX_DENY);
+    if basename_denied(dst, cfg) {
+        return UNIX_DENY;
     }
-    Ok(cfg.default_verdict)
+    cfg.default_verdict
+}
+
+/// Rewrites the address being connected to `listener` with the kfunc
+/// `bpf_sock_addr_set_sun_path`, reached through a slot the daemon rewrites into a kfunc call.
+///
+/// The path goes with its exact length, no padding: a kernel may refuse a new address longer
+/// than the one the caller passed (a check proposed upstream in 2025), and the shorter the
+/// better. The verifier checks the `__sz` pair against the map value the pointer is in, so the
+/// length is bounded first (1..=UNIX_PATH_MAX; the daemon never writes anything else).
+fn route_to(sa: *mut bpf_sock_addr, listener: *const UnixPath) -> Result<(), Refused> {
+    // SAFETY: `listener` points into a map value the caller has checked for NULL.
+    let len = unsafe { (*listener).len };
+    if len == 0 || len > UNIX_PATH_MAX as u32 {
+        return Err(Refused);
+    }
+    let kern = kern_ctx(sa);
+    // SAFETY: as in `kern_ctx`; the kfunc reads `len` bytes of the value's `path`, which the
+    // bound above keeps inside it.
+    let ret = unsafe {
+        let set: unsafe extern "C" fn(*const SockAddrKern, *const u8, u32) -> i32 =
+            core::mem::transmute(kfunc_slots::SET_SUN_PATH as usize);
+        set(kern, (*listener).path.as_ptr(), len)
+    };
+    if ret == 0 {
+        Ok(())
+    } else {
+        Err(Refused)
+    }
 }
 
 /// Reports a refusal for the daemon's journal; a full ring only loses the report.
@@ -552,17 +586,28 @@ fn report_unix_refusal(dst: &UnixPath, hook: u32) {
     entry.submit(0);
 }
 
+/// Routes decide first: routing a path is the operator's explicit choice, so it wins over a
+/// deny of the same path or file name. Then [`unix_verdict`].
 fn judge_unix(sa: *mut bpf_sock_addr, hook: u32) -> i32 {
     // Anything unreadable or unconfigured refuses: fail closed.
     let Ok(dst) = unix_destination(sa) else {
         return DENY;
     };
-    match unix_verdict(&dst) {
-        Ok(UNIX_ALLOW) => ALLOW,
-        _ => {
-            report_unix_refusal(&dst, hook);
-            DENY
-        }
+    let allowed = match unix_config() {
+        None => false,
+        Some(cfg) => match UNIX_ROUTES.get_ptr(&dst) {
+            // Only a connect is routed: the gateway listens for streams, and a datagram sent to
+            // a routed path would otherwise reach the socket the route exists to keep agents
+            // from.
+            Some(listener) => hook == UNIX_HOOK_CONNECT && route_to(sa, listener).is_ok(),
+            None => unix_verdict(&dst, &cfg) == UNIX_ALLOW,
+        },
+    };
+    if allowed {
+        ALLOW
+    } else {
+        report_unix_refusal(&dst, hook);
+        DENY
     }
 }
 

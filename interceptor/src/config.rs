@@ -429,13 +429,10 @@ pub enum DestPattern {
 impl DestPattern {
     pub fn parse(text: &str) -> Result<Self, String> {
         if text.starts_with("unix:") {
-            // Routing a Unix socket would need a Unix listener per target and the gateway's
-            // sessions over Unix streams; until then such sockets are refused, not routed.
+            // Unix sockets are routed per target (`Config::targets` takes them out of the list
+            // before this runs); elsewhere (`capture.intercept`) they mean nothing.
             return Err(format!(
-                "{text:?}: routing Unix sockets through the gateway is not supported yet; \
-                 captured processes are refused the sockets [capture.unix] denies (the \
-                 built-in list covers PostgreSQL's .s.PGSQL.*), so point the agent at the \
-                 target's TCP address instead"
+                "{text:?}: a Unix socket is routed by listing it in a [[target]]'s intercept"
             ));
         }
         if let Some(port) = text.strip_prefix("*:") {
@@ -483,6 +480,10 @@ pub struct Target {
     pub name: String,
     pub protocol: Protocol,
     pub intercept: Vec<DestPattern>,
+    /// Unix socket paths (`unix:/path` in `intercept`) whose connects the kernel routes to the
+    /// gateway as this target. Such a target has an `upstream`: there is no dialed address to
+    /// fall back on.
+    pub unix_routes: Vec<String>,
     pub upstream: Option<SocketAddr>,
     pub max_message_bytes: usize,
     pub credentials: Option<Credentials>,
@@ -532,6 +533,16 @@ impl CredentialsConfig {
 }
 
 impl Config {
+    /// The daemon's runtime directory: the control socket's (`/run/interceptor` by default).
+    /// `exec` runs put their control sockets there, and every gateway its Unix route listeners.
+    pub fn runtime_dir(&self) -> PathBuf {
+        self.approvals
+            .socket
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map_or_else(|| PathBuf::from("/run/interceptor"), Path::to_owned)
+    }
+
     /// The configuration without any file: PostgreSQL on its standard port is understood (and
     /// journaled statement by statement) with the client's own credentials passing through.
     pub fn embedded() -> Config {
@@ -608,6 +619,7 @@ impl Config {
     /// Validated targets, in file order (the first matching target wins).
     pub fn targets(&self) -> Result<Vec<Target>, String> {
         let mut names = std::collections::HashSet::new();
+        let mut routed = std::collections::HashSet::new();
         self.targets
             .iter()
             .map(|t| {
@@ -617,9 +629,10 @@ impl Config {
                 if !names.insert(t.name.as_str()) {
                     return Err(format!("target {:?} is defined twice", t.name));
                 }
-                let intercept = t
-                    .intercept
-                    .iter()
+                let (unix, tcp): (Vec<&String>, Vec<&String>) =
+                    t.intercept.iter().partition(|p| p.starts_with("unix:"));
+                let intercept = tcp
+                    .into_iter()
                     .map(|p| DestPattern::parse(p).map_err(|e| format!("target {:?}: {e}", t.name)))
                     .collect::<Result<Vec<_>, _>>()?;
                 let upstream = t
@@ -631,6 +644,33 @@ impl Config {
                         })
                     })
                     .transpose()?;
+                let unix_routes = unix
+                    .into_iter()
+                    .map(|entry| {
+                        let path =
+                            unix_route(entry).map_err(|e| format!("target {:?}: {e}", t.name))?;
+                        if upstream.is_none() {
+                            return Err(format!(
+                                "target {:?}: routing {entry:?} needs an upstream \
+                                 (\"ip:port\"): the gateway connects there",
+                                t.name
+                            ));
+                        }
+                        if !routed.insert(path.clone()) {
+                            return Err(format!(
+                                "target {:?}: {entry:?} is routed by another target too",
+                                t.name
+                            ));
+                        }
+                        if routed.len() > interceptor_common::UNIX_ROUTE_ENTRIES as usize {
+                            return Err(format!(
+                                "at most {} Unix socket paths can be routed",
+                                interceptor_common::UNIX_ROUTE_ENTRIES
+                            ));
+                        }
+                        Ok(path)
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
                 let credentials = t
                     .credentials
                     .as_ref()
@@ -664,6 +704,7 @@ impl Config {
                     name: t.name.clone(),
                     protocol: t.protocol,
                     intercept,
+                    unix_routes,
                     upstream,
                     max_message_bytes: t.max_message_bytes.unwrap_or(DEFAULT_MAX_MESSAGE_BYTES),
                     credentials,
@@ -708,6 +749,21 @@ fn no_shared_patterns(targets: &[Target]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The socket path of a `unix:` intercept entry: a filesystem path the kernel can compare and
+/// rewrite. Abstract names are refused: the gateway's listeners are files, and an abstract name
+/// has no permissions to say who may reach it.
+fn unix_route(entry: &str) -> Result<String, String> {
+    let path = entry.strip_prefix("unix:").unwrap_or(entry);
+    if path.starts_with('@') {
+        return Err(format!(
+            "{entry:?}: abstract socket names cannot be routed (only filesystem paths); \
+             refuse it with [capture.unix] deny instead"
+        ));
+    }
+    crate::capture::unix::filesystem_path(path).map_err(|e| format!("{entry:?}: {e}"))?;
+    Ok(path.to_owned())
 }
 
 /// The line of the last quoted value a validation message names (`"…"`), if it appears in

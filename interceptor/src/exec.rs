@@ -18,6 +18,7 @@ use crate::{
     approval::{notify::Webhook, Approvals},
     capture::{
         cgroup::{cgroup2_mount, Cgroup},
+        peer::CapturedCgroups,
         programs::{forward_kernel_logs, Programs, Settings},
         CaptureError,
     },
@@ -106,6 +107,7 @@ impl GatewayParts {
         targets: Vec<Target>,
         run_ids: RunIds,
         listeners: &Listeners,
+        captured: CapturedCgroups,
     ) -> Arc<Gateway> {
         Arc::new(Gateway {
             lookup,
@@ -121,6 +123,7 @@ impl GatewayParts {
             review_timeout: Duration::from_secs(config.approvals.timeout_secs),
             mask_key: self.mask_key,
             sample_rows: config.journal.result_sample_rows,
+            captured,
         })
     }
 }
@@ -237,7 +240,13 @@ pub async fn exec(
 
     let parts = GatewayParts::from_config(&config, &targets)?;
     let (journal, approvals) = (parts.journal.clone(), parts.approvals.clone());
-    let listeners = Listeners::bind(0).map_err(ExecError::Listen)?;
+    let run_id = new_run_id();
+    let mut listeners = Listeners::bind(0).map_err(ExecError::Listen)?;
+    // Removed when the run ends (dropped last, after the gateway has stopped).
+    let (_route_dir, unix_routes) =
+        gateway::unix_routes::bind(&config.runtime_dir(), &run_id, &targets)
+            .map_err(ExecError::Listen)?;
+    listeners.unix = unix_routes;
     let mut programs = Programs::load(None)?;
     let unix_gap = unix_capture_gap(&config, &programs)?;
     programs.configure(
@@ -249,7 +258,6 @@ pub async fn exec(
         .map(|l| tokio::spawn(forward_kernel_logs(l)));
     let unix_refusals = programs.take_unix_refusals();
 
-    let run_id = new_run_id();
     let cgroup = Cgroup::create_owned(mount.join("interceptor").join(&run_id))?;
     programs.attach(&cgroup)?;
     let programs = Arc::new(programs);
@@ -284,19 +292,24 @@ pub async fn exec(
                     .map_or_else(|| nix::unistd::getuid().as_raw(), |u| u.uid),
             ),
             user: run_as.as_ref().map(|u| u.name.clone()),
-            cgroup_path: cgroup_rel,
+            cgroup_path: cgroup_rel.clone(),
         })
         .await?;
     if let Some(gap) = unix_gap {
         journal.event(gap.event(&run_id)).await?;
     }
 
+    let captured = CapturedCgroups {
+        mount: mount.clone(),
+        paths: vec![cgroup_rel],
+    };
     let gateway = parts.gateway(
         &config,
         programs.clone(),
         targets,
         RunIds::Fixed(run_id.clone()),
         &listeners,
+        captured,
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(gateway::serve(gateway, listeners, unix_refusals, stop_rx));

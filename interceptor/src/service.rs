@@ -16,6 +16,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::{
     capture::{
         cgroup::{cgroup2_mount, cgroup_of_unit, Cgroup},
+        peer::CapturedCgroups,
         programs::{forward_kernel_logs, link_dir, Programs, Settings},
         CaptureError,
     },
@@ -184,12 +185,13 @@ pub fn ensure_bpffs(pin_dir: &Path) -> Result<(), CaptureError> {
 /// True when a previous daemon left a complete capture for every cgroup behind.
 fn pins_complete(pin_dir: &Path, cgroups: &[Cgroup]) -> bool {
     let maps = pin_dir.join("maps");
-    // Pins of an older daemon lack the Unix-socket maps and links: start over, so an upgrade
-    // brings Unix-socket capture wherever the kernel has it.
+    // Pins of an older daemon lack the Unix-socket maps (and routes) and links: start over, so
+    // an upgrade brings Unix-socket capture wherever the kernel has it.
     let unix_links = crate::capture::unix::probe().is_ok();
     [
         interceptor_common::maps::CONFIG,
         interceptor_common::maps::UNIX_CONFIG,
+        interceptor_common::maps::UNIX_ROUTES,
     ]
     .iter()
     .all(|m| maps.join(m).exists())
@@ -236,7 +238,12 @@ pub async fn run(config: Config) -> Result<(), ExecError> {
         ),
         Err(e) => return Err(e.into()),
     }
-    let listeners = Listeners::bind(config.proxy.port).map_err(ExecError::Listen)?;
+    let mut listeners = Listeners::bind(config.proxy.port).map_err(ExecError::Listen)?;
+    // Removed when the daemon stops: routed connects then fail (ENOENT) until it is back.
+    let (_route_dir, unix_routes) =
+        gateway::unix_routes::bind(&config.runtime_dir(), "service", &targets)
+            .map_err(ExecError::Listen)?;
+    listeners.unix = unix_routes;
     // Capture-all unless the operator opts into `listed`: every connection an agent makes is
     // journaled, a target's or not (issue 15).
     let settings = Settings::from_config(&config, &targets, CaptureMode::All, &listeners)
@@ -266,12 +273,23 @@ pub async fn run(config: Config) -> Result<(), ExecError> {
         .map(|l| tokio::spawn(forward_kernel_logs(l)));
     let unix_refusals = programs.take_unix_refusals();
 
+    let captured = CapturedCgroups {
+        paths: cgroups
+            .iter()
+            .map(|c| match c.path().strip_prefix(&mount) {
+                Ok(rel) => format!("/{}", rel.display()),
+                Err(_) => c.path().display().to_string(),
+            })
+            .collect(),
+        mount,
+    };
     let gateway = parts.gateway(
         &config,
         Arc::new(programs),
         targets,
         RunIds::PerCgroup,
         &listeners,
+        captured,
     );
     let port = listeners.port4();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

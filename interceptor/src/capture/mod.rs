@@ -4,10 +4,12 @@
 //! touches the kernel: finding and managing cgroup v2 directories ([`cgroup`]), loading and
 //! attaching the eBPF programs and reading their records ([`programs`]), and completing the
 //! kernel's identity record from /proc ([`identity`]). The gateway asks one question of it:
-//! "who is behind this accepted socket, and where were they going?" ([`ConnectionLookup`]).
+//! "who is behind this accepted socket, and where were they going?" ([`ConnectionLookup`] for
+//! TCP; [`peer`] for a Unix socket the kernel routed to the gateway ([`unix`])).
 
 pub mod cgroup;
 pub mod identity;
+pub mod peer;
 pub mod programs;
 pub mod unix;
 

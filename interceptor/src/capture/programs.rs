@@ -26,7 +26,7 @@ use interceptor_common::{
 
 use super::{
     cgroup::Cgroup,
-    unix::{Unavailable, UnixPrograms, UnixRules},
+    unix::{filesystem_path, Unavailable, UnixPrograms, UnixRules},
     CaptureError, ConnectionLookup,
 };
 use crate::{
@@ -62,6 +62,8 @@ pub struct Settings {
     pub proxy_port6: u16,
     /// Unix-socket rules (`[capture.unix]`).
     pub unix: UnixRules,
+    /// Routed Unix sockets: (the path agents connect to, the gateway's listener for it).
+    pub unix_routes: Vec<(UnixPath, UnixPath)>,
 }
 
 impl Settings {
@@ -91,6 +93,21 @@ impl Settings {
             proxy_port4: listeners.port4(),
             proxy_port6: listeners.port6(),
             unix: config.capture.unix.rules()?,
+            unix_routes: listeners
+                .unix
+                .iter()
+                .map(|l| {
+                    let listener = l
+                        .route
+                        .listener
+                        .to_str()
+                        .ok_or_else(|| format!("{}: not UTF-8", l.route.listener.display()))?;
+                    Ok((
+                        filesystem_path(&l.route.routed)?,
+                        filesystem_path(listener).map_err(|e| format!("the route listener {e}"))?,
+                    ))
+                })
+                .collect::<Result<_, String>>()?,
         })
     }
 }
@@ -119,6 +136,7 @@ struct UnixMaps {
     config: Array<MapData, UnixConfig>,
     paths: HashMap<MapData, UnixPath, u32>,
     basenames: HashMap<MapData, BasenameKey, u32>,
+    routes: HashMap<MapData, UnixPath, UnixPath>,
     refusals: Option<RingBuf<MapData>>,
 }
 
@@ -226,7 +244,8 @@ impl Programs {
         self.config
             .set(0, config, 0)
             .map_err(map_err(common::maps::CONFIG))?;
-        self.unix_maps.configure(&settings.unix)
+        self.unix_maps
+            .configure(&settings.unix, &settings.unix_routes)
     }
 
     /// Attaches every program to `cgroup`, owned by this process (exec mode): the links are
@@ -351,6 +370,8 @@ impl UnixMaps {
                 .map_err(map_err(common::maps::UNIX_PATHS))?,
             basenames: HashMap::try_from(take(common::maps::UNIX_BASENAMES)?)
                 .map_err(map_err(common::maps::UNIX_BASENAMES))?,
+            routes: HashMap::try_from(take(common::maps::UNIX_ROUTES)?)
+                .map_err(map_err(common::maps::UNIX_ROUTES))?,
             refusals: Some(
                 RingBuf::try_from(take(common::maps::UNIX_REFUSALS)?)
                     .map_err(map_err(common::maps::UNIX_REFUSALS))?,
@@ -358,9 +379,18 @@ impl UnixMaps {
         })
     }
 
-    /// Replaces the rules. The program refuses while `configured` is 0, so it is cleared first
-    /// and set last: a connect during the update is refused, never judged by half the rules.
-    fn configure(&mut self, rules: &UnixRules) -> Result<(), CaptureError> {
+    /// Replaces the rules and routes. The program refuses while `configured` is 0, so it is
+    /// cleared first and set last: a connect during the update is refused, never judged by half
+    /// the rules.
+    ///
+    /// A route's listener path is denied as an exact path (whatever `allow` says): the program
+    /// judges the address the caller passed, before any rewrite, so only a routed connect
+    /// reaches a listener, and the journal's destination is always the routed path.
+    fn configure(
+        &mut self,
+        rules: &UnixRules,
+        routes: &[(UnixPath, UnixPath)],
+    ) -> Result<(), CaptureError> {
         let unconfigured = UnixConfig::default();
         self.config
             .set(0, unconfigured, 0)
@@ -371,10 +401,24 @@ impl UnixMaps {
                 .remove(&key)
                 .map_err(map_err(common::maps::UNIX_PATHS))?;
         }
-        for (path, verdict) in &rules.paths {
+        let listeners = routes
+            .iter()
+            .map(|(_, listener)| (listener, &common::UNIX_DENY));
+        for (path, verdict) in rules.paths.iter().map(|(p, v)| (p, v)).chain(listeners) {
             self.paths
                 .insert(path, verdict, 0)
                 .map_err(map_err(common::maps::UNIX_PATHS))?;
+        }
+        let keys: Vec<UnixPath> = self.routes.keys().filter_map(Result::ok).collect();
+        for key in keys {
+            self.routes
+                .remove(&key)
+                .map_err(map_err(common::maps::UNIX_ROUTES))?;
+        }
+        for (routed, listener) in routes {
+            self.routes
+                .insert(routed, listener, 0)
+                .map_err(map_err(common::maps::UNIX_ROUTES))?;
         }
         let keys: Vec<BasenameKey> = self.basenames.keys().filter_map(Result::ok).collect();
         for key in keys {

@@ -10,10 +10,18 @@
 //! default (`allow`, or `deny` for an allowlist). A refusal fails the call with EPERM and is
 //! reported through `UNIX_REFUSALS` for the journal.
 //!
+//! Routing: a target may list `unix:/path` in its `intercept`. A `connect()` to exactly that path
+//! is rewritten in the kernel (kfunc `bpf_sock_addr_set_sun_path`) to the gateway's own listener
+//! for it (`gateway::unix_routes`), where the session runs like a TCP one to that target. Routes
+//! are decided before any rule, so routing a path the built-in list denies (`.s.PGSQL.5432`) is
+//! how an operator puts a local database socket behind the gate. Only `connect()` is routed: a
+//! datagram `sendmsg()` to a routed path is refused. The listeners' own paths are denied to
+//! direct connects, so the only way in is through a route.
+//!
 //! What it does not do: resolve the path. A symlink or hard link to a denied socket under
 //! another name, or a relative path in the socket's own directory under a renamed file, is
-//! judged by the name the caller used; `default = "deny"` closes that gap. Nor does it route a
-//! socket through the gateway (`unix:` in a target's `intercept` is refused as unsupported).
+//! judged by the name the caller used; `default = "deny"` closes that gap. The same holds for
+//! routes: only the exact path is routed, and another spelling of it meets the rules.
 //!
 //! How it is loaded: aya 0.14 knows no Unix attach type, and a cgroup sock_addr program must be
 //! loaded with the attach type it will be attached with. So this module takes the programs'
@@ -185,30 +193,41 @@ enum Entry {
     Basename(BasenameKey),
 }
 
-fn parse_entry(text: &str) -> Result<Entry, String> {
-    let unix_path = |bytes: &[u8]| -> Result<UnixPath, String> {
-        if bytes.len() > UNIX_PATH_MAX {
-            return Err(format!(
-                "{text:?} is longer than a socket address ({UNIX_PATH_MAX} bytes)"
-            ));
-        }
-        let mut p = UnixPath {
-            len: bytes.len() as u32,
-            ..UnixPath::default()
-        };
-        p.path[..bytes.len()].copy_from_slice(bytes);
-        Ok(p)
+/// A socket address as the program compares it (see [`UnixPath`]).
+fn unix_path(text: &str, bytes: &[u8]) -> Result<UnixPath, String> {
+    if bytes.len() > UNIX_PATH_MAX {
+        return Err(format!(
+            "{text:?} is longer than a socket address ({UNIX_PATH_MAX} bytes)"
+        ));
+    }
+    let mut p = UnixPath {
+        len: bytes.len() as u32,
+        ..UnixPath::default()
     };
+    p.path[..bytes.len()].copy_from_slice(bytes);
+    Ok(p)
+}
+
+/// A filesystem socket path (absolute, no NUL, fits `sun_path`) as the program compares it:
+/// the key of a route, or a listener the program rewrites connects to.
+pub fn filesystem_path(text: &str) -> Result<UnixPath, String> {
+    if !text.starts_with('/') {
+        return Err(format!("{text:?} is not an absolute path"));
+    }
+    if text.contains('\0') {
+        return Err(format!("{text:?} contains a NUL byte"));
+    }
+    unix_path(text, text.as_bytes())
+}
+
+fn parse_entry(text: &str) -> Result<Entry, String> {
     if text.starts_with('/') {
-        if text.contains('\0') {
-            return Err(format!("{text:?} contains a NUL byte"));
-        }
-        return unix_path(text.as_bytes()).map(Entry::Path);
+        return filesystem_path(text).map(Entry::Path);
     }
     if let Some(name) = text.strip_prefix('@') {
         // The kernel's abstract namespace: a leading NUL, then the name.
         let bytes: Vec<u8> = std::iter::once(0).chain(name.bytes()).collect();
-        return unix_path(&bytes).map(Entry::Path);
+        return unix_path(text, &bytes).map(Entry::Path);
     }
     let (name, prefix) = match text.strip_suffix('*') {
         Some(stem) => (stem, true),

@@ -71,14 +71,56 @@ fn a_bad_intercept_names_its_line() {
 }
 
 #[test]
-fn routing_a_unix_socket_is_refused_as_not_supported_yet() {
+fn a_target_routes_unix_socket_paths_to_its_upstream() {
+    let config = parse(
+        "[[target]]\nname = \"pg\"\nprotocol = \"postgres\"\n\
+         intercept = [\"127.0.0.2:5432\", \"unix:/var/run/postgresql/.s.PGSQL.5432\"]\n\
+         upstream = \"127.0.0.1:5432\"\n",
+    )
+    .expect("valid");
+    let targets = config.targets().expect("targets");
+    assert_eq!(
+        targets[0].unix_routes,
+        ["/var/run/postgresql/.s.PGSQL.5432"]
+    );
+    assert_eq!(
+        targets[0].intercept.len(),
+        1,
+        "the TCP pattern stays a pattern"
+    );
+}
+
+#[test]
+fn unix_routes_are_checked_with_their_line() {
+    let route = |intercept: &str, upstream: &str| {
+        parse(&format!(
+            "[[target]]\nname = \"pg\"\nintercept = [\"{intercept}\"]\n{upstream}"
+        ))
+        .expect_err(intercept)
+        .to_string()
+    };
+    // Without an upstream there is nowhere to connect: the agent dialed a file.
+    let text = route("unix:/run/pg/.s.PGSQL.5432", "");
+    assert!(text.starts_with("test.toml:3: "), "{text}");
+    assert!(text.contains("needs an upstream"), "{text}");
+    let up = "upstream = \"127.0.0.1:5432\"\n";
+    assert!(route("unix:@pg", up).contains("abstract"), "abstract names");
+    assert!(
+        route("unix:run/pg.sock", up).contains("absolute"),
+        "relative"
+    );
+    let long = format!("unix:/{}", "x".repeat(200));
+    assert!(route(&long, up).contains("longer"), "too long");
+    // One path, one target.
     let err = parse(
-        "[[target]]\nname = \"pg\"\nprotocol = \"postgres\"\nintercept = [\"unix:/var/run/postgresql/.s.PGSQL.5432\"]\n",
+        "[[target]]\nname = \"a\"\nintercept = [\"unix:/run/x.sock\"]\nupstream = \"127.0.0.1:1\"\n\
+         [[target]]\nname = \"b\"\nintercept = [\"unix:/run/x.sock\"]\nupstream = \"127.0.0.1:2\"\n",
     )
     .unwrap_err();
-    let text = err.to_string();
-    assert!(text.starts_with("test.toml:4: "), "{text}");
-    assert!(text.contains("not supported yet"), "{text}");
+    assert!(err.to_string().contains("another target"), "{err}");
+    // `capture.intercept` is for TCP destinations.
+    let err = parse("[capture]\nintercept = [\"unix:/run/x.sock\"]\n").unwrap_err();
+    assert!(err.to_string().contains("[[target]]"), "{err}");
 }
 
 #[test]

@@ -2,11 +2,13 @@
 //!
 //! Why this exists: it ties capture, journal and protocols together without any of them
 //! knowing about each other. The accept loop here is deliberately dull; the interesting part,
-//! the fixed sequence of phases every session goes through, is in [`session`].
+//! the fixed sequence of phases every session goes through, is in [`session`]. Besides the
+//! loopback TCP listeners it accepts on the listeners of routed Unix sockets ([`unix_routes`]).
 
 pub mod hooks;
 pub mod session;
 pub mod unix_refusals;
+pub mod unix_routes;
 
 use std::{
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
@@ -18,7 +20,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::task::TaskTracker;
 
 use crate::{
-    capture::{identity::IdentityCache, ConnectionLookup},
+    capture::{identity::IdentityCache, peer::CapturedCgroups, ConnectionLookup},
     config::{DestPattern, Target},
     journal::Journal,
 };
@@ -60,6 +62,9 @@ pub struct Gateway {
     pub mask_key: Option<std::sync::Arc<crate::mask::HashKey>>,
     /// Rows of each result the journal keeps (masked).
     pub sample_rows: usize,
+    /// Where the programs are attached: a routed Unix connection is served only to a peer in
+    /// one of these (`capture::peer`).
+    pub captured: CapturedCgroups,
 }
 
 impl Gateway {
@@ -100,10 +105,12 @@ pub fn route_in(targets: &[Target], original_dst: SocketAddr) -> Option<&Target>
         .or_else(|| targets.iter().find(|t| intercepts(t, false)))
 }
 
-/// The proxy's listening sockets: 127.0.0.1 and, when the host has IPv6, [::1].
+/// The proxy's listening sockets: 127.0.0.1 and, when the host has IPv6, [::1]; and one Unix
+/// listener per routed socket path (bound separately, [`unix_routes::bind`]).
 pub struct Listeners {
     pub v4: TcpListener,
     pub v6: Option<TcpListener>,
+    pub unix: Vec<unix_routes::RouteListener>,
 }
 
 impl Listeners {
@@ -113,13 +120,23 @@ impl Listeners {
             let v4 = listen(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))?;
             let chosen = v4.local_addr()?.port();
             match listen(SocketAddr::from((Ipv6Addr::LOCALHOST, chosen))) {
-                Ok(v6) => return Ok(Listeners { v4, v6: Some(v6) }),
+                Ok(v6) => {
+                    return Ok(Listeners {
+                        v4,
+                        v6: Some(v6),
+                        unix: Vec::new(),
+                    })
+                }
                 // Another process holds [::1]:chosen; with an ephemeral port, try another.
                 Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && port == 0 => continue,
                 // No IPv6 on this host: IPv6 connects will be refused (fail closed).
                 Err(e) => {
                     tracing::warn!(error = %e, "no IPv6 loopback listener; captured IPv6 connections will be refused");
-                    return Ok(Listeners { v4, v6: None });
+                    return Ok(Listeners {
+                        v4,
+                        v6: None,
+                        unix: Vec::new(),
+                    });
                 }
             }
         }
@@ -174,6 +191,23 @@ pub async fn drain(
     journal.flush().await
 }
 
+/// Accepts until the task is aborted, handing each connection to `start`.
+async fn accept_loop<C, F>(accept: impl Fn() -> F, start: impl Fn(C))
+where
+    F: std::future::Future<Output = std::io::Result<C>>,
+{
+    loop {
+        match accept().await {
+            Ok(connection) => start(connection),
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning; keep serving.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 /// Accepts on all listeners until `shutdown` fires, one task per connection, and journals the
 /// kernel's Unix-socket refusals. Returns the tracker so the caller can wait for in-flight
 /// sessions (and the last refusals) to finish journaling.
@@ -197,18 +231,30 @@ pub async fn serve(
         let gateway = gateway.clone();
         let tracker = tracker.clone();
         accepts.push(tokio::spawn(async move {
-            loop {
-                match listener.accept().await {
-                    Ok((stream, peer)) => {
-                        tracker.spawn(session::run(gateway.clone(), stream, peer));
-                    }
-                    Err(e) => {
-                        // EMFILE and friends: back off instead of spinning; keep serving.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
-            }
+            accept_loop(
+                || listener.accept(),
+                |(stream, peer)| {
+                    tracker.spawn(session::run(gateway.clone(), stream, peer));
+                },
+            )
+            .await
+        }));
+    }
+    for route in listeners.unix {
+        let gateway = gateway.clone();
+        let tracker = tracker.clone();
+        accepts.push(tokio::spawn(async move {
+            accept_loop(
+                || route.listener.accept(),
+                |(stream, _)| {
+                    tracker.spawn(session::run_unix(
+                        gateway.clone(),
+                        stream,
+                        route.route.clone(),
+                    ));
+                },
+            )
+            .await
         }));
     }
     let _ = shutdown.wait_for(|stop| *stop).await;

@@ -3,8 +3,14 @@
 //!
 //! 1. **identify**: the kernel's connect-time record for this client tuple, completed from
 //!    /proc. No record means the connection did not come through our hooks: journal an anomaly
-//!    and close.
+//!    and close. A routed Unix connection has no kernel record: its peer's credentials stand
+//!    in, and a peer outside the captured cgroups is an anomaly in the same way
+//!    (`capture::peer`).
 //! 2. **route**: which target (if any) the original destination belongs to, and the upstream.
+//!    A routed Unix socket belongs to the target of the listener it arrived on.
+//!
+//! From phase 3 on, a session is the same whichever listener it came from: the agent's leg is a
+//! [`ClientStream`], TCP or Unix.
 //! 3. **decide**: policy judges the connection itself (an egress allowlist for plain TCP).
 //! 4. **record**: the session and that decision are committed to the journal *before*
 //!    anything goes upstream. If the journal cannot be written, the connection is closed.
@@ -13,41 +19,126 @@
 //! 7. **relay**: the protocol module moves the bytes, judging each command through the hooks.
 //! 8. **log**: always runs last: close, byte counts and outcome go to the journal.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, os::fd::AsFd as _, sync::Arc};
 
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 use tracing::Instrument as _;
 
 use super::{
     hooks::{SessionHooks, SessionInfo},
+    unix_routes::UnixRoute,
     Gateway,
 };
 use crate::{
-    capture::{identity::Identity, programs::key_addr},
+    capture::{identity::Identity, peer, programs::key_addr},
     config::Target,
     journal::{Event, NewSession, Outcome},
     policy::{DecisionKind, Request, Subject},
-    protocol::{self, Counters},
+    protocol::{self, ClientStream, Counters},
 };
 
-pub async fn run(gateway: Arc<Gateway>, client: TcpStream, peer: SocketAddr) {
-    let span = tracing::info_span!("session", client = %peer);
-    handle(gateway, client, peer).instrument(span).await
+/// Who arrived, where they were going, and the target that is: the outcome of phases 1 and 2.
+struct Arrival<'g> {
+    identity: Identity,
+    /// The client's address as journaled: `ip:port`, or `unix` for a routed socket.
+    client_addr: String,
+    /// What the client dialed, as journaled: `ip:port`, or `unix:<path>`.
+    destination: String,
+    /// The TCP address the client dialed (`None` for a routed Unix socket): the upstream of a
+    /// target without one, and what the loop guard checks.
+    dialed: Option<SocketAddr>,
+    target: Option<&'g Target>,
 }
 
-async fn handle(gateway: Arc<Gateway>, client: TcpStream, peer: SocketAddr) {
-    // Phase 1: identify.
-    let Some(record) = gateway.lookup.take(peer) else {
-        journal_anomaly(&gateway, peer).await;
-        return; // dropping `client` closes it
-    };
-    let identity = gateway.identities.identify(&record);
-    let original_dst = key_addr(&record.dst);
+/// A TCP connection from the loopback listeners.
+pub async fn run(gateway: Arc<Gateway>, client: TcpStream, peer: SocketAddr) {
+    let span = tracing::info_span!("session", client = %peer);
+    async {
+        // Phase 1: identify.
+        let Some(record) = gateway.lookup.take(peer) else {
+            tracing::warn!(client = %peer, "connection without a capture record: closed");
+            let anomaly = Anomaly {
+                client_addr: peer.to_string(),
+                original_dst: "unknown".to_owned(),
+                protocol: "tcp",
+                identity: Identity::default(),
+                reason: "no capture record for client".to_owned(),
+                detail: "no capture record",
+            };
+            journal_anomaly(&gateway, anomaly).await;
+            return; // dropping `client` closes it
+        };
+        let identity = gateway.identities.identify(&record);
+        let original_dst = key_addr(&record.dst);
+        // Phase 2: route.
+        let arrival = Arrival {
+            identity,
+            client_addr: peer.to_string(),
+            destination: original_dst.to_string(),
+            dialed: Some(original_dst),
+            target: gateway.route(original_dst),
+        };
+        handle(&gateway, arrival, client).await
+    }
+    .instrument(span)
+    .await
+}
 
-    // Phase 2: route.
-    let target = gateway.route(original_dst);
+/// A connection the kernel routed from `route.routed` to this listener (`unix_routes`).
+pub async fn run_unix(gateway: Arc<Gateway>, client: UnixStream, route: Arc<UnixRoute>) {
+    let span = tracing::info_span!("session", client = "unix", routed = %route.routed);
+    async {
+        let destination = format!("unix:{}", route.routed);
+        // Phase 1: identify, by the peer's credentials, and only a captured peer: anyone on
+        // the host can reach the listener's file.
+        let record = match peer::attribute(client.as_fd(), &gateway.captured) {
+            Ok(record) => record,
+            Err(e) => {
+                tracing::warn!(error = %e, %destination, "routed Unix connection from outside the capture: closed");
+                let (pid, uid, gid) = e.credentials().unwrap_or_default();
+                let anomaly = Anomaly {
+                    client_addr: "unix".to_owned(),
+                    original_dst: destination,
+                    protocol: "unix",
+                    identity: Identity {
+                        pid,
+                        uid,
+                        gid,
+                        ..Identity::default()
+                    },
+                    reason: e.to_string(),
+                    detail: "not a captured process",
+                };
+                journal_anomaly(&gateway, anomaly).await;
+                return;
+            }
+        };
+        let identity = gateway.identities.identify(&record);
+        // Phase 2: route. The listener is the route's; config validation gave its target an
+        // upstream.
+        let arrival = Arrival {
+            identity,
+            client_addr: "unix".to_owned(),
+            destination,
+            dialed: None,
+            target: gateway.targets.iter().find(|t| t.name == route.target),
+        };
+        handle(&gateway, arrival, client).await
+    }
+    .instrument(span)
+    .await
+}
+
+async fn handle(gateway: &Gateway, arrival: Arrival<'_>, client: impl ClientStream) {
+    let Arrival {
+        identity,
+        client_addr,
+        destination,
+        dialed,
+        target,
+    } = arrival;
     let protocol = target.map(|t| t.protocol).unwrap_or_default();
-    let upstream_addr = target.and_then(|t| t.upstream).unwrap_or(original_dst);
+    let upstream_addr = target.and_then(|t| t.upstream).or(dialed);
 
     // Phase 3: decide about the connection itself.
     let groups = gateway
@@ -64,7 +155,6 @@ async fn handle(gateway: Arc<Gateway>, client: TcpStream, peer: SocketAddr) {
         run_id: Some(run_id.clone()),
     };
     let target_name = target.map(|t| t.name.clone());
-    let destination = original_dst.to_string();
     let connection = gateway.policy.evaluate(
         &subject,
         target_name.as_deref(),
@@ -91,11 +181,11 @@ async fn handle(gateway: Arc<Gateway>, client: TcpStream, peer: SocketAddr) {
     let session = NewSession {
         run_id: Some(run_id),
         identity,
-        client_addr: peer.to_string(),
+        client_addr,
         original_dst: destination.clone(),
         target: target_name.clone(),
         protocol: protocol.as_str().to_owned(),
-        upstream: Some(upstream_addr.to_string()),
+        upstream: upstream_addr.map(|a| a.to_string()),
         decision: Some(connection.decision.as_str().to_owned()),
         rule: connection.rule.clone(),
     };
@@ -103,11 +193,11 @@ async fn handle(gateway: Arc<Gateway>, client: TcpStream, peer: SocketAddr) {
     let session_id = match gateway.journal.open_session(session).await {
         Ok(id) => id,
         Err(e) => {
-            tracing::error!(error = %e, %original_dst, pid, "journal unavailable: refusing connection");
+            tracing::error!(error = %e, %destination, pid, "journal unavailable: refusing connection");
             return;
         }
     };
-    tracing::info!(session_id, pid, %original_dst, "session opened");
+    tracing::info!(session_id, pid, %destination, "session opened");
 
     let counters = Counters::default();
     let hooks = SessionHooks::new(
@@ -125,20 +215,27 @@ async fn handle(gateway: Arc<Gateway>, client: TcpStream, peer: SocketAddr) {
         },
     );
     let refused = (connection.decision != DecisionKind::Allow).then(|| connection.message.clone());
-    let (outcome, detail) = match refused {
-        Some(message) => {
+    let (outcome, detail) = match (refused, upstream_addr) {
+        (Some(message), _) => {
             // Phase 5: a connection policy does not allow is refused (and so are reviews of
             // connections: there is nothing to hold).
-            tracing::warn!(session_id, %original_dst, "connection refused by policy");
+            tracing::warn!(session_id, %destination, "connection refused by policy");
             protocol::refuse(target, client, &message).await;
             (Outcome::Refused, Some(message))
         }
-        None => {
+        (None, None) => {
+            // A routed socket whose target is gone: nowhere to go, and no dialed address to
+            // fall back on.
+            let message = "no upstream for this destination".to_owned();
+            protocol::refuse(target, client, &message).await;
+            (Outcome::Refused, Some(message))
+        }
+        (None, Some(upstream_addr)) => {
             relay_phases(
-                &gateway,
+                gateway,
                 &hooks,
                 client,
-                original_dst,
+                dialed,
                 upstream_addr,
                 target,
                 &counters,
@@ -168,14 +265,14 @@ async fn handle(gateway: Arc<Gateway>, client: TcpStream, peer: SocketAddr) {
 async fn relay_phases(
     gateway: &Gateway,
     hooks: &SessionHooks,
-    client: TcpStream,
-    original_dst: SocketAddr,
+    client: impl ClientStream,
+    dialed: Option<SocketAddr>,
     upstream_addr: SocketAddr,
     target: Option<&Target>,
     counters: &Counters,
 ) -> (Outcome, Option<String>) {
     // Phase 5: admit.
-    if gateway.is_own_address(upstream_addr) || gateway.is_own_address(original_dst) {
+    if gateway.is_own_address(upstream_addr) || dialed.is_some_and(|d| gateway.is_own_address(d)) {
         return (
             Outcome::Refused,
             Some("destination is the gateway itself".to_owned()),
@@ -212,7 +309,7 @@ async fn relay_phases(
         target,
         shared: &gateway.protocols,
         counters,
-        dialed: original_dst,
+        dialed,
         upstream_addr,
     };
     match protocol::serve(session, client, upstream).await {
@@ -221,19 +318,37 @@ async fn relay_phases(
     }
 }
 
-async fn journal_anomaly(gateway: &Gateway, peer: SocketAddr) {
-    tracing::warn!(client = %peer, "connection without a capture record: closed");
+/// A connection the gateway cannot attribute to a captured process, as journaled.
+struct Anomaly {
+    client_addr: String,
+    original_dst: String,
+    protocol: &'static str,
+    /// What is known of the peer (nothing, for TCP); never trusted, so always marked stale.
+    identity: Identity,
+    reason: String,
+    detail: &'static str,
+}
+
+async fn journal_anomaly(gateway: &Gateway, anomaly: Anomaly) {
+    let Anomaly {
+        client_addr,
+        original_dst,
+        protocol,
+        identity,
+        reason,
+        detail,
+    } = anomaly;
     let session = NewSession {
         run_id: None,
         identity: Identity {
             comm: String::new(),
             stale: true,
-            ..Identity::default()
+            ..identity
         },
-        client_addr: peer.to_string(),
-        original_dst: "unknown".to_owned(),
+        client_addr: client_addr.clone(),
+        original_dst,
         target: None,
-        protocol: "tcp".to_owned(),
+        protocol: protocol.to_owned(),
         upstream: None,
         decision: None,
         rule: None,
@@ -247,13 +362,13 @@ async fn journal_anomaly(gateway: &Gateway, peer: SocketAddr) {
                 ..Event::note(
                     Some(id),
                     "anomaly",
-                    serde_json::json!({ "reason": "no capture record for client", "client": peer.to_string() }),
+                    serde_json::json!({ "reason": reason, "client": client_addr }),
                 )
             })
             .await?;
         gateway
             .journal
-            .close_session(id, 0, 0, Outcome::Anomaly, Some("no capture record".to_owned()))
+            .close_session(id, 0, 0, Outcome::Anomaly, Some(detail.to_owned()))
             .await
     }
     .await;

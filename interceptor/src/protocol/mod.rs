@@ -5,16 +5,26 @@
 //! ([`tcp`]) relays bytes; PostgreSQL ([`postgres`]) turns statements into commands. Adding a
 //! protocol is a new module here, a [`Shared`] field if it needs cross-session state, and one
 //! match arm in [`serve`].
+//!
+//! The agent's leg is any [`ClientStream`]: TCP from the loopback listeners, or a Unix stream
+//! from a routed socket (`gateway::unix_routes`), so each protocol is written once for both. The
+//! upstream leg is always TCP.
 
 pub mod postgres;
 pub mod tcp;
 
 use std::{
+    future::Future,
+    io,
     net::SocketAddr,
+    os::fd::AsRawFd,
     sync::atomic::{AtomicU64, Ordering},
 };
 
-use tokio::net::TcpStream;
+use tokio::{
+    io::{Interest, Ready},
+    net::{TcpStream, UnixStream},
+};
 
 use crate::{
     command::Hooks,
@@ -56,6 +66,41 @@ pub async fn both_directions<E>(
     Ok(())
 }
 
+/// What the relays need of a socket besides reading and writing: readiness and its descriptor
+/// (the TCP relay splices between descriptors), and Nagle turned off where the transport has it.
+pub trait Socket: AsRawFd + Send + Sync + 'static {
+    fn ready(&self, interest: Interest) -> impl Future<Output = io::Result<Ready>> + Send;
+    fn try_io<R>(&self, interest: Interest, f: impl FnOnce() -> io::Result<R>) -> io::Result<R>;
+    fn no_delay(&self);
+}
+
+/// The agent's leg of a session.
+pub trait ClientStream: Socket + postgres::Io {}
+impl<T: Socket + postgres::Io> ClientStream for T {}
+
+impl Socket for TcpStream {
+    async fn ready(&self, interest: Interest) -> io::Result<Ready> {
+        TcpStream::ready(self, interest).await
+    }
+    fn try_io<R>(&self, interest: Interest, f: impl FnOnce() -> io::Result<R>) -> io::Result<R> {
+        TcpStream::try_io(self, interest, f)
+    }
+    fn no_delay(&self) {
+        let _ = self.set_nodelay(true);
+    }
+}
+
+impl Socket for UnixStream {
+    async fn ready(&self, interest: Interest) -> io::Result<Ready> {
+        UnixStream::ready(self, interest).await
+    }
+    fn try_io<R>(&self, interest: Interest, f: impl FnOnce() -> io::Result<R>) -> io::Result<R> {
+        UnixStream::try_io(self, interest, f)
+    }
+    /// A Unix stream has no Nagle to turn off.
+    fn no_delay(&self) {}
+}
+
 /// State protocols keep across sessions (TLS material, cancel keys).
 pub struct Shared {
     pub postgres: postgres::Shared,
@@ -87,13 +132,14 @@ pub struct Session<'a, H: Hooks> {
     pub target: Option<&'a Target>,
     pub shared: &'a Shared,
     pub counters: &'a Counters,
-    pub dialed: SocketAddr,
+    /// The TCP address the client dialed; `None` for a routed Unix socket.
+    pub dialed: Option<SocketAddr>,
     pub upstream_addr: SocketAddr,
 }
 
 /// Tells a client that its session cannot start, in its protocol if it has one (plain TCP
 /// just closes). Bounded in time: a silent client cannot hold the task.
-pub async fn refuse(target: Option<&Target>, client: TcpStream, reason: &str) {
+pub async fn refuse(target: Option<&Target>, client: impl ClientStream, reason: &str) {
     if let Some(t) = target.filter(|t| t.protocol == Protocol::Postgres) {
         let refusal = postgres::refuse_before_startup(client, t, reason);
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), refusal).await;
@@ -103,7 +149,7 @@ pub async fn refuse(target: Option<&Target>, client: TcpStream, reason: &str) {
 /// Runs the relay phase of the session's protocol until both sides are done or one fails.
 pub async fn serve<H: Hooks>(
     session: Session<'_, H>,
-    client: TcpStream,
+    client: impl ClientStream,
     upstream: TcpStream,
 ) -> Result<(), ProtocolError> {
     match session.target {

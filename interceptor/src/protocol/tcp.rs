@@ -2,7 +2,8 @@
 //! directions. Half-closes are propagated (a client that shuts down its write side still gets
 //! the rest of the response), and the counters stay accurate when a side fails mid-stream.
 //!
-//! The bytes never enter user space: each direction splices socket → pipe → socket. On a
+//! The bytes never enter user space: each direction splices socket → pipe → socket (the
+//! client's socket may be TCP or a routed Unix stream; splice takes both). On a
 //! 2-core host this roughly halves the proxy's CPU per byte against read/write with a buffer
 //! (see docs/performance.md), which is what lets the relay keep up with a direct connection.
 //! Protocols that must look at the bytes (PostgreSQL) use their own codec instead.
@@ -15,14 +16,18 @@ use std::{
 
 use tokio::{io::Interest, net::TcpStream};
 
-use super::Counters;
+use super::{Counters, Socket};
 
 /// Bytes moved per splice call, and the pipe size we ask for.
 const CHUNK: usize = 1 << 20;
 
-pub async fn relay(client: TcpStream, upstream: TcpStream, counters: &Counters) -> io::Result<()> {
-    let _ = client.set_nodelay(true);
-    let _ = upstream.set_nodelay(true);
+pub async fn relay(
+    client: impl Socket,
+    upstream: TcpStream,
+    counters: &Counters,
+) -> io::Result<()> {
+    client.no_delay();
+    upstream.no_delay();
     let up = pump(&client, &upstream, &counters.up);
     let down = pump(&upstream, &client, &counters.down);
     super::both_directions(up, down).await
@@ -81,13 +86,13 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
     }
 }
 
-async fn pump(from: &TcpStream, to: &TcpStream, counter: &AtomicU64) -> io::Result<()> {
+async fn pump(from: &impl Socket, to: &impl Socket, counter: &AtomicU64) -> io::Result<()> {
     // Created on the first data, not up front: many connections only ever talk one way.
     let mut pipe: Option<Pipe> = None;
     loop {
         // Fill the pipe from the source socket. The pipe is always empty here.
         let n = loop {
-            from.readable().await?;
+            from.ready(Interest::READABLE).await?;
             let pipe = match &pipe {
                 Some(pipe) => pipe,
                 None => pipe.insert(Pipe::new()?),
@@ -112,7 +117,7 @@ async fn pump(from: &TcpStream, to: &TcpStream, counter: &AtomicU64) -> io::Resu
         // Drain the pipe into the destination socket.
         let mut left = n;
         while left > 0 {
-            to.writable().await?;
+            to.ready(Interest::WRITABLE).await?;
             match to.try_io(Interest::WRITABLE, || {
                 splice(pipe.read.as_raw_fd(), to.as_raw_fd(), left)
             }) {

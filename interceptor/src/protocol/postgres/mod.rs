@@ -36,6 +36,8 @@ use tokio::{
     net::TcpStream,
 };
 
+use super::ClientStream;
+
 use crate::{
     command::{HookError, Hooks},
     config::{Protocol, Target},
@@ -118,15 +120,16 @@ pub struct Context<'a, H: Hooks> {
     pub target: &'a Target,
     pub shared: &'a Shared,
     pub counters: &'a Counters,
-    /// What the client dialed: the name its TLS certificate must carry.
-    pub dialed: SocketAddr,
+    /// What the client dialed: the name its TLS certificate must carry (`None`: a routed Unix
+    /// socket, which has no address to name).
+    pub dialed: Option<SocketAddr>,
     /// Where `upstream` is connected, for cancel requests.
     pub upstream_addr: SocketAddr,
 }
 
 /// Answers a client whose upstream is unreachable: reads its start-up (declining TLS, which
 /// the client may refuse; then it just sees the connection close) and sends an ErrorResponse.
-pub async fn refuse_before_startup(client: TcpStream, target: &Target, reason: &str) {
+pub async fn refuse_before_startup(client: impl ClientStream, target: &Target, reason: &str) {
     let mut client: BoxIo = Box::new(client);
     loop {
         match codec::read_startup(&mut client, target.max_message_bytes).await {
@@ -152,10 +155,10 @@ pub async fn refuse_before_startup(client: TcpStream, target: &Target, reason: &
 /// Runs a whole PostgreSQL session: start-up on both legs, then the query phase.
 pub async fn serve<H: Hooks>(
     ctx: Context<'_, H>,
-    client: TcpStream,
+    client: impl ClientStream,
     upstream: TcpStream,
 ) -> Result<(), PgError> {
-    let _ = client.set_nodelay(true);
+    client.no_delay();
     let _ = upstream.set_nodelay(true);
     let upstream_tls = ctx
         .shared

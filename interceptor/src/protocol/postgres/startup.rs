@@ -75,7 +75,7 @@ pub async fn refuse(io: &mut BoxIo, sqlstate: &str, text: &str) {
 /// Runs start-up. `Ok(None)`: nothing more to do (a cancel request, or the client left).
 pub async fn establish<H: Hooks>(
     ctx: &Context<'_, H>,
-    client: TcpStream,
+    client: impl crate::protocol::ClientStream,
     upstream: TcpStream,
     upstream_tls: &tls::Upstream,
 ) -> Result<Option<Legs>, PgError> {
@@ -184,14 +184,18 @@ async fn accept_client_tls<H: Hooks>(
         .await
         .map_err(|e| PgError::ClientTls(e.to_string()))?;
     // The certificate names what the client dialed: its SNI host name when it sent one, and
-    // the address, so verify-full works whether it connected by name or by IP.
+    // the address, so verify-full works whether it connected by name or by IP. A routed Unix
+    // socket has no address (libpq never asks for TLS there): "localhost" stands in for it.
     let mut names: Vec<String> = start
         .client_hello()
         .server_name()
         .map(str::to_owned)
         .into_iter()
         .collect();
-    names.push(ctx.dialed.ip().to_string());
+    names.push(
+        ctx.dialed
+            .map_or_else(|| "localhost".to_owned(), |d| d.ip().to_string()),
+    );
     let config = ca
         .server_config(&names)
         .map_err(|e| PgError::ClientTls(e.to_string()))?;
