@@ -22,6 +22,14 @@ struct Cli {
     /// Configuration file. Without one, embedded defaults apply.
     #[arg(long, global = true, value_name = "PATH")]
     config: Option<PathBuf>,
+    /// More diagnostics from interceptor itself (dependencies stay at warn): -v debug,
+    /// -vv trace.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Diagnostics filter, in tracing's EnvFilter syntax (e.g. `interceptor=debug,warn`).
+    /// Overrides -v and RUST_LOG.
+    #[arg(long, global = true, value_name = "FILTER", value_parser = interceptor::logging::parse_filter)]
+    log_level: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -270,11 +278,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let asked = interceptor::logging::asked(cli.log_level.as_deref(), cli.verbose);
     // exec shares the terminal with CMD: only warnings and errors by default.
-    interceptor::logging::init(match cli.command {
-        Command::Exec { .. } => "warn",
-        _ => "info",
-    });
+    let exec = matches!(cli.command, Command::Exec { .. });
+    interceptor::logging::init(asked.as_deref(), if exec { "warn" } else { "info" });
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
