@@ -78,12 +78,42 @@ fn stderr_is_journal() -> bool {
     }
 }
 
-/// Installs the global subscriber. `default_level` applies when `RUST_LOG` is unset. If
-/// journald was chosen but its socket cannot be reached, JSON lines on stderr are used instead
-/// (stderr is still the journal, so nothing is lost) and a warning says so.
-pub fn init(default_level: &str) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+/// `-v`: our crates at debug, every dependency at warn. Targets match by prefix, so
+/// `interceptor` covers `interceptor_common` too. Dependencies (rustls, hyper, aya) log a lot
+/// at debug, and an operator chasing a gateway problem wants the gateway's lines.
+const VERBOSE: &str = "warn,interceptor=debug";
+/// `-vv`: the same, with our trace lines.
+const VERY_VERBOSE: &str = "warn,interceptor=trace";
+
+/// The filter the command line asks for: `--log-level` as given, else one for `-v`/`-vv`,
+/// else none (then `RUST_LOG`, then the command's default apply).
+pub fn asked(log_level: Option<&str>, verbose: u8) -> Option<String> {
+    match (log_level, verbose) {
+        (Some(filter), _) => Some(filter.to_owned()),
+        (None, 0) => None,
+        (None, 1) => Some(VERBOSE.to_owned()),
+        (None, _) => Some(VERY_VERBOSE.to_owned()),
+    }
+}
+
+/// Validates a `--log-level` value (for clap), so a typo is a usage error rather than a
+/// silently ignored filter.
+pub fn parse_filter(text: &str) -> Result<String, String> {
+    EnvFilter::try_new(text)
+        .map(|_| text.to_owned())
+        .map_err(|e| format!("not a log filter ({e}); e.g. debug, or warn,interceptor=debug"))
+}
+
+/// Installs the global subscriber. The filter is `asked` (from the command line) if given,
+/// else `RUST_LOG`, else `default_level`. If journald was chosen but its socket cannot be
+/// reached, JSON lines on stderr are used instead (stderr is still the journal, so nothing is
+/// lost) and a warning says so.
+pub fn init(asked: Option<&str>, default_level: &str) {
+    let filter = match asked.map(EnvFilter::try_new) {
+        Some(Ok(filter)) => filter,
+        // Validated by `parse_filter` already; the environment is the next choice.
+        _ => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
+    };
     let (mut format, note) = choose();
     let mut fallback = None;
     if format == Format::Journald {
@@ -135,5 +165,20 @@ pub fn init(default_level: &str) {
     };
     for warning in note.into_iter().chain(fallback) {
         tracing::warn!("{warning}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_choose_the_filter_and_log_level_wins() {
+        assert_eq!(asked(None, 0), None);
+        assert_eq!(asked(None, 1).as_deref(), Some(VERBOSE));
+        assert_eq!(asked(None, 3).as_deref(), Some(VERY_VERBOSE));
+        assert_eq!(asked(Some("trace"), 1).as_deref(), Some("trace"));
+        assert!(parse_filter("warn,interceptor=debug").is_ok());
+        assert!(parse_filter("interceptor=loud").is_err());
     }
 }

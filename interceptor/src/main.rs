@@ -1,7 +1,11 @@
 //! The `interceptor` command line: parse, validate into a config, dispatch. Everything with
 //! logic lives in the library; this file only turns errors into messages and exit codes.
 
+mod cli_exit;
+
 use std::{path::PathBuf, process::ExitCode};
+
+use cli_exit::Failure;
 
 use clap::{Parser, Subcommand};
 use interceptor::{
@@ -22,6 +26,14 @@ struct Cli {
     /// Configuration file. Without one, embedded defaults apply.
     #[arg(long, global = true, value_name = "PATH")]
     config: Option<PathBuf>,
+    /// More diagnostics from interceptor itself (dependencies stay at warn): -v debug,
+    /// -vv trace.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Diagnostics filter, in tracing's EnvFilter syntax (e.g. `interceptor=debug,warn`).
+    /// Overrides -v and RUST_LOG.
+    #[arg(long, global = true, value_name = "FILTER", value_parser = interceptor::logging::parse_filter)]
+    log_level: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -270,17 +282,16 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let asked = interceptor::logging::asked(cli.log_level.as_deref(), cli.verbose);
     // exec shares the terminal with CMD: only warnings and errors by default.
-    interceptor::logging::init(match cli.command {
-        Command::Exec { .. } => "warn",
-        _ => "info",
-    });
+    let exec = matches!(cli.command, Command::Exec { .. });
+    interceptor::logging::init(asked.as_deref(), if exec { "warn" } else { "info" });
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
             // Our error types already include their causes in their messages.
             eprintln!("interceptor: {e}");
-            ExitCode::from(2)
+            cli_exit::classify(&e, exec).into()
         }
     }
 }
@@ -376,7 +387,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             command: JournalCommand::Prune,
         } => {
             let Some(retention_days) = config.journal.retention_days else {
-                anyhow::bail!("journal prune: set [journal] retention_days to say what may go");
+                return Err(Failure::usage(
+                    "journal prune: set [journal] retention_days to say what may go",
+                ));
             };
             let options = interceptor::journal::PruneOptions {
                 retention_days,
@@ -391,7 +404,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             command: JournalCommand::Export { format, since },
         } => {
             if format != "ocsf" {
-                anyhow::bail!("journal export: unknown format {format:?} (known: ocsf)");
+                return Err(Failure::usage(format!(
+                    "journal export: unknown format {format:?} (known: ocsf)"
+                )));
             }
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             match interceptor::ship::export(&config.journal.path, since.unwrap_or(0), &mut out) {
@@ -422,7 +437,7 @@ async fn run_approvals(
     command: ApprovalsCommand,
 ) -> anyhow::Result<ExitCode> {
     use interceptor::approval::{
-        control::{self, Answer, Call},
+        control::{self, Answer, Call, ControlError},
         Scope,
     };
     if let ApprovalsCommand::Watch = command {
@@ -434,10 +449,7 @@ async fn run_approvals(
         None => control::sockets(&config.approvals.socket),
     };
     if sockets.is_empty() {
-        anyhow::bail!(
-            "no control socket at {} (is `interceptor run` or an `exec` running?)",
-            config.approvals.socket.display()
-        );
+        return Err(ControlError::NotRunning(config.approvals.socket.clone()).into());
     }
     let call = match &command {
         ApprovalsCommand::List { .. } | ApprovalsCommand::Watch => Call::List,
@@ -447,7 +459,11 @@ async fn run_approvals(
             scope: match scope.as_str() {
                 "once" => Scope::Once,
                 "run" => Scope::Run,
-                other => anyhow::bail!("--scope must be once or run, not {other:?}"),
+                other => {
+                    return Err(Failure::usage(format!(
+                        "--scope must be once or run, not {other:?}"
+                    )))
+                }
             },
             reason: reason.clone(),
         },
@@ -457,57 +473,92 @@ async fn run_approvals(
         },
     };
     let mut requests = Vec::new();
+    let mut answered = false;
+    // Sockets nobody listens on (left by killed runs) are noted and skipped; any other
+    // failure means the answer may be incomplete.
+    let mut stale = Vec::new();
     let mut errors = Vec::new();
     for path in &sockets {
-        match control::call(path, &call).await {
-            Ok(Answer::Requests(list)) => requests.extend(list),
+        let error = match control::call(path, &call).await {
+            Ok(Answer::Requests(list)) => {
+                answered = true;
+                requests.extend(list);
+                continue;
+            }
             Ok(Answer::Request(r)) => {
                 // A decision or a show: one socket knows the id; that is the answer.
                 println!("{}", serde_json::to_string_pretty(&r)?);
                 return Ok(ExitCode::SUCCESS);
             }
-            Ok(Answer::Error(e)) => errors.push(e),
-            Err(e) => errors.push(format!("{}: {e}", path.display())),
+            Ok(Answer::Error(e)) => {
+                answered = true;
+                ControlError::from_answer(e)
+            }
+            Err(e) => ControlError::from_io(path, &config.approvals.group, e),
+        };
+        if error.is_stale() {
+            stale.push(error);
+        } else {
+            errors.push(error);
         }
+    }
+    if !answered && errors.is_empty() && !stale.is_empty() {
+        // Every socket is stale: no daemon to ask.
+        return Err(stale.swap_remove(0).into());
+    }
+    for s in &stale {
+        eprintln!("interceptor: ignoring {s}");
     }
     match command {
         ApprovalsCommand::List { json } => {
-            if json {
-                println!("{}", serde_json::to_string_pretty(&requests)?);
-            } else if requests.is_empty() {
-                println!("(no pending approvals)");
-            } else {
-                for r in &requests {
-                    println!(
-                        "{}  {}  run {}  {} (pid {}, uid {})  target {}  rule {}\n    {}",
-                        r.id,
-                        r.requested_at,
-                        r.run_id.as_deref().unwrap_or("-"),
-                        r.user.as_deref().unwrap_or("?"),
-                        r.pid,
-                        r.uid,
-                        r.target.as_deref().unwrap_or("-"),
-                        r.rule.as_deref().unwrap_or("-"),
-                        r.statement
-                    );
+            // Failures first, so "(no pending approvals)" is never printed for a list that
+            // could not be read.
+            if let Some(first) = errors.into_iter().next() {
+                if !requests.is_empty() {
+                    print_requests(&requests, json)?;
                 }
+                return Err(first.into());
             }
-            if requests.is_empty() && !errors.is_empty() {
-                anyhow::bail!(errors.join("; "));
-            }
+            print_requests(&requests, json)?;
             Ok(ExitCode::SUCCESS)
         }
         _ => {
             // Every socket said no: the most specific reason is the one that is not "unknown".
             let reason = errors
                 .iter()
-                .find(|e| !e.starts_with("no pending approval"))
-                .or(errors.first())
-                .cloned()
-                .unwrap_or_else(|| "no answer".to_owned());
-            anyhow::bail!(reason)
+                .position(|e| !matches!(e, ControlError::UnknownRequest(_)))
+                .unwrap_or(0);
+            match errors.into_iter().nth(reason) {
+                Some(e) => Err(e.into()),
+                None => Err(anyhow::anyhow!("no answer from {}", sockets[0].display())),
+            }
         }
     }
+}
+
+/// `approvals list`: JSON, or one block per pending request.
+fn print_requests(requests: &[interceptor::approval::Request], json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(requests)?);
+    } else if requests.is_empty() {
+        println!("(no pending approvals)");
+    } else {
+        for r in requests {
+            println!(
+                "{}  {}  run {}  {} (pid {}, uid {})  target {}  rule {}\n    {}",
+                r.id,
+                r.requested_at,
+                r.run_id.as_deref().unwrap_or("-"),
+                r.user.as_deref().unwrap_or("?"),
+                r.pid,
+                r.uid,
+                r.target.as_deref().unwrap_or("-"),
+                r.rule.as_deref().unwrap_or("-"),
+                r.statement
+            );
+        }
+    }
+    Ok(())
 }
 
 fn run_policy(config: &Config, command: PolicyCommand) -> anyhow::Result<ExitCode> {
@@ -555,7 +606,7 @@ fn run_policy(config: &Config, command: PolicyCommand) -> anyhow::Result<ExitCod
             let policies = policy::load_policies(config)?;
             let protocol = config
                 .targets()
-                .map_err(|e| anyhow::anyhow!(e))?
+                .map_err(Failure::usage)?
                 .into_iter()
                 .find(|t| Some(&t.name) == target.as_ref())
                 .map(|t| t.protocol.as_str())
@@ -574,7 +625,7 @@ fn run_policy(config: &Config, command: PolicyCommand) -> anyhow::Result<ExitCod
             let request = match (&sql, &connect) {
                 (Some(text), _) => Request::Sql { text },
                 (None, Some(destination)) => Request::Connect { destination },
-                (None, None) => anyhow::bail!("give --sql TEXT or --connect IP:PORT"),
+                (None, None) => return Err(Failure::usage("give --sql TEXT or --connect IP:PORT")),
             };
             let verdict = engine.evaluate(&subject, target.as_deref(), protocol, request);
             if json {
@@ -619,7 +670,7 @@ fn run_sessions(config: &Config, command: SessionsCommand) -> anyhow::Result<Exi
     let conn = open_read_only(&config.journal.path)?;
     let load = |id: i64| -> anyhow::Result<(SessionRow, Vec<EventRow>)> {
         let session = get_session(&conn, id)?
-            .ok_or_else(|| anyhow::anyhow!("no session {id} in the journal"))?;
+            .ok_or_else(|| Failure::not_found(format!("no session {id} in the journal")))?;
         Ok((session, session_events(&conn, id)?))
     };
     match command {

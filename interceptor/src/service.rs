@@ -295,6 +295,9 @@ pub async fn run(config: Config) -> Result<(), ExecError> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(gateway::serve(gateway, listeners, unix_refusals, stop_rx));
     let shipper = crate::ship::Shipper::start(&config.journal.path, &config.sinks)?;
+    for stale in crate::approval::control::remove_stale(&config.approvals.socket) {
+        tracing::info!(socket = %stale.display(), "removed a stale control socket of an ended run");
+    }
     let control = crate::approval::control::start(
         &config.approvals.socket,
         &config.approvals.group,

@@ -1,6 +1,6 @@
 //! CLI contract: clear errors and exit codes.
 
-use std::{process::Command, time::Duration};
+use std::{os::unix::fs::PermissionsExt as _, process::Command, time::Duration};
 
 use interceptor_tests::*;
 
@@ -30,22 +30,240 @@ fn exit_status_is_the_commands() {
     assert_eq!(out.code(), Some(0), "{}", out.describe());
 }
 
-#[test]
-fn not_root_is_refused() {
-    require_root!();
-    let cfg = TempConfig::new("");
+/// `interceptor --config CFG ARGS…` as uid/gid 65534 with no supplementary groups, as an
+/// operator outside every group would run it.
+fn run_as_nobody(cfg: &TempConfig, args: &[&str]) -> Output {
     // A copy in the world-readable temp dir, so uid 65534 can run it wherever the build lives.
     let bin = cfg.dir().join("interceptor");
-    std::fs::copy(interceptor_bin(), &bin).expect("copy binary");
+    if !bin.exists() {
+        std::fs::copy(interceptor_bin(), &bin).expect("copy binary");
+    }
     let mut cmd = Command::new("setpriv");
     cmd.current_dir("/")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
         .arg(&bin)
         .arg("--config")
         .arg(&cfg.path)
-        .args(["exec", "--", "true"]);
-    let out = run_command(cmd, T);
-    assert_failed_with(&out, "root");
+        .args(args);
+    run_command(cmd, T)
+}
+
+/// `interceptor --config CFG ARGS…` as root.
+fn run_cli(cfg: &TempConfig, args: &[&str]) -> Output {
+    let mut cmd = interceptor_cmd(Some(cfg));
+    cmd.args(args);
+    run_command(cmd, T)
+}
+
+fn assert_exit(out: &Output, code: i32, needle: &str) {
+    assert_failed_with(out, needle);
+    assert_eq!(out.code(), Some(code), "exit status\n{}", out.describe());
+}
+
+#[test]
+fn not_root_is_refused() {
+    require_root!();
+    let cfg = TempConfig::new("");
+    let out = run_as_nobody(&cfg, &["exec", "--", "true"]);
+    // exec's own failure: 125, so it cannot be mistaken for the command's status.
+    assert_exit(&out, 125, "root");
+}
+
+#[test]
+fn exec_of_a_missing_command_exits_127() {
+    require_root!();
+    let cfg = TempConfig::new("");
+    let out = run_exec(&cfg, None, &["/nonexistent/no-such-command"]);
+    assert_exit(&out, 127, "no-such-command");
+    let out = run_exec(&cfg, None, &["no-such-command-on-path-xyz"]);
+    assert_exit(&out, 127, "no-such-command-on-path-xyz");
+}
+
+#[test]
+fn exec_of_a_file_that_is_not_executable_exits_126() {
+    require_root!();
+    let cfg = TempConfig::new("");
+    // The config file itself: it exists, mode 0644.
+    let out = run_exec(&cfg, None, &[&cfg.path]);
+    assert_exit(&out, 126, "permission denied");
+}
+
+#[test]
+fn a_config_error_exits_2() {
+    require_root!();
+    let cfg = TempConfig::raw("[journal]\npath = \"{journal}\"\nbogus = = 1\n");
+    let out = run_cli(&cfg, &["sessions", "list"]);
+    assert_exit(&out, 2, &format!("{}:3:", cfg.path.display()));
+}
+
+#[test]
+fn a_session_that_does_not_exist_exits_4() {
+    require_root!();
+    let cfg = TempConfig::new("");
+    // No journal at all, then a journal without that session: both are "not found".
+    let out = run_cli(&cfg, &["sessions", "show", "42"]);
+    assert_exit(&out, 4, "no journal");
+    let out = run_exec(&cfg, None, &["true"]);
+    assert!(out.success(), "{}", out.describe());
+    let out = run_cli(&cfg, &["sessions", "show", "42"]);
+    assert_exit(&out, 4, "no session 42");
+}
+
+#[test]
+fn a_journal_that_fails_verification_exits_1() {
+    require_root!();
+    let cfg = TempConfig::new("");
+    // One relayed connection leaves a session with its events.
+    let echo = EchoServer::start("127.0.0.1");
+    let out = run_exec(
+        &cfg,
+        None,
+        &[
+            "bash",
+            "-c",
+            &format!("echo hi >/dev/tcp/127.0.0.1/{}", echo.port()),
+        ],
+    );
+    assert!(out.success(), "{}", out.describe());
+    let out = run_cli(&cfg, &["journal", "verify"]);
+    assert!(out.success(), "untouched journal\n{}", out.describe());
+    let mut sqlite = Command::new("sqlite3");
+    sqlite
+        .arg(&cfg.journal)
+        .arg("UPDATE events SET detail = 'edited' WHERE id = (SELECT max(id) FROM events)");
+    let tampered = run_command(sqlite, T);
+    assert!(tampered.success(), "sqlite3\n{}", tampered.describe());
+    let out = run_cli(&cfg, &["journal", "verify"]);
+    assert_eq!(out.code(), Some(1), "{}", out.describe());
+}
+
+/// A config whose `[approvals] socket` is `control.sock` in its own directory (plus `extra`
+/// keys of that table), and that path.
+fn config_with_socket(extra: &str) -> (TempConfig, std::path::PathBuf) {
+    let cfg = TempConfig::new("");
+    let socket = cfg.dir().join("control.sock");
+    cfg.write(&format!(
+        "{}\n[approvals]\nsocket = \"{}\"\n{extra}",
+        cfg.journal_section(),
+        socket.display()
+    ));
+    (cfg, socket)
+}
+
+#[test]
+fn a_stale_control_socket_says_the_daemon_is_not_running_and_exits_5() {
+    require_root!();
+    let (cfg, socket) = config_with_socket("");
+    // A socket file nobody listens on, as a killed daemon leaves it.
+    drop(std::os::unix::net::UnixListener::bind(&socket).expect("bind"));
+    let out = run_cli(&cfg, &["approvals", "list"]);
+    assert_exit(
+        &out,
+        5,
+        &format!(
+            "the interceptor daemon is not running (stale socket at {})",
+            socket.display()
+        ),
+    );
+    assert!(
+        !out.stdout.contains("no pending approvals"),
+        "a list nobody answered is not empty\n{}",
+        out.describe()
+    );
+    // No socket at all: the same code.
+    std::fs::remove_file(&socket).expect("rm socket");
+    let out = run_cli(&cfg, &["approvals", "list"]);
+    assert_exit(&out, 5, "the interceptor daemon is not running");
+}
+
+#[test]
+fn a_live_socket_answers_and_a_stale_run_socket_beside_it_is_ignored() {
+    require_root!();
+    let (cfg, _) = config_with_socket("");
+    let stale = cfg.dir().join("exec-killed-run.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).expect("bind"));
+    // A real gateway's socket: an exec run holding a command open.
+    let mut run = Spawned::spawn(exec_cmd(&cfg, None, &["sleep", "30"]), "exec", false);
+    let deadline = std::time::Instant::now() + T;
+    let live = loop {
+        let found = std::fs::read_dir(cfg.dir())
+            .expect("dir")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| p != &stale && p.extension().is_some_and(|x| x == "sock"));
+        if let Some(p) = found {
+            break p;
+        }
+        assert!(std::time::Instant::now() < deadline, "no run socket");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let out = run_cli(&cfg, &["approvals", "list"]);
+    run.kill_group();
+    assert!(out.success(), "{}", out.describe());
+    assert!(
+        out.stdout.contains("(no pending approvals)"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        out.stderr
+            .contains(&format!("stale socket at {}", stale.display())),
+        "the stale socket is named\n{}",
+        out.describe()
+    );
+    assert!(
+        !out.stderr.contains(&live.display().to_string()),
+        "{}",
+        out.describe()
+    );
+}
+
+#[test]
+fn permission_denied_on_the_control_socket_names_the_group_and_exits_3() {
+    require_root!();
+    let (cfg, socket) = config_with_socket("group = \"approvers-of-this-test\"\n");
+    // Listening, with the mode the daemon gives it (0660, root's group here).
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind");
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o660)).expect("chmod");
+    let out = run_as_nobody(&cfg, &["approvals", "list"]);
+    assert_exit(
+        &out,
+        3,
+        &format!(
+            "permission denied on {}: join the `approvers-of-this-test` group to decide approvals",
+            socket.display()
+        ),
+    );
+}
+
+#[test]
+fn a_journal_the_caller_may_not_read_names_the_group_and_exits_3() {
+    require_root!();
+    let cfg = TempConfig::new("");
+    let out = run_exec(&cfg, None, &["true"]);
+    assert!(out.success(), "{}", out.describe());
+    // As installed: a directory only root and the service's group may enter.
+    let private = cfg.dir().join("state");
+    std::fs::create_dir(&private).expect("mkdir");
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o750)).expect("chmod");
+    let journal = private.join("journal.db");
+    std::fs::rename(&cfg.journal, &journal).expect("move journal");
+    cfg.write(&format!("[journal]\npath = \"{}\"\n", journal.display()));
+    for args in [&["sessions", "list"][..], &["journal", "verify"]] {
+        let out = run_as_nobody(&cfg, args);
+        assert_exit(
+            &out,
+            3,
+            &format!(
+                "permission denied on {}: join the `interceptor` group",
+                journal.display()
+            ),
+        );
+        assert!(
+            !out.stderr.contains("nothing recorded yet"),
+            "{}",
+            out.describe()
+        );
+    }
 }
 
 #[test]

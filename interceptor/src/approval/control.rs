@@ -176,6 +176,67 @@ impl Drop for Served {
     }
 }
 
+/// Why the CLI got no answer from a control socket. The first three are told apart because an
+/// operator acts differently on each: start the daemon, ignore a leftover file, join a group.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ControlError {
+    /// No socket at all where the daemon and `exec` runs put theirs.
+    #[error("the interceptor daemon is not running (no control socket at {0}; start `interceptor run` or an `exec`)")]
+    NotRunning(PathBuf),
+    /// A socket file nobody listens on (ECONNREFUSED): left by a run that was killed.
+    #[error("the interceptor daemon is not running (stale socket at {0})")]
+    Stale(PathBuf),
+    /// The socket is mode 0660 with the approvers group: the caller is not in it.
+    #[error("permission denied on {path}: join the `{group}` group to decide approvals")]
+    PermissionDenied { path: PathBuf, group: String },
+    /// The daemon answered, but knows no pending request with this id.
+    #[error("{0}")]
+    UnknownRequest(String),
+    /// The daemon refused the call (not an approver, self-approval, a reason missing).
+    #[error("{0}")]
+    Refused(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl ControlError {
+    /// A socket that answers nothing because nobody listens: skipped when others answer.
+    pub fn is_stale(&self) -> bool {
+        matches!(self, ControlError::Stale(_) | ControlError::NotRunning(_))
+    }
+
+    /// Classifies an error of [`call`] on `path`; `group` is the configured approvers group.
+    pub fn from_io(path: &Path, group: &str, source: std::io::Error) -> ControlError {
+        let path = path.to_owned();
+        match source.kind() {
+            std::io::ErrorKind::ConnectionRefused => ControlError::Stale(path),
+            // Gone between the scan and the connect: the run ended.
+            std::io::ErrorKind::NotFound => ControlError::NotRunning(path),
+            std::io::ErrorKind::PermissionDenied => ControlError::PermissionDenied {
+                path,
+                group: group.to_owned(),
+            },
+            _ => ControlError::Io { path, source },
+        }
+    }
+
+    /// Classifies an `Answer::Error` text. The wire format carries only the text (old and new
+    /// binaries talk to each other across an upgrade), and unknown ids are the one refusal
+    /// the CLI treats apart, by the prefix [`ApprovalError::Unknown`](super::ApprovalError)
+    /// writes.
+    pub fn from_answer(text: String) -> ControlError {
+        if text.starts_with("no pending approval") {
+            ControlError::UnknownRequest(text)
+        } else {
+            ControlError::Refused(text)
+        }
+    }
+}
+
 /// Client side, for the CLI: sends one call and reads the answer.
 pub async fn call(path: &Path, call: &Call) -> std::io::Result<Answer> {
     let mut stream = UnixStream::connect(path).await?;
@@ -188,6 +249,38 @@ pub async fn call(path: &Path, call: &Call) -> std::io::Result<Answer> {
         .read_line(&mut line)
         .await?;
     serde_json::from_str(&line).map_err(std::io::Error::other)
+}
+
+/// Whether nobody listens on the socket at `path` (ECONNREFUSED). The probe is non-blocking,
+/// so a live daemon with a full backlog (EAGAIN) counts as alive rather than stalling.
+fn is_stale(path: &Path) -> bool {
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    let Ok(addr) = UnixAddr::new(path) else {
+        return false;
+    };
+    let Ok(fd) = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    ) else {
+        return false;
+    };
+    use std::os::fd::AsRawFd as _;
+    matches!(
+        connect(fd.as_raw_fd(), &addr),
+        Err(nix::errno::Errno::ECONNREFUSED)
+    )
+}
+
+/// Removes the sockets of `exec` runs beside `configured` that nobody listens on: a run killed
+/// with SIGKILL leaves its socket behind, and `approvals` would meet it on every call. The
+/// service calls this at start; its own socket is replaced by [`bind`]. Returns what it removed.
+pub fn remove_stale(configured: &Path) -> Vec<PathBuf> {
+    sockets(configured)
+        .into_iter()
+        .filter(|p| p != configured && is_stale(p) && std::fs::remove_file(p).is_ok())
+        .collect()
 }
 
 /// The sockets an approver may mean: the configured one and every `exec` run's.
@@ -208,4 +301,24 @@ pub fn sockets(configured: &Path) -> Vec<PathBuf> {
         }
     }
     found.into_iter().filter(|p| p.exists()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A killed run's socket is removed; a live run's and the service's own path are kept.
+    #[test]
+    fn only_sockets_nobody_listens_on_are_removed() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let configured = dir.path().join("control.sock");
+        let dead = dir.path().join("exec-dead.sock");
+        let live = dir.path().join("exec-live.sock");
+        drop(std::os::unix::net::UnixListener::bind(&configured).expect("bind"));
+        drop(std::os::unix::net::UnixListener::bind(&dead).expect("bind"));
+        let _listening = std::os::unix::net::UnixListener::bind(&live).expect("bind");
+        assert_eq!(remove_stale(&configured), vec![dead.clone()]);
+        assert!(!dead.exists());
+        assert!(live.exists() && configured.exists());
+    }
 }

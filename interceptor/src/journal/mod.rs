@@ -65,6 +65,13 @@ pub enum JournalError {
     },
     #[error("no journal at {0}: nothing recorded yet, or another --config / [journal] path")]
     Missing(PathBuf),
+    /// The caller may not read the journal (or a directory on its way). Said apart from
+    /// `Missing`: a journal that cannot be seen is not a journal with nothing in it.
+    #[error(
+        "permission denied on {path}: join the `{}` group to read the journal (or run as root)",
+        crate::install::SERVICE_USER
+    )]
+    PermissionDenied { path: PathBuf },
     /// The journal handle is gone (the daemon is shutting down).
     #[error("the journal writer has stopped")]
     Stopped,

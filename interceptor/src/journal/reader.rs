@@ -178,8 +178,21 @@ pub fn open_read_only(path: &Path) -> Result<Connection, JournalError> {
         path: path.to_owned(),
         source,
     };
-    if !path.exists() {
-        return Err(JournalError::Missing(path.to_owned()));
+    // `Path::exists` is false for a file behind a directory we may not search, which would
+    // tell an operator outside the group that nothing was recorded. Opening the file first
+    // also turns an unreadable file into a permission error instead of SQLite's "unable to
+    // open database file".
+    match std::fs::File::open(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(JournalError::Missing(path.to_owned()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            return Err(JournalError::PermissionDenied {
+                path: path.to_owned(),
+            })
+        }
+        // Anything else, SQLite reports in its own words below.
+        _ => {}
     }
     let conn = Connection::open_with_flags(
         path,
