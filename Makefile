@@ -6,6 +6,7 @@
 #   make test       build, then the whole workspace test suite (needs root; uses sudo -E if not)
 #   make bench      every performance goal in one bounded run (< 10 min), written to docs/performance.md
 #   make bench-smoke the same with tiny counts and debug binaries (~1 min), docs left untouched
+#   make deb        build, then the Debian package target/debian/interceptor_*.deb (cargo-deb)
 #   make lint       rustfmt check and clippy with warnings as errors
 #   make clean      cargo clean
 
@@ -29,7 +30,7 @@ AS_ROOT := sudo -E env PATH="$(PATH)" HOME="$(HOME)" \
 	CARGO_HOME="$(or $(CARGO_HOME),$(HOME)/.cargo)" RUSTUP_HOME="$(or $(RUSTUP_HOME),$(HOME)/.rustup)"
 endif
 
-.PHONY: bootstrap build demo test bench bench-smoke lint clean
+.PHONY: bootstrap build demo test bench bench-smoke deb deb-package lint clean
 
 bootstrap:
 	"$(ROOT)/scripts/bootstrap.sh"
@@ -65,6 +66,22 @@ bench-smoke: bootstrap
 	$(CARGO) build -p interceptor -p interceptor-bench
 	$(CARGO) bench -p interceptor-bench --profile dev $(BENCHES) --no-run
 	$(AS_ROOT) BENCH_SMOKE=1 BENCH_COMMAND="make bench-smoke" "$(ROOT)/scripts/bench.sh"
+
+# The Debian package, from the release binary `build` made (cargo-deb --no-build). What it holds
+# is listed in interceptor/Cargo.toml ([package.metadata.deb]) and docs/operations.md. Completions,
+# the man page and the unit (ExecStart= on /usr/bin instead of `install`'s /usr/local/bin) are
+# generated into target/<profile>/deb/ first, from the binary's own clap definitions.
+# `deb-package` does the packaging alone, for a binary already built: DEB_PROFILE=dev packages
+# target/debug/interceptor (tests/tests/package.rs does that, to skip a release build).
+DEB_PROFILE ?= release
+DEB_DIR := $(ROOT)/target/$(if $(filter dev,$(DEB_PROFILE)),debug,$(DEB_PROFILE))
+
+deb: build
+	$(MAKE) deb-package DEB_PROFILE=release
+
+deb-package:
+	"$(ROOT)/scripts/deb-assets.sh" "$(DEB_DIR)/interceptor" "$(DEB_DIR)/deb"
+	$(CARGO) deb -p interceptor --no-build --profile "$(DEB_PROFILE)"
 
 # clippy compiles interceptor's build.rs, which needs the eBPF toolchain from bootstrap.
 lint: bootstrap

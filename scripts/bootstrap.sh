@@ -13,7 +13,9 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 # System packages: the eBPF linker's LLVM, and the real peers the tests talk to.
 # libclang-dev and protobuf-compiler build pg_query (PostgreSQL's own parser: bindgen + prost).
-APT_PACKAGES=(llvm-22-dev libpolly-22-dev libzstd-dev libclang-dev protobuf-compiler postgresql pgbouncer python3-venv iproute2 procps openssl util-linux tmux rsyslog sqlite3)
+# `make deb` and tests/tests/package.rs: dpkg-dev (dpkg-shlibdeps for the package's Depends:),
+# systemd (systemd-analyze verify of the packaged unit), groff-base (renders the man page).
+APT_PACKAGES=(llvm-22-dev libpolly-22-dev libzstd-dev libclang-dev protobuf-compiler postgresql pgbouncer python3-venv iproute2 procps openssl util-linux tmux rsyslog sqlite3 dpkg-dev systemd groff-base)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -43,6 +45,13 @@ fi
 if ! command -v bpf-linker >/dev/null 2>&1; then
   log "cargo install bpf-linker (llvm-22), about 2 minutes"
   PATH=/usr/lib/llvm-22/bin:$PATH cargo install --locked bpf-linker --no-default-features --features llvm-22
+fi
+
+# cargo-deb for `make deb`: pinned to a version that builds on the installed stable (1.95).
+CARGO_DEB_VERSION=3.8.0
+if ! cargo deb --version 2>/dev/null | grep -q " $CARGO_DEB_VERSION\b"; then
+  log "cargo install cargo-deb $CARGO_DEB_VERSION, about 2 minutes"
+  cargo install --locked cargo-deb --version "$CARGO_DEB_VERSION"
 fi
 
 # Python clients for the integration tests, in a project-local venv so the system stays clean.

@@ -2,11 +2,15 @@
 //!
 //! Why this exists: the gate only holds on an agent host if the daemon starts at boot, is
 //! restarted when it dies, and runs with no more privilege than capture needs. Installing writes
-//! the hardened unit (`packaging/interceptor.service`), the directories with their modes, a
-//! commented default config (never overwriting an edited one) and the binary, creates the
-//! `interceptor` user and the approvers' group, then enables and starts the unit. Every step is
-//! idempotent, so re-running `install` is also how a binary is upgraded. With `--root DIR` only
-//! files are written below DIR: no users, no systemctl (packaging, images, tests).
+//! the hardened unit (`packaging/interceptor.service`) and the drop-in that holds
+//! `autogen.slice` until the capture is ready (`packaging/autogen.slice.conf`), the directories
+//! with their modes, a commented default config (`packaging/config.toml`, never overwriting an
+//! edited one) and the binary, creates the `interceptor` user and the approvers' group, then
+//! enables and starts the unit. Every step is idempotent, so re-running `install` is also how a
+//! binary is upgraded. With `--root DIR` only files are written below DIR: no users, no
+//! systemctl (images, tests). The Debian package
+//! (`make deb`) ships the same files, with sysusers.d/tmpfiles.d entries for the accounts and
+//! directories (`packaging/interceptor.{sysusers,tmpfiles}`).
 //! See `docs/operations.md`.
 
 use std::{
@@ -25,8 +29,12 @@ pub const UNIT: &str = include_str!("../packaging/interceptor.service");
 /// The unit's file name.
 pub const UNIT_NAME: &str = "interceptor.service";
 
+/// The drop-in that makes `autogen.slice` wait for the capture and fail without it.
+pub const SLICE_DROP_IN: &str = include_str!("../packaging/autogen.slice.conf");
+
 /// Paths below the root (`/` unless `--root`).
 pub const UNIT_PATH: &str = "etc/systemd/system/interceptor.service";
+pub const SLICE_DROP_IN_PATH: &str = "etc/systemd/system/autogen.slice.d/interceptor.conf";
 pub const CONFIG_DIR: &str = "etc/interceptor";
 pub const CONFIG_PATH: &str = "etc/interceptor/config.toml";
 pub const STATE_DIR: &str = "var/lib/interceptor";
@@ -41,54 +49,7 @@ pub const APPROVERS_GROUP: &str = "interceptor-approvers";
 
 /// The config written when none exists: valid as is (it loads with [`crate::config::Config`]),
 /// equal to the embedded defaults plus the service's capture of `autogen.slice`.
-pub const DEFAULT_CONFIG: &str = r#"# interceptor configuration. Every key is documented in docs/configuration.md; unknown keys
-# are errors. After editing: `interceptor policy check`, then `systemctl restart interceptor`
-# (policy files alone reload with `systemctl reload interceptor`).
-
-[capture]
-# What `interceptor run` captures: cgroup v2 paths below the cgroup2 mount (created if
-# absent), and/or systemd units whose cgroup is captured. Put an agent's unit in
-# autogen.slice (Slice=autogen.slice in a drop-in) or name it in `units`.
-cgroups = ["autogen.slice"]
-# units = ["autogen-agent.service"]
-# mode = "all"                  # every TCP connection journaled; "listed" (opt-in): only the
-#                               # targets' and `intercept` destinations, other TCP goes direct
-# intercept = []                # extra "ip:port", "[ip6]:port" or "*:port" in listed mode
-# udp = "dns-only"              # or "allow"
-# pin_dir = "/sys/fs/bpf/interceptor"
-
-# [proxy]
-# port = 15001
-# connect_timeout_secs = 10
-
-# [journal]
-# path = "/var/lib/interceptor/journal.db"
-# sync = "normal"               # or "full"
-# retention_days = 90
-# result_sample_rows = 0
-
-# [state]
-# dir = "/var/lib/interceptor"
-
-# [policy]
-# path = "/etc/interceptor/policies"   # default: the embedded policies/default.toml
-
-# [approvals]
-# socket = "/run/interceptor/control.sock"
-# group = "interceptor-approvers"
-# timeout_secs = 300
-# webhook = "https://hooks.example.com/interceptor"
-# webhook_format = "json"       # or "slack"
-
-# Shipping events to a SIEM: [[sink]] tables, see docs/shipping.md.
-
-# PostgreSQL on its standard port, journaled statement by statement; the client's own
-# credentials pass through (see docs/postgres.md for credential injection and TLS).
-[[target]]
-name = "postgres"
-protocol = "postgres"
-intercept = ["*:5432"]
-"#;
+pub const DEFAULT_CONFIG: &str = include_str!("../packaging/config.toml");
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -322,16 +283,18 @@ pub fn install(options: &InstallOptions) -> Result<Report, InstallError> {
         }
     }
 
-    let unit = under(&root, UNIT_PATH);
-    if let Some(dir) = unit.parent() {
-        fs::create_dir_all(dir).map_err(io("creating", dir))?;
+    for (path, text) in [(UNIT_PATH, UNIT), (SLICE_DROP_IN_PATH, SLICE_DROP_IN)] {
+        let path = under(&root, path);
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(io("creating", dir))?;
+        }
+        let changed = write_file(&path, text.as_bytes(), 0o644)?;
+        report.done.push(format!(
+            "{} {}",
+            if changed { "wrote" } else { "unchanged:" },
+            path.display()
+        ));
     }
-    let changed = write_file(&unit, UNIT.as_bytes(), 0o644)?;
-    report.done.push(format!(
-        "{} {}",
-        if changed { "wrote" } else { "unchanged:" },
-        unit.display()
-    ));
 
     let start_cmds = [
         "systemctl daemon-reload".to_owned(),
@@ -411,6 +374,12 @@ pub fn uninstall(options: &UninstallOptions) -> Result<Report, InstallError> {
         }
     }
     remove_file(&unit, &mut report)?;
+    let drop_in = under(&root, SLICE_DROP_IN_PATH);
+    remove_file(&drop_in, &mut report)?;
+    if let Some(dir) = drop_in.parent() {
+        // Only if empty: the operator's own drop-ins for the slice stay.
+        let _ = fs::remove_dir(dir);
+    }
     if reload {
         command("systemctl", &["daemon-reload"])?;
     }
@@ -473,6 +442,43 @@ mod tests {
         assert!(UNIT.contains(&format!("/{CONFIG_PATH} ")));
     }
 
+    /// The package creates accounts and directories with sysusers.d and tmpfiles.d, `install`
+    /// with useradd and mkdir: both must describe the same ones.
+    #[test]
+    fn package_accounts_and_directories_match_install() {
+        let sysusers = include_str!("../packaging/interceptor.sysusers");
+        let entries: Vec<Vec<&str>> = sysusers
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert!(entries
+            .iter()
+            .any(|e| e[..2] == ["u", SERVICE_USER] && e.contains(&"/var/lib/interceptor")));
+        assert!(entries.iter().any(|e| e[..2] == ["g", APPROVERS_GROUP]));
+        let tmpfiles = include_str!("../packaging/interceptor.tmpfiles");
+        for dir in [STATE_DIR, LOG_DIR] {
+            let line = format!("d /{dir}");
+            let entry = tmpfiles
+                .lines()
+                .find(|l| l.starts_with(&format!("{line} ")))
+                .unwrap_or_else(|| panic!("tmpfiles lacks {line}"));
+            let fields: Vec<&str> = entry.split_whitespace().collect();
+            assert_eq!(fields[2..5], ["0750", "root", SERVICE_USER], "{entry}");
+        }
+        // The slice's drop-in asserts the pin install's default pin_dir holds.
+        let pinned = crate::config::Config::parse(DEFAULT_CONFIG, Path::new("config.toml"))
+            .unwrap()
+            .capture
+            .pin_dir
+            .join("maps")
+            .join(interceptor_common::maps::CONFIG);
+        assert!(SLICE_DROP_IN
+            .lines()
+            .any(|l| l == format!("AssertPathExists={}", pinned.display())));
+        assert!(UNIT.lines().any(|l| l == "Before=autogen.slice"));
+    }
+
     #[test]
     fn install_under_root_is_idempotent_and_uninstall_keeps_state() {
         let dir = tempfile::tempdir().unwrap();
@@ -487,6 +493,10 @@ mod tests {
         let report = install(&options).unwrap();
         assert!(!report.todo.is_empty(), "prints what to run instead");
         assert_eq!(fs::read_to_string(root.join(UNIT_PATH)).unwrap(), UNIT);
+        assert_eq!(
+            fs::read_to_string(root.join(SLICE_DROP_IN_PATH)).unwrap(),
+            SLICE_DROP_IN
+        );
         assert_eq!(mode(&root.join(UNIT_PATH)), 0o644);
         assert_eq!(mode(&root.join(CONFIG_DIR)), 0o755);
         assert_eq!(mode(&root.join(STATE_DIR)), 0o750);
@@ -505,6 +515,7 @@ mod tests {
         };
         uninstall(&un).unwrap();
         assert!(!root.join(UNIT_PATH).exists());
+        assert!(!root.join(SLICE_DROP_IN_PATH).exists());
         assert!(root.join(CONFIG_PATH).exists());
         assert!(root.join(STATE_DIR).is_dir());
         un.purge = true;

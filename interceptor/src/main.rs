@@ -107,6 +107,14 @@ enum Command {
         #[command(subcommand)]
         command: ShipCommand,
     },
+    /// Print a shell completion script (bash, zsh or fish) to stdout.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page, interceptor(8), as roff to stdout (the package builds it this way).
+    #[command(hide = true)]
+    Man,
 }
 
 #[derive(Subcommand)]
@@ -316,6 +324,12 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // Generated from the definitions above, so they need no config.
+    match cli.command {
+        Command::Completions { shell } => return print_completions(shell),
+        Command::Man => return print_man_page(),
+        _ => {}
+    }
     let config = load_config(cli.config.as_ref())?;
     if matches!(cli.command, Command::Exec { .. } | Command::Run) {
         config.check_secrets()?;
@@ -362,6 +376,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 })?;
             print!("{report}");
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Completions { .. } | Command::Man => {
+            unreachable!("printed before the config loads")
         }
         Command::Sessions { command } => run_sessions(&config, command),
         Command::Policy { command } => run_policy(&config, command),
@@ -747,5 +764,21 @@ fn run_sessions(config: &Config, command: SessionsCommand) -> anyhow::Result<Exi
             }
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `interceptor completions SHELL`: the completion script for SHELL, from the clap definitions.
+fn print_completions(shell: clap_complete::Shell) -> anyhow::Result<ExitCode> {
+    use clap::CommandFactory as _;
+    let mut cli = Cli::command();
+    clap_complete::generate(shell, &mut cli, "interceptor", &mut std::io::stdout());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `interceptor man`: interceptor(8) in roff, from the clap definitions (`make deb` ships it).
+fn print_man_page() -> anyhow::Result<ExitCode> {
+    use clap::CommandFactory as _;
+    let page = clap_mangen::Man::new(Cli::command()).section("8");
+    page.render(&mut std::io::stdout())?;
     Ok(ExitCode::SUCCESS)
 }

@@ -283,6 +283,7 @@ pub async fn run(config: Config) -> Result<(), ExecError> {
             .collect(),
         mount,
     };
+    let target_count = targets.len();
     let gateway = parts.gateway(
         &config,
         Arc::new(programs),
@@ -308,7 +309,8 @@ pub async fn run(config: Config) -> Result<(), ExecError> {
         .map(|c| c.path().display().to_string())
         .collect();
     tracing::info!(port, cgroups = ?names, "capture ready");
-    sd_notify("READY=1");
+    let status = ready_status(cgroups.len(), target_count, &config.journal.path);
+    sd_notify(&format!("READY=1\nSTATUS={status}"));
     let watchdog = watchdog_interval(
         std::env::var("WATCHDOG_USEC").ok().as_deref(),
         std::env::var("WATCHDOG_PID").ok().as_deref(),
@@ -316,7 +318,11 @@ pub async fn run(config: Config) -> Result<(), ExecError> {
     )
     .map(|every| tokio::spawn(ping_watchdog(every)));
 
-    let reloader = tokio::spawn(reload_policies_on_sighup(config.clone(), policy.clone()));
+    let reloader = tokio::spawn(reload_policies_on_sighup(
+        config.clone(),
+        policy.clone(),
+        status,
+    ));
     let pruner = config.journal.retention_days.map(|days| {
         let sinks = config.sinks.iter().map(|s| s.name.clone()).collect();
         tokio::spawn(prune_daily(journal.clone(), days, sinks))
@@ -384,22 +390,42 @@ async fn prune_daily(journal: crate::journal::Journal, retention_days: u32, sink
     }
 }
 
+/// What `systemctl status interceptor` shows on its `Status:` line once the capture is ready.
+fn ready_status(cgroups: usize, targets: usize, journal: &Path) -> String {
+    let plural = |n: usize, one: &str| format!("{n} {one}{}", if n == 1 { "" } else { "s" });
+    format!(
+        "capturing {}, {}, journal at {}",
+        plural(cgroups, "cgroup"),
+        plural(targets, "target"),
+        journal.display()
+    )
+}
+
 /// SIGHUP re-reads every policy file. All of them load, or none: a broken file keeps the
-/// policies in force, and the log says why.
-async fn reload_policies_on_sighup(config: Config, engine: Arc<crate::policy::Engine>) {
+/// policies in force, and the log says why. The outcome is appended to the ready status, so
+/// `systemctl status` shows whether the last reload took.
+async fn reload_policies_on_sighup(
+    config: Config,
+    engine: Arc<crate::policy::Engine>,
+    ready_status: String,
+) {
     let Ok(mut hangups) = signal(SignalKind::hangup()) else {
         return;
     };
     while hangups.recv().await.is_some() {
-        match crate::policy::load_policies(&config) {
+        let outcome = match crate::policy::load_policies(&config) {
             Ok(policies) => {
                 engine.replace(policies);
                 tracing::info!("policies reloaded");
+                "policies reloaded"
             }
             Err(e) => {
-                tracing::error!(error = %e, "policy reload failed; keeping the policies in force")
+                tracing::error!(error = %e, "policy reload failed; keeping the policies in force");
+                "policy reload FAILED, previous policies in force (see the log)"
             }
-        }
+        };
+        let at = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+        sd_notify(&format!("STATUS={ready_status}; {outcome} at {at}"));
     }
 }
 
@@ -442,6 +468,18 @@ fn sd_notify(state: &str) {
 mod watchdog_tests {
     use super::watchdog_interval;
     use std::time::Duration;
+
+    #[test]
+    fn ready_status_counts_and_names_the_journal() {
+        assert_eq!(
+            super::ready_status(
+                1,
+                2,
+                std::path::Path::new("/var/lib/interceptor/journal.db")
+            ),
+            "capturing 1 cgroup, 2 targets, journal at /var/lib/interceptor/journal.db"
+        );
+    }
 
     #[test]
     fn half_of_watchdog_usec_for_our_pid_only() {
