@@ -38,10 +38,17 @@ fn have(program: &str, version_arg: &str) -> bool {
 /// `make deb-package` for the newest binary there is; returns the .deb's path.
 fn build_package() -> PathBuf {
     let root = workspace_root();
-    let profile = if root.join("target/release/interceptor").is_file() {
-        "release"
-    } else {
-        "dev"
+    // The newer of the two builds: a release binary left from before a change would package
+    // old code (`make test` builds both, release first).
+    let modified = |profile: &str| {
+        std::fs::metadata(root.join("target").join(profile).join("interceptor"))
+            .and_then(|m| m.modified())
+            .ok()
+    };
+    let profile = match (modified("release"), modified("debug")) {
+        (Some(release), Some(debug)) if release >= debug => "release",
+        (Some(_), None) => "release",
+        _ => "dev",
     };
     let mut cmd = Command::new("make");
     cmd.current_dir(&root)
