@@ -58,6 +58,9 @@ enum Command {
     Run,
     /// Check that this host can run the gate, with a fix for each problem.
     Doctor,
+    /// Ask the running service to re-read its policy files (root only). All load, or none:
+    /// a broken file is reported and the policies in force stay.
+    Reload,
     /// Remove the service's pinned capture (detaches the programs from its cgroups).
     Detach,
     /// Install the systemd service: user, groups, directories, unit, default config; then
@@ -349,6 +352,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } else {
             ExitCode::FAILURE
         }),
+        Command::Reload => runtime()?.block_on(reload(&config)),
         Command::Detach => {
             let pin_dir = &config.capture.pin_dir;
             if interceptor::service::detach(pin_dir)? {
@@ -511,6 +515,10 @@ async fn run_approvals(
                 answered = true;
                 ControlError::from_answer(e)
             }
+            Ok(Answer::Reloaded(_)) => {
+                answered = true;
+                ControlError::Refused("unexpected answer: reloaded".to_owned())
+            }
             Err(e) => ControlError::from_io(path, &config.approvals.group, e),
         };
         if error.is_stale() {
@@ -550,6 +558,25 @@ async fn run_approvals(
                 None => Err(anyhow::anyhow!("no answer from {}", sockets[0].display())),
             }
         }
+    }
+}
+
+/// `interceptor reload`: the service's policy reload through its control socket, so the
+/// outcome (and a broken file's error) reaches the caller, which SIGHUP cannot do.
+async fn reload(config: &Config) -> anyhow::Result<ExitCode> {
+    use interceptor::approval::control::{self, Answer, Call, ControlError};
+    let socket = &config.approvals.socket;
+    if !socket.exists() {
+        return Err(ControlError::NotRunning(socket.clone()).into());
+    }
+    match control::call(socket, &Call::Reload).await {
+        Ok(Answer::Reloaded(done)) => {
+            println!("{done}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(Answer::Error(e)) => Err(ControlError::from_answer(e).into()),
+        Ok(other) => Err(anyhow::anyhow!("unexpected answer to reload: {other:?}")),
+        Err(e) => Err(ControlError::from_io(socket, &config.approvals.group, e).into()),
     }
 }
 
