@@ -161,7 +161,9 @@ fn typed(cause: &(dyn std::error::Error + 'static)) -> Option<ExitKind> {
 fn control(error: &ControlError) -> ExitKind {
     match error {
         ControlError::NotRunning(_) | ControlError::Stale(_) => ExitKind::Unreachable,
-        ControlError::PermissionDenied { .. } => ExitKind::Permission,
+        ControlError::PermissionDenied { .. } | ControlError::NotPermitted(_) => {
+            ExitKind::Permission
+        }
         ControlError::UnknownRequest(_) => ExitKind::NotFound,
         _ => ExitKind::Failed,
     }

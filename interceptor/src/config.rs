@@ -802,5 +802,7 @@ fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
+pub mod check;
+
 #[cfg(test)]
 mod tests;

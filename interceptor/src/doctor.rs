@@ -16,27 +16,44 @@ use crate::{
     journal::JournalError,
 };
 
+/// One line of a report (`doctor`, `config check`); `--json` prints these as they are.
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct Check {
-    pub name: &'static str,
+    pub name: String,
     pub ok: bool,
+    /// A failed essential check is a FAIL (non-zero exit); a failed other one a warning.
+    pub essential: bool,
     pub detail: String,
+    /// What to do about a failure ("" when there is nothing to do).
     pub fix: &'static str,
 }
 
-fn check(name: &'static str, result: Result<String, String>, fix: &'static str) -> Check {
-    match result {
-        Ok(detail) => Check {
-            name,
-            ok: true,
-            detail,
-            fix,
-        },
-        Err(detail) => Check {
-            name,
-            ok: false,
-            detail,
-            fix,
-        },
+impl Check {
+    /// A warning: reported with its fix, but not a failure.
+    pub fn warn(name: impl Into<String>, detail: String, fix: &'static str) -> Check {
+        Check {
+            essential: false,
+            ..fail(name, detail, fix)
+        }
+    }
+
+    /// A failed essential check.
+    pub fn is_failure(&self) -> bool {
+        !self.ok && self.essential
+    }
+}
+
+pub fn check(name: impl Into<String>, result: Result<String, String>, fix: &'static str) -> Check {
+    let (ok, detail) = match result {
+        Ok(detail) => (true, detail),
+        Err(detail) => (false, detail),
+    };
+    Check {
+        name: name.into(),
+        ok,
+        essential: true,
+        detail,
+        fix,
     }
 }
 
@@ -87,6 +104,90 @@ fn bpffs(config: &Config) -> Result<String, String> {
              cannot mount one the host keeps, so `run` would refuse to start",
             pin_dir.display()
         )),
+    }
+}
+
+/// Where an installed unit lives: `install`'s and the package's.
+const UNIT_FILES: [&str; 2] = [
+    "/etc/systemd/system/interceptor.service",
+    "/usr/lib/systemd/system/interceptor.service",
+];
+/// What the service needs in its bounding set (see the unit's comments for why).
+const UNIT_CAPABILITIES: [&str; 4] = ["CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN", "CAP_SYS_ADMIN"];
+
+/// The capability bounding set a unit's text leaves, as systemd reads
+/// `CapabilityBoundingSet=` lines in order: a list adds, `~list` removes, an empty value resets
+/// to everything. `None`: no restriction.
+fn bounding_set(units: &[String]) -> Option<std::collections::BTreeSet<String>> {
+    let mut set: Option<std::collections::BTreeSet<String>> = None;
+    for line in units.iter().flat_map(|u| u.lines()) {
+        let Some(value) = line.trim().strip_prefix("CapabilityBoundingSet=") else {
+            continue;
+        };
+        let value = value.trim();
+        if value.is_empty() {
+            set = None;
+        } else if let Some(removed) = value.strip_prefix('~') {
+            let mut all: std::collections::BTreeSet<String> = set
+                .take()
+                .unwrap_or_else(|| UNIT_CAPABILITIES.iter().map(|c| c.to_string()).collect());
+            for c in removed.split_whitespace() {
+                all.remove(c);
+            }
+            set = Some(all);
+        } else {
+            set.get_or_insert_with(Default::default)
+                .extend(value.split_whitespace().map(str::to_owned));
+        }
+    }
+    set
+}
+
+/// The capabilities the installed unit (and its drop-ins) give the service, which a root
+/// shell has regardless: doctor run from a shell would otherwise vouch for a unit that cannot
+/// load a single program.
+fn unit_capabilities() -> Result<String, String> {
+    let Some(unit) = UNIT_FILES.iter().map(Path::new).find(|p| p.exists()) else {
+        return Ok("no installed unit (checked this shell only)".to_owned());
+    };
+    let mut texts =
+        vec![std::fs::read_to_string(unit).map_err(|e| format!("{}: {e}", unit.display()))?];
+    let drop_ins = Path::new("/etc/systemd/system/interceptor.service.d");
+    if let Ok(entries) = std::fs::read_dir(drop_ins) {
+        let mut confs: Vec<_> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "conf"))
+            .collect();
+        confs.sort();
+        texts.extend(confs.iter().filter_map(|p| std::fs::read_to_string(p).ok()));
+    }
+    missing_capabilities(&texts, unit)
+}
+
+fn missing_capabilities(texts: &[String], unit: &Path) -> Result<String, String> {
+    let Some(set) = bounding_set(texts) else {
+        return Ok(format!(
+            "{}: no CapabilityBoundingSet= (all capabilities)",
+            unit.display()
+        ));
+    };
+    let missing: Vec<&str> = UNIT_CAPABILITIES
+        .iter()
+        .copied()
+        .filter(|c| !set.contains(*c))
+        .collect();
+    if missing.is_empty() {
+        Ok(format!(
+            "{} keeps {}",
+            unit.display(),
+            UNIT_CAPABILITIES.join(" ")
+        ))
+    } else {
+        Err(format!(
+            "{}: CapabilityBoundingSet= lacks {}",
+            unit.display(),
+            missing.join(" ")
+        ))
     }
 }
 
@@ -145,11 +246,11 @@ const FIX_CHAIN: &str = "run `interceptor journal verify` for every finding and 
 /// Below this much free space the journal is about to fail: report it before it does.
 const JOURNAL_MIN_FREE: u64 = 1 << 20;
 
-fn ok(name: &'static str, detail: String) -> Check {
+pub fn ok(name: impl Into<String>, detail: String) -> Check {
     check(name, Ok(detail), "")
 }
 
-fn fail(name: &'static str, detail: String, fix: &'static str) -> Check {
+pub fn fail(name: impl Into<String>, detail: String, fix: &'static str) -> Check {
     check(name, Err(detail), fix)
 }
 
@@ -295,6 +396,9 @@ fn journal(config: &Config) -> Vec<Check> {
 
 pub fn run_checks(config: &Config) -> Vec<Check> {
     let (ebpf, unix) = programs_load();
+    let mut unix = check("unix", unix, crate::capture::unix::FIX_UNAVAILABLE);
+    // A missing Unix-socket capture only fails when `exec` and `run` refuse to start without it.
+    unix.essential = config.capture.unix.required;
     vec![
         check("kernel", kernel(), "upgrade to Linux 5.14 or newer"),
         check("btf", btf(), "use a kernel built with CONFIG_DEBUG_INFO_BTF=y"),
@@ -305,36 +409,32 @@ pub fn run_checks(config: &Config) -> Vec<Check> {
         ),
         check("bpffs", bpffs(config), "mount -t bpf bpf /sys/fs/bpf on the host (systemd: sys-fs-bpf.mount; or /etc/fstab)"),
         check("privileges", privileges(), "run as root (sudo), or as the interceptor service"),
+        check("unit caps", unit_capabilities(), "add the missing capabilities to CapabilityBoundingSet= (`systemctl edit interceptor`), or re-run `interceptor install`"),
         check("ebpf", ebpf, "check `dmesg` and the kernel's BPF support (CONFIG_BPF_SYSCALL, CONFIG_CGROUP_BPF)"),
-        check("unix", unix, crate::capture::unix::FIX_UNAVAILABLE),
+        unix,
     ]
     .into_iter()
+    // A policy or secret file the config names that is missing would stop the service.
+    .chain(crate::config::check::files(config))
     .chain(journal(config))
     .collect()
 }
 
-/// Prints the report; returns whether everything needed passed. A missing Unix-socket
-/// capture is only a warning, unless `capture.unix.required` makes `exec` and `run` refuse
-/// to start without it.
-pub fn report(config: &Config) -> bool {
-    let mut healthy = true;
-    for c in run_checks(config) {
-        let essential = match c.name {
-            "unix" => config.capture.unix.required,
-            _ => true,
-        };
-        let status = match (c.ok, essential) {
+/// Prints one line per check (and the fix under each problem); returns whether no essential
+/// check failed.
+pub fn print(checks: &[Check]) -> bool {
+    for c in checks {
+        let status = match (c.ok, c.essential) {
             (true, _) => "ok  ",
             (false, true) => "FAIL",
             (false, false) => "warn",
         };
         println!("{status} {:<11} {}", c.name, c.detail);
-        if !c.ok {
+        if !c.ok && !c.fix.is_empty() {
             println!("     {:<11} fix: {}", "", c.fix);
-            healthy &= !essential;
         }
     }
-    healthy
+    !checks.iter().any(Check::is_failure)
 }
 
 #[cfg(test)]
@@ -352,8 +452,29 @@ mod tests {
         }
     }
 
-    fn outcome(checks: &[Check]) -> Vec<(&'static str, bool, &'static str)> {
-        checks.iter().map(|c| (c.name, c.ok, c.fix)).collect()
+    fn outcome(checks: &[Check]) -> Vec<(&str, bool, &'static str)> {
+        checks
+            .iter()
+            .map(|c| (c.name.as_str(), c.ok, c.fix))
+            .collect()
+    }
+
+    #[test]
+    fn unit_capabilities_follow_systemds_reading_of_the_bounding_set() {
+        let unit = Path::new("/u");
+        let shipped = [crate::install::UNIT.to_owned()];
+        assert!(missing_capabilities(&shipped, unit).is_ok());
+        let dropped = [
+            crate::install::UNIT.to_owned(),
+            "[Service]\nCapabilityBoundingSet=~CAP_BPF CAP_PERFMON\n".to_owned(),
+        ];
+        let e = missing_capabilities(&dropped, unit).expect_err("lacks");
+        assert!(e.contains("lacks CAP_BPF CAP_PERFMON"), "{e}");
+        let reset = [
+            "CapabilityBoundingSet=CAP_CHOWN\n".to_owned(),
+            "CapabilityBoundingSet=\n".to_owned(),
+        ];
+        assert!(missing_capabilities(&reset, unit).is_ok());
     }
 
     #[tokio::test]

@@ -321,7 +321,10 @@ pub async fn exec(
             .socket
             .with_file_name(format!("exec-{run_id}.sock")),
         &config.approvals.group,
-        approvals.clone(),
+        crate::approval::control::Daemon {
+            approvals: approvals.clone(),
+            reload: None,
+        },
     );
     tracing::info!(run_id, cgroup = %cgroup.path().display(), "capture attached; starting command");
 

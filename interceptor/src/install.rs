@@ -435,6 +435,8 @@ mod tests {
             "NoNewPrivileges=yes",
             "ReadWritePaths=/sys/fs/bpf /sys/fs/cgroup",
             "ExecStart=/usr/local/bin/interceptor --config /etc/interceptor/config.toml run",
+            // Reloads through the control socket: no procps, and a broken policy fails it.
+            "ExecReload=/usr/local/bin/interceptor --config /etc/interceptor/config.toml reload",
         ] {
             assert!(UNIT.lines().any(|l| l == line), "unit lacks {line}");
         }

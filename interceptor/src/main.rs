@@ -57,7 +57,19 @@ enum Command {
     /// Service mode: capture the cgroups and systemd units named in the config.
     Run,
     /// Check that this host can run the gate, with a fix for each problem.
-    Doctor,
+    Doctor {
+        /// Print the checks as a JSON array (name, ok, essential, detail, fix).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Ask the running service to re-read its policy files (root only). All load, or none:
+    /// a broken file is reported and the policies in force stay.
+    Reload,
     /// Remove the service's pinned capture (detaches the programs from its cgroups).
     Detach,
     /// Install the systemd service: user, groups, directories, unit, default config; then
@@ -115,6 +127,17 @@ enum Command {
     /// Print the man page, interceptor(8), as roff to stdout (the package builds it this way).
     #[command(hide = true)]
     Man,
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate the config, its targets (no overlapping intercept patterns), every policy it
+    /// uses, and its secret files; one line per check. Exit 1 when a file it names is
+    /// missing or unreadable, 2 when the config or a policy is invalid.
+    Check {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -344,11 +367,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime()?.block_on(interceptor::service::run(config))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Doctor => Ok(if interceptor::doctor::report(&config) {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        }),
+        Command::Doctor { json } => {
+            let checks = interceptor::doctor::run_checks(&config);
+            print_checks(&checks, json, ExitCode::FAILURE)
+        }
+        Command::Config {
+            command: ConfigCommand::Check { json },
+        } => {
+            let report = interceptor::config::check::run(&config);
+            let failed = if report.invalid {
+                cli_exit::ExitKind::Usage.into()
+            } else {
+                ExitCode::FAILURE
+            };
+            print_checks(&report.checks, json, failed)
+        }
+        Command::Reload => runtime()?.block_on(reload(&config)),
         Command::Detach => {
             let pin_dir = &config.capture.pin_dir;
             if interceptor::service::detach(pin_dir)? {
@@ -511,6 +545,10 @@ async fn run_approvals(
                 answered = true;
                 ControlError::from_answer(e)
             }
+            Ok(Answer::Reloaded(_)) => {
+                answered = true;
+                ControlError::Refused("unexpected answer: reloaded".to_owned())
+            }
             Err(e) => ControlError::from_io(path, &config.approvals.group, e),
         };
         if error.is_stale() {
@@ -550,6 +588,41 @@ async fn run_approvals(
                 None => Err(anyhow::anyhow!("no answer from {}", sockets[0].display())),
             }
         }
+    }
+}
+
+/// A report of checks (`doctor`, `config check`): lines or JSON; `failed` when an essential
+/// check failed.
+fn print_checks(
+    checks: &[interceptor::doctor::Check],
+    json: bool,
+    failed: ExitCode,
+) -> anyhow::Result<ExitCode> {
+    let healthy = if json {
+        println!("{}", serde_json::to_string_pretty(checks)?);
+        !checks.iter().any(|c| c.is_failure())
+    } else {
+        interceptor::doctor::print(checks)
+    };
+    Ok(if healthy { ExitCode::SUCCESS } else { failed })
+}
+
+/// `interceptor reload`: the service's policy reload through its control socket, so the
+/// outcome (and a broken file's error) reaches the caller, which SIGHUP cannot do.
+async fn reload(config: &Config) -> anyhow::Result<ExitCode> {
+    use interceptor::approval::control::{self, Answer, Call, ControlError};
+    let socket = &config.approvals.socket;
+    if !socket.exists() {
+        return Err(ControlError::NotRunning(socket.clone()).into());
+    }
+    match control::call(socket, &Call::Reload).await {
+        Ok(Answer::Reloaded(done)) => {
+            println!("{done}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(Answer::Error(e)) => Err(ControlError::from_answer(e).into()),
+        Ok(other) => Err(anyhow::anyhow!("unexpected answer to reload: {other:?}")),
+        Err(e) => Err(ControlError::from_io(socket, &config.approvals.group, e).into()),
     }
 }
 

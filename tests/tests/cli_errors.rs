@@ -344,3 +344,91 @@ fn doctor_passes_on_this_host() {
     let text = format!("{}{}", out.stdout, out.stderr);
     assert!(!text.trim().is_empty(), "doctor printed nothing");
 }
+
+/// `config check`: a good config passes line by line; a missing password file fails (1); a
+/// world-readable one warns; a policy that does not compile is a config error (2).
+#[test]
+fn config_check_reports_each_file_and_exits_by_kind() {
+    let cfg = TempConfig::new("");
+    let secret = cfg.dir().join("pw");
+    std::fs::write(&secret, "s3cret").expect("write");
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let policy = cfg.dir().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[[rule]]\nname = \"reads\"\ndecision = \"allow\"\n[rule.match]\nclasses = [\"read\"]\n",
+    )
+    .expect("write");
+    let write = |password_file: &std::path::Path| {
+        cfg.write(&format!(
+            "{}\n[[target]]\nname = \"db\"\nprotocol = \"postgres\"\nintercept = [\"127.0.0.1:5432\"]\n\
+             upstream = \"127.0.0.1:5432\"\npolicy = \"{}\"\n[target.credentials]\nuser = \"app\"\n\
+             password_file = \"{}\"\n",
+            cfg.journal_section(),
+            policy.display(),
+            password_file.display()
+        ))
+    };
+    write(&secret);
+    let out = run_cli(&cfg, &["config", "check"]);
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    for line in ["ok   targets", "ok   policy db ", "ok   secret db "] {
+        assert!(out.stdout.contains(line), "{line:?}\n{}", out.describe());
+    }
+
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let out = run_cli(&cfg, &["config", "check"]);
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    assert!(out.stdout.contains("warn secret db "), "{}", out.describe());
+
+    write(&cfg.dir().join("missing"));
+    let out = run_cli(&cfg, &["config", "check", "--json"]);
+    assert_eq!(out.code(), Some(1), "{}", out.describe());
+    let checks: Value = serde_json::from_str(&out.stdout).expect("a JSON array");
+    let failed: Vec<&Value> = checks
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter(|c| c["ok"] == false)
+        .collect();
+    assert_eq!(failed.len(), 1, "{}", out.describe());
+    assert_eq!(failed[0]["name"], "secret db");
+
+    write(&secret);
+    std::fs::write(&policy, "[[rule]]\nname = \"reads\"\ndecision = \"yes\"\n").expect("write");
+    let out = run_cli(&cfg, &["config", "check"]);
+    assert_eq!(out.code(), Some(2), "{}", out.describe());
+    assert!(out.stdout.contains("FAIL policy db "), "{}", out.describe());
+}
+
+/// `doctor --json` is an array of checks, each with its name, outcome, weight, detail and fix,
+/// and it fails on a missing policy file the config names.
+#[test]
+fn doctor_json_is_machine_readable_and_fails_on_a_missing_policy() {
+    let cfg = TempConfig::new(&format!(
+        "[policy]\npath = \"{}\"\n",
+        std::env::temp_dir()
+            .join("interceptor-no-such-policy.toml")
+            .display()
+    ));
+    let out = run_cli(&cfg, &["doctor", "--json"]);
+    assert_eq!(out.code(), Some(1), "{}", out.describe());
+    let checks: Value = serde_json::from_str(&out.stdout).expect("a JSON array");
+    let checks = checks.as_array().expect("array");
+    for c in checks {
+        for key in ["name", "ok", "essential", "detail", "fix"] {
+            assert!(c.get(key).is_some(), "{key} missing in {c}");
+        }
+    }
+    let policy = checks
+        .iter()
+        .find(|c| c["name"] == "policy")
+        .expect("policy check");
+    assert_eq!(policy["ok"], false, "{policy}");
+    assert_eq!(policy["essential"], true, "{policy}");
+    assert!(
+        checks.iter().any(|c| c["name"] == "unit caps"),
+        "{}",
+        out.describe()
+    );
+}

@@ -2,7 +2,7 @@
 //! the data untouched, keep the session usable, and are journaled with their rule. A broken
 //! policy is refused at start-up, and a broken reload keeps the policy in force.
 
-use std::time::Duration;
+use std::{process::Command, time::Duration};
 
 use interceptor_tests::*;
 
@@ -235,42 +235,94 @@ fn a_broken_policy_stops_exec_at_start_up() {
     );
 }
 
-/// SIGHUP reloads policies in service mode; a broken file keeps the policy in force.
-#[test]
-fn sighup_reloads_policies_and_a_broken_file_keeps_the_old_one() {
-    require_root!();
-    let pg = PgServer::start();
-    let cgroup = CgroupDir::new(&unique_name("interceptor-test"));
-    let cfg = TempConfig::new("");
-    let pins = PinDir::new(&cfg.path);
-    let policy = cfg.dir().join("policy.toml");
-    let allow_reads = "[[rule]]\nname = \"reads\"\ndecision = \"allow\"\n[rule.match]\nclasses = [\"read\"]\n[[rule]]\nname = \"egress\"\ndecision = \"allow\"\n[rule.match]\nkinds = [\"connect\"]\n";
-    std::fs::write(&policy, allow_reads).expect("write");
-    let port = free_port();
-    let text = pg_config_text(
-        &cfg,
-        pg.port(),
-        &format!("policy = \"{}\"\n", policy.display()),
-    );
-    cfg.write(&format!(
-        "{text}\n[proxy]\nport = {port}\n\n[capture]\nmode = \"all\"\ncgroups = [\"{}\"]\npin_dir = \"{}\"\n",
-        cgroup.relative(),
-        pins.path.display()
-    ));
-    let daemon = Daemon::start(&cfg);
-    let psql = |sql: &str| -> Output {
+/// A policy with a `reads` rule, and one without it (SELECT refused).
+const ALLOW_READS: &str = "[[rule]]\nname = \"reads\"\ndecision = \"allow\"\n[rule.match]\nclasses = [\"read\"]\n[[rule]]\nname = \"egress\"\ndecision = \"allow\"\n[rule.match]\nkinds = [\"connect\"]\n";
+const NO_READS: &str =
+    "[[rule]]\nname = \"egress\"\ndecision = \"allow\"\n[rule.match]\nkinds = [\"connect\"]\n";
+const BROKEN: &str = "[[rule]]\nname = \"reads\"\ndecision = \"yes\"\n";
+
+/// A service daemon capturing one cgroup, with the target's policy in a file the test edits
+/// (starting as [`ALLOW_READS`]), and its own control socket (the default one may belong to
+/// another test's daemon).
+struct ReloadFixture {
+    pg: PgServer,
+    cgroup: CgroupDir,
+    cfg: TempConfig,
+    _pins: PinDir,
+    policy: std::path::PathBuf,
+    daemon: Option<Daemon>,
+}
+
+impl ReloadFixture {
+    fn start() -> ReloadFixture {
+        let pg = PgServer::start();
+        let cgroup = CgroupDir::new(&unique_name("interceptor-test"));
+        let cfg = TempConfig::new("");
+        let pins = PinDir::new(&cfg.path);
+        let policy = cfg.dir().join("policy.toml");
+        std::fs::write(&policy, ALLOW_READS).expect("write");
+        let port = free_port();
+        let text = pg_config_text(
+            &cfg,
+            pg.port(),
+            &format!("policy = \"{}\"\n", policy.display()),
+        );
+        cfg.write(&format!(
+            "{text}\n[proxy]\nport = {port}\n\n[approvals]\nsocket = \"{}\"\n\n[capture]\nmode = \"all\"\ncgroups = [\"{}\"]\npin_dir = \"{}\"\n",
+            cfg.dir().join("control.sock").display(),
+            cgroup.relative(),
+            pins.path.display()
+        ));
+        let daemon = Some(Daemon::start(&cfg));
+        ReloadFixture {
+            pg,
+            cgroup,
+            cfg,
+            _pins: pins,
+            policy,
+            daemon,
+        }
+    }
+
+    fn write_policy(&self, text: &str) {
+        std::fs::write(&self.policy, text).expect("write");
+    }
+
+    /// `psql -tAc SQL` from inside the captured cgroup.
+    fn psql(&self, sql: &str) -> Output {
         let argv = [
             psql_bin().display().to_string(),
             format!(
                 "host={} port={} dbname=appdb user=agent sslmode=disable",
                 pg_dial_host(),
-                pg.port()
+                self.pg.port()
             ),
             "-tAc".to_owned(),
             sql.to_owned(),
         ];
-        run_in_cgroup(&cgroup, &argv, Duration::from_secs(30))
-    };
+        run_in_cgroup(&self.cgroup, &argv, Duration::from_secs(30))
+    }
+
+    /// SELECT is refused by the gateway (the policy in force has no reads rule).
+    fn assert_select_refused(&self, when: &str) {
+        let out = self.psql("SELECT 1");
+        assert!(
+            out.stderr.contains("interceptor"),
+            "{when}: {}",
+            out.describe()
+        );
+    }
+
+    fn daemon(&self) -> &Daemon {
+        self.daemon.as_ref().expect("daemon running")
+    }
+}
+
+/// SIGHUP reloads policies in service mode; a broken file keeps the policy in force.
+#[test]
+fn sighup_reloads_policies_and_a_broken_file_keeps_the_old_one() {
+    require_root!();
+    let f = ReloadFixture::start();
     let reload = |daemon: &Daemon| {
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(daemon.pid() as i32),
@@ -279,39 +331,84 @@ fn sighup_reloads_policies_and_a_broken_file_keeps_the_old_one() {
         .expect("SIGHUP");
         std::thread::sleep(Duration::from_millis(500));
     };
-    assert_eq!(psql("SELECT 1").stdout.trim(), "1");
+    assert_eq!(f.psql("SELECT 1").stdout.trim(), "1");
 
     // A policy without the reads rule: reloaded, SELECT is now refused.
-    std::fs::write(
-        &policy,
-        "[[rule]]\nname = \"egress\"\ndecision = \"allow\"\n[rule.match]\nkinds = [\"connect\"]\n",
-    )
-    .expect("write");
-    reload(&daemon);
-    let refused = psql("SELECT 1");
-    assert!(
-        refused.stderr.contains("interceptor"),
-        "after reload: {}",
-        refused.describe()
-    );
+    f.write_policy(NO_READS);
+    reload(f.daemon());
+    f.assert_select_refused("after reload");
 
     // A broken file: the reload fails, the last good policy (no reads) stays in force.
-    std::fs::write(&policy, "[[rule]]\nname = \"reads\"\ndecision = \"yes\"\n").expect("write");
-    reload(&daemon);
-    let still = psql("SELECT 1");
+    f.write_policy(BROKEN);
+    reload(f.daemon());
+    f.assert_select_refused("broken reload kept");
     assert!(
-        still.stderr.contains("interceptor"),
-        "broken reload kept: {}",
-        still.describe()
-    );
-    assert!(
-        daemon.log().contains("policy reload failed"),
+        f.daemon().log().contains("policy reload failed"),
         "{}",
-        daemon.log()
+        f.daemon().log()
     );
 
     // Fixed again: reads are back.
-    std::fs::write(&policy, allow_reads).expect("write");
-    reload(&daemon);
-    assert_eq!(psql("SELECT 1").stdout.trim(), "1");
+    f.write_policy(ALLOW_READS);
+    reload(f.daemon());
+    assert_eq!(f.psql("SELECT 1").stdout.trim(), "1");
+}
+
+/// `interceptor reload` reloads the service's policies over its control socket and says so;
+/// a broken file is refused with its error (exit 1) and the policy in force stays; a caller
+/// other than root is refused (3); with the daemon gone it exits 5.
+#[test]
+fn reload_command_reports_the_outcome_and_a_broken_file_keeps_the_old_policy() {
+    require_root!();
+    let mut f = ReloadFixture::start();
+    let reload = |f: &ReloadFixture| {
+        let mut cmd = interceptor_cmd(Some(&f.cfg));
+        cmd.arg("reload");
+        run_command(cmd, Duration::from_secs(30))
+    };
+    assert_eq!(f.psql("SELECT 1").stdout.trim(), "1");
+
+    // Without the reads rule: the reload answers with what is in force, SELECT is refused.
+    f.write_policy(NO_READS);
+    let out = reload(&f);
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    assert!(
+        out.stdout.contains("policies reloaded") && out.stdout.contains("appdb: 1 rules"),
+        "{}",
+        out.describe()
+    );
+    f.assert_select_refused("after reload");
+
+    // A broken file: exit 1 with the file's error; the last good policy (no reads) stays.
+    f.write_policy(BROKEN);
+    let out = reload(&f);
+    assert_eq!(out.code(), Some(1), "{}", out.describe());
+    assert!(
+        out.stderr.contains("previous policies stay in force")
+            && out.stderr.contains(&f.policy.display().to_string()),
+        "{}",
+        out.describe()
+    );
+    f.assert_select_refused("broken reload kept");
+
+    // Fixed again: reads are back.
+    f.write_policy(ALLOW_READS);
+    assert_eq!(reload(&f).code(), Some(0));
+    assert_eq!(f.psql("SELECT 1").stdout.trim(), "1");
+
+    // Not root: refused (3), not served.
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(interceptor_bin())
+        .arg("--config")
+        .arg(&f.cfg.path)
+        .arg("reload")
+        .current_dir("/");
+    let out = run_command(cmd, Duration::from_secs(30));
+    assert_eq!(out.code(), Some(3), "{}", out.describe());
+
+    // No daemon: 5.
+    drop(f.daemon.take());
+    let out = reload(&f);
+    assert_eq!(out.code(), Some(5), "{}", out.describe());
 }

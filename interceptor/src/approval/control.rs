@@ -4,6 +4,11 @@
 //! uid comes from SO_PEERCRED, never from the request: only root and members of the approvers
 //! group are served, and nobody may decide their own request. One JSON request per connection,
 //! one JSON answer.
+//!
+//! The service also takes `reload` here (`interceptor reload`, the unit's `ExecReload=`): it
+//! re-reads the policy files through the same code as SIGHUP, and answers with the outcome,
+//! which a signal cannot. Reloading is root's only: it changes what every agent may do, while
+//! approvers decide one held command at a time.
 
 use std::{
     os::unix::fs::PermissionsExt as _,
@@ -37,6 +42,8 @@ pub enum Call {
         id: String,
         reason: String,
     },
+    /// Re-read every policy file (root only); all load or none.
+    Reload,
 }
 
 /// Answers on the socket.
@@ -45,7 +52,21 @@ pub enum Call {
 pub enum Answer {
     Requests(Vec<Request>),
     Request(Box<Request>),
+    /// The reload took: what is in force now.
+    Reloaded(String),
     Error(String),
+}
+
+/// Re-reads the policies of the daemon behind the socket: `Ok` says what is in force now,
+/// `Err` why nothing changed.
+pub type Reload = Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
+
+/// What a control socket serves: the holds, and, for the service, a policy reload (an `exec`
+/// run has none: its policies live as long as its command).
+#[derive(Clone)]
+pub struct Daemon {
+    pub approvals: Arc<Approvals>,
+    pub reload: Option<Reload>,
 }
 
 /// Largest request accepted (a request is an id and a reason).
@@ -74,15 +95,15 @@ pub fn bind(path: &Path, group: &str) -> std::io::Result<UnixListener> {
 }
 
 /// Serves the socket until the task is dropped.
-pub async fn serve(listener: UnixListener, approvals: Arc<Approvals>, group: String) {
+pub async fn serve(listener: UnixListener, daemon: Daemon, group: String) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let approvals = approvals.clone();
+        let daemon = daemon.clone();
         let group = group.clone();
         tokio::spawn(async move {
-            if let Err(e) = handle(stream, &approvals, &group).await {
+            if let Err(e) = handle(stream, &daemon, &group).await {
                 tracing::debug!(error = %e, "control connection failed");
             }
         });
@@ -102,7 +123,7 @@ fn authorized(uid: u32, group: &str) -> Option<Approver> {
     member.then_some(Approver { uid, name })
 }
 
-async fn handle(stream: UnixStream, approvals: &Approvals, group: &str) -> std::io::Result<()> {
+async fn handle(stream: UnixStream, daemon: &Daemon, group: &str) -> std::io::Result<()> {
     let uid = stream.peer_cred()?.uid();
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
@@ -114,7 +135,7 @@ async fn handle(stream: UnixStream, approvals: &Approvals, group: &str) -> std::
         )),
         Some(approver) => match serde_json::from_str::<Call>(&line) {
             Err(e) => Answer::Error(format!("bad request: {e}")),
-            Ok(call) => answer(approvals, &approver, call),
+            Ok(call) => answer(daemon, &approver, call).await,
         },
     };
     let mut text =
@@ -123,8 +144,31 @@ async fn handle(stream: UnixStream, approvals: &Approvals, group: &str) -> std::
     write.write_all(text.as_bytes()).await
 }
 
-fn answer(approvals: &Approvals, approver: &Approver, call: Call) -> Answer {
+/// Prefix of the refusals that mean "not yours to do": the CLI exits 3 on them.
+pub const NOT_PERMITTED: &str = "permission denied:";
+
+/// A reload, for root only. Reading and compiling the files blocks, so it runs off the
+/// runtime's workers.
+async fn reload(daemon: &Daemon, uid: u32) -> Answer {
+    if uid != 0 {
+        return Answer::Error(format!(
+            "{NOT_PERMITTED} uid {uid} may not reload the policies (root only)"
+        ));
+    }
+    let Some(reload) = daemon.reload.clone() else {
+        return Answer::Error("this run has no policies to reload (only the service does)".into());
+    };
+    match tokio::task::spawn_blocking(move || reload()).await {
+        Ok(Ok(done)) => Answer::Reloaded(done),
+        Ok(Err(e)) => Answer::Error(e),
+        Err(e) => Answer::Error(format!("policy reload failed: {e}")),
+    }
+}
+
+async fn answer(daemon: &Daemon, approver: &Approver, call: Call) -> Answer {
+    let approvals = &daemon.approvals;
     let result = match call {
+        Call::Reload => return reload(daemon, approver.uid).await,
         Call::List => return Answer::Requests(approvals.list()),
         Call::Show { id } => {
             return approvals
@@ -147,10 +191,10 @@ fn answer(approvals: &Approvals, approver: &Approver, call: Call) -> Answer {
 
 /// Binds the socket and serves it in a task; the guard removes the socket when dropped. A
 /// socket that cannot be bound is logged: held commands then time out (and are refused).
-pub fn start(path: &Path, group: &str, approvals: Arc<Approvals>) -> Option<Served> {
+pub fn start(path: &Path, group: &str, daemon: Daemon) -> Option<Served> {
     match bind(path, group) {
         Ok(listener) => {
-            let task = tokio::spawn(serve(listener, approvals, group.to_owned()));
+            let task = tokio::spawn(serve(listener, daemon, group.to_owned()));
             Some(Served {
                 path: path.to_owned(),
                 task,
@@ -193,9 +237,12 @@ pub enum ControlError {
     /// The daemon answered, but knows no pending request with this id.
     #[error("{0}")]
     UnknownRequest(String),
-    /// The daemon refused the call (not an approver, self-approval, a reason missing).
+    /// The daemon refused the call (self-approval, a reason missing, a broken policy file).
     #[error("{0}")]
     Refused(String),
+    /// The daemon refused the caller: not an approver, or not root for a reload.
+    #[error("{0}")]
+    NotPermitted(String),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -231,6 +278,8 @@ impl ControlError {
     pub fn from_answer(text: String) -> ControlError {
         if text.starts_with("no pending approval") {
             ControlError::UnknownRequest(text)
+        } else if text.starts_with(NOT_PERMITTED) || text.contains("is not an approver") {
+            ControlError::NotPermitted(text)
         } else {
             ControlError::Refused(text)
         }
