@@ -13,9 +13,11 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 # System packages: the eBPF linker's LLVM, and the real peers the tests talk to.
 # libclang-dev and protobuf-compiler build pg_query (PostgreSQL's own parser: bindgen + prost).
+# systemd-container and debootstrap boot a real systemd for tests/tests/systemd.rs (installed
+# together with systemd, so the versions match).
 # `make deb` and tests/tests/package.rs: dpkg-dev (dpkg-shlibdeps for the package's Depends:),
 # systemd (systemd-analyze verify of the packaged unit), groff-base (renders the man page).
-APT_PACKAGES=(llvm-22-dev libpolly-22-dev libzstd-dev libclang-dev protobuf-compiler postgresql pgbouncer python3-venv iproute2 procps openssl util-linux tmux rsyslog sqlite3 dpkg-dev systemd groff-base)
+APT_PACKAGES=(llvm-22-dev libpolly-22-dev libzstd-dev libclang-dev protobuf-compiler postgresql pgbouncer python3-venv iproute2 procps openssl util-linux tmux rsyslog sqlite3 dpkg-dev systemd systemd-container debootstrap groff-base)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

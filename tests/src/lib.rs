@@ -33,6 +33,7 @@ use nix::{
 };
 pub use serde_json::{json, Value};
 
+pub mod nspawn;
 pub mod pg;
 pub use pg::*;
 
@@ -48,6 +49,17 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 // ---------------------------------------------------------------------------------------------
 // Environment checks
 // ---------------------------------------------------------------------------------------------
+
+/// Whether `name` is an executable on PATH.
+pub fn has_program(name: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| {
+            std::fs::metadata(dir.join(name))
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+    })
+}
 
 /// True when running under CI (`CI=true`), where missing privileges are failures, not skips.
 pub fn in_ci() -> bool {

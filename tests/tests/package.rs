@@ -10,14 +10,9 @@
 //! dev builds are not for releases; the files checked are the same). The tools it needs come
 //! from scripts/bootstrap.sh: without one it skips, and under `CI=true` it fails.
 
-use std::{
-    fs,
-    path::{Path, PathBuf},
-    process::Command,
-    time::Duration,
-};
+use std::{fs, path::Path, process::Command, time::Duration};
 
-use interceptor_tests::*;
+use interceptor_tests::{nspawn::build_package, *};
 
 const TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -35,40 +30,6 @@ fn have(program: &str, version_arg: &str) -> bool {
     ok
 }
 
-/// `make deb-package` for the newest binary there is; returns the .deb's path.
-fn build_package() -> PathBuf {
-    let root = workspace_root();
-    // The newer of the two builds: a release binary left from before a change would package
-    // old code (`make test` builds both, release first).
-    let modified = |profile: &str| {
-        std::fs::metadata(root.join("target").join(profile).join("interceptor"))
-            .and_then(|m| m.modified())
-            .ok()
-    };
-    let profile = match (modified("release"), modified("debug")) {
-        (Some(release), Some(debug)) if release >= debug => "release",
-        (Some(_), None) => "release",
-        _ => "dev",
-    };
-    let mut cmd = Command::new("make");
-    cmd.current_dir(&root)
-        .arg("--no-print-directory")
-        .arg("deb-package")
-        .arg(format!("DEB_PROFILE={profile}"));
-    let out = run_command(cmd, TIMEOUT);
-    assert!(out.success(), "make deb-package: {}", out.describe());
-    // cargo-deb prints the package's path as its last line.
-    let deb = out
-        .stdout
-        .lines()
-        .rev()
-        .find(|l| l.trim_end().ends_with(".deb"))
-        .map(|l| PathBuf::from(l.trim()))
-        .unwrap_or_else(|| panic!("no .deb path in the output: {}", out.describe()));
-    assert!(deb.is_file(), "{} missing", deb.display());
-    deb
-}
-
 fn dpkg_deb(args: &[&str], deb: &Path) -> String {
     let mut cmd = Command::new("dpkg-deb");
     cmd.args(args).arg(deb);
@@ -82,7 +43,7 @@ fn make_deb_builds_a_package_with_everything_the_service_needs() {
     if !(have("cargo-deb", "--version") && have("dpkg-deb", "--version")) {
         return;
     }
-    let deb = build_package();
+    let deb = build_package(TIMEOUT);
 
     let contents = dpkg_deb(&["-c"], &deb);
     let listed: Vec<&str> = contents

@@ -1,0 +1,99 @@
+//! The packaged service under a real systemd (systemd-nspawn booting Debian 12; see
+//! `interceptor_tests::nspawn`), as an operator runs it: install the .deb, start the unit,
+//! put an agent in `autogen.slice`, stop the service.
+//!
+//! What it shows, by effects: with no bpffs mounted the service refuses to start (its own
+//! mount namespace cannot keep pins); started, it is `active` only once ready (Type=notify)
+//! and says what it captures (STATUS=); an agent in the slice reaching an unlisted loopback
+//! port goes through the gateway and is journaled (capture-all); stopped, the agent's connects
+//! are refused, never sent direct; `detach` lets them go direct again.
+//!
+//! Slow: the first run debootstraps the rootfs (about a minute, cached after), each boot takes
+//! a few seconds. Needs root, systemd-nspawn and debootstrap (scripts/bootstrap.sh).
+
+use std::time::Duration;
+
+use interceptor_tests::{
+    nspawn::{build_package, Container},
+    *,
+};
+
+/// bash in the agent's unit: one round trip through 127.0.0.2:PORT, or why not.
+fn agent(c: &Container, port: u16) -> Output {
+    c.sh(&format!(
+        "systemd-run --quiet --wait --pipe --slice=autogen.slice --uid=nobody \
+         bash -c 'exec 3<>/dev/tcp/127.0.0.2/{port} && printf hello >&3 && head -c 5 <&3'"
+    ))
+}
+
+#[test]
+fn the_packaged_service_under_systemd_captures_and_fails_closed() {
+    require_root!();
+    for tool in ["systemd-nspawn", "debootstrap", "script", "nsenter"] {
+        if !has_program(tool) {
+            assert!(
+                !in_ci(),
+                "{tool} is not installed (scripts/bootstrap.sh installs it)"
+            );
+            eprintln!("skipped: {tool} is not installed");
+            return;
+        }
+    }
+    let deb = build_package(Duration::from_secs(600));
+    let dir = deb.parent().expect("the .deb has a directory");
+    let name = deb
+        .file_name()
+        .expect("a file name")
+        .to_string_lossy()
+        .into_owned();
+    let echo = EchoServer::start("127.0.0.2");
+    let c = Container::boot(&[(dir, "/mnt/deb")]);
+    c.ok(&format!("dpkg -i /mnt/deb/{name}"));
+
+    // 1. No bpffs in the container: the unit refuses to start rather than pin where the pins
+    //    would die with it.
+    let out = c.sh("systemctl start interceptor");
+    assert!(!out.success(), "started without bpffs: {}", out.describe());
+    let log = c.ok("journalctl -u interceptor --no-pager");
+    assert!(log.contains("mount namespace of its own"), "{log}");
+
+    // 2. With bpffs mounted by the "host" (the container's init), it starts, notifies and
+    //    says what it captures.
+    c.ok("mount -t bpf bpf /sys/fs/bpf && systemctl reset-failed interceptor && systemctl start interceptor");
+    assert_eq!(c.ok("systemctl is-active interceptor").trim(), "active");
+    let status = c.ok("systemctl show -p StatusText --value interceptor");
+    assert!(status.contains("capturing 1 cgroup"), "{status}");
+
+    // 3. An agent in the slice: its connection to an unlisted port is relayed and journaled.
+    let out = agent(&c, echo.port());
+    assert!(out.success(), "agent: {}", out.describe());
+    assert_eq!(out.stdout, "hello");
+    assert_eq!(echo.accepted(), 1);
+    let sessions = c.ok("interceptor sessions list --json");
+    assert!(
+        sessions.contains(&format!("127.0.0.2:{}", echo.port())),
+        "{sessions}"
+    );
+
+    // 4. Stopped: the pinned capture refuses the agent's connects; nothing goes direct.
+    c.ok("systemctl stop interceptor");
+    let out = agent(&c, echo.port());
+    assert!(
+        !out.success(),
+        "connected while stopped: {}",
+        out.describe()
+    );
+    assert!(
+        out.stderr.contains("Connection refused"),
+        "{}",
+        out.describe()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(echo.accepted(), 1, "a connection went direct while stopped");
+
+    // 5. detach removes the capture: the agent goes direct.
+    c.ok("interceptor detach");
+    let out = agent(&c, echo.port());
+    assert!(out.success(), "after detach: {}", out.describe());
+    assert_eq!(echo.accepted(), 2);
+}
