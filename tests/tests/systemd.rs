@@ -5,8 +5,9 @@
 //! What it shows, by effects: with no bpffs mounted the service refuses to start (its own
 //! mount namespace cannot keep pins); started, it is `active` only once ready (Type=notify)
 //! and says what it captures (STATUS=); an agent in the slice reaching an unlisted loopback
-//! port goes through the gateway and is journaled (capture-all); stopped, the agent's connects
-//! are refused, never sent direct; `detach` lets them go direct again.
+//! port goes through the gateway and is journaled (capture-all); `systemctl reload` re-reads
+//! the policies; a hung daemon is restarted by the watchdog and captures again; stopped, the
+//! agent's connects are refused, never sent direct; `detach` lets them go direct again.
 //!
 //! Slow: the first run debootstraps the rootfs (about a minute, cached after), each boot takes
 //! a few seconds. Needs root, systemd-nspawn and debootstrap (scripts/bootstrap.sh).
@@ -75,7 +76,42 @@ fn the_packaged_service_under_systemd_captures_and_fails_closed() {
         "{sessions}"
     );
 
-    // 4. Stopped: the pinned capture refuses the agent's connects; nothing goes direct.
+    // 4. Reload through the unit (ExecReload= is `interceptor reload`): the policies are
+    //    re-read and the status says so.
+    c.ok("systemctl reload interceptor");
+    let status = c.ok("systemctl show -p StatusText --value interceptor");
+    assert!(status.contains("reload"), "{status}");
+
+    // 5. A hung daemon (SIGSTOP) is killed by the watchdog and restarted; the restarted one
+    //    adopts the pins and captures again. (A drop-in shortens WatchdogSec for the test.)
+    c.ok("mkdir -p /run/systemd/system/interceptor.service.d && \
+          printf '[Service]\\nWatchdogSec=3\\n' > /run/systemd/system/interceptor.service.d/watchdog.conf && \
+          systemctl daemon-reload && systemctl restart interceptor");
+    let before = c.ok("systemctl show -p MainPID --value interceptor");
+    c.ok(&format!("kill -STOP {}", before.trim()));
+    let mut after = before.clone();
+    for _ in 0..100 {
+        std::thread::sleep(Duration::from_millis(200));
+        after = c.ok("systemctl show -p MainPID --value interceptor");
+        let active = c.sh("systemctl is-active interceptor").stdout;
+        if after.trim() != before.trim() && after.trim() != "0" && active.trim() == "active" {
+            break;
+        }
+    }
+    assert_ne!(
+        after.trim(),
+        before.trim(),
+        "the watchdog did not restart the hung daemon"
+    );
+    let out = agent(&c, echo.port());
+    assert!(
+        out.success(),
+        "agent after the watchdog restart: {}",
+        out.describe()
+    );
+    assert_eq!(echo.accepted(), 2);
+
+    // 6. Stopped: the pinned capture refuses the agent's connects; nothing goes direct.
     c.ok("systemctl stop interceptor");
     let out = agent(&c, echo.port());
     assert!(
@@ -89,11 +125,11 @@ fn the_packaged_service_under_systemd_captures_and_fails_closed() {
         out.describe()
     );
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(echo.accepted(), 1, "a connection went direct while stopped");
+    assert_eq!(echo.accepted(), 2, "a connection went direct while stopped");
 
-    // 5. detach removes the capture: the agent goes direct.
+    // 7. detach removes the capture: the agent goes direct.
     c.ok("interceptor detach");
     let out = agent(&c, echo.port());
     assert!(out.success(), "after detach: {}", out.describe());
-    assert_eq!(echo.accepted(), 2);
+    assert_eq!(echo.accepted(), 3);
 }
