@@ -432,3 +432,20 @@ fn doctor_json_is_machine_readable_and_fails_on_a_missing_policy() {
         out.describe()
     );
 }
+
+/// Root without the eBPF capabilities (a unit whose CapabilityBoundingSet lacks them): the
+/// error says which capabilities are missing instead of a bare "failed to create map".
+#[test]
+fn missing_bpf_capabilities_are_named() {
+    require_root!();
+    let cfg = TempConfig::new("");
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--bounding-set", "-bpf,-perfmon,-sys_admin", "--"])
+        .arg(interceptor_bin())
+        .arg("--config")
+        .arg(&cfg.path)
+        .args(["exec", "--", "true"]);
+    let out = run_command(cmd, T);
+    assert_failed_with(&out, "CAP_BPF");
+    assert_eq!(out.code(), Some(125), "{}", out.describe());
+}

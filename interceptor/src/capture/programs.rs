@@ -151,7 +151,7 @@ impl Programs {
     /// Loads the embedded object. Attach it with [`Programs::attach`]. With `pin_dir`, the maps
     /// the proxy uses are pinned under `<pin_dir>/maps` for a restarted daemon to adopt.
     pub fn load(pin_dir: Option<&Path>) -> Result<Programs, CaptureError> {
-        let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(|e| CaptureError::Load(e.to_string()))?;
+        let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(load_error)?;
         // First, while `ebpf` still holds every map (the logger takes its own): the Unix
         // programs are relocated onto them.
         let unix = UnixPrograms::load(EBPF_OBJECT, &ebpf).map(Some);
@@ -450,6 +450,29 @@ fn pin_err(path: &Path, e: impl std::fmt::Display) -> CaptureError {
         path: path.to_owned(),
         message: e.to_string(),
     }
+}
+
+/// A load error, with what to do when it is a missing privilege: the kernel answers EPERM
+/// to map and program creation without CAP_BPF (CAP_SYS_ADMIN before 5.8), which aya reports
+/// as a bare "failed to create map".
+fn load_error(e: aya::EbpfError) -> CaptureError {
+    let mut denied = false;
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            denied |= matches!(io.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES));
+        }
+        source = err.source();
+    }
+    let mut message = e.to_string();
+    if denied {
+        message.push_str(
+            ": permission denied; the gateway needs CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN \
+             (CAP_SYS_ADMIN on kernels before 5.8): run it as root with those capabilities \
+             (for the service, check the unit's CapabilityBoundingSet with `interceptor doctor`)",
+        );
+    }
+    CaptureError::Load(message)
 }
 
 fn load_program(ebpf: &mut Ebpf, name: &'static str) -> Result<(), CaptureError> {
