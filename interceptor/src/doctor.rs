@@ -112,8 +112,9 @@ const UNIT_FILES: [&str; 2] = [
     "/etc/systemd/system/interceptor.service",
     "/usr/lib/systemd/system/interceptor.service",
 ];
-/// What the service needs in its bounding set (see the unit's comments for why).
-const UNIT_CAPABILITIES: [&str; 4] = ["CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN", "CAP_SYS_ADMIN"];
+/// What the service needs in its bounding set (see the unit's comments for why). Not
+/// CAP_SYS_ADMIN: every kernel doctor accepts (5.14+) has CAP_BPF (5.8).
+const UNIT_CAPABILITIES: [&str; 3] = ["CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN"];
 
 /// The capability bounding set a unit's text leaves, as systemd reads
 /// `CapabilityBoundingSet=` lines in order: a list adds, `~list` removes, an empty value resets

@@ -2,7 +2,8 @@
 //! `interceptor_tests::nspawn`), as an operator runs it: install the .deb, start the unit,
 //! put an agent in `autogen.slice`, stop the service.
 //!
-//! What it shows, by effects: with no bpffs mounted the service refuses to start (its own
+//! What it shows, by effects: the unit's sandbox rates at most 3.5 (`systemd-analyze
+//! security`); with no bpffs mounted the service refuses to start (its own
 //! mount namespace cannot keep pins); started, it is `active` only once ready (Type=notify)
 //! and says what it captures (STATUS=); an agent in the slice reaching an unlisted loopback
 //! port goes through the gateway and is journaled (capture-all); `systemctl reload` re-reads
@@ -57,6 +58,16 @@ fn the_packaged_service_under_systemd_captures_and_fails_closed() {
     assert!(!out.success(), "started without bpffs: {}", out.describe());
     let log = c.ok("journalctl -u interceptor --no-pager");
     assert!(log.contains("mount namespace of its own"), "{log}");
+
+    // The unit's sandbox, as systemd rates it (issue 15: at most 3.5).
+    let report = c.ok("systemd-analyze security --no-pager interceptor");
+    let exposure = report
+        .lines()
+        .find_map(|l| l.split("interceptor.service: ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no exposure level in\n{report}"));
+    assert!(exposure <= 3.5, "exposure {exposure}\n{report}");
 
     // 2. With bpffs mounted by the "host" (the container's init), it starts, notifies and
     //    says what it captures.

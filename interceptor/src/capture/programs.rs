@@ -468,7 +468,7 @@ fn load_error(e: aya::EbpfError) -> CaptureError {
     if denied {
         message.push_str(
             ": permission denied; the gateway needs CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN \
-             (CAP_SYS_ADMIN on kernels before 5.8): run it as root with those capabilities \
+             (CAP_SYS_ADMIN on kernels before 5.8, which are not supported): run it as root with those capabilities \
              (for the service, check the unit's CapabilityBoundingSet with `interceptor doctor`)",
         );
     }
