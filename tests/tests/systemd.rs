@@ -8,7 +8,8 @@
 //! and says what it captures (STATUS=); an agent in the slice reaching an unlisted loopback
 //! port goes through the gateway and is journaled (capture-all); `systemctl reload` re-reads
 //! the policies; a hung daemon is restarted by the watchdog and captures again; stopped, the
-//! agent's connects are refused, never sent direct; `detach` lets them go direct again.
+//! agent's connects are refused, never sent direct; `detach` lets them go direct again; and
+//! `dpkg --purge` stops the service, removes the capture and keeps the journal.
 //!
 //! Slow: the first run debootstraps the rootfs (about a minute, cached after), each boot takes
 //! a few seconds. Needs root, systemd-nspawn and debootstrap (scripts/bootstrap.sh).
@@ -143,4 +144,21 @@ fn the_packaged_service_under_systemd_captures_and_fails_closed() {
     let out = agent(&c, echo.port());
     assert!(out.success(), "after detach: {}", out.describe());
     assert_eq!(echo.accepted(), 3);
+
+    // 8. Uninstalled: removing the package stops the service and removes the capture (its
+    //    prerm detaches), so agents go direct, not refused; the journal stays.
+    c.ok("systemctl start interceptor && interceptor sessions list --json >/dev/null");
+    c.ok("dpkg --purge interceptor");
+    assert!(
+        !c.sh("systemctl cat interceptor").success(),
+        "the unit is still there"
+    );
+    assert!(
+        !c.sh("test -e /sys/fs/bpf/interceptor").success(),
+        "pins left behind"
+    );
+    let out = agent(&c, echo.port());
+    assert!(out.success(), "after uninstall: {}", out.describe());
+    assert_eq!(echo.accepted(), 4);
+    c.ok("test -s /var/lib/interceptor/journal.db");
 }
