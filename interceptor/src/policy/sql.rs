@@ -238,12 +238,24 @@ impl Parsed {
 /// Analyse `sql` (PostgreSQL dialect), checked against PostgreSQL's own grammar. Never
 /// panics; see the module documentation.
 pub fn analyze(sql: &str) -> Parsed {
-    tokenize(sql).analyze()
+    second_opinion(sql, analyze_unchecked(sql))
 }
 
-/// The analysis alone, without PostgreSQL's second opinion (for tests of either side).
+/// The analysis alone, without PostgreSQL's second opinion (for tests of either side). Never
+/// panics.
 pub fn analyze_unchecked(sql: &str) -> Parsed {
-    tokenize(sql).analyze_unchecked()
+    let outer = READ_LITERAL.with(|r| r.replace(false));
+    let mut parsed = match tokenize(sql) {
+        Err(e) => unknown_text(sql, e),
+        Ok(tokens) => match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            analyze_tokens(sql, tokens, 0)
+        })) {
+            Ok(parsed) => parsed,
+            Err(_) => unknown_text(sql, "internal error: the SQL parser panicked".to_string()),
+        },
+    };
+    parsed.reads_literals = READ_LITERAL.with(|r| r.replace(outer));
+    parsed
 }
 
 /// Adds PostgreSQL's own reading of `sql` to its analysis (see [`super::pg_grammar`]).
@@ -269,53 +281,20 @@ fn second_opinion(sql: &str, mut parsed: Parsed) -> Parsed {
     parsed
 }
 
-/// A text tokenized by sqlparser, ready for [`Tokenized::analyze`].
-pub struct Tokenized<'a> {
-    sql: &'a str,
-    /// The tokens, or why there are none (the reason an `Unknown` analysis gives).
-    tokens: Result<Vec<TokenWithSpan>, String>,
-}
-
-/// Tokenizes `sql` (PostgreSQL dialect). Never panics.
-pub fn tokenize(sql: &str) -> Tokenized<'_> {
-    let tokens = if sql.len() > MAX_SQL_BYTES {
-        Err(format!(
+/// sqlparser's tokens of `sql` (PostgreSQL dialect), or why there are none (the reason an
+/// `Unknown` analysis gives). Never panics.
+fn tokenize(sql: &str) -> Result<Vec<TokenWithSpan>, String> {
+    if sql.len() > MAX_SQL_BYTES {
+        return Err(format!(
             "input too large: {} bytes (limit {MAX_SQL_BYTES})",
             sql.len()
-        ))
-    } else {
-        let run = || Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize_with_location();
-        match std::panic::catch_unwind(run) {
-            Ok(Ok(tokens)) => Ok(tokens),
-            Ok(Err(e)) => Err(format!("cannot tokenize: {e}")),
-            Err(_) => Err("internal error: the SQL tokenizer panicked".to_string()),
-        }
-    };
-    Tokenized { sql, tokens }
-}
-
-impl Tokenized<'_> {
-    /// The analysis of the text, checked against PostgreSQL's own grammar. Never panics.
-    pub fn analyze(self) -> Parsed {
-        let sql = self.sql;
-        second_opinion(sql, self.analyze_unchecked())
+        ));
     }
-
-    /// The analysis alone. Never panics.
-    pub fn analyze_unchecked(self) -> Parsed {
-        let Tokenized { sql, tokens } = self;
-        let outer = READ_LITERAL.with(|r| r.replace(false));
-        let mut parsed = match tokens {
-            Err(e) => unknown_text(sql, e),
-            Ok(tokens) => match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                analyze_tokens(sql, tokens, 0)
-            })) {
-                Ok(parsed) => parsed,
-                Err(_) => unknown_text(sql, "internal error: the SQL parser panicked".to_string()),
-            },
-        };
-        parsed.reads_literals = READ_LITERAL.with(|r| r.replace(outer));
-        parsed
+    let run = || Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize_with_location();
+    match std::panic::catch_unwind(run) {
+        Ok(Ok(tokens)) => Ok(tokens),
+        Ok(Err(e)) => Err(format!("cannot tokenize: {e}")),
+        Err(_) => Err("internal error: the SQL tokenizer panicked".to_string()),
     }
 }
 
