@@ -86,7 +86,7 @@ impl Container {
         let rootfs = rootfs();
         let name = unique_name("itest");
         let mut nspawn = format!(
-            "systemd-nspawn -D {} --ephemeral --boot --register=no --keep-unit \
+            "exec systemd-nspawn -D {} --ephemeral --boot --register=no --keep-unit \
              --machine={name} --capability=CAP_BPF,CAP_PERFMON,CAP_NET_ADMIN \
              --system-call-filter='bpf perf_event_open'",
             rootfs.display()
@@ -110,15 +110,16 @@ impl Container {
         container
     }
 
-    /// The container's systemd: the one child of nspawn, which is the child of `script`.
+    /// The container's systemd: the descendant of `script` that is PID 1 of its own PID
+    /// namespace. Searched at any depth, because how many processes sit between `script` and
+    /// nspawn depends on the shell `script` runs (bash execs a lone command, others fork).
     fn wait_for_init(&self, timeout: Duration) -> u32 {
         let script = self.nspawn.as_ref().expect("running").pid();
         let deadline = Instant::now() + timeout;
         loop {
-            let init = children(script)
+            let init = descendants(script)
                 .into_iter()
-                .flat_map(children)
-                .find(|pid| comm(*pid).as_deref() == Some("systemd"));
+                .find(|pid| is_namespace_init(*pid) && comm(*pid).as_deref() == Some("systemd"));
             if let Some(pid) = init {
                 return pid;
             }
@@ -174,9 +175,12 @@ impl Container {
 impl Drop for Container {
     fn drop(&mut self) {
         if let Some(nspawn) = self.nspawn.take() {
-            // SIGTERM to nspawn (a child of `script`, which we started) shuts the container
-            // down; the Spawned's own drop kills what is left.
-            for pid in children(nspawn.pid()) {
+            // SIGTERM to nspawn (a descendant of `script`, which we started) shuts the
+            // container down; the Spawned's own drop kills what is left.
+            let outermost_nspawn = descendants(nspawn.pid())
+                .into_iter()
+                .find(|pid| comm(*pid).as_deref() == Some("systemd-nspawn"));
+            if let Some(pid) = outermost_nspawn {
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(pid as i32),
                     nix::sys::signal::Signal::SIGTERM,
@@ -193,6 +197,32 @@ fn children(pid: u32) -> Vec<u32> {
         .split_whitespace()
         .filter_map(|p| p.parse().ok())
         .collect()
+}
+
+/// Every descendant of `pid`, parents before children.
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    let mut queue = vec![pid];
+    while let Some(p) = queue.pop() {
+        for child in children(p) {
+            found.push(child);
+            queue.push(child);
+        }
+    }
+    found
+}
+
+/// Whether `pid` is PID 1 of a PID namespace nested below ours (`NSpid: <ours> … 1`).
+fn is_namespace_init(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .map(|ids| {
+            let ids: Vec<&str> = ids.split_whitespace().collect();
+            ids.len() > 1 && ids.last() == Some(&"1")
+        })
+        .unwrap_or(false)
 }
 
 fn comm(pid: u32) -> Option<String> {
