@@ -61,6 +61,9 @@ pub struct Config {
     pub approvals: ApprovalsConfig,
     #[serde(default)]
     pub masking: MaskingConfig,
+    /// The Prometheus endpoint; off unless `listen` is set.
+    #[serde(default)]
+    pub metrics: crate::metrics::MetricsConfig,
     /// Where journal events are shipped (SIEMs, files for log shippers).
     #[serde(default, rename = "sink")]
     pub sinks: Vec<crate::ship::SinkConfig>,
@@ -585,6 +588,10 @@ impl Config {
         config.targets().map_err(|m| config.invalid(m))?;
         config.extra_intercepts().map_err(|m| config.invalid(m))?;
         config.capture.unix.rules().map_err(|m| config.invalid(m))?;
+        config
+            .metrics
+            .endpoint()
+            .map_err(|e| config.invalid(e.to_string()))?;
         Ok(config)
     }
 

@@ -62,6 +62,7 @@ pub(crate) struct GatewayParts {
     pub journal: Journal,
     pub approvals: Arc<Approvals>,
     pub policy: Arc<Engine>,
+    pub stats: Arc<crate::gateway::stats::Stats>,
     protocols: crate::protocol::Shared,
     mask_key: Option<Arc<crate::mask::HashKey>>,
 }
@@ -95,6 +96,7 @@ impl GatewayParts {
             journal,
             approvals,
             policy,
+            stats: Arc::default(),
             protocols,
             mask_key,
         })
@@ -124,6 +126,7 @@ impl GatewayParts {
             mask_key: self.mask_key,
             sample_rows: config.journal.result_sample_rows,
             captured,
+            stats: self.stats,
         })
     }
 }
@@ -324,6 +327,7 @@ pub async fn exec(
         crate::approval::control::Daemon {
             approvals: approvals.clone(),
             reload: None,
+            status: None,
         },
     );
     tracing::info!(run_id, cgroup = %cgroup.path().display(), "capture attached; starting command");

@@ -17,6 +17,7 @@
 //! - [`journal`]: SQLite, committed before forwarding.
 //! - [`exec`] and [`service`]: the two ways to put an agent under the gate.
 //! - [`config`]: the one TOML file, with embedded defaults.
+//! - [`metrics`] and [`status`]: what the service is doing, for monitoring and for operators.
 
 pub mod approval;
 pub mod capture;
@@ -29,9 +30,11 @@ pub mod install;
 pub mod journal;
 pub mod logging;
 pub mod mask;
+pub mod metrics;
 pub mod policy;
 pub mod protocol;
 pub mod service;
 pub mod ship;
+pub mod status;
 pub mod tls;
 pub mod view;

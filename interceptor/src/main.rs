@@ -70,6 +70,13 @@ enum Command {
     /// Ask the running service to re-read its policy files (root only). All load, or none:
     /// a broken file is reported and the policies in force stay.
     Reload,
+    /// Show the service: unit, daemon, pinned capture, sessions, pending approvals, journal
+    /// head and verification, and each sink's lag. Exits 5 when the daemon does not answer.
+    Status {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove the service's pinned capture (detaches the programs from its cgroups).
     Detach,
     /// Install the systemd service: user, groups, directories, unit, default config; then
@@ -383,6 +390,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print_checks(&report.checks, json, failed)
         }
         Command::Reload => runtime()?.block_on(reload(&config)),
+        Command::Status { json } => runtime()?.block_on(status(&config, json)),
         Command::Detach => {
             let pin_dir = &config.capture.pin_dir;
             if interceptor::service::detach(pin_dir)? {
@@ -545,9 +553,9 @@ async fn run_approvals(
                 answered = true;
                 ControlError::from_answer(e)
             }
-            Ok(Answer::Reloaded(_)) => {
+            Ok(Answer::Reloaded(_) | Answer::Status(_)) => {
                 answered = true;
-                ControlError::Refused("unexpected answer: reloaded".to_owned())
+                ControlError::Refused("unexpected answer".to_owned())
             }
             Err(e) => ControlError::from_io(path, &config.approvals.group, e),
         };
@@ -624,6 +632,53 @@ async fn reload(config: &Config) -> anyhow::Result<ExitCode> {
         Ok(other) => Err(anyhow::anyhow!("unexpected answer to reload: {other:?}")),
         Err(e) => Err(ControlError::from_io(socket, &config.approvals.group, e).into()),
     }
+}
+
+/// `interceptor status`: the report, then the exit code of its worst part: 5 when the daemon
+/// does not answer, 3 when the caller may not ask it, 1 when the journal does not verify.
+async fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
+    use interceptor::{
+        approval::control::{self, Answer, Call, ControlError},
+        status::DaemonState,
+    };
+    let socket = &config.approvals.socket;
+    let daemon = if !socket.exists() {
+        DaemonState::NotRunning(ControlError::NotRunning(socket.clone()).to_string())
+    } else {
+        match control::call(socket, &Call::Status).await {
+            Ok(Answer::Status(value)) => match serde_json::from_value(value) {
+                Ok(status) => DaemonState::Running(Box::new(status)),
+                Err(e) => DaemonState::Error(format!("unreadable status: {e}")),
+            },
+            Ok(Answer::Error(e)) => match ControlError::from_answer(e) {
+                ControlError::NotPermitted(e) => DaemonState::PermissionDenied(e),
+                other => DaemonState::Error(other.to_string()),
+            },
+            Ok(other) => DaemonState::Error(format!("unexpected answer: {other:?}")),
+            Err(e) => match ControlError::from_io(socket, &config.approvals.group, e) {
+                e @ ControlError::PermissionDenied { .. } => {
+                    DaemonState::PermissionDenied(e.to_string())
+                }
+                e if e.is_stale() => DaemonState::NotRunning(e.to_string()),
+                e => DaemonState::Error(e.to_string()),
+            },
+        }
+    };
+    // A CLI with nothing else to run: reading the journal may block its one thread.
+    let report = interceptor::status::gather(config, daemon);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{report}");
+    }
+    Ok(match &report.daemon {
+        DaemonState::NotRunning(_) | DaemonState::Error(_) => {
+            cli_exit::ExitKind::Unreachable.into()
+        }
+        DaemonState::PermissionDenied(_) => cli_exit::ExitKind::Permission.into(),
+        DaemonState::Running(_) if report.journal.verified == Some(false) => ExitCode::FAILURE,
+        DaemonState::Running(_) => ExitCode::SUCCESS,
+    })
 }
 
 /// `approvals list`: JSON, or one block per pending request.

@@ -225,11 +225,16 @@ pub async fn run(config: Config) -> Result<(), ExecError> {
     ensure_bpffs(&pin_dir)?;
 
     let parts = GatewayParts::from_config(&config, &targets)?;
-    let (journal, approvals, policy) = (
+    let (journal, approvals, policy, stats) = (
         parts.journal.clone(),
         parts.approvals.clone(),
         parts.policy.clone(),
+        parts.stats.clone(),
     );
+    let metrics_endpoint = config
+        .metrics
+        .endpoint()
+        .map_err(|e| ExecError::Config(e.to_string()))?;
     match journal.expire_service_approvals().await {
         Ok(0) => {}
         Ok(n) => tracing::warn!(
@@ -284,6 +289,34 @@ pub async fn run(config: Config) -> Result<(), ExecError> {
         mount,
     };
     let target_count = targets.len();
+    let observed = Arc::new(crate::status::Observed {
+        stats,
+        journal: journal.clone(),
+        approvals: approvals.clone(),
+        started: std::time::SystemTime::now(),
+        capture_mode: if settings.intercept_all {
+            "all"
+        } else {
+            "listed"
+        }
+        .to_owned(),
+        cgroups: captured.paths.clone(),
+        pin_dir: pin_dir.clone(),
+        listeners: listeners
+            .addrs()
+            .iter()
+            .map(ToString::to_string)
+            .chain(
+                listeners
+                    .unix
+                    .iter()
+                    .map(|r| format!("unix:{}", r.route.routed)),
+            )
+            .collect(),
+        metrics: metrics_endpoint.as_ref().map(ToString::to_string),
+        journal_path: config.journal.path.clone(),
+        sinks: config.sinks.clone(),
+    });
     let gateway = parts.gateway(
         &config,
         Arc::new(programs),
@@ -314,8 +347,25 @@ pub async fn run(config: Config) -> Result<(), ExecError> {
                 let reloader = reloader.clone();
                 Arc::new(move || reloader.reload())
             }),
+            status: Some({
+                let observed = observed.clone();
+                Arc::new(move || serde_json::to_value(observed.status()).unwrap_or_default())
+            }),
         },
     );
+    // Off unless configured; a configured endpoint that cannot be bound stops the start, like
+    // any other listener the operator asked for.
+    let _metrics = match &metrics_endpoint {
+        Some(endpoint) => Some(
+            crate::metrics::serve(endpoint, crate::install::SERVICE_USER, {
+                let observed = observed.clone();
+                Arc::new(move || observed.exposition())
+            })
+            .await
+            .map_err(|e| ExecError::Config(e.to_string()))?,
+        ),
+        None => None,
+    };
     let names: Vec<String> = cgroups
         .iter()
         .map(|c| c.path().display().to_string())

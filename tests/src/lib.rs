@@ -767,6 +767,12 @@ pub fn run_in_cgroup<S: AsRef<std::ffi::OsStr>>(
     argv: &[S],
     timeout: Duration,
 ) -> Output {
+    run_command(in_cgroup(cgroup, argv), timeout)
+}
+
+/// A command that first moves itself into `cgroup`, then execs `argv` (to run, or spawn in
+/// the background).
+pub fn in_cgroup<S: AsRef<std::ffi::OsStr>>(cgroup: &CgroupDir, argv: &[S]) -> Command {
     let mut cmd = Command::new("/bin/sh");
     cmd.current_dir("/")
         .arg("-c")
@@ -774,7 +780,7 @@ pub fn run_in_cgroup<S: AsRef<std::ffi::OsStr>>(
         .arg("sh")
         .arg(cgroup.path())
         .args(argv);
-    run_command(cmd, timeout)
+    cmd
 }
 
 // ---------------------------------------------------------------------------------------------

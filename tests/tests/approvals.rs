@@ -258,19 +258,19 @@ fn a_request_pending_when_the_service_dies_is_expired_on_restart() {
         pins.path.display()
     ));
     let daemon = Daemon::start(&cfg);
-    let mut cmd = std::process::Command::new("/bin/sh");
-    cmd.current_dir("/")
-        .arg("-c")
-        .arg(r#"echo $$ > "$1/cgroup.procs" && shift && exec "$@""#)
-        .arg("sh")
-        .arg(cgroup.path())
-        .arg(psql_bin())
-        .arg(format!(
-            "host={} port={} dbname=appdb user=agent sslmode=disable",
-            pg_dial_host(),
-            pg.port()
-        ))
-        .args(["-c", "UPDATE acct SET bal = 0"]);
+    let cmd = in_cgroup(
+        &cgroup,
+        &[
+            psql_bin().display().to_string(),
+            format!(
+                "host={} port={} dbname=appdb user=agent sslmode=disable",
+                pg_dial_host(),
+                pg.port()
+            ),
+            "-c".to_owned(),
+            "UPDATE acct SET bal = 0".to_owned(),
+        ],
+    );
     let agent = Spawned::spawn(cmd, "agent in cgroup", false);
     let id = pending(&cfg, 1)[0]["id"].as_str().expect("id").to_owned();
     daemon.kill();

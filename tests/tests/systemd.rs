@@ -88,6 +88,28 @@ fn the_packaged_service_under_systemd_captures_and_fails_closed() {
         "{sessions}"
     );
 
+    // `interceptor status` sees the unit and its daemon as one: the unit's main pid answers
+    // on the control socket, and counts the agent's session.
+    let report: serde_json::Value =
+        serde_json::from_str(&c.ok("interceptor status --json")).expect("status --json");
+    assert_eq!(report["unit"]["active_state"], json!("active"), "{report}");
+    let main_pid = c.ok("systemctl show -p MainPID --value interceptor");
+    assert_eq!(
+        report["unit"]["main_pid"].to_string(),
+        main_pid.trim(),
+        "{report}"
+    );
+    assert_eq!(
+        report["daemon"]["running"]["pid"],
+        report["unit"]["main_pid"]
+    );
+    assert_eq!(
+        report["daemon"]["running"]["sessions"][0]["total"],
+        json!(1),
+        "{report}"
+    );
+    assert_eq!(report["journal"]["verified"], json!(true), "{report}");
+
     // 4. Reload through the unit (ExecReload= is `interceptor reload`): the policies are
     //    re-read and the status says so.
     c.ok("systemctl reload interceptor");
@@ -138,6 +160,18 @@ fn the_packaged_service_under_systemd_captures_and_fails_closed() {
     );
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(echo.accepted(), 2, "a connection went direct while stopped");
+    let down = c.sh("interceptor status");
+    assert_eq!(
+        down.code(),
+        Some(5),
+        "status while stopped: {}",
+        down.describe()
+    );
+    assert!(
+        down.stdout.contains("inactive") && down.stdout.contains("REFUSED"),
+        "{}",
+        down.stdout
+    );
 
     // 7. detach removes the capture: the agent goes direct.
     c.ok("interceptor detach");

@@ -44,6 +44,8 @@ pub enum Call {
     },
     /// Re-read every policy file (root only); all load or none.
     Reload,
+    /// What the daemon is doing (`interceptor status`).
+    Status,
 }
 
 /// Answers on the socket.
@@ -54,6 +56,9 @@ pub enum Answer {
     Request(Box<Request>),
     /// The reload took: what is in force now.
     Reloaded(String),
+    /// The daemon's status, as `status::DaemonStatus` serializes it. Carried as JSON so this
+    /// transport does not depend on what the daemon reports.
+    Status(serde_json::Value),
     Error(String),
 }
 
@@ -61,12 +66,17 @@ pub enum Answer {
 /// `Err` why nothing changed.
 pub type Reload = Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
 
-/// What a control socket serves: the holds, and, for the service, a policy reload (an `exec`
-/// run has none: its policies live as long as its command).
+/// Reports what the daemon is doing, as JSON (`interceptor status`).
+pub type Status = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
+
+/// What a control socket serves: the holds, and, for the service, a policy reload and its
+/// status (an `exec` run has neither: its policies live as long as its command, and its
+/// status is its command's).
 #[derive(Clone)]
 pub struct Daemon {
     pub approvals: Arc<Approvals>,
     pub reload: Option<Reload>,
+    pub status: Option<Status>,
 }
 
 /// Largest request accepted (a request is an id and a reason).
@@ -169,6 +179,12 @@ async fn answer(daemon: &Daemon, approver: &Approver, call: Call) -> Answer {
     let approvals = &daemon.approvals;
     let result = match call {
         Call::Reload => return reload(daemon, approver.uid).await,
+        Call::Status => {
+            return match &daemon.status {
+                Some(status) => Answer::Status(status()),
+                None => Answer::Error("this run reports no status (only the service does)".into()),
+            }
+        }
         Call::List => return Answer::Requests(approvals.list()),
         Call::Show { id } => {
             return approvals

@@ -87,7 +87,7 @@ pub async fn run(explicit: Option<PathBuf>, configured: PathBuf) -> std::io::Res
                 match control::call(&socket, &call).await {
                     Ok(Answer::Request(r)) => println!("{}: {:?}\n", r.id, r.status),
                     Ok(Answer::Error(e)) => println!("refused: {e}\n"),
-                    Ok(Answer::Requests(_) | Answer::Reloaded(_)) => {}
+                    Ok(Answer::Requests(_) | Answer::Reloaded(_) | Answer::Status(_)) => {}
                     Err(e) => println!("error: {e}\n"),
                 }
             }

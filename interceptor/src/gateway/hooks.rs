@@ -56,6 +56,8 @@ pub struct SessionHooks {
     masking: Option<Arc<Masking>>,
     /// What the server's catalog said about functions (see [`Hooks::vouch_functions`]).
     functions: Mutex<HashMap<String, bool>>,
+    /// Where decisions are counted.
+    stats: Arc<super::stats::Stats>,
 }
 
 /// Who a session belongs to, for the hooks.
@@ -74,6 +76,7 @@ impl SessionHooks {
         policy: Arc<Engine>,
         approvals: Arc<Approvals>,
         default_review_timeout: std::time::Duration,
+        stats: Arc<super::stats::Stats>,
         info: SessionInfo,
     ) -> SessionHooks {
         SessionHooks {
@@ -90,6 +93,7 @@ impl SessionHooks {
             held: Mutex::new(HashMap::new()),
             masking: info.masking,
             functions: Mutex::new(HashMap::new()),
+            stats,
         }
     }
 
@@ -200,6 +204,11 @@ impl Hooks for SessionHooks {
                     v.message = "approved earlier in this run".to_owned();
                 }
                 keys.push(key);
+                self.stats.decided(
+                    self.target.as_deref(),
+                    v.rule.as_deref(),
+                    v.decision.as_str(),
+                );
                 v
             })
             .collect();

@@ -7,6 +7,7 @@
 
 pub mod hooks;
 pub mod session;
+pub mod stats;
 pub mod unix_refusals;
 pub mod unix_routes;
 
@@ -65,6 +66,8 @@ pub struct Gateway {
     /// Where the programs are attached: a routed Unix connection is served only to a peer in
     /// one of these (`capture::peer`).
     pub captured: CapturedCgroups,
+    /// Sessions, decisions and anomalies so far (`interceptor status`, metrics).
+    pub stats: Arc<stats::Stats>,
 }
 
 impl Gateway {

@@ -198,6 +198,14 @@ async fn handle(gateway: &Gateway, arrival: Arrival<'_>, client: impl ClientStre
         }
     };
     tracing::info!(session_id, pid, %destination, "session opened");
+    let _open = gateway
+        .stats
+        .session_opened(target_name.as_deref().unwrap_or(""), protocol.as_str());
+    gateway.stats.decided(
+        target_name.as_deref(),
+        connection.rule.as_deref(),
+        connection.decision.as_str(),
+    );
 
     let counters = Counters::default();
     let hooks = SessionHooks::new(
@@ -205,6 +213,7 @@ async fn handle(gateway: &Gateway, arrival: Arrival<'_>, client: impl ClientStre
         gateway.policy.clone(),
         gateway.approvals.clone(),
         gateway.review_timeout,
+        gateway.stats.clone(),
         SessionInfo {
             session_id,
             subject,
@@ -330,6 +339,7 @@ struct Anomaly {
 }
 
 async fn journal_anomaly(gateway: &Gateway, anomaly: Anomaly) {
+    gateway.stats.anomalies.add([anomaly.detail], 1);
     let Anomaly {
         client_addr,
         original_dst,

@@ -97,6 +97,7 @@ async fn journal_one(gateway: &Gateway, report: UnixRefusal) {
         "connect"
     };
     tracing::warn!(pid = report.tgid, uid = report.uid, %destination, call, "Unix socket refused");
+    gateway.stats.decided(None, Some("capture.unix"), "deny");
     let session = NewSession {
         run_id: Some(gateway.run_ids.for_cgroup(identity.cgroup_id)),
         identity,

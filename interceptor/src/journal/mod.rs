@@ -215,6 +215,9 @@ struct Inner {
     gathering: AtomicBool,
     /// `journal_meta.journal_id`, fixed for the life of the file.
     id: String,
+    /// How long callers wait for their records to be committed: what every journaled command
+    /// pays before it is forwarded.
+    commit_latency: crate::metrics::Histogram,
 }
 
 /// Upper bound on operations per transaction, so one commit never holds the lock for long.
@@ -249,6 +252,7 @@ impl Journal {
             queue: Mutex::new(Vec::new()),
             gathering: AtomicBool::new(false),
             id,
+            commit_latency: crate::metrics::Histogram::default(),
         });
         start_checkpointer(&config.path, config.sync, Arc::downgrade(&inner))?;
         Ok(Journal { inner })
@@ -264,6 +268,7 @@ impl Journal {
     /// before committing, so sessions that are ready to run add their records to the same
     /// transaction; later callers of the group just wait for their reply.
     async fn enqueue(&self, op: Op) -> Result<Result<Vec<i64>, String>, oneshot::error::RecvError> {
+        let queued = std::time::Instant::now();
         let rx = self.inner.queue_only(op);
         if !self.inner.gathering.swap(true, Ordering::AcqRel) {
             tokio::task::yield_now().await;
@@ -272,7 +277,14 @@ impl Journal {
             self.inner.gathering.store(false, Ordering::Release);
             self.inner.commit_queued();
         }
-        rx.await
+        let reply = rx.await;
+        self.inner.commit_latency.observe(queued.elapsed());
+        reply
+    }
+
+    /// How long callers have waited for their commits so far.
+    pub fn commit_latency(&self) -> crate::metrics::HistogramSnapshot {
+        self.inner.commit_latency.snapshot()
     }
 }
 
