@@ -20,8 +20,11 @@ mkdir -p "$OUT"
 "$BIN" completions bash >"$OUT/interceptor.bash"
 "$BIN" completions zsh >"$OUT/_interceptor"
 "$BIN" completions fish >"$OUT/interceptor.fish"
-# Debian ships man pages compressed; -n keeps the archive byte-identical between builds.
-"$BIN" man | gzip -9n >"$OUT/interceptor.8.gz"
+# interceptor(8) and a page per subcommand, which its SUBCOMMANDS section names. Debian ships
+# man pages compressed; -n keeps the archive byte-identical between builds.
+rm -rf "$OUT/man"
+"$BIN" man --dir "$OUT/man"
+gzip -9n "$OUT"/man/*.8
 
 UNIT="$ROOT/interceptor/packaging/interceptor.service"
 sed 's|/usr/local/bin/interceptor|/usr/bin/interceptor|g' "$UNIT" >"$OUT/interceptor.service"

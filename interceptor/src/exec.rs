@@ -244,12 +244,10 @@ pub async fn exec(
     let parts = GatewayParts::from_config(&config, &targets)?;
     let (journal, approvals) = (parts.journal.clone(), parts.approvals.clone());
     let run_id = new_run_id();
-    let mut listeners = Listeners::bind(0).map_err(ExecError::Listen)?;
-    // Removed when the run ends (dropped last, after the gateway has stopped).
-    let (_route_dir, unix_routes) =
-        gateway::unix_routes::bind(&config.runtime_dir(), &run_id, &targets)
+    // The route directory is removed when the run ends (dropped last, after the gateway).
+    let (listeners, _route_dir) =
+        Listeners::bind_with_routes(0, &config.runtime_dir(), &run_id, &targets)
             .map_err(ExecError::Listen)?;
-    listeners.unix = unix_routes;
     let mut programs = Programs::load(None)?;
     let unix_gap = unix_capture_gap(&config, &programs)?;
     programs.configure(

@@ -131,9 +131,13 @@ enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Print the man page, interceptor(8), as roff to stdout (the package builds it this way).
+    /// Print the man page, interceptor(8), as roff to stdout; with --dir, write it and one
+    /// page per subcommand (interceptor-status(8), …) there. The package builds them this way.
     #[command(hide = true)]
-    Man,
+    Man {
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -357,7 +361,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // Generated from the definitions above, so they need no config.
     match cli.command {
         Command::Completions { shell } => return print_completions(shell),
-        Command::Man => return print_man_page(),
+        Command::Man { dir } => return print_man_pages(dir.as_deref()),
         _ => {}
     }
     let config = load_config(cli.config.as_ref())?;
@@ -419,7 +423,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{report}");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Completions { .. } | Command::Man => {
+        Command::Completions { .. } | Command::Man { .. } => {
             unreachable!("printed before the config loads")
         }
         Command::Sessions { command } => run_sessions(&config, command),
@@ -500,7 +504,12 @@ async fn run_approvals(
         Scope,
     };
     if let ApprovalsCommand::Watch = command {
-        interceptor::approval::watch::run(socket, config.approvals.socket.clone()).await?;
+        interceptor::approval::watch::run(
+            socket,
+            config.approvals.socket.clone(),
+            config.approvals.group.clone(),
+        )
+        .await?;
         return Ok(ExitCode::SUCCESS);
     }
     let sockets = match socket {
@@ -620,7 +629,7 @@ fn print_checks(
 async fn reload(config: &Config) -> anyhow::Result<ExitCode> {
     use interceptor::approval::control::{self, Answer, Call, ControlError};
     let socket = &config.approvals.socket;
-    if !socket.exists() {
+    if !control::may_exist(socket) {
         return Err(ControlError::NotRunning(socket.clone()).into());
     }
     match control::call(socket, &Call::Reload).await {
@@ -642,7 +651,7 @@ async fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
         status::DaemonState,
     };
     let socket = &config.approvals.socket;
-    let daemon = if !socket.exists() {
+    let daemon = if !control::may_exist(socket) {
         DaemonState::NotRunning(ControlError::NotRunning(socket.clone()).to_string())
     } else {
         match control::call(socket, &Call::Status).await {
@@ -904,9 +913,31 @@ fn print_completions(shell: clap_complete::Shell) -> anyhow::Result<ExitCode> {
 }
 
 /// `interceptor man`: interceptor(8) in roff, from the clap definitions (`make deb` ships it).
-fn print_man_page() -> anyhow::Result<ExitCode> {
+fn print_man_pages(dir: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
     use clap::CommandFactory as _;
-    let page = clap_mangen::Man::new(Cli::command()).section("8");
-    page.render(&mut std::io::stdout())?;
+    let Some(dir) = dir else {
+        let page = clap_mangen::Man::new(Cli::command()).section("8");
+        page.render(&mut std::io::stdout())?;
+        return Ok(ExitCode::SUCCESS);
+    };
+    std::fs::create_dir_all(dir)?;
+    // Built, so that subcommands carry their display names (`interceptor-approvals-list`),
+    // which is what the top page's SUBCOMMANDS section refers to.
+    let mut cli = Cli::command().disable_help_subcommand(true);
+    cli.build();
+    write_man_page(&cli, dir)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `cmd`'s page, `<display name>.8`, and those of its visible subcommands.
+fn write_man_page(cmd: &clap::Command, dir: &std::path::Path) -> anyhow::Result<()> {
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        write_man_page(sub, dir)?;
+    }
+    let name = cmd.get_display_name().unwrap_or_else(|| cmd.get_name());
+    let mut file = std::fs::File::create(dir.join(format!("{name}.8")))?;
+    clap_mangen::Man::new(cmd.clone())
+        .section("8")
+        .render(&mut file)?;
+    Ok(())
 }

@@ -243,12 +243,15 @@ pub async fn run(config: Config) -> Result<(), ExecError> {
         ),
         Err(e) => return Err(e.into()),
     }
-    let mut listeners = Listeners::bind(config.proxy.port).map_err(ExecError::Listen)?;
-    // Removed when the daemon stops: routed connects then fail (ENOENT) until it is back.
-    let (_route_dir, unix_routes) =
-        gateway::unix_routes::bind(&config.runtime_dir(), "service", &targets)
-            .map_err(ExecError::Listen)?;
-    listeners.unix = unix_routes;
+    // The route directory is removed when the daemon stops: routed connects then fail
+    // (ENOENT) until it is back.
+    let (listeners, _route_dir) = Listeners::bind_with_routes(
+        config.proxy.port,
+        &config.runtime_dir(),
+        "service",
+        &targets,
+    )
+    .map_err(ExecError::Listen)?;
     // Capture-all unless the operator opts into `listed`: every connection an agent makes is
     // journaled, a target's or not (issue 15).
     let settings = Settings::from_config(&config, &targets, CaptureMode::All, &listeners)

@@ -597,27 +597,32 @@ fn a_uid_outside_the_approvers_group_cannot_use_the_socket() {
             .find(|n| n.starts_with("exec-") && n.ends_with(".sock"))
             .expect("the run's control socket"),
     );
-    let mut cmd = std::process::Command::new("setpriv");
-    cmd.current_dir("/")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(&bin)
-        .arg("--config")
-        .arg(&cfg.path)
-        .args(["approvals", "--socket"])
-        .arg(&socket)
-        .args(["approve", &id]);
-    let out = run_command(cmd, Duration::from_secs(30));
+    let as_nobody = |args: &[&str]| {
+        let mut cmd = std::process::Command::new("setpriv");
+        cmd.current_dir("/")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&bin)
+            .arg("--config")
+            .arg(&cfg.path)
+            .args(["approvals", "--socket"])
+            .arg(&socket)
+            .args(args);
+        run_command(cmd, Duration::from_secs(30))
+    };
     // The socket's mode keeps uid 65534 out before the daemon's own check: exit 3, and the
-    // message says which group to join.
-    assert_eq!(out.code(), Some(3), "{}", out.describe());
-    assert!(
-        out.stderr.contains(&format!(
-            "permission denied on {}: join the `",
-            socket.display()
-        )) && out.stderr.contains("` group to decide approvals"),
-        "{}",
-        out.describe()
-    );
+    // message says which group to join. `watch` says the same at once, rather than watching
+    // a socket it can never read.
+    for out in [as_nobody(&["approve", &id]), as_nobody(&["watch"])] {
+        assert_eq!(out.code(), Some(3), "{}", out.describe());
+        assert!(
+            out.stderr.contains(&format!(
+                "permission denied on {}: join the `",
+                socket.display()
+            )) && out.stderr.contains("` group to decide approvals"),
+            "{}",
+            out.describe()
+        );
+    }
     let done = agent.wait(Duration::from_secs(30));
     assert!(
         !done.success(),

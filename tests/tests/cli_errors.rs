@@ -235,6 +235,32 @@ fn permission_denied_on_the_control_socket_names_the_group_and_exits_3() {
     );
 }
 
+/// A socket in a directory the caller may not search (the runtime directory is 0750) is not
+/// "no daemon": `approvals`, `status` and `reload` say which group to join, and exit 3.
+#[test]
+fn a_socket_in_a_directory_the_caller_cannot_search_names_the_group() {
+    require_root!();
+    let cfg = TempConfig::new("");
+    let dir = cfg.dir().join("run");
+    std::fs::create_dir(&dir).expect("mkdir");
+    let socket = dir.join("control.sock");
+    cfg.write(&format!(
+        "{}\n[approvals]\nsocket = \"{}\"\ngroup = \"approvers-of-this-test\"\n",
+        cfg.journal_section(),
+        socket.display()
+    ));
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    let needle = format!(
+        "permission denied on {}: join the `approvers-of-this-test` group",
+        socket.display()
+    );
+    assert_exit(&run_as_nobody(&cfg, &["approvals", "list"]), 3, &needle);
+    let status = run_as_nobody(&cfg, &["status"]);
+    assert_eq!(status.code(), Some(3), "{}", status.describe());
+    assert!(status.stdout.contains(&needle), "{}", status.describe());
+}
+
 #[test]
 fn a_journal_the_caller_may_not_read_names_the_group_and_exits_3() {
     require_root!();

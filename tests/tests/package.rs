@@ -63,6 +63,9 @@ fn make_deb_builds_a_package_with_everything_the_service_needs() {
         "./usr/share/zsh/vendor-completions/_interceptor",
         "./usr/share/fish/vendor_completions.d/interceptor.fish",
         "./usr/share/man/man8/interceptor.8.gz",
+        // The pages interceptor(8) names under SUBCOMMANDS.
+        "./usr/share/man/man8/interceptor-status.8.gz",
+        "./usr/share/man/man8/interceptor-approvals-approve.8.gz",
         "./usr/share/doc/interceptor/README.md",
         "./usr/share/doc/interceptor/docs/operations.md",
         "./usr/share/doc/interceptor/copyright",

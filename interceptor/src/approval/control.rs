@@ -365,7 +365,14 @@ pub fn sockets(configured: &Path) -> Vec<PathBuf> {
             found.extend(runs);
         }
     }
-    found.into_iter().filter(|p| p.exists()).collect()
+    found.into_iter().filter(|p| may_exist(p)).collect()
+}
+
+/// Whether there may be a socket at `path`: there is, or the caller may not look (a directory
+/// it cannot search). The second case is kept so that connecting says "permission denied"
+/// and names the group, instead of "not running".
+pub fn may_exist(path: &Path) -> bool {
+    !matches!(std::fs::symlink_metadata(path), Err(e) if e.kind() == std::io::ErrorKind::NotFound)
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use std::{
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 
 use super::{
-    control::{self, Answer, Call},
+    control::{self, Answer, Call, ControlError},
     Request, Scope,
 };
 
@@ -24,19 +24,58 @@ const POLL: Duration = Duration::from_millis(500);
 
 /// Follows the `explicit` socket, or the configured one and every `exec` run's beside it (looked
 /// up again on each poll, so runs started later are seen too).
-pub async fn run(explicit: Option<PathBuf>, configured: PathBuf) -> std::io::Result<()> {
+/// Refused everywhere (the caller is not an approver) is an error of kind `PermissionDenied`;
+/// sockets that fail otherwise are warned about once each, and watching goes on.
+pub async fn run(
+    explicit: Option<PathBuf>,
+    configured: PathBuf,
+    group: String,
+) -> std::io::Result<()> {
     let interactive = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
     let mut seen = HashSet::new();
     let mut input = BufReader::new(tokio::io::stdin()).lines();
     if interactive {
         println!("watching for approval requests (Ctrl-C to stop)");
     }
+    // Problems are said once each, not at every poll.
+    let mut reported = HashSet::new();
+    let mut said_waiting = false;
     loop {
         let sockets = match &explicit {
             Some(s) => vec![s.clone()],
             None => control::sockets(&configured),
         };
-        for (socket, request) in pending(&sockets).await {
+        let Polled {
+            requests,
+            answered,
+            problems,
+        } = pending(&sockets, &group).await;
+        if !answered {
+            // Every socket refused the caller: watching would show nothing, ever.
+            if let Some(e) = problems.iter().find(|e| {
+                matches!(
+                    e,
+                    ControlError::PermissionDenied { .. } | ControlError::NotPermitted(_)
+                )
+            }) {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    e.to_string(),
+                ));
+            }
+            if !said_waiting {
+                eprintln!("no interceptor daemon answers yet; waiting for one to start");
+                said_waiting = true;
+            }
+        } else {
+            said_waiting = false;
+        }
+        for problem in problems.iter().filter(|e| !e.is_stale()) {
+            if reported.insert(problem.to_string()) {
+                eprintln!("warning: {problem}");
+            }
+        }
+        for (socket, request) in requests {
             if !seen.insert(request.id.clone()) {
                 continue;
             }
@@ -96,15 +135,43 @@ pub async fn run(explicit: Option<PathBuf>, configured: PathBuf) -> std::io::Res
     }
 }
 
-async fn pending(sockets: &[PathBuf]) -> Vec<(PathBuf, Request)> {
-    let mut all = Vec::new();
+/// One poll of every socket.
+struct Polled {
+    /// Pending requests of every socket that answered, oldest first.
+    requests: Vec<(PathBuf, Request)>,
+    /// Some socket answered.
+    answered: bool,
+    /// Why the others did not.
+    problems: Vec<ControlError>,
+}
+
+async fn pending(sockets: &[PathBuf], group: &str) -> Polled {
+    let mut polled = Polled {
+        requests: Vec::new(),
+        answered: false,
+        problems: Vec::new(),
+    };
     for socket in sockets {
-        if let Ok(Answer::Requests(list)) = control::call(socket, &Call::List).await {
-            all.extend(list.into_iter().map(|r| (socket.clone(), r)));
+        match control::call(socket, &Call::List).await {
+            Ok(Answer::Requests(list)) => {
+                polled.answered = true;
+                polled
+                    .requests
+                    .extend(list.into_iter().map(|r| (socket.clone(), r)));
+            }
+            Ok(Answer::Error(e)) => polled.problems.push(ControlError::from_answer(e)),
+            Ok(_) => polled.problems.push(ControlError::Refused(
+                "unexpected answer to list".to_owned(),
+            )),
+            Err(e) => polled
+                .problems
+                .push(ControlError::from_io(socket, group, e)),
         }
     }
-    all.sort_by(|a, b| a.1.requested_at.cmp(&b.1.requested_at));
-    all
+    polled
+        .requests
+        .sort_by(|a, b| a.1.requested_at.cmp(&b.1.requested_at));
+    polled
 }
 
 fn show(r: &Request) {

@@ -149,6 +149,21 @@ impl Listeners {
         ))
     }
 
+    /// [`Listeners::bind`], plus a listener for each Unix socket the targets route
+    /// ([`unix_routes::bind`]) under `<runtime_dir>/routes/<run>/`. The directory is removed
+    /// when the returned guard drops: keep it until the gateway has stopped.
+    pub fn bind_with_routes(
+        port: u16,
+        runtime_dir: &std::path::Path,
+        run: &str,
+        targets: &[Target],
+    ) -> std::io::Result<(Listeners, Option<unix_routes::RouteDir>)> {
+        let mut listeners = Listeners::bind(port)?;
+        let (dir, routes) = unix_routes::bind(runtime_dir, run, targets)?;
+        listeners.unix = routes;
+        Ok((listeners, dir))
+    }
+
     pub fn port4(&self) -> u16 {
         self.v4.local_addr().map(|a| a.port()).unwrap_or(0)
     }
