@@ -157,6 +157,12 @@ async def binary():
     async with c.transaction():
         out["cursor"] = [str(r[0]) async for r in c.cursor("SELECT email FROM customers ORDER BY id", prefetch=1)]
     await c.close()
+    # Without a statement cache (the usual setting behind pgbouncer) asyncpg prepares the
+    # unnamed statement and describes it in one Sync, then binds and executes it in the next.
+    n = await asyncpg.connect(host=H, port=P, user="agent", database="appdb", statement_cache_size=0)
+    out["nocache"] = [[None if v is None else str(v) for v in r.values()] for r in await n.fetch(PLAIN)]
+    out["nocache_args"] = [[str(v) for v in (await n.fetchrow("SELECT email, ssn FROM customers WHERE id = $1", i)).values()] for i in (1, 2, 1)]
+    await n.close()
     return out
 res["binary"] = asyncio.run(binary())
 psql = subprocess.run([ARGS["psql"], "-X", "-A", "-t", "-F", "|", "-c", PLAIN,
@@ -247,6 +253,11 @@ fn personal_data_and_secrets_are_masked_for_every_client() {
             pretty(binary)
         );
     }
+    assert_eq!(
+        r["binary"]["nocache"], r["binary"]["plain"],
+        "asyncpg without a statement cache gets the same masked values"
+    );
+    assert_eq!(r["binary"]["nocache_args"], r["binary"]["prepared"]);
     assert_eq!(r["binary"]["prepared"][0], r["binary"]["prepared"][2]);
     assert_eq!(
         r["binary"]["cursor"],

@@ -1540,3 +1540,57 @@ except Exception as e:
     let message = r["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("unavailable"), "{}", pretty(&r));
 }
+
+/// The server process dies mid-statement (SIGKILL to its backend): the client is told, the
+/// statement's journal entry says it got no answer, and the session is not a normal close.
+#[test]
+fn an_upstream_crash_mid_statement_is_recorded() {
+    require_root!();
+    let pg = PgServer::start();
+    let cfg = pg_config(&pg, "");
+    const CLIENT: &str = r#"
+import psycopg, os, signal
+conn = psycopg.connect(dsn(), autocommit=True)
+pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+def kill_later():
+    time.sleep(1)
+    os.kill(pid, signal.SIGKILL)
+threading.Thread(target=kill_later).start()
+try:
+    conn.execute("SELECT pg_sleep(30)")
+    report(outcome="finished")
+except psycopg.Error as e:
+    report(outcome="error", error=err_info(e))
+"#;
+    let out = run_client(&cfg, CLIENT, &args(&pg, json!({})));
+    let r = client_ok(&out);
+    assert_eq!(r["outcome"], json!("error"), "{}", pretty(&r));
+    let run_id = r["run_id"].as_str().expect("run id");
+    let sessions = finished_sessions(&cfg, run_id);
+    let session = sessions
+        .iter()
+        .find(|s| s["target"] == json!("appdb"))
+        .unwrap_or_else(|| panic!("{}", pretty_rows(&sessions)));
+    assert_eq!(session["outcome"], json!("error"), "{}", pretty(session));
+    let show = session_show(&cfg, session_id(session));
+    let sleep = show["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| statement_text(e).contains("pg_sleep"))
+        .unwrap_or_else(|| panic!("{}", pretty(&show)));
+    assert_eq!(
+        sleep["result"]["sqlstate"],
+        json!("08006"),
+        "{}",
+        pretty(sleep)
+    );
+    assert!(
+        sleep["result"]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("no answer: the"),
+        "{}",
+        pretty(sleep)
+    );
+}

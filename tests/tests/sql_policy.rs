@@ -28,6 +28,13 @@ with psycopg.connect(dsn(), autocommit=True) as conn:
     except errors.InsufficientPrivilege as e:
         res["drop"] = {"sqlstate": e.sqlstate, "message": str(e)}
     res["select_after"] = conn.execute("SELECT count(*) FROM keep").fetchone()[0]
+    # With a parameter: Parse, Bind, Describe, Execute and Sync in one batch; the Bind and
+    # Execute the server skips after the refused Parse must not overwrite its 42501.
+    try:
+        conn.execute("SELECT pg_read_file(%s)", ("/etc/hostname",))
+        res["param"] = "ran"
+    except errors.InsufficientPrivilege as e:
+        res["param"] = e.sqlstate
     try:
         conn.execute("SELECT 1; DELETE FROM keep; DROP TABLE keep")
         res["multi"] = "ran"
@@ -135,6 +142,16 @@ fn refused_statements_reach_the_client_as_42501_and_change_nothing() {
         .unwrap_or_else(|| panic!("the refused DROP is journaled: {denied:#?}"));
     assert_eq!(drop["rule"], json!("no-schema-changes"));
     assert_eq!(drop["result"]["sqlstate"], json!("42501"));
+    assert_eq!(r["param"], json!("42501"), "{}", pretty(&r));
+    let param = denied
+        .iter()
+        .find(|e| e["statement"] == json!("SELECT pg_read_file($1)"))
+        .unwrap_or_else(|| panic!("the refused pg_read_file is journaled: {denied:#?}"));
+    assert_eq!(
+        param["result"]["sqlstate"],
+        json!("42501"),
+        "a refusal stays a refusal when the batch's later messages are skipped: {param:#?}"
+    );
     assert!(
         denied.iter().any(|e| e["statement"]
             .as_str()

@@ -77,6 +77,9 @@ pub enum PgError {
     Denied(String),
     #[error("session state the gateway cannot read for: {0}")]
     Unpinned(String),
+    /// The server went away with commands unanswered (each got that as its result).
+    #[error("upstream lost mid-statement: {why} ({unanswered} command(s) unanswered)")]
+    UpstreamLost { unanswered: usize, why: String },
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }

@@ -127,6 +127,10 @@ enum Described {
     /// A prepared statement, by its generation (see [`Statement::generation`]).
     Statement(u64),
     Portal(String),
+    /// A portal the gateway itself asked the server to describe, because nothing else would
+    /// tell what its Execute returns (see [`Statements::needs_description`]); the answer is
+    /// for the gateway only and is not relayed.
+    Hidden(String),
     /// A statement the gateway does not know (the server answers with an error).
     Unknown,
 }
@@ -158,6 +162,10 @@ struct Flow {
     retired: Vec<u64>,
     /// The COPY TO in progress sends binary rows.
     copy_binary: bool,
+    /// Refusals answered since the last ReadyForQuery. An Execute of a refused Parse carries
+    /// the Parse's event (its first run reports there); when the server skips that Execute,
+    /// the refusal stays the event's result.
+    refused: Vec<EventId>,
 }
 
 impl Flow {
@@ -338,6 +346,9 @@ struct Step {
     change: Option<Change>,
     /// Refused by the gateway itself, before policy (an unknown name): why.
     refuse: Option<String>,
+    /// An Execute whose rows nothing describes: the gateway sends a Describe of its portal
+    /// just before it.
+    describe_first: bool,
     /// The segment the message belongs to.
     segment: u64,
 }
@@ -611,6 +622,8 @@ impl Statements {
                     statement.event
                 };
                 step.change = statement.forget.clone().map(Change::Forget);
+                step.describe_first =
+                    Self::needs_description(flow, plan, &portal_name, statement.generation);
                 let shape = ExecShape {
                     portal: portal_name,
                     statement: Some(statement.generation),
@@ -665,6 +678,42 @@ impl Statements {
         self.generations = plan.generations;
         self.segment = plan.segment;
         self.executed = plan.executed;
+    }
+
+    /// Whether an Execute of `portal` (bound to statement `generation`) would return rows
+    /// nothing describes. Rows are masked by their description: the portal's, when the
+    /// client asked for it since the portal's last Execute, or the statement's, when the
+    /// server described it (or will, for a Describe already sent or in this batch). A client
+    /// may ask for neither, e.g. asyncpg without a statement cache, which describes an
+    /// unnamed statement, then Parses it again without a Describe before each execution.
+    /// Guessing that the old description still holds would be guessing what the server runs,
+    /// so the gateway asks the server: it sends a Describe of the portal first.
+    fn needs_description(flow: &Flow, plan: &Plan, portal: &str, generation: u64) -> bool {
+        if flow.shapes.contains_key(&generation) {
+            return false;
+        }
+        let planned = plan.steps.iter().rev().filter_map(|s| s.expect.as_ref());
+        for expect in planned {
+            match expect {
+                Expect::Describe(Described::Portal(p)) if p == portal => return false,
+                Expect::Describe(Described::Statement(g)) if *g == generation => return false,
+                Expect::Execute(_, shape) if shape.portal == portal => return true,
+                _ => {}
+            }
+        }
+        for pending in flow.queue.iter().rev() {
+            match pending {
+                Pending::Describe(Described::Portal(p) | Described::Hidden(p), _)
+                    if p == portal =>
+                {
+                    return false
+                }
+                Pending::Describe(Described::Statement(g), _) if *g == generation => return false,
+                Pending::Execute { shape, .. } if shape.portal == portal => return true,
+                _ => {}
+            }
+        }
+        true
     }
 
     /// Whether `text` may be sent now, given the executions before it (see
@@ -738,6 +787,16 @@ fn substitute(tag: u8, body: &[u8]) -> codec::Message {
         // Query and FunctionCall: a query that fails to parse, followed by ReadyForQuery.
         _ => backend::message(b'Q', |b| b.put_slice(b"interceptor_refused\0")),
     }
+}
+
+/// `Describe` of a portal, sent by the gateway for itself (see [`Described::Hidden`]).
+fn describe_portal(portal: &str) -> codec::Message {
+    use bytes::BufMut as _;
+    backend::message(b'D', |b| {
+        b.put_u8(b'P');
+        b.put_slice(portal.as_bytes());
+        b.put_u8(0);
+    })
 }
 
 async fn client_to_server<H: Hooks>(
@@ -884,6 +943,13 @@ async fn client_to_server<H: Hooks>(
                 let segment = step.segment;
                 let change = step.change.map(|c| c.resolved(&events));
                 let Some((event, message)) = refusal else {
+                    if step.describe_first {
+                        let portal = frontend::execute(&buf[range.clone()]).unwrap_or_default();
+                        describe_portal(&portal).encode(&mut out);
+                        flow.queue
+                            .push_back(Pending::Describe(Described::Hidden(portal), segment));
+                        substituted = true;
+                    }
                     out.extend_from_slice(&buf[frame]);
                     flow.expect(step.expect, change, segment, started, &events);
                     continue;
@@ -951,11 +1017,20 @@ async fn server_to_client<H: Hooks>(
             }
         };
         if found.is_empty() {
-            if !fill(&mut reader, &mut buf).await? {
-                let _ = client.lock().await.shutdown().await;
-                return Ok(());
+            let why = match fill(&mut reader, &mut buf).await {
+                Ok(true) => continue,
+                Ok(false) => "the server closed the connection".to_owned(),
+                Err(e) => format!("the connection to the server failed: {e}"),
+            };
+            let unanswered = fail_unanswered(ctx.hooks, pending, &why);
+            if unanswered > 0 {
+                tell_client(client, "08006", &format!("interceptor: {why}")).await;
             }
-            continue;
+            let _ = client.lock().await.shutdown().await;
+            return match unanswered {
+                0 if why.starts_with("the server closed") => Ok(()),
+                _ => Err(PgError::UpstreamLost { unanswered, why }),
+            };
         }
         // Column sources, looked up before the results they describe are relayed.
         if let Some((catalog, database)) = catalog {
@@ -1232,6 +1307,7 @@ impl<H: Hooks> Observer<'_, H> {
                         ..CommandResult::default()
                     };
                     finish(hooks, event, started, result);
+                    self.flow.refused.push(event);
                 }
                 return Ok(Replace::With(error));
             }
@@ -1258,9 +1334,15 @@ impl<H: Hooks> Observer<'_, H> {
                         queue.pop_front();
                         self.flow.shapes.insert(generation, Arc::new(fields));
                     }
-                    Some(Pending::Describe(Described::Portal(portal), _)) => {
+                    Some(Pending::Describe(
+                        Described::Portal(portal) | Described::Hidden(portal),
+                        _,
+                    )) => {
                         let portal = std::mem::take(portal);
-                        queue.pop_front();
+                        let hidden = matches!(
+                            queue.pop_front(),
+                            Some(Pending::Describe(Described::Hidden(_), _))
+                        );
                         // The next Execute of this portal returns these columns.
                         let next = queue.iter_mut().find_map(|p| match p {
                             Pending::Execute { shape, .. } if shape.portal == portal => Some(shape),
@@ -1268,6 +1350,9 @@ impl<H: Hooks> Observer<'_, H> {
                         });
                         if let Some(shape) = next {
                             shape.described = Some(Arc::new(fields));
+                        }
+                        if hidden {
+                            return Ok(Replace::With(bytes::Bytes::new()));
                         }
                     }
                     Some(Pending::UntilReady { masker, .. }) => {
@@ -1278,7 +1363,9 @@ impl<H: Hooks> Observer<'_, H> {
             }
             b'n' => {
                 if matches!(queue.front(), Some(Pending::Describe(..))) {
-                    queue.pop_front();
+                    if let Some(Pending::Describe(Described::Hidden(_), _)) = queue.pop_front() {
+                        return Ok(Replace::With(bytes::Bytes::new()));
+                    }
                 }
             }
             b'H' => {
@@ -1439,6 +1526,7 @@ impl<H: Hooks> Observer<'_, H> {
                             changes.extend(change);
                             break;
                         }
+                        Pending::Execute { event, .. } if self.flow.refused.contains(&event) => {}
                         Pending::Execute {
                             event,
                             started,
@@ -1475,6 +1563,7 @@ impl<H: Hooks> Observer<'_, H> {
                         }
                     }
                 }
+                self.flow.refused.clear();
                 for change in changes {
                     self.flow.confirm(change);
                 }
@@ -1492,6 +1581,54 @@ impl<H: Hooks> Observer<'_, H> {
         }
         Ok(Replace::Keep)
     }
+}
+
+/// The server is gone: every command it has not answered gets that as its result, so the
+/// journal never shows a statement that simply has none. Returns how many there were.
+fn fail_unanswered(hooks: &impl Hooks, flow: &Mutex<Flow>, why: &str) -> usize {
+    let mut flow = flow.lock().unwrap_or_else(|p| p.into_inner());
+    let refused = std::mem::take(&mut flow.refused);
+    let mut count = 0;
+    let lost = |rows: u64| CommandResult {
+        rows,
+        sqlstate: Some("08006".to_owned()),
+        error: Some(format!("no answer: {why}")),
+        ..CommandResult::default()
+    };
+    while let Some(entry) = flow.queue.pop_front() {
+        let (event, started, result) = match entry {
+            Pending::UntilReady {
+                event,
+                started,
+                result,
+                ..
+            } => (event, started, lost(result.rows)),
+            Pending::Execute {
+                event,
+                started,
+                rows,
+                ..
+            } if !refused.contains(&event) => (event, started, lost(rows)),
+            Pending::Denied {
+                event: Some(event),
+                started,
+                message,
+                ..
+            } => (
+                event,
+                started,
+                CommandResult {
+                    sqlstate: Some("42501".to_owned()),
+                    error: Some(message),
+                    ..CommandResult::default()
+                },
+            ),
+            _ => continue,
+        };
+        finish(hooks, event, started, result);
+        count += 1;
+    }
+    count
 }
 
 /// Ends the Execute at the front of the queue: its rows and masking counts, then what
