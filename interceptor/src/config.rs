@@ -165,6 +165,14 @@ pub struct JournalConfig {
     /// Events older than this many days may be pruned (`interceptor journal prune`, and the
     /// daemon daily). `None` keeps everything.
     pub retention_days: Option<u32>,
+    /// Bytes of a statement's (masked) text the journal keeps; a longer one is kept as this
+    /// prefix with its full length and SHA-256 (`journal::clip_statement`).
+    #[serde(default = "default_statement_max_bytes")]
+    pub statement_max_bytes: usize,
+}
+
+fn default_statement_max_bytes() -> usize {
+    crate::journal::DEFAULT_STATEMENT_MAX_BYTES
 }
 
 /// SQLite's `synchronous` setting for the journal (always in WAL mode).
@@ -186,6 +194,7 @@ impl Default for JournalConfig {
             result_sample_rows: 0,
             sync: JournalSync::Normal,
             retention_days: None,
+            statement_max_bytes: default_statement_max_bytes(),
         }
     }
 }
@@ -212,6 +221,13 @@ pub struct ProxyConfig {
     /// Seconds to wait for the upstream TCP handshake.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout_secs: u64,
+    /// Bytes of large messages (over 1 MiB) all sessions may buffer at once
+    /// (`protocol::buffers`).
+    #[serde(default = "default_buffer_budget")]
+    pub buffer_budget_bytes: usize,
+    /// Seconds a large message waits for that budget before it is refused.
+    #[serde(default = "default_buffer_wait")]
+    pub buffer_wait_secs: u64,
 }
 
 impl Default for ProxyConfig {
@@ -219,7 +235,40 @@ impl Default for ProxyConfig {
         ProxyConfig {
             port: default_proxy_port(),
             connect_timeout_secs: default_connect_timeout(),
+            buffer_budget_bytes: default_buffer_budget(),
+            buffer_wait_secs: default_buffer_wait(),
         }
+    }
+}
+
+fn default_buffer_budget() -> usize {
+    crate::protocol::buffers::DEFAULT_BUDGET_BYTES
+}
+fn default_buffer_wait() -> u64 {
+    crate::protocol::buffers::DEFAULT_WAIT_SECS
+}
+
+impl ProxyConfig {
+    /// Values that would make the gateway refuse every large message, or wait forever.
+    fn validate(&self, targets: &[Target]) -> Result<(), String> {
+        if self.buffer_wait_secs == 0 || self.buffer_wait_secs > 3600 {
+            return Err(format!(
+                "[proxy] buffer_wait_secs = {}: must be between 1 and 3600",
+                self.buffer_wait_secs
+            ));
+        }
+        // A target's largest message must fit the budget whole (its tag and length too).
+        if let Some(t) = targets
+            .iter()
+            .find(|t| t.max_message_bytes.saturating_add(5) > self.buffer_budget_bytes)
+        {
+            return Err(format!(
+                "[proxy] buffer_budget_bytes = {}: smaller than target {:?}'s \
+                 max_message_bytes ({}), whose largest messages could then never be read",
+                self.buffer_budget_bytes, t.name, t.max_message_bytes
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -585,7 +634,17 @@ impl Config {
             })?;
         let mut config = config;
         config.origin = Some((path.to_owned(), text.to_owned()));
-        config.targets().map_err(|m| config.invalid(m))?;
+        let targets = config.targets().map_err(|m| config.invalid(m))?;
+        if !(256..=64 << 20).contains(&config.journal.statement_max_bytes) {
+            return Err(config.invalid(format!(
+                "[journal] statement_max_bytes = {}: must be between 256 and 67108864",
+                config.journal.statement_max_bytes
+            )));
+        }
+        config
+            .proxy
+            .validate(&targets)
+            .map_err(|m| config.invalid(m))?;
         config.extra_intercepts().map_err(|m| config.invalid(m))?;
         config.capture.unix.rules().map_err(|m| config.invalid(m))?;
         config

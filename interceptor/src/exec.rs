@@ -78,7 +78,11 @@ impl GatewayParts {
             format: config.approvals.webhook_format,
         });
         let approvals = Arc::new(Approvals::new(journal.clone(), webhook));
-        let protocols = crate::protocol::Shared::new(targets, &config.state.dir)
+        let budget = crate::protocol::buffers::Budget::new(
+            config.proxy.buffer_budget_bytes,
+            Duration::from_secs(config.proxy.buffer_wait_secs),
+        );
+        let protocols = crate::protocol::Shared::new(targets, &config.state.dir, budget)
             .map_err(|e| ExecError::Config(e.to_string()))?;
         let key_path = config
             .masking

@@ -322,7 +322,21 @@ fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Memory freed after a burst of large messages goes back to the system at once. mimalloc
+/// otherwise purges freed pages only at a later allocation of the same thread, and a gateway
+/// that falls idle after the burst would keep its peak for good. Measured with
+/// scripts/bench-ab.sh: no cost per transaction within noise (docs/performance.md).
+fn return_freed_memory_at_once() {
+    // `mi_option_purge_delay` in mimalloc.h (v2 and v3 alike); libmimalloc-sys names only
+    // some of the options. tests/tests/large_messages.rs checks the effect on RSS.
+    const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+    // SAFETY: sets a process-wide option of the allocator before any thread is started; the
+    // call takes plain integers.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+}
+
 fn main() -> ExitCode {
+    return_freed_memory_at_once();
     let cli = Cli::parse();
     let asked = interceptor::logging::asked(cli.log_level.as_deref(), cli.verbose);
     // exec shares the terminal with CMD: only warnings and errors by default.

@@ -221,24 +221,31 @@ impl Hooks for SessionHooks {
                     .iter()
                     .flat_map(|s| s.analysis.classes.iter().copied())
                     .collect();
-                // The statement is forwarded as written; the journal keeps it masked.
+                // The statement is forwarded as written; the journal keeps it masked, and
+                // only a prefix of a long one (never copied whole).
                 let (statement, masked) = self.for_journal(c.text);
+                let (statement, clipped) =
+                    crate::journal::clip_text(&statement, self.journal.statement_max_bytes());
+                // Parameter values are never journaled here, only how many there are.
+                let mut detail = serde_json::json!({
+                    "command": c.kind,
+                    "params": c.params,
+                    "name": c.name,
+                    "classes": classes,
+                    "reason": (v.decision != DecisionKind::Allow).then(|| v.message.clone()),
+                    "parse_error": v.parse_error.as_deref().map(|e| self.for_journal(e).0.into_owned()),
+                    "masked": (!masked.is_empty()).then_some(masked),
+                });
+                if let Some(clipped) = clipped {
+                    clipped.describe(&mut detail);
+                }
                 Event {
                     session_id: Some(self.session_id),
                     kind: c.kind.journal_kind(),
-                    statement: Some(statement.into_owned()),
+                    statement: Some(statement.to_owned()),
                     decision: Some(v.decision.as_str().to_owned()),
                     rule: v.rule.clone(),
-                    // Parameter values are never journaled here, only how many there are.
-                    detail: serde_json::json!({
-                        "command": c.kind,
-                        "params": c.params,
-                        "name": c.name,
-                        "classes": classes,
-                        "reason": (v.decision != DecisionKind::Allow).then(|| v.message.clone()),
-                        "parse_error": v.parse_error.as_deref().map(|e| self.for_journal(e).0.into_owned()),
-                        "masked": (!masked.is_empty()).then_some(masked),
-                    }),
+                    detail,
                 }
             })
             .collect();

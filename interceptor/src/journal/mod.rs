@@ -218,6 +218,68 @@ struct Inner {
     /// How long callers wait for their records to be committed: what every journaled command
     /// pays before it is forwarded.
     commit_latency: crate::metrics::Histogram,
+    /// See [`clip_statement`].
+    statement_max_bytes: usize,
+}
+
+/// The default `[journal] statement_max_bytes`: far above any statement a person reads, far
+/// below the 64 MiB a message may carry.
+pub const DEFAULT_STATEMENT_MAX_BYTES: usize = 64 * 1024;
+
+/// Keeps at most `max` bytes of an event's statement (cut at a character boundary), and
+/// records in its detail that it did: `statement_bytes` (the whole length) and
+/// `statement_sha256` (of the whole text as it would have been journaled, i.e. masked, so the
+/// hash is never derived from a raw value). Without this a few refused 60 MB statements
+/// would make a gigabyte of journal, and a full disk refuses every agent.
+pub fn clip_statement(event: &mut Event, max: usize) {
+    let Some(text) = event.statement.as_mut().filter(|t| t.len() > max) else {
+        return;
+    };
+    let (kept, clipped) = clip_text(text, max);
+    *text = kept.to_owned();
+    if let Some(clipped) = clipped {
+        clipped.describe(&mut event.detail);
+    }
+}
+
+/// The prefix of `text` the journal keeps (at most `max` bytes, cut at a character boundary),
+/// and, when that is not all of it, what [`clip_statement`] records about the whole. For
+/// callers that hold a long text by reference, so it is never copied whole.
+pub fn clip_text(text: &str, max: usize) -> (&str, Option<Clipped>) {
+    if text.len() <= max {
+        return (text, None);
+    }
+    let mut cut = max;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+    let clipped = Clipped {
+        bytes: text.len(),
+        sha256: hex(digest.as_ref()),
+    };
+    (&text[..cut], Some(clipped))
+}
+
+/// A statement the journal keeps only a prefix of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Clipped {
+    pub bytes: usize,
+    pub sha256: String,
+}
+
+impl Clipped {
+    /// Adds `statement_truncated`, `statement_bytes` and `statement_sha256` to `detail`.
+    pub fn describe(&self, detail: &mut serde_json::Value) {
+        if !detail.is_object() {
+            *detail = serde_json::json!({});
+        }
+        if let Some(detail) = detail.as_object_mut() {
+            detail.insert("statement_truncated".into(), true.into());
+            detail.insert("statement_bytes".into(), self.bytes.into());
+            detail.insert("statement_sha256".into(), self.sha256.clone().into());
+        }
+    }
 }
 
 /// Upper bound on operations per transaction, so one commit never holds the lock for long.
@@ -253,6 +315,7 @@ impl Journal {
             gathering: AtomicBool::new(false),
             id,
             commit_latency: crate::metrics::Histogram::default(),
+            statement_max_bytes: config.statement_max_bytes,
         });
         start_checkpointer(&config.path, config.sync, Arc::downgrade(&inner))?;
         Ok(Journal { inner })
@@ -280,6 +343,11 @@ impl Journal {
         let reply = rx.await;
         self.inner.commit_latency.observe(queued.elapsed());
         reply
+    }
+
+    /// Bytes of a statement this journal keeps (see [`clip_statement`]).
+    pub fn statement_max_bytes(&self) -> usize {
+        self.inner.statement_max_bytes
     }
 
     /// How long callers have waited for their commits so far.
@@ -410,7 +478,8 @@ impl Journal {
         self.submit(Op::Flush).await.map(drop)
     }
 
-    pub async fn event(&self, event: Event) -> Result<i64, JournalError> {
+    pub async fn event(&self, mut event: Event) -> Result<i64, JournalError> {
+        clip_statement(&mut event, self.inner.statement_max_bytes);
         self.submit(Op::Event(event)).await
     }
 
@@ -422,12 +491,16 @@ impl Journal {
     }
 
     /// Records several events with one commit and returns their ids, in order.
-    pub async fn events(&self, events: Vec<Event>) -> Result<Vec<i64>, JournalError> {
+    pub async fn events(&self, mut events: Vec<Event>) -> Result<Vec<i64>, JournalError> {
+        for event in &mut events {
+            clip_statement(event, self.inner.statement_max_bytes);
+        }
         self.submit_all(Op::Events(events)).await
     }
 
     /// Queues an event nobody waits for (see [`Journal::record_close`]).
-    pub fn record_event(&self, event: Event) {
+    pub fn record_event(&self, mut event: Event) {
+        clip_statement(&mut event, self.inner.statement_max_bytes);
         drop(self.inner.queue_only(Op::Event(event)));
     }
 

@@ -656,3 +656,30 @@ async fn prune_keeps_what_a_sink_has_not_acknowledged() {
     assert_eq!(report.held_back_by.as_deref(), Some("siem"));
     assert!(verify(&path).ok);
 }
+
+#[test]
+fn long_statements_are_kept_as_a_prefix_with_length_and_hash() {
+    let long = format!("SELECT '{}é'", "x".repeat(300));
+    let mut event = Event {
+        statement: Some(long.clone()),
+        ..Event::note(None, "statement", serde_json::json!({"command": "query"}))
+    };
+    // 309 bytes: a cut at 309 would split the two-byte 'é' (bytes 308..310).
+    clip_statement(&mut event, 309);
+    let kept = event.statement.as_deref().unwrap_or_default();
+    assert_eq!(kept.len(), 308);
+    assert!(long.starts_with(kept));
+    assert_eq!(event.detail["command"], "query");
+    assert_eq!(event.detail["statement_truncated"], true);
+    assert_eq!(event.detail["statement_bytes"], long.len());
+    let digest = ring::digest::digest(&ring::digest::SHA256, long.as_bytes());
+    assert_eq!(event.detail["statement_sha256"], hex(digest.as_ref()));
+    // Short ones are untouched.
+    let mut short = Event {
+        statement: Some("SELECT 1".to_owned()),
+        ..Event::note(None, "statement", serde_json::json!({}))
+    };
+    clip_statement(&mut short, 309);
+    assert_eq!(short.statement.as_deref(), Some("SELECT 1"));
+    assert!(short.detail.get("statement_truncated").is_none());
+}

@@ -238,7 +238,13 @@ impl Parsed {
 /// Analyse `sql` (PostgreSQL dialect), checked against PostgreSQL's own grammar. Never
 /// panics; see the module documentation.
 pub fn analyze(sql: &str) -> Parsed {
-    second_opinion(sql, analyze_unchecked(sql))
+    let parsed = analyze_unchecked(sql);
+    if sql.len() > MAX_SQL_BYTES {
+        // Refused as too large already; PostgreSQL's parser would copy a text this size
+        // several times over (into C, into its tree, back as protobuf) to say nothing new.
+        return parsed;
+    }
+    second_opinion(sql, parsed)
 }
 
 /// The analysis alone, without PostgreSQL's second opinion (for tests of either side). Never

@@ -10,6 +10,7 @@
 //! from a routed socket (`gateway::unix_routes`), so each protocol is written once for both. The
 //! upstream leg is always TCP.
 
+pub mod buffers;
 pub mod postgres;
 pub mod tcp;
 
@@ -101,18 +102,22 @@ impl Socket for UnixStream {
     fn no_delay(&self) {}
 }
 
-/// State protocols keep across sessions (TLS material, cancel keys).
+/// State protocols keep across sessions (TLS material, cancel keys, the memory budget).
 pub struct Shared {
     pub postgres: postgres::Shared,
+    /// Bytes of large messages all sessions may buffer at once.
+    pub buffers: buffers::Budget,
 }
 
 impl Shared {
     pub fn new(
         targets: &[Target],
         state_dir: &std::path::Path,
+        buffers: buffers::Budget,
     ) -> Result<Shared, crate::tls::TlsError> {
         Ok(Shared {
             postgres: postgres::Shared::new(targets, state_dir)?,
+            buffers,
         })
     }
 }
@@ -158,6 +163,7 @@ pub async fn serve<H: Hooks>(
                 hooks: session.hooks,
                 target,
                 shared: &session.shared.postgres,
+                buffers: &session.shared.buffers,
                 counters: session.counters,
                 dialed: session.dialed,
                 upstream_addr: session.upstream_addr,
@@ -178,7 +184,9 @@ mod tests {
         let targets = crate::config::Config::embedded()
             .targets()
             .expect("targets");
-        let shared = Shared::new(&targets, dir.path()).expect("a postgres target without upstream");
+        let budget = buffers::Budget::new(buffers::DEFAULT_BUDGET_BYTES, Default::default());
+        let shared =
+            Shared::new(&targets, dir.path(), budget).expect("a postgres target without upstream");
         assert!(shared.postgres.local_ca.is_some());
     }
 }

@@ -187,6 +187,14 @@ pub fn frame_len(buf: &[u8], max: usize) -> Result<Option<usize>, FrameError> {
     Ok((buf.len() >= total).then_some(total))
 }
 
+/// The whole size of the message `buf` starts with, once its header is in (validated by
+/// [`frame_len`] before).
+pub fn announced_len(buf: &[u8]) -> Option<usize> {
+    let header = buf.get(1..5)?;
+    let len = i32::from_be_bytes([header[0], header[1], header[2], header[3]]);
+    usize::try_from(len).ok().map(|l| l + 1)
+}
+
 /// Reads one whole tagged message (used during start-up, where traffic is small).
 pub async fn read_message(
     reader: &mut (impl AsyncRead + Unpin),

@@ -80,6 +80,8 @@ pub enum PgError {
     /// The server went away with commands unanswered (each got that as its result).
     #[error("upstream lost mid-statement: {why} ({unanswered} command(s) unanswered)")]
     UpstreamLost { unanswered: usize, why: String },
+    #[error("memory budget: {0}")]
+    Budget(#[from] crate::protocol::buffers::BudgetError),
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
@@ -122,6 +124,8 @@ pub struct Context<'a, H: Hooks> {
     pub hooks: &'a H,
     pub target: &'a Target,
     pub shared: &'a Shared,
+    /// The memory budget for large messages, shared with every other session.
+    pub buffers: &'a crate::protocol::buffers::Budget,
     pub counters: &'a Counters,
     /// What the client dialed: the name its TLS certificate must carry (`None`: a routed Unix
     /// socket, which has no address to name).

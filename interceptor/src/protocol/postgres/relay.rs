@@ -38,9 +38,9 @@ use super::{
 use crate::command::{
     Command, CommandKind, CommandResult, EventId, Hooks, Masker, ResultColumn, ValueKind, Verdict,
 };
+use crate::protocol::buffers::Inflight;
 
-/// Read at least this much spare room before each read, so large results need few syscalls.
-const READ_CHUNK: usize = 64 * 1024;
+use crate::protocol::buffers::READ_CHUNK;
 
 /// What the server still owes an answer for, in order. Each entry knows the Sync segment of
 /// the message it answers.
@@ -811,6 +811,7 @@ async fn client_to_server<H: Hooks>(
     let (pending, answered) = (&both.flow, &both.answered);
     let max = ctx.target.max_message_bytes;
     let mut statements = Statements::default();
+    let mut inflight = Inflight::new(ctx.buffers);
     loop {
         let (mut found, mut consumed) = match frames(&buf, max) {
             Ok(f) => f,
@@ -820,6 +821,11 @@ async fn client_to_server<H: Hooks>(
             }
         };
         if found.is_empty() {
+            let announced = codec::announced_len(&buf);
+            if let Err(e) = inflight.before_read(&mut buf, announced).await {
+                tell_client(client_write, "53200", &format!("interceptor: {e}")).await;
+                return Err(e.into());
+            }
             if !fill(&mut reader, &mut buf).await? {
                 let _ = server.shutdown().await;
                 return Ok(());
@@ -983,6 +989,7 @@ async fn client_to_server<H: Hooks>(
             .up
             .fetch_add(consumed as u64, Ordering::Relaxed);
         buf.advance(consumed);
+        inflight.consumed(&mut buf);
         if buf.is_empty() {
             server.flush().await?;
         }
@@ -1003,6 +1010,7 @@ async fn server_to_client<H: Hooks>(
     let mut out = BytesMut::new();
     // Masked rows of the batch, encoded one after the other (no allocation per row).
     let mut rewritten = BytesMut::new();
+    let mut inflight = Inflight::new(ctx.buffers);
     loop {
         let (found, consumed) = match frames(&buf, max) {
             Ok(f) => f,
@@ -1017,6 +1025,11 @@ async fn server_to_client<H: Hooks>(
             }
         };
         if found.is_empty() {
+            let announced = codec::announced_len(&buf);
+            if let Err(e) = inflight.before_read(&mut buf, announced).await {
+                tell_client(client, "53200", &format!("interceptor: {e}")).await;
+                return Err(e.into());
+            }
             let why = match fill(&mut reader, &mut buf).await {
                 Ok(true) => continue,
                 Ok(false) => "the server closed the connection".to_owned(),
@@ -1103,6 +1116,13 @@ async fn server_to_client<H: Hooks>(
             .down
             .fetch_add(consumed as u64, Ordering::Relaxed);
         buf.advance(consumed);
+        inflight.consumed(&mut buf);
+        // The rewritten rows and the output of a large batch go back to their usual size.
+        for spare in [&mut out, &mut rewritten] {
+            if spare.capacity() > 2 * crate::protocol::buffers::LARGE {
+                *spare = BytesMut::new();
+            }
+        }
     }
 }
 
