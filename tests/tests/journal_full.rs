@@ -49,7 +49,9 @@ with open(FILL, "wb") as f:
     except OSError:
         pass
 try:
-    conn.execute("INSERT INTO marker VALUES (1)")
+    # Larger than the whole filesystem once journaled (statement_max_bytes is raised below):
+    # a small record could still fit in WAL frames SQLite reuses after a checkpoint.
+    conn.execute("INSERT INTO marker SELECT 1 WHERE length('" + "z" * 2_000_000 + "') > 0")
     res["full"] = "ran"
 except psycopg.Error as e:
     res["full"] = {"sqlstate": e.sqlstate, "message": str(e)}
@@ -72,7 +74,10 @@ fn statements_are_refused_while_the_journal_cannot_be_written() {
     let journal = disk.dir.path().join("journal.db");
     let text = pg_config_text(&cfg, pg.port(), "").replace(
         &cfg.journal_section(),
-        &format!("[journal]\npath = \"{}\"\n", journal.display()),
+        &format!(
+            "[journal]\npath = \"{}\"\nstatement_max_bytes = 4194304\n",
+            journal.display()
+        ),
     );
     assert!(text.contains(&journal.display().to_string()), "{text}");
     cfg.write(&text);
@@ -108,5 +113,25 @@ fn statements_are_refused_while_the_journal_cannot_be_written() {
     assert_eq!(
         pg.psql_db("appdb", "SELECT count(*) FROM marker").trim(),
         "0"
+    );
+    // Every session has its outcome once the journal could be written again, the one whose
+    // close was due while the disk was full included.
+    let run_id = r["run_id"].as_str().expect("run id");
+    let rows = wait_sessions(&cfg, Some(run_id), Duration::from_secs(15), |rows| {
+        rows.len() >= 2 && rows.iter().all(session_finished)
+    });
+    assert!(
+        rows.iter().all(session_finished),
+        "a session without an outcome: {}",
+        pretty_rows(&rows)
+    );
+    assert!(
+        rows.iter().any(|s| s["outcome"] == json!("error")
+            && s["detail"]
+                .as_str()
+                .unwrap_or("")
+                .contains("recording failed")),
+        "the refused session says why it ended: {}",
+        pretty_rows(&rows)
     );
 }

@@ -23,6 +23,7 @@ pub mod schema;
 pub mod verify;
 
 use std::{
+    collections::VecDeque,
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -196,6 +197,18 @@ struct Request {
     reply: oneshot::Sender<Result<Vec<i64>, String>>,
 }
 
+impl Op {
+    /// Records that describe what already happened (a close, a result, a note), which nobody
+    /// waits for: worth writing late rather than never. Anything a caller waits on is refused
+    /// instead, and the caller fails closed.
+    fn retryable(&self) -> bool {
+        matches!(
+            self,
+            Op::CloseSession { .. } | Op::EventResult { .. } | Op::Event(_) | Op::EndRun { .. }
+        )
+    }
+}
+
 /// Handle to the journal. Cheap to clone; the async methods return after the commit.
 ///
 /// Group commit without a writer thread: a caller queues its request, then tries to become the
@@ -220,7 +233,15 @@ struct Inner {
     commit_latency: crate::metrics::Histogram,
     /// See [`clip_statement`].
     statement_max_bytes: usize,
+    /// Records nobody waits for (session closes, results) whose transaction failed as a whole
+    /// (a full disk, an I/O error): tried again, first, at the next commit. So every session
+    /// still gets its outcome once the journal can be written again.
+    retry: Mutex<VecDeque<Request>>,
 }
+
+/// Bound on records kept for a retry; past it the oldest are dropped (and logged): a journal
+/// that stays unwritable must not take the daemon's memory too.
+const MAX_RETRY: usize = 100_000;
 
 /// The default `[journal] statement_max_bytes`: far above any statement a person reads, far
 /// below the 64 MiB a message may carry.
@@ -316,6 +337,7 @@ impl Journal {
             id,
             commit_latency: crate::metrics::Histogram::default(),
             statement_max_bytes: config.statement_max_bytes,
+            retry: Mutex::new(VecDeque::new()),
         });
         start_checkpointer(&config.path, config.sync, Arc::downgrade(&inner))?;
         Ok(Journal { inner })
@@ -357,6 +379,18 @@ impl Journal {
 }
 
 impl Inner {
+    fn keep_for_retry(&self, req: Request) {
+        let mut retry = lock(&self.retry);
+        if retry.len() >= MAX_RETRY {
+            retry.pop_front();
+            tracing::error!(
+                kept = MAX_RETRY,
+                "the journal stays unwritable: the oldest record kept for a retry is dropped"
+            );
+        }
+        retry.push_back(req);
+    }
+
     fn queue_only(&self, op: Op) -> oneshot::Receiver<Result<Vec<i64>, String>> {
         let (reply, rx) = oneshot::channel();
         lock(&self.queue).push(Request { op, reply });
@@ -372,18 +406,31 @@ impl Inner {
                 // The current committer re-checks the queue after unlocking: it will see ours.
                 Err(TryLockError::WouldBlock) => return,
             };
+            // Records a failed commit left behind go first, once per commit attempt (not in
+            // the loop below, which would spin while the disk is still full).
+            let mut retried: Vec<Request> = lock(&self.retry).drain(..).collect();
             loop {
                 let batch: Vec<Request> = {
                     let mut queue = lock(&self.queue);
-                    let n = queue.len().min(MAX_GROUP);
-                    queue.drain(..n).collect()
+                    let n = queue.len().min(MAX_GROUP.saturating_sub(retried.len()));
+                    let mut batch = std::mem::take(&mut retried);
+                    batch.extend(queue.drain(..n));
+                    batch
                 };
                 if batch.is_empty() {
                     break;
                 }
-                let results = apply_batch(&mut conn, &batch);
+                let (results, all_failed) = apply_batch(&mut conn, &batch);
                 for (req, result) in batch.into_iter().zip(results) {
-                    let _ = req.reply.send(result);
+                    if all_failed && req.reply.is_closed() && req.op.retryable() {
+                        self.keep_for_retry(req);
+                    } else {
+                        let _ = req.reply.send(result);
+                    }
+                }
+                if all_failed {
+                    // The next commit (or the background thread's) tries again.
+                    break;
                 }
             }
             drop(conn);
@@ -662,14 +709,16 @@ fn restrict_permissions(path: &Path) {
 /// could stop an operation halfway (I/O, a full disk) abort the whole transaction; and
 /// anything else half-applied (a result column without its `result` event) is what `verify`
 /// reports.
-fn apply_batch(conn: &mut Connection, batch: &[Request]) -> Vec<Result<Vec<i64>, String>> {
-    let fail_all = |message: String| -> Vec<Result<Vec<i64>, String>> {
+///
+/// The flag says the transaction failed as a whole (nothing of the group is in).
+fn apply_batch(conn: &mut Connection, batch: &[Request]) -> (Vec<Result<Vec<i64>, String>>, bool) {
+    let fail_all = |message: String| -> (Vec<Result<Vec<i64>, String>>, bool) {
         tracing::error!(
             error = %message,
             operations = batch.len(),
             "journal write failed; the affected commands are refused"
         );
-        batch.iter().map(|_| Err(message.clone())).collect()
+        (batch.iter().map(|_| Err(message.clone())).collect(), true)
     };
     let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(tx) => tx,
@@ -700,7 +749,7 @@ fn apply_batch(conn: &mut Connection, batch: &[Request]) -> Vec<Result<Vec<i64>,
     if let Some(Err(first)) = results.iter().find(|r| r.is_err()) {
         tracing::error!(error = %first, failed, "journal write failed for some operations");
     }
-    results
+    (results, false)
 }
 
 pub fn now_rfc3339() -> String {
