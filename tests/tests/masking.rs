@@ -138,6 +138,16 @@ with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("SELECT 'erin@example.com'::int")
     except psycopg.Error as e:
         res["error"] = str(e)
+    # Pipeline mode: several statements' Parse/Bind/Describe/Execute before one Sync.
+    with conn.pipeline():
+        cur1 = conn.execute("SELECT email FROM customers WHERE id = %s", (1,))
+        cur2 = conn.execute("SELECT ssn, card FROM customers WHERE id = %s", (2,), binary=True)
+    res["pipeline"] = [str(v) for v in cur1.fetchone()] + [str(v) for v in cur2.fetchone()]
+    # A named server-side cursor fetched in several rounds (FETCH through simple queries).
+    with conn.transaction():
+        with conn.cursor(name="c1") as named:
+            named.execute("SELECT email FROM customers ORDER BY id")
+            res["named_cursor"] = [str(r[0]) for r in named.fetchmany(2)] + [str(r[0]) for r in named.fetchall()]
     copy = []
     with conn.cursor().copy("COPY (SELECT email, card FROM customers ORDER BY id) TO STDOUT") as cp:
         for row in cp:
@@ -253,6 +263,19 @@ fn personal_data_and_secrets_are_masked_for_every_client() {
             pretty(binary)
         );
     }
+    // psycopg's pipeline mode and a named cursor see the same masked values.
+    assert_eq!(
+        r["pipeline"],
+        json!([row(0, 2), row(1, 3), row(1, 4)]),
+        "{}",
+        pretty(&r)
+    );
+    assert_eq!(
+        r["named_cursor"],
+        json!([row(0, 2), row(1, 2), row(2, 2)]),
+        "{}",
+        pretty(&r)
+    );
     assert_eq!(
         r["binary"]["nocache"], r["binary"]["plain"],
         "asyncpg without a statement cache gets the same masked values"
