@@ -195,6 +195,10 @@ fn pins_complete(pin_dir: &Path, cgroups: &[Cgroup]) -> bool {
     ]
     .iter()
     .all(|m| maps.join(m).exists())
+        // Pins of a daemon that did not pin its programs cannot recapture a recreated cgroup.
+        && crate::capture::programs::programs_dir(pin_dir)
+            .join(interceptor_common::programs::CONNECT4)
+            .exists()
         && cgroups.iter().all(|cg| {
             cg.id().ok().is_some_and(|id| {
                 let dir = link_dir(pin_dir, id);
@@ -279,6 +283,23 @@ pub async fn run(config: Config) -> Result<(), ExecError> {
     let kernel_logs = programs
         .take_logger()
         .map(|l| tokio::spawn(forward_kernel_logs(l)));
+    let recapture = {
+        let watched = cgroups
+            .iter()
+            .map(|c| {
+                Ok(crate::capture::recapture::Watched {
+                    path: c.path().to_owned(),
+                    attached: c.id()?,
+                })
+            })
+            .collect::<Result<Vec<_>, CaptureError>>()?;
+        let journal = journal.clone();
+        tokio::spawn(crate::capture::recapture::keep_captured(
+            pin_dir.clone(),
+            watched,
+            move |outcome| journal_recapture(&journal, outcome),
+        ))
+    };
     let unix_refusals = programs.take_unix_refusals();
 
     let captured = CapturedCgroups {
@@ -395,6 +416,7 @@ pub async fn run(config: Config) -> Result<(), ExecError> {
     tracing::info!(
         "stopping; the pinned capture stays attached and refuses connections until restart"
     );
+    recapture.abort();
     gateway::drain(stop_tx, server, &journal).await?;
     shipper.stop(crate::ship::STOP_GRACE).await;
     if let Some(task) = kernel_logs {
@@ -405,6 +427,32 @@ pub async fn run(config: Config) -> Result<(), ExecError> {
         task.abort();
     }
     Ok(())
+}
+
+/// Logs and journals what `recapture` did: a captured cgroup that was removed or replaced is
+/// evidence worth keeping (someone stopped a unit or the slice), and a failure to capture it
+/// again is an error an operator must see.
+fn journal_recapture(
+    journal: &crate::journal::Journal,
+    outcome: Result<crate::capture::recapture::Recaptured, CaptureError>,
+) {
+    let detail = match outcome {
+        Ok(r) => {
+            tracing::warn!(cgroup = %r.path.display(), previous = r.previous, id = r.id, created = r.created,
+                "a captured cgroup was removed or replaced: captured again");
+            serde_json::json!({
+                "action": if r.created { "recreated_and_captured" } else { "captured_again" },
+                "cgroup": r.path.display().to_string(),
+                "previous_id": r.previous,
+                "id": r.id,
+            })
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "a captured cgroup could not be captured again");
+            serde_json::json!({ "action": "capture_failed", "error": e.to_string() })
+        }
+    };
+    journal.record_event(crate::journal::Event::note(None, "capture", detail));
 }
 
 /// How often to send WATCHDOG=1: half of `$WATCHDOG_USEC` (WatchdogSec=), if systemd set it

@@ -58,6 +58,19 @@ fn assert_journaled(cfg: &TempConfig, client: &Value, echo: &EchoServer) {
     assert_eq!(s["uid"], client["uid"], "{}", pretty(s));
 }
 
+/// A service config capturing `cgroup` with pins in `pins`. No `mode`: the service captures
+/// every connection by default, so a destination no target or `intercept` names is relayed and
+/// journaled too.
+fn write_service_config(cfg: &TempConfig, cgroup: &CgroupDir, pins: &PinDir) {
+    cfg.write(&format!(
+        "{}\n[proxy]\nport = {}\n\n[capture]\ncgroups = [\"{}\"]\npin_dir = \"{}\"\n",
+        cfg.journal_section(),
+        free_port(),
+        cgroup.relative(),
+        pins.path.display()
+    ));
+}
+
 #[test]
 fn service_captures_cgroup_fails_closed_while_down_and_adopts_pins_on_restart() {
     require_root!();
@@ -66,15 +79,7 @@ fn service_captures_cgroup_fails_closed_while_down_and_adopts_pins_on_restart() 
     let cgroup = CgroupDir::new(&unique_name("interceptor-test"));
     let cfg = TempConfig::new("");
     let pins = PinDir::new(&cfg.path);
-    let port = free_port();
-    cfg.write(&format!(
-        // No `mode`: the service captures every connection by default, so a destination no
-        // target or `intercept` names is relayed and journaled too.
-        "{}\n[proxy]\nport = {port}\n\n[capture]\ncgroups = [\"{}\"]\npin_dir = \"{}\"\n",
-        cfg.journal_section(),
-        cgroup.relative(),
-        pins.path.display()
-    ));
+    write_service_config(&cfg, &cgroup, &pins);
     let echo = EchoServer::start("127.0.0.2");
 
     // 1. Daemon up: a process in the cgroup is captured and journaled.
@@ -271,4 +276,61 @@ fn run_refuses_pins_that_would_not_outlive_it() {
         out.describe()
     );
     assert!(!pin_dir.exists(), "{}", out.describe());
+}
+
+/// A captured cgroup that is removed (systemd does that when the unit or slice stops) is
+/// created again at once and captured; one replaced by a new directory of the same name is
+/// captured again as soon as the daemon sees it. Agents started there are never direct.
+#[test]
+fn a_removed_or_replaced_cgroup_is_captured_again() {
+    require_root!();
+    let cgroup = CgroupDir::new(&unique_name("interceptor-recapture"));
+    let cfg = TempConfig::new("");
+    let pins = PinDir::new(&cfg.path);
+    write_service_config(&cfg, &cgroup, &pins);
+    let echo = EchoServer::start("127.0.0.2");
+    let daemon = Daemon::start(&cfg);
+    let id = |p: &std::path::Path| {
+        use std::os::unix::fs::MetadataExt as _;
+        std::fs::metadata(p).map(|m| m.ino()).ok()
+    };
+    let first = id(cgroup.path()).expect("cgroup");
+
+    // 1. Removed: the daemon creates it again, captured.
+    std::fs::remove_dir(cgroup.path()).expect("rmdir the captured cgroup");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while id(cgroup.path()).is_none_or(|i| i == first) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the removed cgroup was not created again\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Give the attach (right after the mkdir) a moment to be pinned.
+    std::thread::sleep(Duration::from_millis(300));
+    let c1 = client_in_cgroup(&cgroup, &echo);
+    assert_eq!(c1["status"], json!("ok"), "{}", pretty(&c1));
+    assert_ne!(
+        echo.peers()[0].port() as u64,
+        c1["local"][1].as_u64().unwrap_or(0),
+        "the recreated cgroup's connection went direct"
+    );
+    assert_journaled(&cfg, &c1, &echo);
+
+    // 2. Replaced by someone faster than the daemon (rmdir and mkdir at once): captured again.
+    let second = id(cgroup.path()).expect("cgroup");
+    std::fs::remove_dir(cgroup.path()).expect("rmdir");
+    let _ = std::fs::create_dir(cgroup.path());
+    std::thread::sleep(Duration::from_millis(500));
+    assert_ne!(id(cgroup.path()), Some(second));
+    let c2 = client_in_cgroup(&cgroup, &echo);
+    assert_eq!(c2["status"], json!("ok"), "{}", pretty(&c2));
+    assert_ne!(
+        echo.peers()[1].port() as u64,
+        c2["local"][1].as_u64().unwrap_or(0),
+        "the replaced cgroup's connection went direct"
+    );
+    assert_journaled(&cfg, &c2, &echo);
+    drop(daemon);
 }

@@ -110,6 +110,29 @@ fn the_packaged_service_under_systemd_captures_and_fails_closed() {
     );
     assert_eq!(report["journal"]["verified"], json!(true), "{report}");
 
+    // A stopped slice loses its cgroup, and its next start would make a new one without the
+    // programs: the daemon creates it again at once, captured, and systemd reuses it.
+    c.ok("systemctl stop autogen.slice");
+    let out = agent(&c, echo.port());
+    assert!(
+        out.success(),
+        "agent after the slice restarted: {}",
+        out.describe()
+    );
+    assert_eq!(echo.accepted(), 2);
+    let sessions: serde_json::Value =
+        serde_json::from_str(&c.ok("interceptor sessions list --json")).expect("sessions");
+    let to_echo = sessions
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["original_dst"] == json!(format!("127.0.0.2:{}", echo.port())))
+        .count();
+    assert_eq!(
+        to_echo, 2,
+        "the agent in the restarted slice was not journaled (went direct?): {sessions}"
+    );
+
     // 4. Reload through the unit (ExecReload= is `interceptor reload`): the policies are
     //    re-read and the status says so.
     c.ok("systemctl reload interceptor");
@@ -143,7 +166,7 @@ fn the_packaged_service_under_systemd_captures_and_fails_closed() {
         "agent after the watchdog restart: {}",
         out.describe()
     );
-    assert_eq!(echo.accepted(), 2);
+    assert_eq!(echo.accepted(), 3);
 
     // 6. Stopped: the pinned capture refuses the agent's connects; nothing goes direct.
     c.ok("systemctl stop interceptor");
@@ -159,7 +182,7 @@ fn the_packaged_service_under_systemd_captures_and_fails_closed() {
         out.describe()
     );
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(echo.accepted(), 2, "a connection went direct while stopped");
+    assert_eq!(echo.accepted(), 3, "a connection went direct while stopped");
     let down = c.sh("interceptor status");
     assert_eq!(
         down.code(),
@@ -177,7 +200,7 @@ fn the_packaged_service_under_systemd_captures_and_fails_closed() {
     c.ok("interceptor detach");
     let out = agent(&c, echo.port());
     assert!(out.success(), "after detach: {}", out.describe());
-    assert_eq!(echo.accepted(), 3);
+    assert_eq!(echo.accepted(), 4);
 
     // 8. Uninstalled: removing the package stops the service and removes the capture (its
     //    prerm detaches), so agents go direct, not refused; the journal stays.
@@ -193,6 +216,6 @@ fn the_packaged_service_under_systemd_captures_and_fails_closed() {
     );
     let out = agent(&c, echo.port());
     assert!(out.success(), "after uninstall: {}", out.describe());
-    assert_eq!(echo.accepted(), 4);
+    assert_eq!(echo.accepted(), 5);
     c.ok("test -s /var/lib/interceptor/journal.db");
 }

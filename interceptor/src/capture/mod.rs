@@ -11,6 +11,7 @@ pub mod cgroup;
 pub mod identity;
 pub mod peer;
 pub mod programs;
+pub mod recapture;
 pub mod unix;
 
 use std::net::SocketAddr;

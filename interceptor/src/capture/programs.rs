@@ -147,6 +147,20 @@ fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> CaptureError {
     }
 }
 
+/// Attaches program `$p` to the cgroup `$fd` and returns its link as an [`FdLink`]. Single:
+/// nobody can attach programs below ours in this cgroup to override them. The link is taken
+/// out of aya's bookkeeping so the caller decides its lifetime. (A macro: the program types
+/// share these methods but no trait.)
+macro_rules! attach_and_take {
+    ($p:expr, $fd:expr, $error:expr) => {{
+        let id = $p
+            .attach($fd, CgroupAttachMode::Single)
+            .map_err(|e| $error(e.to_string()))?;
+        let link = $p.take_link(id).map_err(|e| $error(e.to_string()))?;
+        FdLink::try_from(link).map_err(|e| $error(e.to_string()))
+    }};
+}
+
 impl Programs {
     /// Loads the embedded object. Attach it with [`Programs::attach`]. With `pin_dir`, the maps
     /// the proxy uses are pinned under `<pin_dir>/maps` for a restarted daemon to adopt.
@@ -165,6 +179,21 @@ impl Programs {
         };
         for name in PROGRAMS {
             load_program(&mut ebpf, name)?;
+        }
+        if let Some(dir) = pin_dir.map(programs_dir) {
+            // The programs themselves, so that a cgroup recreated later (a restarted unit, a
+            // stopped and started slice) can be captured again by any process, including a
+            // daemon that adopted these pins (`attach_from_pins`).
+            std::fs::create_dir_all(&dir).map_err(|e| pin_err(&dir, e))?;
+            for name in PROGRAMS {
+                let path = dir.join(name);
+                if let Some(program) = ebpf.program_mut(name) {
+                    program.pin(&path).map_err(|e| pin_err(&path, e))?;
+                }
+            }
+            if let Ok(Some(unix)) = &unix {
+                unix.pin(&dir).map_err(|e| pin_err(&dir, e))?;
+            }
         }
         let maps_dir = pin_dir.map(|d| d.join("maps"));
         if let Some(dir) = &maps_dir {
@@ -306,21 +335,10 @@ impl Programs {
         let program = ebpf
             .program_mut(name)
             .ok_or_else(|| attach_error("missing from the eBPF object".to_owned()))?;
-        // Single: nobody can attach programs below ours in this cgroup to override them.
-        // The link is taken out of aya's bookkeeping so the caller decides its lifetime.
-        macro_rules! attach_and_take {
-            ($p:expr) => {{
-                let id = $p
-                    .attach(&fd, CgroupAttachMode::Single)
-                    .map_err(|e| attach_error(e.to_string()))?;
-                let link = $p.take_link(id).map_err(|e| attach_error(e.to_string()))?;
-                FdLink::try_from(link).map_err(|e| attach_error(e.to_string()))
-            }};
-        }
         match program {
-            aya::programs::Program::CgroupSockAddr(p) => attach_and_take!(p),
-            aya::programs::Program::CgroupSock(p) => attach_and_take!(p),
-            aya::programs::Program::SockOps(p) => attach_and_take!(p),
+            aya::programs::Program::CgroupSockAddr(p) => attach_and_take!(p, &fd, attach_error),
+            aya::programs::Program::CgroupSock(p) => attach_and_take!(p, &fd, attach_error),
+            aya::programs::Program::SockOps(p) => attach_and_take!(p, &fd, attach_error),
             _ => Err(attach_error("unexpected program type".to_owned())),
         }
     }
@@ -545,6 +563,73 @@ impl ConnectionLookup for Programs {
 /// Where the service keeps its pins for one cgroup: `<pin_dir>/links/<cgroup id>/`.
 pub fn link_dir(pin_dir: &Path, cgroup_id: u64) -> PathBuf {
     pin_dir.join("links").join(cgroup_id.to_string())
+}
+
+/// Where the programs are pinned (service mode).
+pub fn programs_dir(pin_dir: &Path) -> PathBuf {
+    pin_dir.join("progs")
+}
+
+/// Attaches the programs pinned under `pin_dir` (see [`Programs::load`]) to `cgroup` and pins
+/// the links in its link directory, like [`Programs::attach_pinned`], but needing nothing but
+/// the pins: the daemon re-captures a recreated cgroup with it, whether it loaded the programs
+/// or adopted them.
+pub fn attach_from_pins(pin_dir: &Path, cgroup: &Cgroup) -> Result<(), CaptureError> {
+    use aya::programs::{
+        cgroup_sock::CgroupSockAttachType as Sock,
+        cgroup_sock_addr::CgroupSockAddrAttachType as Addr, CgroupSock, CgroupSockAddr, SockOps,
+    };
+    let progs = programs_dir(pin_dir);
+    let links = link_dir(pin_dir, cgroup.id()?);
+    std::fs::create_dir_all(&links).map_err(|e| pin_err(&links, e))?;
+    let fd = cgroup.open()?;
+    for name in PROGRAMS {
+        let path = progs.join(name);
+        let failed = |message: String| CaptureError::Attach {
+            program: name,
+            cgroup: cgroup.path().display().to_string(),
+            message,
+        };
+        let addr = |kind: Addr| -> Result<FdLink, CaptureError> {
+            let mut p = CgroupSockAddr::from_pin(&path, kind).map_err(|e| failed(e.to_string()))?;
+            attach_and_take!(p, &fd, failed)
+        };
+        let sock = |kind: Sock| -> Result<FdLink, CaptureError> {
+            let mut p = CgroupSock::from_pin(&path, kind).map_err(|e| failed(e.to_string()))?;
+            attach_and_take!(p, &fd, failed)
+        };
+        let link = match name {
+            common::programs::SOCK_OPS => {
+                let mut p = SockOps::from_pin(&path).map_err(|e| failed(e.to_string()))?;
+                attach_and_take!(p, &fd, failed)?
+            }
+            common::programs::SOCK_RELEASE => sock(Sock::SockRelease)?,
+            common::programs::SOCK_CREATE => sock(Sock::SockCreate)?,
+            common::programs::GETPEERNAME4 => addr(Addr::GetPeerName4)?,
+            common::programs::GETPEERNAME6 => addr(Addr::GetPeerName6)?,
+            common::programs::SENDMSG4 => addr(Addr::UDPSendMsg4)?,
+            common::programs::SENDMSG6 => addr(Addr::UDPSendMsg6)?,
+            common::programs::CONNECT4 => addr(Addr::Connect4)?,
+            common::programs::CONNECT6 => addr(Addr::Connect6)?,
+            _ => return Err(failed("no attach type known for it".to_owned())),
+        };
+        let pinned = links.join(name);
+        link.pin(&pinned).map_err(|e| pin_err(&pinned, e))?;
+    }
+    if let Ok(unix) = UnixPrograms::from_pins(&progs) {
+        for (name, link) in unix
+            .attach(fd.as_fd())
+            .map_err(|message| CaptureError::Attach {
+                program: common::programs::UNIX_CONNECT,
+                cgroup: cgroup.path().display().to_string(),
+                message,
+            })?
+        {
+            let path = links.join(name);
+            super::unix::pin(link.as_fd(), &path).map_err(|e| pin_err(&path, e))?;
+        }
+    }
+    Ok(())
 }
 
 /// Forwards the eBPF programs' log lines (through the `log` facade) until the task is dropped.

@@ -353,6 +353,35 @@ impl UnixPrograms {
     }
 }
 
+impl UnixPrograms {
+    /// Pins both programs in `dir` (service mode: see `programs::attach_from_pins`).
+    pub fn pin(&self, dir: &Path) -> Result<(), String> {
+        pin(self.connect.as_fd(), &dir.join(LINK_CONNECT))?;
+        pin(self.sendmsg.as_fd(), &dir.join(LINK_SENDMSG))
+    }
+
+    /// The programs [`UnixPrograms::pin`] left in `dir`.
+    pub fn from_pins(dir: &Path) -> Result<UnixPrograms, String> {
+        Ok(UnixPrograms {
+            connect: obj_get(&dir.join(LINK_CONNECT))?,
+            sendmsg: obj_get(&dir.join(LINK_SENDMSG))?,
+        })
+    }
+}
+
+/// `BPF_OBJ_GET`: the object pinned at `path`.
+fn obj_get(path: &Path) -> Result<OwnedFd, String> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c_path = CString::new(path.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
+    // SAFETY: see `prog_load`.
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    // SAFETY: writing the BPF_OBJ_GET member of the union (the same as BPF_OBJ_PIN's).
+    let obj = unsafe { &mut attr.__bindgen_anon_4 };
+    obj.pathname = c_path.as_ptr() as u64;
+    sys_bpf(bpf_cmd::BPF_OBJ_GET, &mut attr)
+        .map_err(|e| format!("BPF_OBJ_GET {}: {e}", path.display()))
+}
+
 /// Whether this kernel has the Unix-socket hooks, without loading anything (`doctor`, and a
 /// daemon adopting pins).
 pub fn probe() -> Result<(), Unavailable> {
