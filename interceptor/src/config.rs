@@ -302,7 +302,7 @@ pub enum UdpPolicy {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CaptureConfig {
-    /// Default: `all` for `exec`, `listed` for `run`.
+    /// Default: `all`, for `exec` and `run` alike; `listed` is an opt-in gap (docs/security.md).
     pub mode: Option<CaptureMode>,
     /// Extra destinations to intercept in `listed` mode: "ip:port", "[ip6]:port" or "*:port".
     #[serde(default)]

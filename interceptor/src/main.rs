@@ -341,12 +341,19 @@ fn main() -> ExitCode {
     let asked = interceptor::logging::asked(cli.log_level.as_deref(), cli.verbose);
     // exec shares the terminal with CMD: only warnings and errors by default.
     let exec = matches!(cli.command, Command::Exec { .. });
+    let service = matches!(cli.command, Command::Run);
     interceptor::logging::init(asked.as_deref(), if exec { "warn" } else { "info" });
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            // Our error types already include their causes in their messages.
-            eprintln!("interceptor: {e}");
+            // Our error types already include their causes in their messages. The service's
+            // reason to stop goes through the logger, so journald files it as an error
+            // (`journalctl -p err` shows it); a plain stderr line would be filed as info.
+            if service {
+                tracing::error!("interceptor: {e}");
+            } else {
+                eprintln!("interceptor: {e}");
+            }
             cli_exit::classify(&e, exec).into()
         }
     }

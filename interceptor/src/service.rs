@@ -386,7 +386,9 @@ pub async fn run(config: Config) -> Result<(), ExecError> {
                 Arc::new(move || observed.exposition())
             })
             .await
-            .map_err(|e| ExecError::Config(e.to_string()))?,
+            // A taken port is a runtime failure (exit 1), not a config error: the config was
+            // validated when it was loaded.
+            .map_err(|e| ExecError::Listen(std::io::Error::other(e.to_string())))?,
         ),
         None => None,
     };

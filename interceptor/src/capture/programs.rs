@@ -68,7 +68,7 @@ pub struct Settings {
 
 impl Settings {
     /// The programs' settings for `config`, steering into `listeners`. `default_mode` applies
-    /// when the config does not choose (`exec`: all; `run`: listed).
+    /// when the config does not choose (`all` for both `exec` and `run` today).
     pub fn from_config(
         config: &Config,
         targets: &[Target],
