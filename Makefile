@@ -30,7 +30,7 @@ AS_ROOT := sudo -E env PATH="$(PATH)" HOME="$(HOME)" \
 	CARGO_HOME="$(or $(CARGO_HOME),$(HOME)/.cargo)" RUSTUP_HOME="$(or $(RUSTUP_HOME),$(HOME)/.rustup)"
 endif
 
-.PHONY: bootstrap build demo test bench bench-smoke deb deb-package lint clean
+.PHONY: bootstrap build demo test bench bench-smoke soak deb deb-package lint clean
 
 bootstrap:
 	"$(ROOT)/scripts/bootstrap.sh"
@@ -61,6 +61,12 @@ bench: build
 	$(CARGO) build --release -p interceptor-bench
 	$(CARGO) bench -p interceptor-bench $(BENCHES) --no-run
 	$(AS_ROOT) BENCH_COMMAND="make bench" "$(ROOT)/scripts/bench.sh"
+
+# A bounded soak (10 minutes by default: SOAK_SECONDS, SOAK_RATE): RSS and descriptors sampled
+# under a fixed pgbench rate, and every transaction found in the journal. Writes its block of
+# docs/performance.md. Not part of `make test` or `make bench`.
+soak: build
+	$(AS_ROOT) "$(ROOT)/scripts/soak.sh"
 
 bench-smoke: bootstrap
 	$(CARGO) build -p interceptor -p interceptor-bench
