@@ -155,7 +155,7 @@ macro_rules! attach_and_take {
     ($p:expr, $fd:expr, $error:expr) => {{
         let id = $p
             .attach($fd, CgroupAttachMode::Single)
-            .map_err(|e| $error(e.to_string()))?;
+            .map_err(|e| $error(hinted(&e)))?;
         let link = $p.take_link(id).map_err(|e| $error(e.to_string()))?;
         FdLink::try_from(link).map_err(|e| $error(e.to_string()))
     }};
@@ -474,8 +474,15 @@ fn pin_err(path: &Path, e: impl std::fmt::Display) -> CaptureError {
 /// to map and program creation without CAP_BPF (CAP_SYS_ADMIN before 5.8), which aya reports
 /// as a bare "failed to create map".
 fn load_error(e: aya::EbpfError) -> CaptureError {
+    CaptureError::Load(hinted(&e))
+}
+
+/// `e`'s text, and, when the kernel said EPERM or EACCES anywhere in its causes (loading a
+/// program, creating a map, attaching), which capabilities are missing: the bare errno says
+/// nothing an operator can act on.
+fn hinted(e: &(dyn std::error::Error + 'static)) -> String {
     let mut denied = false;
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    let mut source = Some(e);
     while let Some(err) = source {
         if let Some(io) = err.downcast_ref::<std::io::Error>() {
             denied |= matches!(io.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES));
@@ -490,7 +497,7 @@ fn load_error(e: aya::EbpfError) -> CaptureError {
              (for the service, check the unit's CapabilityBoundingSet with `interceptor doctor`)",
         );
     }
-    CaptureError::Load(message)
+    message
 }
 
 fn load_program(ebpf: &mut Ebpf, name: &'static str) -> Result<(), CaptureError> {
@@ -507,7 +514,7 @@ fn load_program(ebpf: &mut Ebpf, name: &'static str) -> Result<(), CaptureError>
             )))
         }
     };
-    result.map_err(|e| CaptureError::Load(format!("{name}: {e}")))
+    result.map_err(|e| CaptureError::Load(format!("{name}: {}", hinted(&e))))
 }
 
 /// The `INTERCEPT` key for a destination pattern.
