@@ -51,18 +51,7 @@ fn status(cfg: &TempConfig, json: bool) -> Output {
 
 /// psql in `cgroup`, as the service's agents are; `-c` per statement.
 fn psql_in_cgroup(cgroup: &CgroupDir, pg: &PgServer, statements: &[&str]) -> Command {
-    let mut argv = vec![
-        psql_bin().display().to_string(),
-        format!(
-            "host={} port={} dbname=appdb user=agent sslmode=disable",
-            pg_dial_host(),
-            pg.port()
-        ),
-    ];
-    for s in statements {
-        argv.extend(["-c".to_owned(), (*s).to_owned()]);
-    }
-    in_cgroup(cgroup, &argv)
+    in_cgroup(cgroup, &psql_agent_argv(pg, statements))
 }
 
 #[test]
