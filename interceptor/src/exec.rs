@@ -68,7 +68,8 @@ pub(crate) struct GatewayParts {
     pub stats: Arc<crate::gateway::stats::Stats>,
     protocols: crate::protocol::Shared,
     mask_key: Option<Arc<crate::mask::HashKey>>,
-    limits: crate::gateway::limits::Limits,
+    /// The limits in force, checked against the open-file limit.
+    pub limits: crate::gateway::limits::Limits,
 }
 
 impl GatewayParts {

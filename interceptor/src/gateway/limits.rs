@@ -18,7 +18,7 @@ use std::{
         atomic::{AtomicUsize, Ordering},
         Mutex,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use serde::Deserialize;
@@ -242,7 +242,12 @@ pub struct Admission {
     limits: Limits,
     open: Mutex<Open>,
     refusing: AtomicUsize,
+    /// Refusals since the last warning about them, and when that was.
+    unreported: Mutex<(u64, Option<Instant>)>,
 }
+
+/// How often refusals are warned about in the log (each is journaled).
+const REPORT_EVERY: Duration = Duration::from_secs(10);
 
 #[derive(Default)]
 struct Open {
@@ -257,7 +262,21 @@ impl Admission {
             limits,
             open: Mutex::new(Open::default()),
             refusing: AtomicUsize::new(0),
+            unreported: Mutex::new((0, None)),
         }
+    }
+
+    /// Counts one refusal for the log; `Some(n)`: warn now about the `n` refused since the
+    /// last warning (the first at once, then at most every ten seconds).
+    pub fn refusals_to_report(&self) -> Option<u64> {
+        let mut unreported = self.unreported.lock().unwrap_or_else(|p| p.into_inner());
+        unreported.0 += 1;
+        let due = unreported.1.is_none_or(|at| at.elapsed() >= REPORT_EVERY);
+        due.then(|| {
+            let n = unreported.0;
+            *unreported = (0, Some(Instant::now()));
+            n
+        })
     }
 
     pub fn limits(&self) -> &Limits {

@@ -244,9 +244,23 @@ async fn handle(gateway: &Gateway, arrival: Arrival<'_>, client: impl ClientStre
             tracing::warn!(session_id, %destination, reason = %why, "connection refused");
             (Outcome::Refused, Some(why))
         }
-        Ok(admitted) => {
-            if let Some(refusal) = &admitted.refusal {
-                tracing::warn!(session_id, %destination, reason = %refusal.message, "session refused");
+        Ok(Admitted {
+            upstream,
+            refusal,
+            permit,
+            telling,
+        }) => {
+            match &refusal {
+                Some(r) if r.kind == RefusalKind::Policy => {
+                    tracing::warn!(session_id, %destination, reason = %r.message, "connection refused by policy");
+                }
+                // A flood of these is what the limits are for: warned about, not one by one.
+                Some(r) => {
+                    if let Some(refused) = gateway.admission.refusals_to_report() {
+                        tracing::warn!(refused, latest = %r.message, "sessions refused by [limits]");
+                    }
+                }
+                None => {}
             }
             // Phases 6 to 8: the protocol's, within what was admitted.
             let waiting = || hooks.awaiting_approval();
@@ -257,17 +271,18 @@ async fn handle(gateway: &Gateway, arrival: Arrival<'_>, client: impl ClientStre
                 shared: &gateway.protocols,
                 counters: &counters,
                 dialed,
-                upstream: &admitted.upstream,
+                upstream: &upstream,
                 startup_timeout: limits.startup_timeout,
                 idle: Idle {
                     after: limits.idle_timeout,
                     counters: &counters,
                     waiting: &waiting,
                 },
-                refusal: admitted.refusal.clone(),
+                refusal,
             };
             let served = protocol::serve(session, client).await;
-            drop(admitted);
+            // The session's place is free again before its close is journaled.
+            drop((permit, telling));
             ending(gateway, served)
         }
     };
@@ -296,9 +311,9 @@ struct Admitted<'g> {
     /// Why the client is refused; it is told by the protocol, and nothing is dialed for it.
     refusal: Option<Refusal>,
     /// Counts the session against the limits until it ends (`None` when refused).
-    _permit: Option<super::limits::Permit<'g>>,
+    permit: Option<super::limits::Permit<'g>>,
     /// Counts a refused client being told why.
-    _telling: Option<super::limits::RefusalSlot<'g>>,
+    telling: Option<super::limits::RefusalSlot<'g>>,
 }
 
 /// Phase 5: the loop guard, the connection's policy decision, then the limits. `Err`: close
@@ -330,8 +345,8 @@ fn admit<'g>(
                 kind: RefusalKind::Policy,
                 message: connection.message.clone(),
             }),
-            _permit: None,
-            _telling: None,
+            permit: None,
+            telling: None,
         });
     }
     let subject = &hooks.subject;
@@ -340,8 +355,8 @@ fn admit<'g>(
         Ok(permit) => Ok(Admitted {
             upstream,
             refusal: None,
-            _permit: Some(permit),
-            _telling: None,
+            permit: Some(permit),
+            telling: None,
         }),
         Err(too_many) => {
             gateway.stats.refused.add([too_many.key], 1);
@@ -358,8 +373,8 @@ fn admit<'g>(
                     kind: RefusalKind::TooManySessions,
                     message: too_many.to_string(),
                 }),
-                _permit: None,
-                _telling: Some(telling),
+                permit: None,
+                telling: Some(telling),
             })
         }
     }

@@ -112,3 +112,13 @@ fn the_config_becomes_durations() {
         }
     );
 }
+
+#[test]
+fn refusals_are_reported_first_at_once_then_in_batches() {
+    let admission = Admission::new(limits(1, 1, 1));
+    assert_eq!(admission.refusals_to_report(), Some(1));
+    assert_eq!(admission.refusals_to_report(), None);
+    assert_eq!(admission.refusals_to_report(), None);
+    admission.unreported.lock().expect("lock").1 = Some(Instant::now() - REPORT_EVERY);
+    assert_eq!(admission.refusals_to_report(), Some(3));
+}
