@@ -316,3 +316,23 @@ fn a_zero_connect_timeout_is_refused_with_its_position() {
         "{text}"
     );
 }
+
+#[test]
+fn the_packaged_config_shows_the_limits_defaults() {
+    // Uncommented, the `[limits]` block of the packaged config is exactly the defaults.
+    let block: String = crate::install::DEFAULT_CONFIG
+        .lines()
+        .skip_while(|l| !l.starts_with("# [limits]"))
+        .take_while(|l| !l.is_empty())
+        .map(|l| format!("{}\n", l.trim_start_matches("# ")))
+        .collect();
+    assert!(block.starts_with("[limits]"), "{block}");
+    let config = parse(&block).expect("the commented block parses");
+    assert_eq!(
+        config.limits,
+        crate::gateway::limits::LimitsConfig {
+            max_sessions: Some(crate::gateway::limits::DEFAULT_MAX_SESSIONS),
+            ..Default::default()
+        }
+    );
+}
