@@ -212,6 +212,88 @@ fn a_thousand_idle_sockets_hold_no_upstream_slot_and_are_closed_by_the_startup_t
     );
 }
 
+/// Sends a StartupMessage, then never answers the password request; reads until the gateway
+/// closes, and reports the messages it got and when.
+const OWES_PASSWORD: &str = r#"
+import struct, time
+A = json.loads(sys.argv[1])
+s = socket.create_connection((A["host"], int(A["port"])), timeout=30)
+body = struct.pack("!i", 196608) + b"user\0agent\0database\0appdb\0\0"
+s.sendall(struct.pack("!i", len(body) + 4) + body)
+started = time.monotonic()
+data = b""
+while True:
+    chunk = s.recv(4096)
+    if not chunk:
+        break
+    data += chunk
+elapsed = time.monotonic() - started
+messages, at = [], 0
+while at + 5 <= len(data):
+    tag, n = chr(data[at]), struct.unpack("!i", data[at + 1:at + 5])[0]
+    payload, at = data[at + 5:at + 1 + n], at + 1 + n
+    if tag == "R":
+        messages.append({"tag": tag, "code": struct.unpack("!i", payload[:4])[0]})
+    elif tag == "E":
+        fields = {chr(f[0]): f[1:].decode() for f in payload.split(b"\0") if f}
+        messages.append({"tag": tag, "sqlstate": fields.get("C"), "message": fields.get("M")})
+    else:
+        messages.append({"tag": tag})
+report(messages=messages, elapsed=elapsed)
+"#;
+
+/// (a) A client that sent its start-up packet but never the `local_auth` password it was asked
+/// for is told why when the start-up timeout closes it (the protocol lets the server speak
+/// there), and nothing reached the server.
+#[test]
+fn a_client_owing_its_local_password_is_told_why_when_the_startup_timeout_closes_it() {
+    require_root!();
+    let pg = PgServer::start();
+    let cfg = TempConfig::new("");
+    let secret = write_secret(&cfg, "secret", SCRAM_PASSWORD);
+    let local = write_secret(&cfg, "local", "local-gate-pw");
+    let target = format!(
+        "[target.credentials]\nuser = \"scram_user\"\npassword_file = \"{}\"\n\
+         [target.local_auth]\nmode = \"password\"\npassword_file = \"{}\"\n",
+        secret.display(),
+        local.display()
+    );
+    let text = pg_config_text(&cfg, pg.port(), &target);
+    cfg.write(&format!("{text}\n[limits]\nstartup_timeout_secs = 2\n"));
+    let out = run_python_exec(&cfg, None, OWES_PASSWORD, &client_args(&pg, json!({})), RUN);
+    assert!(out.success(), "{}", out.describe());
+    let r = out.json();
+    assert_eq!(
+        r["messages"],
+        json!([
+            { "tag": "R", "code": 3 },
+            {
+                "tag": "E",
+                "sqlstate": "57014",
+                "message": "interceptor: canceling authentication due to timeout: start-up not \
+                            completed within 2 s ([limits] startup_timeout_secs)",
+            },
+        ]),
+        "asked for a password, then told why: {}",
+        pretty(&r)
+    );
+    let elapsed = r["elapsed"].as_f64().expect("elapsed");
+    assert!((1.5..10.0).contains(&elapsed), "{}", pretty(&r));
+
+    let rows = finished(&cfg, r["run_id"].as_str().expect("run_id"), 1);
+    assert_eq!(rows.len(), 1, "{}", pretty_rows(&rows));
+    let s = &rows[0];
+    assert_eq!(s["outcome"], json!("timeout"), "{}", pretty(s));
+    assert_eq!(
+        s["bytes_up"],
+        json!(0),
+        "nothing reached the server: {}",
+        pretty(s)
+    );
+    let auth = events_of_kind(&session_show(&cfg, s["id"].as_i64().expect("id")), "auth");
+    assert_eq!(auth.len(), 1, "{}", pretty_rows(&auth));
+}
+
 // ---------------------------------------------------------------------------------------------
 // (b) per-uid limit
 // ---------------------------------------------------------------------------------------------
