@@ -471,6 +471,78 @@ fn a_uid_at_its_limit_is_refused_with_53300_while_another_uid_gets_in() {
     assert_eq!(root[0]["outcome"], json!("closed"), "{}", pretty(root[0]));
 }
 
+/// A client refused by the connection policy is told why after its start-up packet, over TLS
+/// when it asked for TLS, like a client over a limit; it counts against no limit.
+#[test]
+fn a_connection_refused_by_policy_is_told_why_over_tls() {
+    require_root!();
+    let pg = PgServer::start();
+    let cfg = TempConfig::new("");
+    let policy = cfg.dir().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[[rule]]\nname = \"nobody-stays-out\"\ndecision = \"deny\"\n\
+         message = \"nobody may not reach appdb\"\n[rule.match]\nkinds = [\"connect\"]\n\
+         users = [\"65534\"]\n\n[[rule]]\nname = \"the-rest\"\ndecision = \"allow\"\n",
+    )
+    .expect("write policy");
+    let text = pg_config_text(
+        &cfg,
+        pg.port(),
+        &format!("policy = \"{}\"\n", policy.display()),
+    );
+    cfg.write(&format!("{text}\n[limits]\nmax_sessions_per_uid = 1\n"));
+    const CLIENT: &str = r#"
+import asyncio, ssl
+import asyncpg
+async def attempt():
+    tls = ssl.create_default_context()
+    tls.check_hostname = False
+    tls.verify_mode = ssl.CERT_NONE
+    try:
+        c = await asyncpg.connect(host=ARGS["host"], port=int(ARGS["port"]), user="agent",
+                                  database="appdb", ssl=tls, timeout=10)
+        await c.close()
+        return {"ok": True}
+    except Exception as e:
+        return {"type": type(e).__name__, "sqlstate": getattr(e, "sqlstate", None),
+                "message": str(e)}
+report(first=asyncio.run(attempt()), second=asyncio.run(attempt()))
+"#;
+    let out = run_venv_python_exec(
+        &cfg,
+        Some("nobody"),
+        CLIENT,
+        &client_args(&pg, json!({})),
+        RUN,
+    );
+    assert!(out.success(), "{}", out.describe());
+    let r = out.json();
+    // Twice: policy refusals hold no place, so a limit of 1 never comes into it.
+    for attempt in ["first", "second"] {
+        assert_eq!(
+            r[attempt],
+            json!({
+                "type": "ClientCannotConnectError",
+                "sqlstate": "08001",
+                "message": "interceptor: target \"appdb\" is unavailable: nobody may not reach appdb",
+            }),
+            "{attempt}: {}",
+            pretty(&r)
+        );
+    }
+    let rows = finished(&cfg, r["run_id"].as_str().expect("run_id"), 2);
+    for s in &rows {
+        assert_eq!(s["outcome"], json!("refused"), "{}", pretty(s));
+        assert_eq!(
+            s["detail"],
+            json!("nobody may not reach appdb"),
+            "{}",
+            pretty(s)
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // (c) idle timeout
 // ---------------------------------------------------------------------------------------------

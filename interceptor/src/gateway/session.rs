@@ -338,46 +338,46 @@ fn admit<'g>(
     };
     // A connection policy does not allow is refused (and so are reviews of connections:
     // there is nothing to hold). It never holds an upstream, so no limit applies.
-    if connection.decision != DecisionKind::Allow {
-        return Ok(Admitted {
-            upstream,
-            refusal: Some(Refusal {
-                kind: RefusalKind::Policy,
-                message: connection.message.clone(),
-            }),
-            permit: None,
-            telling: None,
-        });
-    }
     let subject = &hooks.subject;
     let run = subject.run_id.as_deref().unwrap_or_default();
-    match gateway.admission.admit(subject.uid, run) {
-        Ok(permit) => Ok(Admitted {
-            upstream,
-            refusal: None,
-            permit: Some(permit),
-            telling: None,
-        }),
-        Err(too_many) => {
-            gateway.stats.refused.add([too_many.key], 1);
-            // Telling means waiting for the client's start-up, on a descriptor: bounded.
-            let Some(telling) = gateway.admission.refusal_slot() else {
-                return Err(format!(
-                    "{too_many} (closed at once: {} refused clients are being told why already)",
-                    super::limits::REFUSALS_IN_FLIGHT
-                ));
-            };
-            Ok(Admitted {
-                upstream,
-                refusal: Some(Refusal {
+    let refusal = if connection.decision != DecisionKind::Allow {
+        Refusal {
+            kind: RefusalKind::Policy,
+            message: connection.message.clone(),
+        }
+    } else {
+        match gateway.admission.admit(subject.uid, run) {
+            Ok(permit) => {
+                return Ok(Admitted {
+                    upstream,
+                    refusal: None,
+                    permit: Some(permit),
+                    telling: None,
+                })
+            }
+            Err(too_many) => {
+                gateway.stats.refused.add([too_many.key], 1);
+                Refusal {
                     kind: RefusalKind::TooManySessions,
                     message: too_many.to_string(),
-                }),
-                permit: None,
-                telling: Some(telling),
-            })
+                }
+            }
         }
-    }
+    };
+    // Telling means waiting for the client's start-up, on a descriptor: bounded.
+    let Some(telling) = gateway.admission.refusal_slot() else {
+        return Err(format!(
+            "{} (closed at once: {} refused clients are being told why already)",
+            refusal.message,
+            super::limits::REFUSALS_IN_FLIGHT
+        ));
+    };
+    Ok(Admitted {
+        upstream,
+        refusal: Some(refusal),
+        permit: None,
+        telling: Some(telling),
+    })
 }
 
 /// The outcome and detail the log phase journals for what the protocol returned.

@@ -25,7 +25,7 @@ use std::{
     net::SocketAddr,
     os::fd::AsRawFd,
     sync::atomic::{AtomicU64, Ordering},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use tokio::{
@@ -73,12 +73,13 @@ impl Idle<'_> {
     /// Resolves once the session has been idle for `after`. It looks every quarter of that
     /// (between 100 ms and a minute), so it fires at most that late.
     pub async fn expired(&self) {
+        use tokio::time::Instant;
         let tick = (self.after / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
         let mut seen = self.activity();
         let mut since = Instant::now();
         loop {
             let wake = (since + self.after).min(Instant::now() + tick);
-            tokio::time::sleep_until(wake.into()).await;
+            tokio::time::sleep_until(wake).await;
             let now = self.activity();
             if now != seen || self.busy() {
                 seen = now;
@@ -300,6 +301,57 @@ pub async fn serve<H: Hooks, D: Dial>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// How long `Idle::expired` takes to fire (on a paused clock), or `None` within `limit`.
+    async fn idle_after(idle: &Idle<'_>, limit: Duration, meanwhile: impl Fn(u64)) -> Option<u64> {
+        let start = tokio::time::Instant::now();
+        let expired = idle.expired();
+        tokio::pin!(expired);
+        for second in 1..=limit.as_secs() {
+            tokio::select! {
+                () = &mut expired => return Some(start.elapsed().as_secs()),
+                () = tokio::time::sleep(Duration::from_secs(1)) => meanwhile(second),
+            }
+        }
+        None
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_means_no_bytes_nothing_owed_and_nothing_held() {
+        let counters = Counters::default();
+        let held = std::sync::atomic::AtomicBool::new(false);
+        let waiting = || held.load(Ordering::Relaxed);
+        let idle = Idle {
+            after: Duration::from_secs(8),
+            counters: &counters,
+            waiting: &waiting,
+        };
+        // Silent: closed after the timeout, checked every quarter of it.
+        let fired = idle_after(&idle, Duration::from_secs(30), |_| {}).await;
+        assert!(matches!(fired, Some(8..=10)), "{fired:?}");
+        // Bytes in either direction keep it open.
+        let fired = idle_after(&idle, Duration::from_secs(30), |s| {
+            counters.down.store(s, Ordering::Relaxed)
+        })
+        .await;
+        assert_eq!(fired, None);
+        // A statement the server still runs, or one held for approval, is not idle.
+        counters.owed.store(1, Ordering::Relaxed);
+        assert_eq!(
+            idle_after(&idle, Duration::from_secs(30), |_| {}).await,
+            None
+        );
+        counters.owed.store(0, Ordering::Relaxed);
+        held.store(true, Ordering::Relaxed);
+        assert_eq!(
+            idle_after(&idle, Duration::from_secs(30), |_| {}).await,
+            None
+        );
+        // Once it is answered, the clock starts again.
+        held.store(false, Ordering::Relaxed);
+        let fired = idle_after(&idle, Duration::from_secs(30), |_| {}).await;
+        assert!(matches!(fired, Some(8..=10)), "{fired:?}");
+    }
 
     #[test]
     fn the_embedded_defaults_prepare_without_a_fixed_upstream() {
