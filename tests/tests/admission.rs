@@ -298,28 +298,44 @@ fn a_client_owing_its_local_password_is_told_why_when_the_startup_timeout_closes
 // (b) per-uid limit
 // ---------------------------------------------------------------------------------------------
 
+/// Python helpers of the asyncpg clients (asyncpg reports the SQLSTATE of a refused start-up):
+/// `attempt(tls)` connects to the target at ARGS host/port as `agent` and reports how it
+/// went; `unverified_tls()` is TLS with the gateway's local CA, unchecked (a context of its
+/// own, so asyncpg does not look for client certificates in a HOME the agent cannot read).
+const ASYNCPG: &str = r#"
+import asyncio, ssl
+import asyncpg
+def unverified_tls():
+    tls = ssl.create_default_context()
+    tls.check_hostname = False
+    tls.verify_mode = ssl.CERT_NONE
+    return tls
+def attempt(tls):
+    async def connect():
+        try:
+            c = await asyncpg.connect(host=ARGS["host"], port=int(ARGS["port"]), user="agent",
+                                      database="appdb", ssl=tls, timeout=10)
+            await c.close()
+            return {"ok": True}
+        except Exception as e:
+            return {"type": type(e).__name__, "sqlstate": getattr(e, "sqlstate", None),
+                    "message": str(e)}
+    return asyncio.run(connect())
+"#;
+
 /// A child as nobody holds LIMIT psycopg sessions, then tries one more (asyncpg, which reports
 /// the SQLSTATE of a refused start-up; then psycopg, over TLS) and cancels a running statement
 /// from one of its held sessions. The parent (root, another uid) connects while the child is
 /// at its limit.
 const PER_UID: &str = r#"
-import asyncio, ssl, threading, time
-import asyncpg, psycopg
+import threading, time
+import psycopg
 H, P, LIMIT = ARGS["host"], int(ARGS["port"]), int(ARGS["limit"])
 def dsn(**kw):
     base = dict(host=H, port=P, dbname="appdb", user="agent", sslmode="disable",
                 connect_timeout=10)
     base.update(kw)
     return conninfo(**base)
-async def one_more(ssl):
-    try:
-        c = await asyncpg.connect(host=H, port=P, user="agent", database="appdb", ssl=ssl,
-                                  timeout=10)
-        await c.close()
-        return {"ok": True}
-    except Exception as e:
-        return {"type": type(e).__name__, "sqlstate": getattr(e, "sqlstate", None),
-                "message": str(e)}
 to_parent, from_child = os.pipe()
 to_child, from_parent = os.pipe()
 pid = os.fork()
@@ -331,13 +347,8 @@ if pid == 0:
         for c in held:
             c.execute("SELECT 1")
         out["held"] = len(held)
-        out["over"] = asyncio.run(one_more(False))
-        # TLS with the gateway's local CA, unverified (a context of its own, so asyncpg does
-        # not look for client certificates in a HOME nobody cannot read).
-        tls = ssl.create_default_context()
-        tls.check_hostname = False
-        tls.verify_mode = ssl.CERT_NONE
-        out["over_tls"] = asyncio.run(one_more(tls))
+        out["over"] = attempt(False)
+        out["over_tls"] = attempt(unverified_tls())
         try:
             psycopg.connect(dsn()).close()
             out["over_psycopg"] = {"ok": True}
@@ -385,7 +396,7 @@ fn a_uid_at_its_limit_is_refused_with_53300_while_another_uid_gets_in() {
     let out = run_venv_python_exec(
         &cfg,
         Some("root"),
-        PER_UID,
+        &format!("{ASYNCPG}\n{PER_UID}"),
         &client_args(&pg, json!({ "limit": LIMIT })),
         RUN,
     );
@@ -492,27 +503,13 @@ fn a_connection_refused_by_policy_is_told_why_over_tls() {
         &format!("policy = \"{}\"\n", policy.display()),
     );
     cfg.write(&format!("{text}\n[limits]\nmax_sessions_per_uid = 1\n"));
-    const CLIENT: &str = r#"
-import asyncio, ssl
-import asyncpg
-async def attempt():
-    tls = ssl.create_default_context()
-    tls.check_hostname = False
-    tls.verify_mode = ssl.CERT_NONE
-    try:
-        c = await asyncpg.connect(host=ARGS["host"], port=int(ARGS["port"]), user="agent",
-                                  database="appdb", ssl=tls, timeout=10)
-        await c.close()
-        return {"ok": True}
-    except Exception as e:
-        return {"type": type(e).__name__, "sqlstate": getattr(e, "sqlstate", None),
-                "message": str(e)}
-report(first=asyncio.run(attempt()), second=asyncio.run(attempt()))
-"#;
+    let client = format!(
+        "{ASYNCPG}\nreport(first=attempt(unverified_tls()), second=attempt(unverified_tls()))"
+    );
     let out = run_venv_python_exec(
         &cfg,
         Some("nobody"),
-        CLIENT,
+        &client,
         &client_args(&pg, json!({})),
         RUN,
     );
