@@ -336,10 +336,10 @@ fn admit<'g>(
         addr: upstream_addr,
         timeout: gateway.connect_timeout,
     };
-    // A connection policy does not allow is refused (and so are reviews of connections:
-    // there is nothing to hold). It never holds an upstream, so no limit applies.
     let subject = &hooks.subject;
     let run = subject.run_id.as_deref().unwrap_or_default();
+    // A connection policy does not allow is refused (and so are reviews of connections:
+    // there is nothing to hold). It never holds an upstream, so no limit applies.
     let refusal = if connection.decision != DecisionKind::Allow {
         Refusal {
             kind: RefusalKind::Policy,
