@@ -20,14 +20,22 @@ PG_SESSIONS="${MEMORY_PG_SESSIONS:-$(sized 100 10)}"
 ECHO="127.0.0.2:$(free_port 127.0.0.2)"
 bench_spawn "$LOADGEN" serve --addr "$ECHO" --mode echo
 wait_listening "$ECHO"
+# One run holds every session: above the default per-run and per-uid limits ([limits]).
+LIMITS="[limits]
+max_sessions_per_uid = $((SESSIONS + PG_SESSIONS + 100))
+max_sessions_per_run = $((SESSIONS + PG_SESSIONS + 100))"
 cat >"$WORK/relay.toml" <<CFG
 [journal]
 path = "$WORK/journal.db"
 [state]
 dir = "$WORK/state"
+$LIMITS
 CFG
 pg_ensure
-gateway_config "$BENCH_ROOT/policies/examples/journal-only.toml" >"$WORK/postgres.toml"
+{
+  gateway_config "$BENCH_ROOT/policies/examples/journal-only.toml"
+  echo "$LIMITS"
+} >"$WORK/postgres.toml"
 
 rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 

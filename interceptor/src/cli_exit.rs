@@ -134,9 +134,10 @@ fn typed(cause: &(dyn std::error::Error + 'static)) -> Option<ExitKind> {
     if let Some(e) = cause.downcast_ref::<ExecError>() {
         return Some(match e {
             ExecError::NotRoot(_) => ExitKind::Permission,
-            ExecError::UnknownUser(_) | ExecError::NoCommand | ExecError::Config(_) => {
-                ExitKind::Usage
-            }
+            ExecError::UnknownUser(_)
+            | ExecError::NoCommand
+            | ExecError::Config(_)
+            | ExecError::Descriptors(_) => ExitKind::Usage,
             ExecError::Journal(j) => journal(j),
             ExecError::Ship(s) => ship(s),
             _ => ExitKind::Failed,

@@ -61,6 +61,9 @@ pub struct Config {
     pub approvals: ApprovalsConfig,
     #[serde(default)]
     pub masking: MaskingConfig,
+    /// Start-up and idle timeouts, and how many sessions may be open (`gateway::limits`).
+    #[serde(default)]
+    pub limits: crate::gateway::limits::LimitsConfig,
     /// The Prometheus endpoint; off unless `listen` is set.
     #[serde(default)]
     pub metrics: crate::metrics::MetricsConfig,
@@ -218,8 +221,11 @@ pub struct ProxyConfig {
     /// runs never collide.
     #[serde(default = "default_proxy_port")]
     pub port: u16,
-    /// Seconds to wait for the upstream TCP handshake.
-    #[serde(default = "default_connect_timeout")]
+    /// Seconds to wait for the upstream TCP handshake (1 to 300).
+    #[serde(
+        default = "default_connect_timeout",
+        deserialize_with = "connect_timeout"
+    )]
     pub connect_timeout_secs: u64,
     /// Bytes of large messages (over 1 MiB) all sessions may buffer at once
     /// (`protocol::buffers`).
@@ -277,6 +283,14 @@ fn default_proxy_port() -> u16 {
 }
 fn default_connect_timeout() -> u64 {
     10
+}
+fn connect_timeout<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    in_range(
+        d,
+        "connect_timeout_secs",
+        1..=300,
+        "0 would fail every upstream connection",
+    )
 }
 
 /// Which connections the eBPF programs steer into the proxy.
@@ -371,7 +385,9 @@ pub struct TargetConfig {
     pub intercept: Vec<String>,
     /// Where the gateway connects instead (default: the dialed address).
     pub upstream: Option<String>,
-    /// Largest protocol message accepted in either direction; larger ends the session.
+    /// Largest protocol message accepted in either direction; larger ends the session. At
+    /// least [`MIN_MAX_MESSAGE_BYTES`].
+    #[serde(default, deserialize_with = "max_message_bytes")]
     pub max_message_bytes: Option<usize>,
     /// Credentials the gateway uses upstream instead of the client's (the client never sees them).
     pub credentials: Option<CredentialsConfig>,
@@ -555,6 +571,20 @@ pub struct Credentials {
 /// 64 MiB: larger than any sane statement or row, small enough that one client cannot make
 /// the gateway buffer gigabytes.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// The smallest `max_message_bytes`: the largest start-up packet PostgreSQL accepts. Below it,
+/// clients the server would serve fail at start-up (at 0, every session does).
+pub const MIN_MAX_MESSAGE_BYTES: usize = crate::protocol::postgres::codec::MAX_STARTUP_LEN;
+
+fn max_message_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    in_range(
+        d,
+        "max_message_bytes",
+        MIN_MAX_MESSAGE_BYTES..,
+        "a smaller limit fails start-up packets PostgreSQL accepts; 0 fails every session",
+    )
+    .map(Some)
+}
 
 impl CredentialsConfig {
     fn validate(&self) -> Result<Credentials, String> {
@@ -841,6 +871,36 @@ fn line_of_quoted_value(text: &str, message: &str) -> Option<usize> {
         let needle = format!("\"{q}\"");
         text.find(&needle).map(|at| line_and_column(text, at).0)
     })
+}
+
+/// Reads an integer that must lie in `range`, for keys where a value outside it would make the
+/// gate refuse everything (a zero timeout or limit) or mean nothing (an absurd one). Rejected
+/// while deserializing, so the error carries the value's line and column like any parse
+/// error; `why` says what the value would do.
+pub(crate) fn in_range<'de, D, T>(
+    deserializer: D,
+    key: &str,
+    range: impl std::ops::RangeBounds<T>,
+    why: &str,
+) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + PartialOrd + std::fmt::Display,
+{
+    use std::ops::Bound::{Included, Unbounded};
+    let value = T::deserialize(deserializer)?;
+    if range.contains(&value) {
+        return Ok(value);
+    }
+    let allowed = match (range.start_bound(), range.end_bound()) {
+        (Included(lo), Included(hi)) => format!("{lo} to {hi}"),
+        (Included(lo), Unbounded) => format!("at least {lo}"),
+        (Unbounded, Included(hi)) => format!("at most {hi}"),
+        _ => "another value".to_owned(),
+    };
+    Err(serde::de::Error::custom(format!(
+        "{key} = {value} is out of range: give {allowed} ({why})"
+    )))
 }
 
 /// Deserializes TOML; on error, the 1-based line and column it points at and what is wrong.

@@ -55,6 +55,9 @@ pub enum ExecError {
     Config(String),
     #[error(transparent)]
     Ship(#[from] crate::ship::ShipError),
+    /// The open-file limit cannot hold `[limits] max_sessions`.
+    #[error("cannot start: {0}")]
+    Descriptors(#[from] crate::gateway::limits::DescriptorBudget),
 }
 
 /// What a gateway needs besides capture, built the same way by `exec` and `run`.
@@ -65,10 +68,16 @@ pub(crate) struct GatewayParts {
     pub stats: Arc<crate::gateway::stats::Stats>,
     protocols: crate::protocol::Shared,
     mask_key: Option<Arc<crate::mask::HashKey>>,
+    /// The limits in force, checked against the open-file limit.
+    pub limits: crate::gateway::limits::Limits,
 }
 
 impl GatewayParts {
     pub fn from_config(config: &Config, targets: &[Target]) -> Result<GatewayParts, ExecError> {
+        // First: a gateway whose sessions cannot all have their descriptors must not start.
+        let limits = config
+            .limits
+            .limits(crate::gateway::limits::open_file_limit())?;
         let policy = Arc::new(Engine::new(
             crate::policy::load_policies(config).map_err(|e| ExecError::Config(e.to_string()))?,
         ));
@@ -103,6 +112,7 @@ impl GatewayParts {
             stats: Arc::default(),
             protocols,
             mask_key,
+            limits,
         })
     }
 
@@ -131,6 +141,7 @@ impl GatewayParts {
             sample_rows: config.journal.result_sample_rows,
             captured,
             stats: self.stats,
+            admission: crate::gateway::limits::Admission::new(self.limits),
         })
     }
 }

@@ -269,7 +269,8 @@ enum SessionsCommand {
         /// Only sessions of this run id.
         #[arg(long)]
         run: Option<String>,
-        /// Only sessions with this outcome (closed, refused, upstream_failed, error, anomaly).
+        /// Only sessions with this outcome (closed, refused, upstream_failed, error, anomaly,
+        /// timeout).
         #[arg(long)]
         outcome: Option<String>,
         /// Only sessions where a command, the connection, or an approver was decided this way.

@@ -157,6 +157,20 @@ impl Exposition {
         let _ = writeln!(self.text, " {}", format_value(value));
     }
 
+    /// A counter family with one label: a sample per (label value, count).
+    pub fn counter_by<'a>(
+        &mut self,
+        name: &str,
+        help: &str,
+        label: &str,
+        counts: impl Iterator<Item = (&'a str, i64)>,
+    ) {
+        self.family(name, "counter", help);
+        for (value, count) in counts {
+            self.sample(name, &[(label, value)], count as f64);
+        }
+    }
+
     /// A histogram family's samples (the family must be started with kind `histogram`).
     pub fn histogram(&mut self, name: &str, labels: &[(&str, &str)], h: &HistogramSnapshot) {
         for (bound, count) in LATENCY_BUCKETS.iter().zip(&h.cumulative) {

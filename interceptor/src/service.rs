@@ -338,6 +338,7 @@ pub async fn run(config: Config) -> Result<(), ExecError> {
             )
             .collect(),
         metrics: metrics_endpoint.as_ref().map(ToString::to_string),
+        limits: parts.limits,
         journal_path: config.journal.path.clone(),
         sinks: config.sinks.clone(),
     });

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     approval::Approvals,
     config::Config,
-    gateway::stats::Stats,
+    gateway::{limits::Limits, stats::Stats},
     journal::Journal,
     metrics::{Exposition, HistogramSnapshot},
     ship::{SinkConfig, SinkStatus},
@@ -45,6 +45,15 @@ pub struct DaemonStatus {
     pub sessions: Vec<SessionCount>,
     pub decisions: Vec<DecisionCount>,
     pub anomalies: Vec<AnomalyCount>,
+    /// The limits in force (`[limits]`; `max_sessions` perhaps lowered to the open-file limit).
+    #[serde(default)]
+    pub limits: Option<LimitsStatus>,
+    /// Sessions refused by a limit, by the limit's key.
+    #[serde(default)]
+    pub refused: Vec<LimitCount>,
+    /// Sessions closed on a timeout, by phase (`startup`, `idle`).
+    #[serde(default)]
+    pub timeouts: Vec<TimeoutCount>,
     pub approvals: Vec<PendingApproval>,
     /// How long commands waited for their journal commit.
     pub journal_commit: HistogramSnapshot,
@@ -74,6 +83,39 @@ pub struct AnomalyCount {
     pub count: i64,
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LimitsStatus {
+    pub startup_timeout_secs: u64,
+    pub idle_timeout_secs: u64,
+    pub max_sessions: u32,
+    pub max_sessions_per_uid: u32,
+    pub max_sessions_per_run: u32,
+}
+
+impl From<&Limits> for LimitsStatus {
+    fn from(l: &Limits) -> LimitsStatus {
+        LimitsStatus {
+            startup_timeout_secs: l.startup_timeout.as_secs(),
+            idle_timeout_secs: l.idle_timeout.as_secs(),
+            max_sessions: l.max_sessions,
+            max_sessions_per_uid: l.max_sessions_per_uid,
+            max_sessions_per_run: l.max_sessions_per_run,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LimitCount {
+    pub limit: String,
+    pub count: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TimeoutCount {
+    pub phase: String,
+    pub count: i64,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PendingApproval {
     pub id: String,
@@ -96,6 +138,8 @@ pub struct Observed {
     pub pin_dir: PathBuf,
     pub listeners: Vec<String>,
     pub metrics: Option<String>,
+    /// The limits in force.
+    pub limits: Limits,
     /// For the sinks' lag at scrape time.
     pub journal_path: PathBuf,
     pub sinks: Vec<SinkConfig>,
@@ -132,6 +176,21 @@ impl Observed {
                 .snapshot()
                 .into_iter()
                 .map(|([reason], count)| AnomalyCount { reason, count })
+                .collect(),
+            limits: Some(LimitsStatus::from(&self.limits)),
+            refused: self
+                .stats
+                .refused
+                .snapshot()
+                .into_iter()
+                .map(|([limit], count)| LimitCount { limit, count })
+                .collect(),
+            timeouts: self
+                .stats
+                .timeouts
+                .snapshot()
+                .into_iter()
+                .map(|([phase], count)| TimeoutCount { phase, count })
                 .collect(),
             approvals: self.pending(),
             journal_commit: self.journal.commit_latency(),
@@ -254,6 +313,38 @@ impl Observed {
                 a.count as f64,
             );
         }
+        if let Some(limits) = &status.limits {
+            out.family(
+                "interceptor_session_limit",
+                "gauge",
+                "The limits on open sessions in force ([limits]), by key.",
+            );
+            for (key, value) in [
+                ("max_sessions", limits.max_sessions),
+                ("max_sessions_per_uid", limits.max_sessions_per_uid),
+                ("max_sessions_per_run", limits.max_sessions_per_run),
+            ] {
+                out.sample(
+                    "interceptor_session_limit",
+                    &[("limit", key)],
+                    f64::from(value),
+                );
+            }
+        }
+        let refused = status.refused.iter().map(|r| (r.limit.as_str(), r.count));
+        out.counter_by(
+            "interceptor_sessions_refused_total",
+            "Sessions refused by a limit on open sessions, by the limit's key.",
+            "limit",
+            refused,
+        );
+        let timeouts = status.timeouts.iter().map(|t| (t.phase.as_str(), t.count));
+        out.counter_by(
+            "interceptor_session_timeouts_total",
+            "Sessions the gateway closed on a timeout, by phase (startup, idle).",
+            "phase",
+            timeouts,
+        );
         out.family(
             "interceptor_approvals_pending",
             "gauge",
@@ -611,6 +702,25 @@ impl std::fmt::Display for Report {
                     "anomalies: {anomalies} unattributed connection(s) closed"
                 )?;
             }
+            if let Some(l) = &d.limits {
+                writeln!(
+                    f,
+                    "limits:    {} sessions, {} per uid, {} per run; start-up {} s, idle {} s",
+                    l.max_sessions,
+                    l.max_sessions_per_uid,
+                    l.max_sessions_per_run,
+                    l.startup_timeout_secs,
+                    l.idle_timeout_secs
+                )?;
+            }
+            let refused = breakdown(d.refused.iter().map(|r| (r.limit.as_str(), r.count)));
+            if let Some((total, by)) = refused {
+                writeln!(f, "refused:   {total} session(s) over a limit ({by})")?;
+            }
+            let timeouts = breakdown(d.timeouts.iter().map(|t| (t.phase.as_str(), t.count)));
+            if let Some((total, by)) = timeouts {
+                writeln!(f, "timeouts:  {total} session(s) closed ({by})")?;
+            }
             writeln!(f, "approvals: {} pending", d.approvals.len())?;
             for a in &d.approvals {
                 writeln!(
@@ -673,4 +783,11 @@ impl std::fmt::Display for Report {
         }
         Ok(())
     }
+}
+/// A total and its parts as "a 1, b 2", or `None` when there is nothing to count.
+fn breakdown<'a>(parts: impl Iterator<Item = (&'a str, i64)>) -> Option<(i64, String)> {
+    let parts: Vec<(&str, i64)> = parts.filter(|(_, n)| *n > 0).collect();
+    let total: i64 = parts.iter().map(|(_, n)| n).sum();
+    let by: Vec<String> = parts.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    (total > 0).then(|| (total, by.join(", ")))
 }

@@ -769,6 +769,40 @@ pub fn pg_config_text(cfg: &TempConfig, port: u16, target_extra: &str) -> String
     )
 }
 
+/// The JSON argument of the gateway's Python clients: `host` (the dialed address,
+/// [`pg_dial_host`]), `port` (the server's), `psql` (its path), plus the keys of `extra`.
+pub fn client_args(pg: &PgServer, extra: Value) -> Vec<String> {
+    let mut args = serde_json::json!({
+        "host": pg_dial_host(),
+        "port": pg.port(),
+        "psql": psql_bin().display().to_string(),
+    });
+    if let (Some(args), Some(extra)) = (args.as_object_mut(), extra.as_object()) {
+        args.extend(extra.clone());
+    }
+    vec![args.to_string()]
+}
+
+/// `psql` as an agent: user `agent` on `appdb` at the dialed address, stopping at the first
+/// error, running each of `statements`.
+pub fn psql_agent_argv(pg: &PgServer, statements: &[&str]) -> Vec<String> {
+    let mut argv = vec![
+        psql_bin().display().to_string(),
+        format!(
+            "host={} port={} dbname=appdb user=agent sslmode=disable",
+            pg_dial_host(),
+            pg.port()
+        ),
+        "-v".to_owned(),
+        "ON_ERROR_STOP=1".to_owned(),
+    ];
+    for s in statements {
+        argv.push("-c".to_owned());
+        argv.push((*s).to_owned());
+    }
+    argv
+}
+
 /// Writes `contents` to `<cfg dir>/<name>` with mode 0600 (a password file); returns its path.
 pub fn write_secret(cfg: &TempConfig, name: &str, contents: &str) -> PathBuf {
     let p = cfg.dir().join(name);

@@ -48,20 +48,7 @@ fn balance(pg: &PgServer) -> String {
 
 /// psql under exec as `user`, running each of `statements`, in the background.
 fn agent(cfg: &TempConfig, pg: &PgServer, user: &str, statements: &[&str]) -> Spawned {
-    let mut argv = vec![
-        psql_bin().display().to_string(),
-        format!(
-            "host={} port={} dbname=appdb user=agent sslmode=disable",
-            pg_dial_host(),
-            pg.port()
-        ),
-        "-v".to_owned(),
-        "ON_ERROR_STOP=1".to_owned(),
-    ];
-    for s in statements {
-        argv.push("-c".to_owned());
-        argv.push((*s).to_owned());
-    }
+    let argv = psql_agent_argv(pg, statements);
     Spawned::spawn(exec_cmd(cfg, Some(user), &argv), "agent", false)
 }
 

@@ -29,21 +29,6 @@ def dsn(**kw):
     return conninfo(**base)
 "#;
 
-/// JSON argv for the clients: host = 127.0.0.2 (the dialed address), port = the server's.
-fn args(pg: &PgServer, extra: Value) -> Vec<String> {
-    let mut a = json!({
-        "host": pg_dial_host(),
-        "port": pg.port(),
-        "psql": psql_bin().display().to_string(),
-    });
-    if let (Some(a), Some(e)) = (a.as_object_mut(), extra.as_object()) {
-        for (k, v) in e {
-            a.insert(k.clone(), v.clone());
-        }
-    }
-    vec![a.to_string()]
-}
-
 /// Runs a venv Python client (GW_PRELUDE + code) under exec.
 fn run_client(cfg: &TempConfig, code: &str, args: &[String]) -> Output {
     run_venv_python_exec(cfg, None, &format!("{GW_PRELUDE}\n{code}"), args, RUN)
@@ -294,7 +279,7 @@ fn psql_copy_in_and_out_10mb() {
     let pg = PgServer::start();
     let cfg = pg_config(&pg, "");
     let rows = 80_000; // 80k × ~127 bytes ≈ 10 MB
-    let out = run_client(&cfg, COPY_CLIENT, &args(&pg, json!({"rows": rows})));
+    let out = run_client(&cfg, COPY_CLIENT, &client_args(&pg, json!({"rows": rows})));
     let r = client_ok(&out);
     assert!(
         r["size_in"].as_u64().unwrap_or(0) >= 10_000_000,
@@ -372,7 +357,7 @@ fn psycopg_extended_prepared_pipeline_and_large_result() {
     require_root!();
     let pg = PgServer::start();
     let cfg = pg_config(&pg, "");
-    let out = run_client(&cfg, PSYCOPG_CLIENT, &args(&pg, json!({})));
+    let out = run_client(&cfg, PSYCOPG_CLIENT, &client_args(&pg, json!({})));
     let r = client_ok(&out);
     assert_eq!(r["params"], json!([5, "x'y\"z", "1.25"]), "{}", pretty(&r));
     assert_eq!(r["binary"], json!([42, "00ff6162"]), "{}", pretty(&r));
@@ -486,7 +471,7 @@ fn asyncpg_named_statements_and_binary_results() {
     require_root!();
     let pg = PgServer::start();
     let cfg = pg_config(&pg, "");
-    let out = run_client(&cfg, ASYNCPG_CLIENT, &args(&pg, json!({})));
+    let out = run_client(&cfg, ASYNCPG_CLIENT, &client_args(&pg, json!({})));
     let r = client_ok(&out);
     assert_eq!(r["mismatches"], json!([]), "{}", pretty(&r));
     assert_eq!(
@@ -548,7 +533,7 @@ fn sqlalchemy_orm_session() {
     require_root!();
     let pg = PgServer::start();
     let cfg = pg_config(&pg, "");
-    let out = run_client(&cfg, SQLALCHEMY_CLIENT, &args(&pg, json!({})));
+    let out = run_client(&cfg, SQLALCHEMY_CLIENT, &client_args(&pg, json!({})));
     let r = client_ok(&out);
     let want: Vec<String> = (11..=20).map(|i| format!("item-{i}")).collect();
     assert_eq!(r["names"], json!(want), "{}", pretty(&r));
@@ -619,7 +604,7 @@ fn credentials_case(user: &str, password: &str) {
             secret.display()
         ),
     ));
-    let out = run_client(&cfg, CRED_CLIENT, &args(&pg, json!({})));
+    let out = run_client(&cfg, CRED_CLIENT, &client_args(&pg, json!({})));
     let r = client_ok(&out);
     assert_eq!(r["ok"], json!(true), "{}", pretty(&r));
     assert_eq!(r["user"], json!(user), "{}", pretty(&r));
@@ -662,7 +647,7 @@ fn credentials_from_env_are_not_passed_to_the_agent() {
     ));
     let argv = venv_python_argv(
         &format!("{GW_PRELUDE}\n{CRED_CLIENT}"),
-        &args(&pg, json!({})),
+        &client_args(&pg, json!({})),
     );
     let mut cmd = exec_cmd(&cfg, None, &argv);
     cmd.env("INTERCEPTOR_TEST_PG_SECRET", SCRAM_PASSWORD);
@@ -694,7 +679,7 @@ fn credentials_wrong_password_fails_auth_and_is_journaled() {
                 secret.display()
             ),
         ));
-        let out = run_client(&cfg, CRED_CLIENT, &args(&pg, json!({})));
+        let out = run_client(&cfg, CRED_CLIENT, &client_args(&pg, json!({})));
         let r = client_ok(&out);
         assert_eq!(r["ok"], json!(false), "{label}: {}", pretty(&r));
         assert_eq!(
@@ -741,7 +726,7 @@ fn client_password_auth_passes_through_without_credentials() {
     let out = run_client(
         &cfg,
         PASSTHROUGH_CLIENT,
-        &args(
+        &client_args(
             &pg,
             json!({"scram_pw": SCRAM_PASSWORD, "md5_pw": MD5_PASSWORD}),
         ),
@@ -809,7 +794,7 @@ fn upstream_tls_verify_full_with_test_ca() {
             pg.ca_path().display()
         ),
     );
-    let out = run_client(&cfg, SSL_CLIENT, &args(&pg, json!({})));
+    let out = run_client(&cfg, SSL_CLIENT, &client_args(&pg, json!({})));
     let r = client_ok(&out);
     assert_eq!(r["ok"], json!(true), "{}", pretty(&r));
     assert_eq!(
@@ -825,7 +810,7 @@ fn upstream_tls_verify_full_with_test_ca() {
     let out = run_client(
         &cfg,
         SSL_CLIENT,
-        &args(
+        &client_args(
             &pg,
             json!({"user": "scram_user", "password": SCRAM_PASSWORD}),
         ),
@@ -854,7 +839,7 @@ fn upstream_tls_with_credentials() {
     let out = run_client(
         &cfg,
         SSL_CLIENT,
-        &args(&pg, json!({"user": "x", "password": "y"})),
+        &client_args(&pg, json!({"user": "x", "password": "y"})),
     );
     let r = client_ok(&out);
     assert_eq!(r["ok"], json!(true), "{}", pretty(&r));
@@ -873,7 +858,7 @@ fn upstream_tls_wrong_ca_is_refused_and_journaled() {
             pg.wrong_ca_path().display()
         ),
     );
-    let out = run_client(&cfg, SSL_CLIENT, &args(&pg, json!({})));
+    let out = run_client(&cfg, SSL_CLIENT, &client_args(&pg, json!({})));
     let r = client_ok(&out);
     assert_eq!(
         r["ok"],
@@ -925,7 +910,7 @@ fn local_tls_require_and_verify_full_with_local_ca() {
     let out = run_client(
         &cfg,
         LOCAL_TLS_CLIENT,
-        &args(&pg, json!({"sslmode": "require"})),
+        &client_args(&pg, json!({"sslmode": "require"})),
     );
     let r = client_ok(&out);
     assert_eq!(r["ok"], json!(true), "{}", pretty(&r));
@@ -952,7 +937,7 @@ fn local_tls_require_and_verify_full_with_local_ca() {
     let out = run_client(
         &cfg,
         LOCAL_TLS_CLIENT,
-        &args(
+        &client_args(
             &pg,
             json!({"sslmode": "verify-full", "sslrootcert": copy.display().to_string()}),
         ),
@@ -976,7 +961,7 @@ fn local_tls_require_and_verify_full_with_local_ca() {
     let out = run_client(
         &cfg,
         LOCAL_TLS_CLIENT,
-        &args(
+        &client_args(
             &pg,
             json!({"sslmode": "verify-full", "sslrootcert": wrong_ca_file(&cfg)}),
         ),
@@ -1037,7 +1022,7 @@ fn cancel_request_interrupts_a_running_query() {
     require_root!();
     let pg = PgServer::start();
     let cfg = pg_config(&pg, "");
-    let out = run_client(&cfg, CANCEL_CLIENT, &args(&pg, json!({})));
+    let out = run_client(&cfg, CANCEL_CLIENT, &client_args(&pg, json!({})));
     let r = client_ok(&out);
     assert_eq!(r["outcome"], json!("canceled"), "{}", pretty(&r));
     assert_eq!(r["error"]["sqlstate"], json!("57014"), "{}", pretty(&r));
@@ -1089,7 +1074,7 @@ fn statements_and_results_are_journaled_without_parameter_values() {
     let out = run_client(
         &cfg,
         JOURNAL_CLIENT,
-        &args(&pg, json!({"secret": PARAM_SECRET})),
+        &client_args(&pg, json!({"secret": PARAM_SECRET})),
     );
     let r = client_ok(&out);
     assert_eq!(r["one"], json!(1), "{}", pretty(&r));
@@ -1284,7 +1269,7 @@ fn malformed_input_closes_the_connection_and_gateway_keeps_serving() {
     require_root!();
     let pg = PgServer::start();
     let cfg = pg_config(&pg, "");
-    let out = run_client(&cfg, MALFORMED_CLIENT, &args(&pg, json!({})));
+    let out = run_client(&cfg, MALFORMED_CLIENT, &client_args(&pg, json!({})));
     let r = client_ok(&out);
     assert_eq!(
         r["handshake"].as_array().and_then(|a| a.last()),
@@ -1341,7 +1326,7 @@ fn oversized_message_is_refused() {
     require_root!();
     let pg = PgServer::start();
     let cfg = pg_config(&pg, "max_message_bytes = 65536\n");
-    let out = run_client(&cfg, OVERSIZED_CLIENT, &args(&pg, json!({})));
+    let out = run_client(&cfg, OVERSIZED_CLIENT, &client_args(&pg, json!({})));
     let r = client_ok(&out);
     assert_eq!(r["small"], json!(1), "{}", pretty(&r));
     assert_eq!(r["big"], json!("refused"), "{}", pretty(&r));
@@ -1492,7 +1477,7 @@ for name, pw in [("right", "local-gate-pw"), ("wrong", "nope")]:
         res[name] = {"ok": False, "error": err_info(e)}
 report(**res)
 "#;
-    let out = run_client(&cfg, CLIENT, &args(&pg, json!({})));
+    let out = run_client(&cfg, CLIENT, &client_args(&pg, json!({})));
     let r = client_ok(&out);
     assert_eq!(
         r["right"],
@@ -1534,7 +1519,7 @@ try:
 except Exception as e:
     report(ok=False, error=err_info(e))
 "#;
-    let out = run_client(&cfg, CLIENT, &args(&pg, json!({})));
+    let out = run_client(&cfg, CLIENT, &client_args(&pg, json!({})));
     let r = out.json();
     assert_eq!(r["ok"], json!(false), "{}", pretty(&r));
     let message = r["error"]["message"].as_str().unwrap_or_default();
@@ -1562,7 +1547,7 @@ try:
 except psycopg.Error as e:
     report(outcome="error", error=err_info(e))
 "#;
-    let out = run_client(&cfg, CLIENT, &args(&pg, json!({})));
+    let out = run_client(&cfg, CLIENT, &client_args(&pg, json!({})));
     let r = client_ok(&out);
     assert_eq!(r["outcome"], json!("error"), "{}", pretty(&r));
     let run_id = r["run_id"].as_str().expect("run id");

@@ -51,18 +51,7 @@ fn status(cfg: &TempConfig, json: bool) -> Output {
 
 /// psql in `cgroup`, as the service's agents are; `-c` per statement.
 fn psql_in_cgroup(cgroup: &CgroupDir, pg: &PgServer, statements: &[&str]) -> Command {
-    let mut argv = vec![
-        psql_bin().display().to_string(),
-        format!(
-            "host={} port={} dbname=appdb user=agent sslmode=disable",
-            pg_dial_host(),
-            pg.port()
-        ),
-    ];
-    for s in statements {
-        argv.extend(["-c".to_owned(), (*s).to_owned()]);
-    }
-    in_cgroup(cgroup, &argv)
+    in_cgroup(cgroup, &psql_agent_argv(pg, statements))
 }
 
 #[test]
@@ -147,6 +136,18 @@ fn status_and_metrics_report_sessions_decisions_holds_journal_and_sinks() {
     let d = &report["daemon"]["running"];
     assert_eq!(d["pid"], json!(daemon.pid()), "{}", pretty(&report));
     assert_eq!(d["capture_mode"], json!("all"));
+    assert_eq!(
+        d["limits"],
+        json!({
+            "startup_timeout_secs": 10,
+            "idle_timeout_secs": 3600,
+            "max_sessions": 4096,
+            "max_sessions_per_uid": 512,
+            "max_sessions_per_run": 256,
+        }),
+        "{}",
+        pretty(d)
+    );
     assert_eq!(d["cgroups"], json!([format!("/{}", cgroup.relative())]));
     let sessions = d["sessions"].as_array().expect("sessions");
     let appdb = sessions
@@ -215,6 +216,7 @@ fn status_and_metrics_report_sessions_decisions_holds_journal_and_sinks() {
     assert_eq!(text.code(), Some(0), "{}", text.describe());
     for needle in [
         "daemon:    running",
+        "limits:    4096 sessions, 512 per uid, 256 per run; start-up 10 s, idle 3600 s",
         "approvals: 1 pending",
         "verify:    ok",
         "sink:      siem",
@@ -243,6 +245,10 @@ fn status_and_metrics_report_sessions_decisions_holds_journal_and_sinks() {
     assert_eq!(
         at("interceptor_sessions_open{target=\"appdb\",protocol=\"postgres\"}"),
         1.0
+    );
+    assert_eq!(
+        at("interceptor_session_limit{limit=\"max_sessions_per_uid\"}"),
+        512.0
     );
     assert_eq!(
         at("interceptor_sessions_total{target=\"\",protocol=\"tcp\"}"),

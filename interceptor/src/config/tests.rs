@@ -230,3 +230,109 @@ fn the_most_specific_target_wins_whatever_the_order() {
     assert_eq!(route("127.0.0.7:5432").as_deref(), Some("catch-all"));
     assert_eq!(route("127.0.0.7:5433"), None);
 }
+
+#[test]
+fn limits_have_defaults_and_refuse_what_would_refuse_everything() {
+    let config = parse("").expect("defaults");
+    assert_eq!(
+        config.limits,
+        crate::gateway::limits::LimitsConfig::default()
+    );
+    let config = parse(
+        "[limits]\nstartup_timeout_secs = 2\nidle_timeout_secs = 30\nmax_sessions = 100\n\
+         max_sessions_per_uid = 5\nmax_sessions_per_run = 7\n",
+    )
+    .expect("valid limits");
+    assert_eq!(config.limits.startup_timeout_secs, 2);
+    assert_eq!(config.limits.max_sessions, Some(100));
+    assert_eq!(config.limits.max_sessions_per_run, 7);
+
+    // Each zero is named with its file, line and column, and what it would do.
+    for (key, line, column) in [
+        ("startup_timeout_secs", 3, 24),
+        ("idle_timeout_secs", 3, 21),
+        ("max_sessions", 3, 16),
+        ("max_sessions_per_uid", 3, 24),
+        ("max_sessions_per_run", 3, 24),
+    ] {
+        let err = parse(&format!("[journal]\n[limits]\n{key} = 0\n")).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with(&format!(
+                "test.toml:{line}:{column}: {key} = 0 is out of range"
+            )),
+            "{text}"
+        );
+        assert!(matches!(err, ConfigError::Parse { .. }), "{err:?}");
+    }
+    let err = parse("[limits]\nidle_timeout_secs = 99999999\n").unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("give 1 to 604800 (0 closes every session at once"),
+        "{err}"
+    );
+    let err = parse("[limits]\nmax_sessions = 5000000\n").unwrap_err();
+    assert!(err.to_string().starts_with("test.toml:2:16: "), "{err}");
+    let err = parse("[limits]\nmax_session = 5\n").unwrap_err();
+    assert!(err.to_string().contains("unknown field"), "{err}");
+}
+
+#[test]
+fn max_message_bytes_must_hold_a_start_up_packet() {
+    let target = |value: &str| {
+        parse(&format!(
+            "[[target]]\nname = \"db\"\nprotocol = \"postgres\"\nmax_message_bytes = {value}\n"
+        ))
+    };
+    for value in ["0", "9999"] {
+        let err = target(value).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with(&format!(
+                "test.toml:4:21: max_message_bytes = {value} is out of range: give at least \
+                 10000"
+            )),
+            "{text}"
+        );
+    }
+    let config = target("10000").expect("the smallest accepted");
+    assert_eq!(
+        config.targets().expect("targets")[0].max_message_bytes,
+        10_000
+    );
+    let config = parse("[[target]]\nname = \"db\"\n").expect("default");
+    assert_eq!(
+        config.targets().expect("targets")[0].max_message_bytes,
+        DEFAULT_MAX_MESSAGE_BYTES
+    );
+}
+
+#[test]
+fn a_zero_connect_timeout_is_refused_with_its_position() {
+    let err = parse("[proxy]\nconnect_timeout_secs = 0\n").unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.starts_with("test.toml:2:24: connect_timeout_secs = 0 is out of range: give 1 to 300"),
+        "{text}"
+    );
+}
+
+#[test]
+fn the_packaged_config_shows_the_limits_defaults() {
+    // Uncommented, the `[limits]` block of the packaged config is exactly the defaults.
+    let block: String = crate::install::DEFAULT_CONFIG
+        .lines()
+        .skip_while(|l| !l.starts_with("# [limits]"))
+        .take_while(|l| !l.is_empty())
+        .map(|l| format!("{}\n", l.trim_start_matches("# ")))
+        .collect();
+    assert!(block.starts_with("[limits]"), "{block}");
+    let config = parse(&block).expect("the commented block parses");
+    assert_eq!(
+        config.limits,
+        crate::gateway::limits::LimitsConfig {
+            max_sessions: Some(crate::gateway::limits::DEFAULT_MAX_SESSIONS),
+            ..Default::default()
+        }
+    );
+}

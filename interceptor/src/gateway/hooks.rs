@@ -6,7 +6,10 @@
 use std::{
     borrow::Cow,
     collections::{BTreeMap, HashMap},
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
 };
 
 use crate::{
@@ -58,6 +61,8 @@ pub struct SessionHooks {
     functions: Mutex<HashMap<String, bool>>,
     /// Where decisions are counted.
     stats: Arc<super::stats::Stats>,
+    /// Commands of this session waiting for an approver now: the session is not idle.
+    waiting: AtomicUsize,
 }
 
 /// Who a session belongs to, for the hooks.
@@ -94,7 +99,14 @@ impl SessionHooks {
             masking: info.masking,
             functions: Mutex::new(HashMap::new()),
             stats,
+            waiting: AtomicUsize::new(0),
         }
+    }
+
+    /// Whether a command of this session is held for approval right now. However long a
+    /// human takes, the session is not idle meanwhile.
+    pub fn awaiting_approval(&self) -> bool {
+        self.waiting.load(Ordering::Acquire) > 0
     }
 
     /// A text as the journal (and approvers) may see it: detector matches masked.
@@ -318,7 +330,10 @@ impl Hooks for SessionHooks {
                 message: format!("approval {id} is unknown"),
             };
         };
-        match self.approvals.wait(id, held.decision, held.timeout).await {
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        let resolution = self.approvals.wait(id, held.decision, held.timeout).await;
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        match resolution {
             // The approval is on disk before the statement is forwarded, like every decision.
             Resolution::Approved { .. } => match self.journal.flush().await {
                 Ok(()) => Verdict::Allow,

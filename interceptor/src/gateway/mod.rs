@@ -6,6 +6,7 @@
 //! loopback TCP listeners it accepts on the listeners of routed Unix sockets ([`unix_routes`]).
 
 pub mod hooks;
+pub mod limits;
 pub mod session;
 pub mod stats;
 pub mod unix_refusals;
@@ -68,6 +69,8 @@ pub struct Gateway {
     pub captured: CapturedCgroups,
     /// Sessions, decisions and anomalies so far (`interceptor status`, metrics).
     pub stats: Arc<stats::Stats>,
+    /// The sessions open now, against the limits, and the timeouts (`[limits]`).
+    pub admission: limits::Admission,
 }
 
 impl Gateway {

@@ -13,11 +13,22 @@
 //! [`ClientStream`], TCP or Unix.
 //! 3. **decide**: policy judges the connection itself (an egress allowlist for plain TCP).
 //! 4. **record**: the session and that decision are committed to the journal *before*
-//!    anything goes upstream. If the journal cannot be written, the connection is closed.
-//! 5. **admit**: a denied connection, or one that would loop into the gateway, ends here.
-//! 6. **upstream**: connect, with a timeout.
-//! 7. **relay**: the protocol module moves the bytes, judging each command through the hooks.
-//! 8. **log**: always runs last: close, byte counts and outcome go to the journal.
+//!    anything else happens. If the journal cannot be written, the connection is closed.
+//! 5. **admit**: one that would loop into the gateway ends here; one that policy denies, or
+//!    that a limit on open sessions refuses (`limits`), is refused: the protocol tells the
+//!    client why in its own words, once the client can hear it (phase 6).
+//! 6. **client start-up**: the protocol's start-up with the client (PostgreSQL: TLS, the
+//!    start-up packet, `local_auth`), within `[limits] startup_timeout_secs`. Plain TCP has
+//!    none.
+//! 7. **upstream**: only for an accepted client, the protocol dials through [`Upstream`]: the
+//!    one address admitted in phase 5, within the connect timeout.
+//! 8. **relay**: the protocol module moves the bytes, judging each command through the hooks,
+//!    until both sides are done, one fails, or the session is idle for
+//!    `[limits] idle_timeout_secs`.
+//! 9. **log**: always runs last: close, byte counts and outcome go to the journal.
+//!
+//! Phases 6 to 8 run inside the protocol (`protocol::serve`), which knows when its client is
+//! accepted and how to tell it why not; what they may do is decided here.
 
 use std::{net::SocketAddr, os::fd::AsFd as _, sync::Arc};
 
@@ -34,7 +45,10 @@ use crate::{
     config::Target,
     journal::{Event, NewSession, Outcome},
     policy::{DecisionKind, Request, Subject},
-    protocol::{self, ClientStream, Counters},
+    protocol::{
+        self, ClientStream, Counters, Dial, DialError, Ending, Idle, ProtocolError, Refusal,
+        RefusalKind,
+    },
 };
 
 /// Who arrived, where they were going, and the target that is: the outcome of phases 1 and 2.
@@ -223,37 +237,57 @@ async fn handle(gateway: &Gateway, arrival: Arrival<'_>, client: impl ClientStre
             masking,
         },
     );
-    let refused = (connection.decision != DecisionKind::Allow).then(|| connection.message.clone());
-    let (outcome, detail) = match (refused, upstream_addr) {
-        (Some(message), _) => {
-            // Phase 5: a connection policy does not allow is refused (and so are reviews of
-            // connections: there is nothing to hold).
-            tracing::warn!(session_id, %destination, "connection refused by policy");
-            protocol::refuse(target, client, &message).await;
-            (Outcome::Refused, Some(message))
+
+    // Phase 5: admit.
+    let (outcome, detail) = match admit(gateway, &hooks, upstream_addr, dialed, &connection) {
+        Err(why) => {
+            tracing::warn!(session_id, %destination, reason = %why, "connection refused");
+            (Outcome::Refused, Some(why))
         }
-        (None, None) => {
-            // A routed socket whose target is gone: nowhere to go, and no dialed address to
-            // fall back on.
-            let message = "no upstream for this destination".to_owned();
-            protocol::refuse(target, client, &message).await;
-            (Outcome::Refused, Some(message))
-        }
-        (None, Some(upstream_addr)) => {
-            relay_phases(
-                gateway,
-                &hooks,
-                client,
-                dialed,
-                upstream_addr,
+        Ok(Admitted {
+            upstream,
+            refusal,
+            permit,
+            telling,
+        }) => {
+            match &refusal {
+                Some(r) if r.kind == RefusalKind::Policy => {
+                    tracing::warn!(session_id, %destination, reason = %r.message, "connection refused by policy");
+                }
+                // A flood of these is what the limits are for: warned about, not one by one.
+                Some(r) => {
+                    if let Some(refused) = gateway.admission.refusals_to_report() {
+                        tracing::warn!(refused, latest = %r.message, "sessions refused by [limits]");
+                    }
+                }
+                None => {}
+            }
+            // Phases 6 to 8: the protocol's, within what was admitted.
+            let waiting = || hooks.awaiting_approval();
+            let limits = gateway.admission.limits();
+            let session = protocol::Session {
+                hooks: &hooks,
                 target,
-                &counters,
-            )
-            .await
+                shared: &gateway.protocols,
+                counters: &counters,
+                dialed,
+                upstream: &upstream,
+                startup_timeout: limits.startup_timeout,
+                idle: Idle {
+                    after: limits.idle_timeout,
+                    counters: &counters,
+                    waiting: &waiting,
+                },
+                refusal,
+            };
+            let served = protocol::serve(session, client).await;
+            // The session's place is free again before its close is journaled.
+            drop((permit, telling));
+            ending(gateway, served)
         }
     };
 
-    // Phase 8: log. Always runs.
+    // Phase 9: log. Always runs.
     // Nothing is forwarded after this point, so the close need not hold up the task: it is
     // queued in order, and shutdown waits for the queue (`Journal::flush`).
     let (up, down) = counters.snapshot();
@@ -270,60 +304,126 @@ async fn handle(gateway: &Gateway, arrival: Arrival<'_>, client: impl ClientStre
     );
 }
 
-/// Phases 4 to 6. Returns the outcome for the log phase.
-async fn relay_phases(
-    gateway: &Gateway,
-    hooks: &SessionHooks,
-    client: impl ClientStream,
-    dialed: Option<SocketAddr>,
-    upstream_addr: SocketAddr,
-    target: Option<&Target>,
-    counters: &Counters,
-) -> (Outcome, Option<String>) {
-    // Phase 5: admit.
-    if gateway.is_own_address(upstream_addr) || dialed.is_some_and(|d| gateway.is_own_address(d)) {
-        return (
-            Outcome::Refused,
-            Some("destination is the gateway itself".to_owned()),
-        );
-    }
+/// What phase 5 lets a session do.
+struct Admitted<'g> {
+    /// The only upstream the protocol may dial.
+    upstream: Upstream,
+    /// Why the client is refused; it is told by the protocol, and nothing is dialed for it.
+    refusal: Option<Refusal>,
+    /// Counts the session against the limits until it ends (`None` when refused).
+    permit: Option<super::limits::Permit<'g>>,
+    /// Counts a refused client being told why.
+    telling: Option<super::limits::RefusalSlot<'g>>,
+}
 
-    // Phase 6: upstream.
-    let upstream = match tokio::time::timeout(
-        gateway.connect_timeout,
-        TcpStream::connect(upstream_addr),
-    )
-    .await
-    {
-        Ok(Ok(stream)) => stream,
-        failed => {
-            let reason = match failed {
-                Ok(Err(e)) => e.to_string(),
-                _ => format!("connect timed out after {:?}", gateway.connect_timeout),
-            };
-            // Say why in the client's own protocol, where it has one.
-            protocol::refuse(
-                target,
-                client,
-                &format!("cannot reach {upstream_addr}: {reason}"),
-            )
-            .await;
-            return (Outcome::UpstreamFailed, Some(reason));
+/// Phase 5: the loop guard, the connection's policy decision, then the limits. `Err`: close
+/// without a word, for the reason given (there is no upstream, it is the gateway itself, or
+/// too many refused clients are being told why already).
+fn admit<'g>(
+    gateway: &'g Gateway,
+    hooks: &SessionHooks,
+    upstream_addr: Option<SocketAddr>,
+    dialed: Option<SocketAddr>,
+    connection: &crate::policy::Verdict,
+) -> Result<Admitted<'g>, String> {
+    // A routed socket whose target is gone: nowhere to go, and no dialed address to fall
+    // back on.
+    let upstream_addr = upstream_addr.ok_or("no upstream for this destination")?;
+    if gateway.is_own_address(upstream_addr) || dialed.is_some_and(|d| gateway.is_own_address(d)) {
+        return Err("destination is the gateway itself".to_owned());
+    }
+    let upstream = Upstream {
+        addr: upstream_addr,
+        timeout: gateway.connect_timeout,
+    };
+    let subject = &hooks.subject;
+    let run = subject.run_id.as_deref().unwrap_or_default();
+    // A connection policy does not allow is refused (and so are reviews of connections:
+    // there is nothing to hold). It never holds an upstream, so no limit applies.
+    let refusal = if connection.decision != DecisionKind::Allow {
+        Refusal {
+            kind: RefusalKind::Policy,
+            message: connection.message.clone(),
+        }
+    } else {
+        match gateway.admission.admit(subject.uid, run) {
+            Ok(permit) => {
+                return Ok(Admitted {
+                    upstream,
+                    refusal: None,
+                    permit: Some(permit),
+                    telling: None,
+                })
+            }
+            Err(too_many) => {
+                gateway.stats.refused.add([too_many.key], 1);
+                Refusal {
+                    kind: RefusalKind::TooManySessions,
+                    message: too_many.to_string(),
+                }
+            }
         }
     };
-
-    // Phase 7: relay, in the target's protocol.
-    let session = protocol::Session {
-        hooks,
-        target,
-        shared: &gateway.protocols,
-        counters,
-        dialed,
-        upstream_addr,
+    // Telling means waiting for the client's start-up, on a descriptor: bounded.
+    let Some(telling) = gateway.admission.refusal_slot() else {
+        return Err(format!(
+            "{} (closed at once: {} refused clients are being told why already)",
+            refusal.message,
+            super::limits::REFUSALS_IN_FLIGHT
+        ));
     };
-    match protocol::serve(session, client, upstream).await {
-        Ok(()) => (Outcome::Closed, None),
-        Err(e) => (Outcome::Error, Some(e.to_string())),
+    Ok(Admitted {
+        upstream,
+        refusal: Some(refusal),
+        permit: None,
+        telling: Some(telling),
+    })
+}
+
+/// The outcome and detail the log phase journals for what the protocol returned.
+fn ending(gateway: &Gateway, served: Result<(), ProtocolError>) -> (Outcome, Option<String>) {
+    let ending = match served {
+        Ok(()) => return (Outcome::Closed, None),
+        Err(ProtocolError::Ended(ending)) => ending,
+        Err(e) => return (Outcome::Error, Some(e.to_string())),
+    };
+    match ending {
+        Ending::StartupTimeout(_) => {
+            gateway.stats.timeouts.add(["startup"], 1);
+            (Outcome::Timeout, Some(ending.to_string()))
+        }
+        Ending::IdleTimeout(_) => {
+            gateway.stats.timeouts.add(["idle"], 1);
+            (Outcome::Timeout, Some(ending.to_string()))
+        }
+        // The reason alone, as before the upstream moved behind the client's start-up.
+        Ending::Unreachable(e) => (Outcome::UpstreamFailed, Some(e.reason)),
+        Ending::Refused(refusal) => (Outcome::Refused, Some(refusal.message)),
+    }
+}
+
+/// Phase 7: the session's one upstream, made only in phase 5, past the loop guard.
+struct Upstream {
+    addr: SocketAddr,
+    timeout: std::time::Duration,
+}
+
+impl Dial for Upstream {
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    async fn dial(&self) -> Result<TcpStream, DialError> {
+        match tokio::time::timeout(self.timeout, TcpStream::connect(self.addr)).await {
+            Ok(Ok(stream)) => Ok(stream),
+            failed => Err(DialError {
+                addr: self.addr,
+                reason: match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => format!("connect timed out after {:?}", self.timeout),
+                },
+            }),
+        }
     }
 }
 

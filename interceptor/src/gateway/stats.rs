@@ -19,6 +19,11 @@ pub struct Stats {
     pub decisions: LabeledCounts<3>,
     /// Connections the gateway could not attribute, by reason.
     pub anomalies: LabeledCounts<1>,
+    /// Sessions refused by a limit on open sessions, by the limit's key (`max_sessions`,
+    /// `max_sessions_per_uid`, `max_sessions_per_run`).
+    pub refused: LabeledCounts<1>,
+    /// Sessions the gateway closed on a timeout, by phase (`startup`, `idle`).
+    pub timeouts: LabeledCounts<1>,
 }
 
 impl Stats {

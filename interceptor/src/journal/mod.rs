@@ -122,6 +122,9 @@ pub enum Outcome {
     Error,
     /// No capture record: the connection did not come through our hooks.
     Anomaly,
+    /// The gateway closed it: the client did not finish its start-up in time, or the session
+    /// was idle too long (`[limits]`; the detail says which).
+    Timeout,
 }
 
 impl Outcome {
@@ -132,6 +135,7 @@ impl Outcome {
             Outcome::UpstreamFailed => "upstream_failed",
             Outcome::Error => "error",
             Outcome::Anomaly => "anomaly",
+            Outcome::Timeout => "timeout",
         }
     }
 }

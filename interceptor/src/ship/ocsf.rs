@@ -564,6 +564,8 @@ fn shape(e: &JournalEvent) -> Shape<'_> {
                 "closed" => ((2, "Close"), INFORMATIONAL),
                 "refused" | "anomaly" => ((5, "Refuse"), MEDIUM),
                 "upstream_failed" => ((4, "Fail"), LOW),
+                // Closed by the gateway: a start-up never finished, or a session left idle.
+                "timeout" => ((2, "Close"), LOW),
                 "error" => ((3, "Reset"), LOW),
                 _ => ((2, "Close"), INFORMATIONAL),
             };

@@ -1,8 +1,9 @@
 //! PostgreSQL v3 framing and the few message bodies the gateway reads or writes.
 //!
 //! Every message after start-up is `tag:u8, length:i32 (including itself), body`; start-up
-//! packets have no tag. Framing is strict: a length below 4 or above the configured maximum is
-//! a [`FrameError`], which ends that session only. Bodies are parsed lazily and only for the
+//! packets have no tag. Framing is strict: a length below the minimum (4 for a tagged message,
+//! 8 for a start-up packet) or above the configured maximum is a [`FrameError`], which ends
+//! that session only. Bodies are parsed lazily and only for the
 //! messages the gateway acts on; everything else is relayed byte for byte.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -14,11 +15,24 @@ pub const GSSENC_REQUEST: i32 = 80_877_104;
 pub const CANCEL_REQUEST: i32 = 80_877_102;
 pub const PROTOCOL_V3: i32 = 196_608;
 
+/// The shortest start-up packet: a length word and a request code (SSLRequest is exactly this).
+pub const MIN_STARTUP_LEN: i64 = 8;
+/// The longest start-up packet PostgreSQL accepts (`MAX_STARTUP_PACKET_LENGTH`); the gateway
+/// accepts no more, whatever `max_message_bytes` says.
+pub const MAX_STARTUP_LEN: usize = 10_000;
+
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum FrameError {
-    #[error("message length {0} is below the minimum of 4")]
+    #[error("message length {0} is below the minimum of 4 (the length word itself)")]
     TooShort(i64),
+    /// A start-up packet (untagged) must hold its length word and a 4-byte request code.
+    #[error(
+        "start-up packet length {0} is below the minimum of {min} (the length word and a \
+         4-byte request code)",
+        min = MIN_STARTUP_LEN
+    )]
+    StartupTooShort(i64),
     #[error("message length {len} exceeds the maximum of {max} bytes")]
     TooLong { len: i64, max: usize },
     #[error("connection closed in the middle of a message")]
@@ -77,11 +91,10 @@ pub async fn read_startup(
         .await
         .map_err(|_| FrameError::Truncated)?;
     let len = i64::from(i32::from_be_bytes(len_buf));
-    if len < 8 {
-        return Err(FrameError::TooShort(len));
+    if len < MIN_STARTUP_LEN {
+        return Err(FrameError::StartupTooShort(len));
     }
-    // Start-up packets are small; 10 KiB is PostgreSQL's own limit.
-    let limit = max.min(10_000);
+    let limit = max.min(MAX_STARTUP_LEN);
     if len as u64 > limit as u64 {
         return Err(FrameError::TooLong { len, max: limit });
     }

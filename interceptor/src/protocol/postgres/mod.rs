@@ -29,14 +29,11 @@ pub mod relay;
 pub mod results;
 pub mod startup;
 
-use std::{collections::HashMap, net::SocketAddr, sync::Arc};
+use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
 
-use tokio::{
-    io::{AsyncRead, AsyncWrite},
-    net::TcpStream,
-};
+use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::ClientStream;
+use super::{ClientStream, Dial, Ending, Idle, Refusal, RefusalKind};
 
 use crate::{
     command::{HookError, Hooks},
@@ -84,6 +81,9 @@ pub enum PgError {
     Budget(#[from] crate::protocol::buffers::BudgetError),
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    /// A timeout, a refusal or an unreachable upstream (the client was told when it could be).
+    #[error(transparent)]
+    Ended(#[from] Ending),
 }
 
 /// State shared by all PostgreSQL sessions of a gateway.
@@ -130,43 +130,27 @@ pub struct Context<'a, H: Hooks> {
     /// What the client dialed: the name its TLS certificate must carry (`None`: a routed Unix
     /// socket, which has no address to name).
     pub dialed: Option<SocketAddr>,
-    /// Where `upstream` is connected, for cancel requests.
+    /// Where the upstream leg goes (the session dials it), for cancel requests and the
+    /// catalog's own connections.
     pub upstream_addr: SocketAddr,
+    /// How long the client has to finish its start-up with the gateway.
+    pub startup_timeout: Duration,
+    /// When the session counts as idle, from the upstream's start-up on.
+    pub idle: &'a Idle<'a>,
 }
 
-/// Answers a client whose upstream is unreachable: reads its start-up (declining TLS, which
-/// the client may refuse; then it just sees the connection close) and sends an ErrorResponse.
-pub async fn refuse_before_startup(client: impl ClientStream, target: &Target, reason: &str) {
-    let mut client: BoxIo = Box::new(client);
-    loop {
-        match codec::read_startup(&mut client, target.max_message_bytes).await {
-            Ok(Some(codec::Startup::SslRequest | codec::Startup::GssEncRequest)) => {
-                if tokio::io::AsyncWriteExt::write_all(&mut client, b"N")
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-            }
-            Ok(Some(codec::Startup::Params(_))) => break,
-            _ => return,
-        }
-    }
-    let text = format!(
-        "interceptor: target {:?} is unavailable: {reason}",
-        target.name
-    );
-    startup::refuse(&mut client, "08001", &text).await;
-}
-
-/// Runs a whole PostgreSQL session: start-up on both legs, then the query phase.
+/// Runs a whole PostgreSQL session: the client's start-up with the gateway (bounded by the
+/// start-up timeout), the upstream dialed only once that is accepted, the upstream's start-up,
+/// then the query phase (both ended by the idle timeout). A refused session is told why after
+/// its start-up packet, and nothing is dialed for it (except for a cancel request, see
+/// [`RefusalKind::TooManySessions`]).
 pub async fn serve<H: Hooks>(
     ctx: Context<'_, H>,
     client: impl ClientStream,
-    upstream: TcpStream,
+    upstream: &impl Dial,
+    refusal: Option<Refusal>,
 ) -> Result<(), PgError> {
     client.no_delay();
-    let _ = upstream.set_nodelay(true);
     let upstream_tls = ctx
         .shared
         .upstream_tls
@@ -175,12 +159,67 @@ pub async fn serve<H: Hooks>(
         .ok_or_else(|| {
             PgError::Unsupported(format!("target {} has no TLS settings", ctx.target.name))
         })?;
-    let Some(legs) = startup::establish(&ctx, client, upstream, &upstream_tls).await? else {
-        return Ok(()); // a cancel request, or a client that left during start-up
+    // The client's start-up. A refused client is not asked to authenticate first.
+    let deadline = tokio::time::Instant::now() + ctx.startup_timeout;
+    let start = startup::accept_client(&ctx, client, deadline, refusal.is_none()).await?;
+    let mut leg = match start {
+        // The client left during its start-up.
+        None => return Ok(()),
+        Some(startup::ClientStart::Cancel(key)) => {
+            if let Some(r) = refusal.filter(|r| r.kind != RefusalKind::TooManySessions) {
+                return Err(Ending::Refused(r).into());
+            }
+            let server = dial(&ctx, upstream, None).await?;
+            startup::forward_cancel(&ctx, server, key).await;
+            return Ok(());
+        }
+        Some(startup::ClientStart::Session(leg)) => leg,
+    };
+    if let Some(refusal) = refusal {
+        let (sqlstate, text) = match refusal.kind {
+            RefusalKind::TooManySessions => ("53300", format!("interceptor: {}", refusal.message)),
+            RefusalKind::Policy => (
+                "08001",
+                format!(
+                    "interceptor: target {:?} is unavailable: {}",
+                    ctx.target.name, refusal.message
+                ),
+            ),
+        };
+        startup::refuse(&mut leg.client, sqlstate, &text).await;
+        return Err(Ending::Refused(refusal).into());
+    }
+    // The upstream, now that the client is accepted.
+    let server = dial(&ctx, upstream, Some(&mut leg.client)).await?;
+    let _ = server.set_nodelay(true);
+    let legs = tokio::select! {
+        legs = startup::establish(&ctx, leg, server, &upstream_tls) => legs?,
+        () = ctx.idle.expired() => return Err(Ending::IdleTimeout(ctx.idle.after).into()),
     };
     let _registration =
         ctx.shared
             .cancels
             .register(legs.client_key, legs.server_key, ctx.upstream_addr);
     relay::run(&ctx, legs).await
+}
+
+/// Dials the upstream. On failure the client, when it is listening, is told why (08001).
+async fn dial<H: Hooks>(
+    ctx: &Context<'_, H>,
+    upstream: &impl Dial,
+    client: Option<&mut BoxIo>,
+) -> Result<tokio::net::TcpStream, PgError> {
+    match upstream.dial().await {
+        Ok(server) => Ok(server),
+        Err(e) => {
+            if let Some(client) = client {
+                let text = format!(
+                    "interceptor: target {:?} is unavailable: {e}",
+                    ctx.target.name
+                );
+                startup::refuse(client, "08001", &text).await;
+            }
+            Err(Ending::Unreachable(e).into())
+        }
+    }
 }

@@ -35,10 +35,14 @@ use super::{
     startup::Legs,
     BoxIo, Context, PgError,
 };
-use crate::command::{
-    Command, CommandKind, CommandResult, EventId, Hooks, Masker, ResultColumn, ValueKind, Verdict,
-};
 use crate::protocol::buffers::Inflight;
+use crate::{
+    command::{
+        Command, CommandKind, CommandResult, EventId, Hooks, Masker, ResultColumn, ValueKind,
+        Verdict,
+    },
+    protocol::Ending,
+};
 
 use crate::protocol::buffers::READ_CHUNK;
 
@@ -169,6 +173,16 @@ struct Flow {
 }
 
 impl Flow {
+    /// ReadyForQuery messages the server owes: one per Query, FunctionCall or Sync sent. The
+    /// server answers those whatever else it does; a Parse or Bind waiting for a Sync that
+    /// never comes is not counted, so it cannot keep an idle session open.
+    fn readies_owed(&self) -> u64 {
+        self.queue
+            .iter()
+            .filter(|p| matches!(p, Pending::UntilReady { .. } | Pending::Sync { .. }))
+            .count() as u64
+    }
+
     /// Queues what the server will answer for a forwarded message.
     fn expect(
         &mut self,
@@ -272,7 +286,21 @@ pub async fn run<H: Hooks>(ctx: &Context<'_, H>, legs: Legs) -> Result<(), PgErr
         &both,
         catalog.as_deref().map(|c| (c, database.as_str())),
     );
-    crate::protocol::both_directions(up, down).await
+    tokio::select! {
+        relayed = crate::protocol::both_directions(up, down) => relayed,
+        () = ctx.idle.expired() => {
+            // As PostgreSQL's own idle_session_timeout says it; the client reads it when it
+            // next uses the connection. Bounded: a client that reads nothing is idle too.
+            let text = format!(
+                "interceptor: terminating connection due to idle-session timeout: no traffic \
+                 for {} s ([limits] idle_timeout_secs)",
+                ctx.idle.after.as_secs()
+            );
+            let told = tell_client(&client_write, "57P05", &text);
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), told).await;
+            Err(Ending::IdleTimeout(ctx.idle.after).into())
+        }
+    }
 }
 
 /// Reads more bytes into `buf`; `Ok(false)` at end of stream.
@@ -979,6 +1007,9 @@ async fn client_to_server<H: Hooks>(
                     flow.queue.push_back(Pending::Sync { segment });
                 }
             }
+            ctx.counters
+                .owed
+                .store(flow.readies_owed(), Ordering::Relaxed);
         }
         if substituted {
             server.write_all(&out).await?;
@@ -1061,13 +1092,17 @@ async fn server_to_client<H: Hooks>(
                 scratch: &mut scratch,
                 rewritten: &mut rewritten,
             };
-            found.iter().enumerate().try_for_each(|(i, (tag, range))| {
+            let observed = found.iter().enumerate().try_for_each(|(i, (tag, range))| {
                 match results.observe(*tag, &buf[range.clone()])? {
                     Replace::Keep => {}
                     other => replaced.push((i, other)),
                 }
                 Ok::<_, Stop>(())
-            })
+            });
+            ctx.counters
+                .owed
+                .store(flow.readies_owed(), Ordering::Relaxed);
+            observed
         };
         if let Err(stop) = observed {
             let (sqlstate, text) = match &stop {

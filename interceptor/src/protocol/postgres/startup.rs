@@ -1,12 +1,17 @@
-//! Start-up: from the first packet to the first ReadyForQuery, on both legs.
+//! Start-up: from the first packet to the first ReadyForQuery, on both legs, in two steps.
 //!
-//! Client leg: SSLRequest (terminated with the local CA when available), GSSENCRequest
-//! (declined), CancelRequest (forwarded with the server's real key), StartupMessage.
-//! Server leg: TLS per the target's mode, then authentication. With credentials, the gateway
-//! authenticates itself (SCRAM-SHA-256, md5 or cleartext) and tells the client only
-//! "AuthenticationOk"; without, the exchange passes through unchanged except that
-//! SCRAM-SHA-256-PLUS is not offered (channel binding cannot span two TLS sessions).
-//! The client always gets a BackendKeyData key we generated (see [`super::cancel`]).
+//! [`accept_client`], the client's start-up with the gateway, before any upstream exists:
+//! SSLRequest (terminated with the local CA when available), GSSENCRequest (declined),
+//! CancelRequest, StartupMessage, and `local_auth` when the target has one. It must end by a
+//! deadline (`[limits] startup_timeout_secs`); a late client is closed, and told so when the
+//! protocol lets the server speak (while it owes the gateway its password).
+//!
+//! [`establish`], once the session has dialed the upstream: TLS per the target's mode, then
+//! authentication. With credentials, the gateway authenticates itself (SCRAM-SHA-256, md5 or
+//! cleartext) and tells the client only "AuthenticationOk"; without, the exchange passes
+//! through unchanged except that SCRAM-SHA-256-PLUS is not offered (channel binding cannot
+//! span two TLS sessions). The client always gets a BackendKeyData key we generated (see
+//! [`super::cancel`]); a CancelRequest is forwarded with the server's real key.
 
 use std::sync::atomic::Ordering;
 
@@ -15,6 +20,7 @@ use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::TcpStream,
+    time::Instant,
 };
 
 use super::{
@@ -22,7 +28,7 @@ use super::{
     codec::{self, backend, frontend, Message, Startup},
     reading, BoxIo, Context, PgError,
 };
-use crate::{command::Hooks, config::UpstreamTlsMode, tls};
+use crate::{command::Hooks, config::UpstreamTlsMode, protocol::Ending, tls};
 
 /// Both legs after start-up, ready for the query phase.
 pub struct Legs {
@@ -72,17 +78,114 @@ pub async fn refuse(io: &mut BoxIo, sqlstate: &str, text: &str) {
     let _ = io.flush().await;
 }
 
-/// Runs start-up. `Ok(None)`: nothing more to do (a cancel request, or the client left).
-pub async fn establish<H: Hooks>(
+/// What the client's start-up with the gateway came to.
+pub enum ClientStart {
+    /// A session: the client is accepted, and waits for the upstream's start-up.
+    Session(ClientLeg),
+    /// A CancelRequest with the key the gateway gave some session; nothing more follows.
+    Cancel(Key),
+}
+
+/// The client's leg once its start-up with the gateway is accepted.
+pub struct ClientLeg {
+    pub client: BoxIo,
+    /// The start-up parameters, pinned (`reading::pin_startup`).
+    pub params: Vec<(String, String)>,
+    /// Bytes already read beyond the start-up.
+    pub client_buf: BytesMut,
+}
+
+/// Runs the client's start-up with the gateway, which must end by `deadline`. `authenticate`:
+/// ask for the `local_auth` password when the target has one (a client about to be refused is
+/// not asked). `Ok(None)`: the client left.
+pub async fn accept_client<H: Hooks>(
     ctx: &Context<'_, H>,
     client: impl crate::protocol::ClientStream,
-    upstream: TcpStream,
-    upstream_tls: &tls::Upstream,
-) -> Result<Option<Legs>, PgError> {
+    deadline: Instant,
+    authenticate: bool,
+) -> Result<Option<ClientStart>, PgError> {
+    let late = || PgError::Ended(Ending::StartupTimeout(ctx.startup_timeout));
+    // Until its start-up packet is in, the server has no word to say to the client: a late
+    // one is just closed (dropping the future closes the socket it owns).
+    let first = tokio::time::timeout_at(deadline, first_packet(ctx, Box::new(client))).await;
+    let (mut client, params) = match first.map_err(|_| late())?? {
+        None => return Ok(None),
+        Some((_, FirstPacket::Cancel(key))) => return Ok(Some(ClientStart::Cancel(key))),
+        Some((client, FirstPacket::Params(params))) => (client, params),
+    };
+    let mut client_buf = BytesMut::new();
+    let local = ctx.target.local_password.as_ref();
+    if let Some(local) = local.filter(|_| authenticate && ctx.target.credentials.is_some()) {
+        let checked = local_auth(ctx, &mut client, &mut client_buf, local, deadline).await;
+        if let Err(e) = checked {
+            ctx.hooks.note(
+                "auth",
+                serde_json::json!({ "ok": false, "error": e.to_string() }),
+            );
+            return Err(e);
+        }
+    }
+    Ok(Some(ClientStart::Session(ClientLeg {
+        client,
+        params,
+        client_buf,
+    })))
+}
+
+/// `local_auth`: the client must present the target's local password by `deadline`.
+async fn local_auth<H: Hooks>(
+    ctx: &Context<'_, H>,
+    client: &mut BoxIo,
+    client_buf: &mut BytesMut,
+    local: &crate::config::SecretSource,
+    deadline: Instant,
+) -> Result<(), PgError> {
     let max = ctx.target.max_message_bytes;
-    let mut client: BoxIo = Box::new(client);
+    send(client, &[backend::auth_cleartext()], &ctx.counters.down).await?;
+    // The client owes a password now, so it can be told why it is closed.
+    let answer = match tokio::time::timeout_at(deadline, read_client(client, client_buf, max)).await
+    {
+        Ok(answer) => answer?,
+        Err(_) => {
+            let late = Ending::StartupTimeout(ctx.startup_timeout);
+            let text = format!("interceptor: canceling authentication due to timeout: {late}");
+            refuse(client, "57014", &text).await;
+            return Err(late.into());
+        }
+    };
+    let given = if answer.tag == b'p' {
+        frontend::password(&answer.body).map_err(PgError::Client)?
+    } else {
+        String::new()
+    };
+    let expected = local.read().map_err(PgError::UpstreamAuth)?;
+    if !constant_time_eq(given.as_bytes(), expected.as_bytes()) {
+        refuse(
+            client,
+            "28P01",
+            "interceptor: password authentication failed",
+        )
+        .await;
+        return Err(PgError::LocalAuth);
+    }
+    Ok(())
+}
+
+/// The packet that says what the client wants, after any TLS negotiation.
+enum FirstPacket {
+    Params(Vec<(String, String)>),
+    Cancel(Key),
+}
+
+/// Reads start-up packets until a StartupMessage or a CancelRequest, terminating TLS on the
+/// way. `Ok(None)`: the client left.
+async fn first_packet<H: Hooks>(
+    ctx: &Context<'_, H>,
+    mut client: BoxIo,
+) -> Result<Option<(BoxIo, FirstPacket)>, PgError> {
+    let max = ctx.target.max_message_bytes;
     let mut tls_done = false;
-    let params = loop {
+    loop {
         let startup = match codec::read_startup(&mut client, max).await {
             Ok(Some(s)) => s,
             Ok(None) => return Ok(None),
@@ -105,8 +208,7 @@ pub async fn establish<H: Hooks>(
                 client.write_all(b"N").await?;
             }
             Startup::Cancel { pid, key } => {
-                forward_cancel(ctx, upstream, (pid, key)).await;
-                return Ok(None);
+                return Ok(Some((client, FirstPacket::Cancel((pid, key)))));
             }
             Startup::Params(mut params) => {
                 // The session starts in the state the gateway reads statements for.
@@ -114,7 +216,7 @@ pub async fn establish<H: Hooks>(
                     refuse(&mut client, "0A000", &format!("interceptor: {e}")).await;
                     return Err(PgError::Unsupported(e.to_string()));
                 }
-                break params;
+                return Ok(Some((client, FirstPacket::Params(params))));
             }
             Startup::SslRequest => {
                 refuse(&mut client, "08P01", "interceptor: SSLRequest repeated").await;
@@ -124,8 +226,22 @@ pub async fn establish<H: Hooks>(
                 }));
             }
         }
-    };
+    }
+}
 
+/// The upstream's start-up, once the session has dialed it for an accepted client: TLS, then
+/// authentication (the gateway's own login, or the client's relayed).
+pub async fn establish<H: Hooks>(
+    ctx: &Context<'_, H>,
+    leg: ClientLeg,
+    upstream: TcpStream,
+    upstream_tls: &tls::Upstream,
+) -> Result<Legs, PgError> {
+    let ClientLeg {
+        mut client,
+        params,
+        client_buf,
+    } = leg;
     let server = match connect_upstream_tls(upstream, upstream_tls, ctx.upstream_addr).await {
         Ok(server) => server,
         Err(e) => {
@@ -147,11 +263,13 @@ pub async fn establish<H: Hooks>(
     };
 
     let result = match &ctx.target.credentials {
-        Some(_) => authenticate_with_credentials(ctx, &mut client, server, params).await,
-        None => authenticate_passthrough(ctx, &mut client, server, params).await,
+        Some(_) => {
+            authenticate_with_credentials(ctx, &mut client, server, params, client_buf).await
+        }
+        None => authenticate_passthrough(ctx, &mut client, server, params, client_buf).await,
     };
     match result {
-        Ok(a) => Ok(Some(Legs {
+        Ok(a) => Ok(Legs {
             client,
             server: a.server,
             client_buf: a.client_buf,
@@ -159,7 +277,7 @@ pub async fn establish<H: Hooks>(
             client_key: a.client_key,
             server_key: a.server_key,
             database: a.database,
-        })),
+        }),
         Err(e) => {
             ctx.hooks.note(
                 "auth",
@@ -236,7 +354,7 @@ pub(super) async fn connect_upstream_tls(
     }
 }
 
-async fn forward_cancel<H: Hooks>(ctx: &Context<'_, H>, upstream: TcpStream, key: Key) {
+pub(super) async fn forward_cancel<H: Hooks>(ctx: &Context<'_, H>, upstream: TcpStream, key: Key) {
     let Some(target) = ctx.shared.cancels.lookup(key) else {
         ctx.hooks.note(
             "cancel",
@@ -283,32 +401,13 @@ async fn authenticate_with_credentials<H: Hooks>(
     client: &mut BoxIo,
     mut server: BoxIo,
     client_params: Vec<(String, String)>,
+    client_buf: BytesMut,
 ) -> Result<Authenticated, PgError> {
     let max = ctx.target.max_message_bytes;
     let Some(creds) = &ctx.target.credentials else {
         return Err(PgError::Unsupported("no credentials".to_owned()));
     };
-    let mut client_buf = BytesMut::new();
-
-    if let Some(local) = &ctx.target.local_password {
-        send(client, &[backend::auth_cleartext()], &ctx.counters.down).await?;
-        let answer = read_client(client, &mut client_buf, max).await?;
-        let given = if answer.tag == b'p' {
-            frontend::password(&answer.body).map_err(PgError::Client)?
-        } else {
-            String::new()
-        };
-        let expected = local.read().map_err(PgError::UpstreamAuth)?;
-        if !constant_time_eq(given.as_bytes(), expected.as_bytes()) {
-            refuse(
-                client,
-                "28P01",
-                "interceptor: password authentication failed",
-            )
-            .await;
-            return Err(PgError::LocalAuth);
-        }
-    }
+    // `local_auth` was the client's start-up with the gateway (`accept_client`).
 
     let database = creds
         .database
@@ -497,6 +596,7 @@ async fn authenticate_passthrough<H: Hooks>(
     client: &mut BoxIo,
     mut server: BoxIo,
     params: Vec<(String, String)>,
+    mut client_buf: BytesMut,
 ) -> Result<Authenticated, PgError> {
     let max = ctx.target.max_message_bytes;
     let mut out = BytesMut::new();
@@ -505,7 +605,7 @@ async fn authenticate_passthrough<H: Hooks>(
     ctx.counters
         .up
         .fetch_add(out.len() as u64, Ordering::Relaxed);
-    let (mut client_buf, mut server_buf) = (BytesMut::new(), BytesMut::new());
+    let mut server_buf = BytesMut::new();
     let (client_key, mut server_key) = (new_client_key(), (0, 0));
     let user = params
         .iter()

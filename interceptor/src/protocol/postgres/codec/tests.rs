@@ -84,7 +84,19 @@ async fn startup_reader_rejects_short_long_and_truncated_packets() {
         read_startup(&mut r, 1 << 20).await
     };
     assert_eq!(read(vec![]).await, Ok(None));
-    assert_eq!(read(vec![0, 0, 0, 2]).await, Err(FrameError::TooShort(2)));
+    assert_eq!(
+        read(vec![0, 0, 0, 2]).await,
+        Err(FrameError::StartupTooShort(2))
+    );
+    // Length 5 passes the tagged-message minimum but cannot hold a request code: the message
+    // states the start-up rule, not the tagged one.
+    let five = read(vec![0, 0, 0, 5, 0]).await.unwrap_err();
+    assert_eq!(five, FrameError::StartupTooShort(5));
+    assert_eq!(
+        five.to_string(),
+        "start-up packet length 5 is below the minimum of 8 (the length word and a 4-byte \
+         request code)"
+    );
     assert!(matches!(
         read(vec![0x7f, 0xff, 0xff, 0xff]).await,
         Err(FrameError::TooLong { .. })
