@@ -18,8 +18,12 @@ use std::{
 
 use crate::{run_command, unique_name, workspace_root, Output, Spawned};
 
-/// Where the debootstrapped rootfs is kept between runs (about 240 MB).
-const ROOTFS_CACHE: &str = "/var/cache/interceptor-tests/rootfs-bookworm";
+/// Where the debootstrapped rootfs is kept between runs (about 260 MB). The name changes with
+/// what [`INCLUDE`] installs, so a cache made with fewer packages is never taken for this one.
+const ROOTFS_CACHE: &str = "/var/cache/interceptor-tests/rootfs-bookworm-psql";
+
+/// Packages beyond minbase: systemd to boot, and psql for an agent that speaks PostgreSQL.
+const INCLUDE: &str = "systemd,systemd-sysv,dbus,libpam-systemd,postgresql-client-15";
 
 /// The cached rootfs, made on first use (about a minute). Concurrent first uses are
 /// serialised with a lock file; a half-made tree is never renamed into place.
@@ -33,7 +37,7 @@ pub fn rootfs() -> PathBuf {
     let script = format!(
         "set -e; exec 9>{lock}; flock 9; [ -e {cache}/usr/lib/systemd/systemd ] && exit 0; \
          rm -rf {cache}.tmp; debootstrap --variant=minbase \
-         --include=systemd,systemd-sysv,dbus,libpam-systemd bookworm {cache}.tmp {mirror}; \
+         --include={INCLUDE} bookworm {cache}.tmp {mirror}; \
          rm -rf {cache}; mv {cache}.tmp {cache}",
         lock = parent.join("rootfs.lock").display(),
         cache = cache.display(),

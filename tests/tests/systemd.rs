@@ -50,8 +50,21 @@ fn the_packaged_service_under_systemd_captures_and_fails_closed() {
         .to_string_lossy()
         .into_owned();
     let echo = EchoServer::start("127.0.0.2");
+    // A database target as well: the shipped default policy masks what it returns.
+    let pg = PgServer::start();
+    pg.psql_db(
+        "appdb",
+        "CREATE TABLE customers (id int, email text); \
+         INSERT INTO customers VALUES (1, 'alice@example.com'); GRANT SELECT ON customers TO PUBLIC",
+    );
     let c = Container::boot(&[(dir, "/mnt/deb")]);
     c.ok(&format!("dpkg -i /mnt/deb/{name}"));
+    c.ok(&format!(
+        "printf '\\n[[target]]\\nname = \"appdb\"\\nprotocol = \"postgres\"\\n\
+         intercept = [\"127.0.0.3:{port}\"]\\nupstream = \"127.0.0.1:{port}\"\\n' \
+         >> /etc/interceptor/config.toml && interceptor config check",
+        port = pg.port()
+    ));
 
     // 1. No bpffs in the container: the unit refuses to start rather than pin where the pins
     //    would die with it.
@@ -109,6 +122,30 @@ fn the_packaged_service_under_systemd_captures_and_fails_closed() {
         "{report}"
     );
     assert_eq!(report["journal"]["verified"], json!(true), "{report}");
+
+    // An agent that speaks PostgreSQL: captured, judged, its results masked, journaled.
+    let psql = c.sh(&format!(
+        "systemd-run --quiet --wait --pipe --slice=autogen.slice --uid=nobody \
+         psql -X -At 'host=127.0.0.3 port={} dbname=appdb user=agent sslmode=disable' \
+         -c 'SELECT email FROM customers'",
+        pg.port()
+    ));
+    assert!(psql.success(), "psql agent: {}", psql.describe());
+    assert_eq!(
+        psql.stdout.trim(),
+        "*****@******e.com",
+        "{}",
+        psql.describe()
+    );
+    let journaled = c.ok("interceptor sessions list --json --target appdb");
+    assert!(
+        journaled.contains("\"protocol\": \"postgres\""),
+        "{journaled}"
+    );
+    assert!(
+        !c.ok("interceptor sessions list --json").contains("alice@"),
+        "raw value journaled"
+    );
 
     // A stopped slice loses its cgroup, and its next start would make a new one without the
     // programs: the daemon creates it again at once, captured, and systemd reuses it.
