@@ -91,9 +91,20 @@ pub fn fingerprint(sql: &str) -> Option<String> {
 /// standard_conforming_strings). Scanning costs less than half of a fingerprint, which
 /// parses. Every token counts with its kind and, except for constants, its text as written
 /// (case and quotes included); comments do not count. `None` when the scanner rejects the
-/// text.
+/// text, or it has no token.
 pub fn shape_key(sql: &str) -> Option<String> {
     use protobuf::Token as T;
+    // A text of whitespace alone has no tokens, and for no tokens libpg_query hands back a
+    // null array that `scan_tokens` makes a slice of: undefined behaviour, which a debug
+    // build stops with an abort (of the whole gateway, from an empty Query). Such a text has
+    // no statement to share an analysis with anyway. Comments are tokens; the server's
+    // whitespace is exactly these bytes (scan.l, `space`).
+    if sql
+        .bytes()
+        .all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r' | b'\x0c' | b'\x0b'))
+    {
+        return None;
+    }
     let run = || pg_query::scan_tokens(sql);
     let Ok(Ok(tokens)) = std::panic::catch_unwind(run) else {
         return None;
