@@ -7,6 +7,7 @@
 #   make bench      every performance goal in one bounded run (< 10 min), written to docs/performance.md
 #   make bench-smoke the same with tiny counts and debug binaries (~1 min), docs left untouched
 #   make deb        build, then the Debian package target/debian/interceptor_*.deb (cargo-deb)
+#   make fuzz       every cargo-fuzz target for FUZZ_SECONDS (default 60) each; fails on a crash
 #   make lint       rustfmt check and clippy with warnings as errors
 #   make clean      cargo clean
 
@@ -30,7 +31,7 @@ AS_ROOT := sudo -E env PATH="$(PATH)" HOME="$(HOME)" \
 	CARGO_HOME="$(or $(CARGO_HOME),$(HOME)/.cargo)" RUSTUP_HOME="$(or $(RUSTUP_HOME),$(HOME)/.rustup)"
 endif
 
-.PHONY: bootstrap build demo test bench bench-smoke soak deb deb-package lint clean
+.PHONY: bootstrap build demo test bench bench-smoke soak deb deb-package fuzz lint clean
 
 bootstrap:
 	"$(ROOT)/scripts/bootstrap.sh"
@@ -50,6 +51,7 @@ test: build
 	$(CARGO) test $(WORKSPACE) --no-run
 	$(AS_ROOT) $(if $(CI),CI="$(CI)") INTERCEPTOR_BIN="$(ROOT)/target/debug/interceptor" \
 		$(CARGO) test $(WORKSPACE) -- --test-threads=1
+	$(MAKE) fuzz FUZZ_SECONDS=$(TEST_FUZZ_SECONDS)
 
 # scripts/bench.sh runs every section (capture, PostgreSQL, bulk, memory, criterion) against one
 # throw-away PostgreSQL and writes the summary table at the top of docs/performance.md. Every
@@ -88,6 +90,16 @@ deb: build
 deb-package:
 	"$(ROOT)/scripts/deb-assets.sh" "$(DEB_DIR)/interceptor" "$(DEB_DIR)/deb"
 	$(CARGO) deb -p interceptor --no-build --profile "$(DEB_PROFILE)"
+
+# The fuzz targets (interceptor/fuzz/, cargo-fuzz on nightly), each for FUZZ_SECONDS, bounded in
+# memory and input size; a crash fails the run and names the input (scripts/fuzz.sh). `make test`
+# ends with a short pass (TEST_FUZZ_SECONDS each); the regression inputs it keeps are replayed by
+# `cargo test` on stable. Builds into target/fuzz/ as the calling user (no root needed).
+FUZZ_SECONDS ?= 60
+TEST_FUZZ_SECONDS ?= 10
+
+fuzz: bootstrap
+	FUZZ_SECONDS="$(FUZZ_SECONDS)" "$(ROOT)/scripts/fuzz.sh"
 
 # clippy compiles interceptor's build.rs, which needs the eBPF toolchain from bootstrap.
 lint: bootstrap

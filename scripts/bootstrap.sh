@@ -56,6 +56,14 @@ if ! cargo deb --version 2>/dev/null | grep -q " $CARGO_DEB_VERSION\b"; then
   cargo install --locked cargo-deb --version "$CARGO_DEB_VERSION"
 fi
 
+# cargo-fuzz for `make fuzz` (and the short fuzzing pass of `make test`): pinned like cargo-deb;
+# it builds on stable, the fuzz targets themselves build on the nightly above.
+CARGO_FUZZ_VERSION=0.13.2
+if ! cargo fuzz --version 2>/dev/null | grep -q " $CARGO_FUZZ_VERSION\b"; then
+  log "cargo install cargo-fuzz $CARGO_FUZZ_VERSION, about 1 minute"
+  cargo install --locked cargo-fuzz --version "$CARGO_FUZZ_VERSION"
+fi
+
 # Python clients for the integration tests, in a project-local venv so the system stays clean.
 # The venv is built on the Debian interpreter (/usr/bin/python3), never on a per-user one such as
 # pyenv under /root: tests run clients as unprivileged users, who must be able to execute it.

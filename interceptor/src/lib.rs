@@ -25,6 +25,9 @@ pub mod command;
 pub mod config;
 pub mod doctor;
 pub mod exec;
+/// Fuzz target bodies: for tests and the `fuzzing` feature only (see `interceptor/fuzz/`).
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod gateway;
 pub mod install;
 pub mod journal;

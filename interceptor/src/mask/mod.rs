@@ -447,9 +447,11 @@ impl ResultMasker {
                     if plan.kind == ValueKind::JsonWithHeader {
                         out.push(value.first().copied().unwrap_or(1));
                     }
-                    out.push(b'"');
-                    out.extend_from_slice(&masking.replacement(rule.strategy, body, None));
-                    out.push(b'"');
+                    // A JSON string, escaped: `partial` keeps the value's punctuation and
+                    // white space, quotes, backslashes and newlines included.
+                    let replacement = masking.replacement(rule.strategy, body, None);
+                    let text = String::from_utf8_lossy(&replacement).into_owned();
+                    out.extend_from_slice(serde_json::Value::String(text).to_string().as_bytes());
                     Rewrite::Replace(out)
                 }
                 ValueKind::Opaque => Rewrite::Null,
@@ -485,7 +487,15 @@ impl ResultMasker {
         let rewrite = if whole_null {
             Rewrite::Null
         } else {
-            Rewrite::Replace(splice(&masking, plan.kind, value, &found))
+            let spliced = splice(&masking, plan.kind, value, &found);
+            if valid_json(plan.kind, &spliced) {
+                Rewrite::Replace(spliced)
+            } else {
+                // A match that does not end inside its JSON string (a private key block runs
+                // to the end of the value) or a `partial` that breaks an escape: the client's
+                // parser would choke on the document, so it gets NULL (fail closed).
+                Rewrite::Null
+            }
         };
         self.found = found;
         rewrite
@@ -552,6 +562,16 @@ fn mask_keys(masking: &Masking, doc: &mut serde_json::Value, hits: &mut Vec<usiz
         }
         _ => {}
     }
+}
+
+/// False when `value` should be JSON of this kind and is not (true for other kinds).
+fn valid_json(kind: ValueKind, value: &[u8]) -> bool {
+    let body = match kind {
+        ValueKind::Json => value,
+        ValueKind::JsonWithHeader => value.get(1..).unwrap_or_default(),
+        ValueKind::Text | ValueKind::Opaque => return true,
+    };
+    serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok()
 }
 
 /// Replaces each match in `value`. In JSON, a match outside a string (a number) is replaced

@@ -155,6 +155,41 @@ fn detectors_rewrite_spans_and_keep_json_valid() {
 }
 
 #[test]
+fn masked_json_stays_json_or_becomes_null() {
+    // Found by the masking fuzz target: `partial` keeps punctuation and white space, which a
+    // whole JSON value masked by a column rule must carry escaped.
+    let m = masking(
+        &[("r", &["doc"], Strategy::Partial)],
+        &[(Detector::PrivateKey, Strategy::Redact)],
+    );
+    let mut masker = m.masker(vec![
+        column("doc", None, ValueKind::Json),
+        column("other", None, ValueKind::Json),
+        column("b", None, ValueKind::JsonWithHeader),
+    ]);
+    for value in [&b"73\n"[..], br#"{"a": "x\"y"}"#, b"\"tab\\there\""] {
+        let doc = replaced(masker.value(0, Some(value)));
+        assert!(
+            serde_json::from_str::<serde_json::Value>(&doc).is_ok(),
+            "{doc}"
+        );
+    }
+    // A key block without its END line runs to the end of the value, past the string that
+    // held it: the document would not parse, so it is not sent.
+    let key = br#"{"k":"-----BEGIN PRIVATE KEY-----\nMIIE","n":1}"#;
+    assert_eq!(masker.value(1, Some(key)), Rewrite::Null);
+    let mut jsonb = vec![1u8];
+    jsonb.extend_from_slice(key);
+    assert_eq!(masker.value(2, Some(&jsonb)), Rewrite::Null);
+    // With its END line, the block is replaced inside the string.
+    let whole = br#"{"k":"-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----","n":1}"#;
+    assert_eq!(
+        replaced(masker.value(1, Some(whole))),
+        r#"{"k":"[REDACTED:private_key]","n":1}"#
+    );
+}
+
+#[test]
 fn undescribed_columns_are_nulled_under_column_rules() {
     let m = masking(&[("r", &["ssn"], Strategy::Redact)], &[]);
     let mut masker = m.masker(Vec::new());

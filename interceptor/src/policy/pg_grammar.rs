@@ -89,11 +89,22 @@ pub fn fingerprint(sql: &str) -> Option<String> {
 /// sharing an analysis needs; and scan.l decides where strings, comments and identifiers
 /// end exactly as the server does (the session is pinned to UTF-8 and
 /// standard_conforming_strings). Scanning costs less than half of a fingerprint, which
-/// parses. Every token counts with its kind and, except for constants, its text as written
-/// (case and quotes included); comments do not count. `None` when the scanner rejects the
-/// text.
+/// parses. Every token counts with its kind and, except for plainly written constants
+/// ([`plain_constant`]), its text as written (case and quotes included); comments do not
+/// count. `None` when the scanner rejects the text, or it has no token.
 pub fn shape_key(sql: &str) -> Option<String> {
     use protobuf::Token as T;
+    // A text of whitespace alone has no tokens, and for no tokens libpg_query hands back a
+    // null array that `scan_tokens` makes a slice of: undefined behaviour, which a debug
+    // build stops with an abort (of the whole gateway, from an empty Query). Such a text has
+    // no statement to share an analysis with anyway. Comments are tokens; the server's
+    // whitespace is exactly these bytes (scan.l, `space`).
+    if sql
+        .bytes()
+        .all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r' | b'\x0c' | b'\x0b'))
+    {
+        return None;
+    }
     let run = || pg_query::scan_tokens(sql);
     let Ok(Ok(tokens)) = std::panic::catch_unwind(run) else {
         return None;
@@ -108,24 +119,42 @@ pub fn shape_key(sql: &str) -> Option<String> {
             continue;
         }
         key.push(code(usize::try_from(kind).ok()?)?);
-        let constant = [
-            T::Iconst,
-            T::Fconst,
-            T::Sconst,
-            T::Usconst,
-            T::Bconst,
-            T::Xconst,
-        ]
-        .iter()
-        .any(|c| *c as i32 == kind);
-        if !constant {
+        let text = sql.get(usize::try_from(t.start).ok()?..usize::try_from(t.end).ok()?)?;
+        if !plain_constant(kind, text) {
             // The text with its length first: no two token streams write the same key.
-            let text = sql.get(usize::try_from(t.start).ok()?..usize::try_from(t.end).ok()?)?;
             key.push(code(text.len())?);
             key.push_str(text);
         }
     }
     Some(key)
+}
+
+/// Whether a token is a constant whose value [`shape_key`] leaves out: a number or string
+/// written so that no value can make either parser reject it or read it differently, so
+/// that texts differing only in such values really parse alike. Decimal numbers, and strings
+/// in plain quotes (standard_conforming_strings is pinned on: only `''` is special). Other
+/// spellings keep their text in the key: an escape that one parser rejects (`U&'\004'`), a
+/// dollar quote or a continued string (`'a'` newline `'b'`) the two split differently, a
+/// hexadecimal or underscored number (PostgreSQL 16+) would otherwise borrow the analysis of
+/// a text that parsed. The sql_policy fuzz target found `SELECT U&'\004'` allowed that way.
+fn plain_constant(kind: i32, text: &str) -> bool {
+    use protobuf::Token as T;
+    if kind == T::Iconst as i32 {
+        !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit())
+    } else if kind == T::Fconst as i32 {
+        !text.is_empty()
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-'))
+    } else if kind == T::Sconst as i32 {
+        let inner = text
+            .strip_prefix('\'')
+            .and_then(|t| t.strip_suffix('\''))
+            .unwrap_or("'");
+        inner.split("''").all(|part| !part.contains('\''))
+    } else {
+        false
+    }
 }
 
 /// Compares libpg_query's reading of `sql` with `statements`, the analysis of the same text.

@@ -470,6 +470,34 @@ fn names_and_quoting_are_part_of_the_shape_key() {
         key("SELECT a FROM t; DELETE FROM t")
     );
     assert!(pg_grammar::shape_key("SELECT 'unterminated").is_none());
+    // Only plainly written values are left out (see `plain_constant`).
+    assert_eq!(key("SELECT 'it''s'"), key("SELECT ''"));
+    for (a, b) in [
+        ("SELECT U&'abcd'", "SELECT U&'\\004'"),
+        ("SELECT E'a'", "SELECT E'b'"),
+        ("SELECT $$a$$", "SELECT $$b$$"),
+        ("SELECT 'a'", "SELECT 'a'\n'b'"),
+        ("SELECT 16", "SELECT 0x10"),
+        ("SELECT 1000", "SELECT 1_000"),
+        ("SELECT B'1'", "SELECT B'2'"),
+    ] {
+        assert_ne!(key(a), key(b), "{a:?} and {b:?}");
+    }
+}
+
+#[test]
+fn texts_the_analysis_rejects_never_borrow_a_shared_analysis() {
+    // Found by the sql_policy fuzz target: the invalid escape passed PostgreSQL's scanner
+    // with the same shape as the valid one before, and was allowed with its analysis.
+    let engine = engine_with(RULES);
+    let who = subject("agent");
+    for (text, expected) in [
+        ("SELECT U&'abcd'", DecisionKind::Allow),
+        ("SELECT U&'\\004'", DecisionKind::Deny),
+    ] {
+        let verdict = engine.evaluate(&who, Some("db"), "postgres", Request::Sql { text });
+        assert_eq!(verdict.decision, expected, "{text}");
+    }
 }
 
 #[test]
@@ -553,4 +581,14 @@ fn postgresql_and_the_analysis_agree_on_the_evasion_corpus() {
             assert_eq!(case.expect, DecisionKind::Deny, "{text}: {objection}");
         }
     }
+}
+
+#[test]
+fn texts_without_tokens_have_no_shape_key() {
+    // libpg_query hands back a null token array for them (found by the sql_policy fuzz target:
+    // a debug build aborted on an empty Query).
+    for text in ["", " ", "\n\t\r\x0c\x0b "] {
+        assert_eq!(pg_grammar::shape_key(text), None, "{text:?}");
+    }
+    assert!(pg_grammar::shape_key("-- only a comment").is_some());
 }

@@ -312,10 +312,11 @@ async fn fill(reader: &mut (impl AsyncRead + Unpin), buf: &mut BytesMut) -> std:
 }
 
 /// A complete message inside a read buffer: its tag and where its body is.
-type Frame = (u8, std::ops::Range<usize>);
+pub(crate) type Frame = (u8, std::ops::Range<usize>);
 
-/// The complete messages at the front of `buf`, and how many bytes they span.
-fn frames(buf: &[u8], max: usize) -> Result<(Vec<Frame>, usize), FrameError> {
+/// The complete messages at the front of `buf`, and how many bytes they span. Crate-visible
+/// for the fuzz targets (`crate::fuzzing`).
+pub(crate) fn frames(buf: &[u8], max: usize) -> Result<(Vec<Frame>, usize), FrameError> {
     let mut out = Vec::new();
     let mut at = 0;
     while let Some(len) = codec::frame_len(&buf[at..], max)? {

@@ -360,55 +360,10 @@ mod tests {
     }
 
     /// Hooks that mask by content with every detector (redact), as a session's would.
-    struct Detecting(std::sync::Arc<crate::mask::Masking>);
+    type Detecting = crate::fuzzing::MaskingHooks;
 
-    impl Detecting {
-        fn new() -> Detecting {
-            use crate::mask::{detect::Detector, DetectorRule, Masking, Strategy};
-            let rules: Vec<DetectorRule> = Detector::ALL
-                .iter()
-                .map(|d| DetectorRule {
-                    detector: *d,
-                    strategy: Strategy::Redact,
-                    rule: "all".to_owned(),
-                })
-                .collect();
-            let scanner = crate::mask::detect::Scanner::new(&Detector::ALL);
-            Detecting(std::sync::Arc::new(Masking::new(
-                Vec::new(),
-                &rules,
-                Some(std::sync::Arc::new(scanner)),
-                None,
-                0,
-            )))
-        }
-    }
-
-    impl Hooks for Detecting {
-        async fn request(
-            &self,
-            _: &crate::command::Command<'_>,
-        ) -> Result<crate::command::Decision, crate::command::HookError> {
-            Err(crate::command::HookError("not in these tests".to_owned()))
-        }
-
-        async fn wait_for_approval(&self, _: &str) -> crate::command::Verdict {
-            crate::command::Verdict::Deny {
-                message: "not in these tests".to_owned(),
-            }
-        }
-
-        fn result(&self, _: crate::command::EventId, _: &crate::command::CommandResult) {}
-
-        fn masker(&self, columns: Vec<ResultColumn>) -> Option<Box<dyn Masker>> {
-            Some(Box::new(self.0.masker(columns)))
-        }
-
-        fn mask_text<'t>(&self, text: &'t str) -> std::borrow::Cow<'t, str> {
-            self.0.mask_text(text).0
-        }
-
-        fn note(&self, _: &'static str, _: serde_json::Value) {}
+    fn detecting() -> Detecting {
+        Detecting::detecting(crate::mask::Strategy::Redact)
     }
 
     fn field(name: &str, type_oid: u32, format: i16) -> Field {
@@ -434,7 +389,7 @@ mod tests {
 
     #[test]
     fn numbers_holding_a_card_are_nulled_in_every_format() {
-        let hooks = Detecting::new();
+        let hooks = detecting();
         let fields = [
             field("i8", 20, 1),
             field("n", 1700, 1),
@@ -488,7 +443,7 @@ mod tests {
 
     #[test]
     fn undecodable_numbers_are_nulled() {
-        let hooks = Detecting::new();
+        let hooks = detecting();
         let fields = [field("i8", 20, 1), field("n", 1700, 1)];
         let mut masker = masker(&hooks, &fields, None, None).expect("masking is on");
         assert_eq!(masker.value(0, Some(b"\x00\x01")), Rewrite::Null);
@@ -506,7 +461,7 @@ mod tests {
 
     #[test]
     fn notification_payloads_are_masked_and_stay_well_formed() {
-        let hooks = Detecting::new();
+        let hooks = detecting();
         let mut body = 4242i32.to_be_bytes().to_vec();
         body.extend_from_slice(b"card_\xc3\xa9vents\0paid 4111111111111111 by alice@example.com\0");
         let out = mask_notification(&hooks, &body).unwrap().expect("masked");
