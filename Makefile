@@ -8,6 +8,7 @@
 #   make bench-smoke the same with tiny counts and debug binaries (~1 min), docs left untouched
 #   make deb        build, then the Debian package target/debian/interceptor_*.deb (cargo-deb)
 #   make fuzz       every cargo-fuzz target for FUZZ_SECONDS (default 60) each; fails on a crash
+#   make soak       a bounded soak (10 min): RSS and descriptors under a fixed load, no lost events
 #   make lint       rustfmt check and clippy with warnings as errors
 #   make clean      cargo clean
 
