@@ -87,7 +87,10 @@ pub struct ApprovalsConfig {
     #[serde(default = "default_approvers_group")]
     pub group: String,
     /// How long a held command waits when its rule sets no `review_timeout_secs`.
-    #[serde(default = "default_review_timeout")]
+    #[serde(
+        default = "default_review_timeout",
+        deserialize_with = "review_timeout"
+    )]
     pub timeout_secs: u64,
     /// POST each new request here (http:// or https://).
     pub webhook: Option<String>,
@@ -356,13 +359,36 @@ fn default_bpffs_dir() -> PathBuf {
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
+#[serde(try_from = "String")]
 pub enum Protocol {
     /// Plain TCP relay: the connection itself is the command.
     #[default]
     Tcp,
     /// PostgreSQL v3 wire protocol: every statement is a command.
     Postgres,
+}
+
+/// Protocols planned (issue 17 shapes their command model) but not built yet.
+const PLANNED_PROTOCOLS: [&str; 5] = ["mysql", "http", "https", "kubernetes", "ssh"];
+
+impl TryFrom<String> for Protocol {
+    type Error = String;
+
+    /// A protocol this version does not speak is an error, never plain TCP: relaying a
+    /// database or an API unparsed would journal connections where commands were expected.
+    fn try_from(name: String) -> Result<Protocol, String> {
+        match name.as_str() {
+            "tcp" => Ok(Protocol::Tcp),
+            "postgres" => Ok(Protocol::Postgres),
+            planned if PLANNED_PROTOCOLS.contains(&planned) => Err(format!(
+                "protocol {planned:?} is not built yet: this version speaks \"tcp\" and \
+                 \"postgres\" (a target is never relayed as plain TCP in its place)"
+            )),
+            other => Err(format!(
+                "unknown protocol {other:?}: expected \"tcp\" or \"postgres\""
+            )),
+        }
+    }
 }
 
 impl Protocol {
@@ -871,6 +897,15 @@ fn line_of_quoted_value(text: &str, message: &str) -> Option<usize> {
         let needle = format!("\"{q}\"");
         text.find(&needle).map(|at| line_and_column(text, at).0)
     })
+}
+
+fn review_timeout<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    in_range(
+        d,
+        "timeout_secs",
+        1..=7 * 24 * 3600,
+        "0 expires every held command at once; past a week the agent waiting is long gone",
+    )
 }
 
 /// Reads an integer that must lie in `range`, for keys where a value outside it would make the

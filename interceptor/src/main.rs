@@ -39,6 +39,12 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum CaCommand {
+    /// Print the local CA certificate (PEM), creating the CA if there is none yet (as root).
+    Pem,
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Run one command with all its outbound connections captured, journaled and relayed.
     Exec {
@@ -79,6 +85,11 @@ enum Command {
     },
     /// Remove the service's pinned capture (detaches the programs from its cgroups).
     Detach,
+    /// The local CA that the gateway's TLS certificates chain to, for agents' trust stores.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
     /// Install the systemd service: user, groups, directories, unit, default config; then
     /// enable and start it. Idempotent (re-run to upgrade).
     Install {
@@ -417,6 +428,27 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Reload => runtime()?.block_on(reload(&config)),
         Command::Status { json } => runtime()?.block_on(status(&config, json)),
+        Command::Ca {
+            command: CaCommand::Pem,
+        } => {
+            let path = config.state.dir.join("ca.pem");
+            // The certificate is public; only creating the CA needs root (the key is 0600).
+            let pem = match std::fs::read_to_string(&path) {
+                Ok(pem) => pem,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    interceptor::tls::LocalCa::load_or_create(&config.state.dir)?;
+                    std::fs::read_to_string(&path)?
+                }
+                // The kind stays, so a permission problem exits 3.
+                Err(e) => {
+                    return Err(
+                        std::io::Error::new(e.kind(), format!("{}: {e}", path.display())).into(),
+                    )
+                }
+            };
+            print!("{pem}");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Detach => {
             let pin_dir = &config.capture.pin_dir;
             if interceptor::service::detach(pin_dir)? {

@@ -929,6 +929,17 @@ fn local_tls_require_and_verify_full_with_local_ca() {
         "{} holds a private key: it is handed to agents",
         ca.display()
     );
+    // `interceptor ca pem` prints the same certificate, for operators to hand out.
+    let printed = run_command(
+        {
+            let mut c = interceptor_cmd(Some(&cfg));
+            c.args(["ca", "pem"]);
+            c
+        },
+        Duration::from_secs(30),
+    );
+    assert!(printed.success(), "{}", printed.describe());
+    assert_eq!(printed.stdout, ca_pem);
     // A world-readable copy, in case the agent runs as $SUDO_USER and cannot read <state>.
     let copy = cfg.dir().join("local-ca.pem");
     fs::write(&copy, &ca_pem).unwrap();

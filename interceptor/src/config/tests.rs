@@ -336,3 +336,31 @@ fn the_packaged_config_shows_the_limits_defaults() {
         }
     );
 }
+
+#[test]
+fn a_protocol_not_built_yet_is_an_error_not_plain_tcp() {
+    let err = parse(
+        "[[target]]\nname = \"db\"\nprotocol = \"mysql\"\nintercept = [\"127.0.0.1:3306\"]\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.starts_with("test.toml:3:"), "{err}");
+    assert!(err.contains("\"mysql\" is not built yet"), "{err}");
+    let err = parse("[[target]]\nname = \"db\"\nprotocol = \"gopher\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unknown protocol \"gopher\""), "{err}");
+    let ok = parse(
+        "[[target]]\nname = \"db\"\nprotocol = \"postgres\"\nintercept = [\"127.0.0.1:5432\"]\n",
+    );
+    assert!(ok.is_ok(), "{ok:?}");
+}
+
+#[test]
+fn a_review_timeout_of_zero_is_refused_with_its_position() {
+    let err = parse("[approvals]\ntimeout_secs = 0\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("test.toml:2:"), "{err}");
+    assert!(parse("[approvals]\ntimeout_secs = 300\n").is_ok());
+}
