@@ -145,7 +145,7 @@ MASKING_VALUES = [
     "alice@example.com, bob.smith+tag@mail.example.co.uk, jos\u00e9@exemple.fr",
     "call +1 415 555 0100 or (415) 555-0100 or 415.555.0100",
     "GB82 WEST 1234 5698 7654 32 and DE89370400440532013000",
-    "from 192.168.10.1 via ::ffff:127.0.0.1 and 2001:db8::8a2e:370:7334 at 10:42:44",
+    "from 127.0.10.1 via ::ffff:127.0.0.1 and ::1 at 10:42:44",
     "AKIAIOSFODNN7EXAMPLE ghp_0123456789abcdefghijklmnopqrstuvwxyzAB",
     "xoxb-1234567890-abcdefghij sk_live_0123456789abcdefghijKLMN",
     "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
