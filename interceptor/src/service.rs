@@ -270,8 +270,9 @@ pub async fn run(config: Config) -> Result<(), ExecError> {
         let mut programs = Programs::load(Some(&pin_dir))?;
         // Configure before attaching, so the first connect already finds the proxy.
         programs.configure(&settings)?;
+        // From the programs `load` just pinned: the same attach as a recreated cgroup's.
         for cgroup in &cgroups {
-            programs.attach_pinned(cgroup, &link_dir(&pin_dir, cgroup.id()?))?;
+            crate::capture::programs::attach_from_pins(&pin_dir, cgroup)?;
         }
         programs
     };

@@ -305,23 +305,6 @@ impl Programs {
             })
     }
 
-    /// Attaches every program to `cgroup` and pins the links under `link_dir`, so they stay
-    /// attached when this process exits (service mode).
-    pub fn attach_pinned(&mut self, cgroup: &Cgroup, link_dir: &Path) -> Result<(), CaptureError> {
-        std::fs::create_dir_all(link_dir).map_err(|e| pin_err(link_dir, e))?;
-        for name in PROGRAMS {
-            let path = link_dir.join(name);
-            self.attach_one(cgroup, name)?
-                .pin(&path)
-                .map_err(|e| pin_err(&path, e))?;
-        }
-        for (name, link) in self.attach_unix(cgroup)? {
-            let path = link_dir.join(name);
-            super::unix::pin(link.as_fd(), &path).map_err(|e| pin_err(&path, e))?;
-        }
-        Ok(())
-    }
-
     fn attach_one(&mut self, cgroup: &Cgroup, name: &'static str) -> Result<FdLink, CaptureError> {
         let attach_error = |message: String| CaptureError::Attach {
             program: name,
@@ -578,9 +561,9 @@ pub fn programs_dir(pin_dir: &Path) -> PathBuf {
 }
 
 /// Attaches the programs pinned under `pin_dir` (see [`Programs::load`]) to `cgroup` and pins
-/// the links in its link directory, like [`Programs::attach_pinned`], but needing nothing but
-/// the pins: the daemon re-captures a recreated cgroup with it, whether it loaded the programs
-/// or adopted them.
+/// the links in its link directory, so they stay attached when this process exits (service
+/// mode). It needs nothing but the pins: the daemon attaches its cgroups with it at start,
+/// and re-captures a recreated cgroup with it, whether it loaded the programs or adopted them.
 pub fn attach_from_pins(pin_dir: &Path, cgroup: &Cgroup) -> Result<(), CaptureError> {
     use aya::programs::{
         cgroup_sock::CgroupSockAttachType as Sock,
