@@ -1357,12 +1357,7 @@ impl<H: Hooks> Observer<'_, H> {
                     self.flow.reject(change);
                 }
                 if let Some(event) = event {
-                    let result = CommandResult {
-                        sqlstate: Some("42501".to_owned()),
-                        error: Some(message),
-                        ..CommandResult::default()
-                    };
-                    finish(hooks, event, started, result);
+                    finish(hooks, event, started, refusal(message));
                     self.flow.refused.push(event);
                 }
                 return Ok(Replace::With(error));
@@ -1609,12 +1604,7 @@ impl<H: Hooks> Observer<'_, H> {
                             ..
                         } => {
                             if let Some(event) = event {
-                                let result = CommandResult {
-                                    sqlstate: Some("42501".to_owned()),
-                                    error: Some(message),
-                                    ..CommandResult::default()
-                                };
-                                finish(hooks, event, started, result);
+                                finish(hooks, event, started, refusal(message));
                             }
                         }
                     }
@@ -1636,6 +1626,15 @@ impl<H: Hooks> Observer<'_, H> {
             _ => {}
         }
         Ok(Replace::Keep)
+    }
+}
+
+/// The result of a command the gateway refused (what its client was told, SQLSTATE 42501).
+fn refusal(message: String) -> CommandResult {
+    CommandResult {
+        sqlstate: Some("42501".to_owned()),
+        error: Some(message),
+        ..CommandResult::default()
     }
 }
 
@@ -1670,15 +1669,7 @@ fn fail_unanswered(hooks: &impl Hooks, flow: &Mutex<Flow>, why: &str) -> usize {
                 started,
                 message,
                 ..
-            } => (
-                event,
-                started,
-                CommandResult {
-                    sqlstate: Some("42501".to_owned()),
-                    error: Some(message),
-                    ..CommandResult::default()
-                },
-            ),
+            } => (event, started, refusal(message)),
             _ => continue,
         };
         finish(hooks, event, started, result);
