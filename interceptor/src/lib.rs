@@ -29,6 +29,7 @@ pub mod exec;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod gateway;
+pub mod group_socket;
 pub mod install;
 pub mod journal;
 pub mod logging;

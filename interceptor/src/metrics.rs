@@ -314,24 +314,14 @@ pub async fn serve(
                 .await
                 .map_err(bind_error)?;
             let task = tokio::spawn(async move {
-                loop {
-                    match listener.accept().await {
-                        Ok((stream, _)) => serve_connection(stream, render.clone()),
-                        Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-                    }
-                }
+                accept_each(|| async { listener.accept().await.map(|(s, _)| s) }, render).await
             });
             Ok(Served { task, socket: None })
         }
         Endpoint::Unix(path) => {
-            let listener = bind_unix(path, group).map_err(bind_error)?;
+            let listener = crate::group_socket::bind(path, group).map_err(bind_error)?;
             let task = tokio::spawn(async move {
-                loop {
-                    match listener.accept().await {
-                        Ok((stream, _)) => serve_connection(stream, render.clone()),
-                        Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-                    }
-                }
+                accept_each(|| async { listener.accept().await.map(|(s, _)| s) }, render).await
             });
             Ok(Served {
                 task,
@@ -341,26 +331,19 @@ pub async fn serve(
     }
 }
 
-fn bind_unix(path: &std::path::Path, group: &str) -> std::io::Result<tokio::net::UnixListener> {
-    use std::os::unix::fs::PermissionsExt as _;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+/// Serves each connection `accept` yields, until the task is aborted; a failed accept
+/// (EMFILE and the like) backs off instead of spinning.
+async fn accept_each<S, F>(accept: impl Fn() -> F, render: Render)
+where
+    F: std::future::Future<Output = std::io::Result<S>>,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    loop {
+        match accept().await {
+            Ok(stream) => serve_connection(stream, render.clone()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
     }
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-        _ => {}
-    }
-    let listener = tokio::net::UnixListener::bind(path)?;
-    let gid = nix::unistd::Group::from_name(group)
-        .ok()
-        .flatten()
-        .map(|g| g.gid);
-    let mode = if gid.is_some() { 0o660 } else { 0o600 };
-    if gid.is_some() {
-        nix::unistd::chown(path, None, gid).map_err(std::io::Error::from)?;
-    }
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
-    Ok(listener)
 }
 
 /// One HTTP/1.1 connection (keep-alive allowed): `GET /metrics` answers the text format,

@@ -11,7 +11,6 @@
 //! approvers decide one held command at a time.
 
 use std::{
-    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -81,28 +80,6 @@ pub struct Daemon {
 
 /// Largest request accepted (a request is an id and a reason).
 const MAX_CALL: usize = 16 * 1024;
-
-/// Creates the socket at `path` (replacing a stale one) with mode 0660 and `group`.
-pub fn bind(path: &Path, group: &str) -> std::io::Result<UnixListener> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-        _ => {}
-    }
-    let listener = UnixListener::bind(path)?;
-    let gid = nix::unistd::Group::from_name(group)
-        .ok()
-        .flatten()
-        .map(|g| g.gid);
-    // Without the group only root may connect.
-    let mode = if gid.is_some() { 0o660 } else { 0o600 };
-    nix::unistd::chown(path, Some(nix::unistd::Uid::from_raw(0)), gid)
-        .map_err(std::io::Error::from)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
-    Ok(listener)
-}
 
 /// Serves the socket until the task is dropped.
 pub async fn serve(listener: UnixListener, daemon: Daemon, group: String) {
@@ -208,7 +185,7 @@ async fn answer(daemon: &Daemon, approver: &Approver, call: Call) -> Answer {
 /// Binds the socket and serves it in a task; the guard removes the socket when dropped. A
 /// socket that cannot be bound is logged: held commands then time out (and are refused).
 pub fn start(path: &Path, group: &str, daemon: Daemon) -> Option<Served> {
-    match bind(path, group) {
+    match crate::group_socket::bind(path, group) {
         Ok(listener) => {
             let task = tokio::spawn(serve(listener, daemon, group.to_owned()));
             Some(Served {
