@@ -241,6 +241,23 @@ fn messages(rest: &[u8], mut each: impl FnMut(&Message)) {
         (Err(a), Some(b)) => assert_eq!(a, b),
         _ => panic!("the relay and start-up frame differently: {framed:?} / {error:?}"),
     }
+    // The size the relays reserve memory for (`protocol::buffers`) is the size the framing
+    // reads: for every whole message, and for the partial one left at the end.
+    if let Ok((frames, consumed)) = &framed {
+        for (_, range) in frames {
+            let start = range.start - 5;
+            assert_eq!(
+                codec::announced_len(&rest[start..]),
+                Some(range.end - start)
+            );
+        }
+        let tail = &rest[*consumed..];
+        if tail.len() >= 5 && codec::frame_len(tail, MAX_MESSAGE) == Ok(None) {
+            assert!(
+                codec::announced_len(tail).is_some_and(|n| n > tail.len() && n <= MAX_MESSAGE + 1)
+            );
+        }
+    }
     for m in &split {
         let mut out = BytesMut::new();
         m.encode(&mut out);
