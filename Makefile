@@ -2,7 +2,7 @@
 #
 #   make bootstrap  idempotent machine set-up (apt packages, nightly + rust-src, bpf-linker, venv)
 #   make build      bootstrap, then the release binary (build.rs compiles the eBPF object)
-#   make demo       build, then a real AutoGen agent vs a throw-away PostgreSQL: masked, held, denied
+#   make demo       build, then real AutoGen agents vs a throw-away PostgreSQL and an MCP tool server: masked, held, denied
 #   make test       build, then the whole workspace test suite (needs root; uses sudo -E if not)
 #   make bench      every performance goal in one bounded run (< 10 min), written to docs/performance.md
 #   make bench-smoke the same with tiny counts and debug binaries (~1 min), docs left untouched
@@ -51,10 +51,10 @@ test: build
 	$(CARGO) build $(WORKSPACE)
 	$(CARGO) test $(WORKSPACE) --no-run
 	$(AS_ROOT) $(if $(CI),CI="$(CI)") INTERCEPTOR_BIN="$(ROOT)/target/debug/interceptor" \
-		$(CARGO) test $(WORKSPACE) -- --test-threads=1
+		$(CARGO) test $(WORKSPACE) --no-fail-fast -- --test-threads=1
 	$(MAKE) fuzz FUZZ_SECONDS=$(TEST_FUZZ_SECONDS)
 
-# scripts/bench.sh runs every section (capture, PostgreSQL, bulk, memory, criterion) against one
+# scripts/bench.sh runs every section (capture, PostgreSQL, bulk, HTTP, memory, criterion) against one
 # throw-away PostgreSQL and writes the summary table at the top of docs/performance.md. Every
 # figure is measured in the same run as its baseline. Bounded: fixed counts and durations,
 # loopback only. Never part of `make test`; tests/tests/bench_smoke.rs runs the smoke variant.

@@ -26,24 +26,15 @@ import sys
 import psycopg
 from autogen_agentchat.agents import AssistantAgent
 from autogen_agentchat.messages import ToolCallExecutionEvent, ToolCallRequestEvent
-from autogen_core import EVENT_LOGGER_NAME, FunctionCall
-from autogen_core.models import CreateResult, ModelFamily, ModelInfo, RequestUsage
-from autogen_ext.models.replay import ReplayChatCompletionClient
+from autogen_core import EVENT_LOGGER_NAME
+
+from replay_model import scripted_model
 
 SCRIPT = [
     "SELECT id, name, email, card_number, tier FROM customers ORDER BY id LIMIT 3",
     "UPDATE customers SET tier = 'gold' WHERE id = 2",
     "DROP TABLE customers",
 ]
-
-
-def tool_call(i, sql):
-    return CreateResult(
-        finish_reason="function_calls",
-        content=[FunctionCall(id=f"call_{i}", name="run_sql", arguments=json.dumps({"sql": sql}))],
-        usage=RequestUsage(prompt_tokens=0, completion_tokens=0),
-        cached=False,
-    )
 
 
 class Database:
@@ -96,15 +87,8 @@ async def main():
         # psycopg is synchronous: a held statement blocks this thread, not the event loop.
         return await asyncio.to_thread(db.run_sql, sql)
 
-    model = ReplayChatCompletionClient(
-        [tool_call(i, sql) for i, sql in enumerate(SCRIPT)] + ["All three tasks are done."],
-        model_info=ModelInfo(
-            vision=False,
-            function_calling=True,
-            json_output=False,
-            family=ModelFamily.UNKNOWN,
-            structured_output=False,
-        ),
+    model = scripted_model(
+        [("run_sql", {"sql": sql}) for sql in SCRIPT], "All three tasks are done."
     )
     agent = AssistantAgent(
         name="crm_agent",

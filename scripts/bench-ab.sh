@@ -24,7 +24,7 @@ for round in $(seq "${ROUNDS:-3}"); do
     for script in select tpcb; do
       flags=(-t "${AB_TPCB_TX:-2000}")
       [ "$script" = select ] && flags=(-S -t "${AB_SELECT_TX:-4000}")
-      rm -f "$WORK"/journal.db*
+      rm -rf "$WORK"/journal.db*
       /usr/bin/time -o "$WORK/time" -f "%U %S" timeout 300 "$bin" --config "$WORK/allow.toml" \
         exec --user root -- pgbench -h 127.0.0.2 -p "$BENCH_PGPORT" -U postgres -n \
         "${flags[@]}" -c 8 -j 2 bench >/dev/null 2>&1 || true

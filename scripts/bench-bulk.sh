@@ -97,10 +97,7 @@ for query, qlabel in queries.items():
         ratios[(path, query)] = (ratio, mb / secs)
         table.append(f"| {qlabel} | {label} | {secs:.2f} | {mb:,.1f} | {mb / secs:,.0f} | "
                      f"{rows / secs:,.0f} | {ratio:.2f}× |")
-try:
-    sample = open(os.path.join(work, "sample")).read().strip()
-except OSError:
-    sample = ""
+sample = read_stripped(os.path.join(work, "sample"))
 copy_mb = (figures("direct", "copy") or (0, 0))[1]
 cmd = (f"`scripts/bench-bulk.sh` (BULK_ROWS={rows} BULK_RUNS={runs}): "
        "`psql -X -A -t -c 'SELECT * FROM people'` and `psql -X -c 'COPY people TO STDOUT'`, client-timed, "

@@ -3,7 +3,7 @@
 #
 # - Root (eBPF, cgroups, initdb as the postgres user): re-executes the calling script with sudo.
 # - Binaries: $INTERCEPTOR_BIN and $LOADGEN when set; else target/release (built first), or
-#   target/debug under BENCH_SMOKE=1.
+#   target/debug under BENCH_SMOKE=1 (in $CARGO_TARGET_DIR when set).
 # - One work directory per `make bench` ($BENCH_WORK, which the orchestrator exports to its
 #   sections, each working in a subdirectory), or one per section run alone, made in
 #   ${BENCH_TMP:-/tmp} (which the postgres user must be able to enter); removed on exit.
@@ -37,15 +37,15 @@ say() { echo "bench ${BENCH_SECTION:-}: $*" >&2; }
 
 # The binaries under test: given ones as they are, else this checkout's, freshly built.
 bench_binaries() {
-  local profile=release flags=(--release)
+  local profile=release flags=(--release) target="${CARGO_TARGET_DIR:-$BENCH_ROOT/target}"
   if smoke; then profile=debug flags=(); fi
   if [ -z "${INTERCEPTOR_BIN:-}" ]; then
     (cd "$BENCH_ROOT" && cargo build "${flags[@]}" -q -p interceptor)
-    INTERCEPTOR_BIN="$BENCH_ROOT/target/$profile/interceptor"
+    INTERCEPTOR_BIN="$target/$profile/interceptor"
   fi
   if [ -z "${LOADGEN:-}" ]; then
     (cd "$BENCH_ROOT" && cargo build "${flags[@]}" -q -p interceptor-bench --bin loadgen)
-    LOADGEN="$BENCH_ROOT/target/$profile/loadgen"
+    LOADGEN="$target/$profile/loadgen"
   fi
   export INTERCEPTOR_BIN LOADGEN
   BIN="$INTERCEPTOR_BIN"
@@ -171,14 +171,21 @@ CONF
   wait_listening "127.0.0.1:$BOUNCER_PORT"
 }
 
-# gateway_config POLICY: an `interceptor` configuration (on stdout) whose target `bench` sends
-# 127.0.0.2:PGPORT to the PostgreSQL above, judged by POLICY, journal and state in $WORK.
-gateway_config() {
+# The start of every gateway configuration: journal and state in $WORK.
+gateway_common_config() {
   cat <<CONF
 [journal]
 path = "$WORK/journal.db"
 [state]
 dir = "$WORK/state"
+CONF
+}
+
+# gateway_config POLICY: an `interceptor` configuration (on stdout) whose target `bench` sends
+# 127.0.0.2:PGPORT to the PostgreSQL above, judged by POLICY, journal and state in $WORK.
+gateway_config() {
+  gateway_common_config
+  cat <<CONF
 [[target]]
 name = "bench"
 protocol = "postgres"
@@ -196,7 +203,7 @@ CONF
 in_gateway() {
   local config=$1
   shift
-  rm -f "$WORK"/journal.db*
+  rm -rf "$WORK"/journal.db*
   timeout "${BENCH_TIMEOUT:-300}" "$BIN" --config "$config" exec --user root -- "$@"
 }
 
@@ -273,4 +280,11 @@ def met(ok):
 
 def median(values):
     return statistics.median(values) if values else 0.0
+
+def read_stripped(path):
+    """The text of a file, stripped, or an empty string when it cannot be read."""
+    try:
+        return open(path).read().strip()
+    except OSError:
+        return ""
 '

@@ -61,7 +61,7 @@ measure() { # label config sessions hold-args…
   shift 3
   local dir="$WORK/$label"
   mkdir -p "$dir"
-  rm -f "$WORK"/journal.db*
+  rm -rf "$WORK"/journal.db*
   say "$label: idle, then $((count / 2)), then $count sessions"
   "$BIN" --config "$config" exec --user root -- "$LOADGEN" hold --count "$count" \
     --warmup $((count / 10)) --pause-at $((count / 2)) --control-dir "$dir" --timeout 120 "$@" \

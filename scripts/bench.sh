@@ -10,6 +10,12 @@
 #   pg       scripts/bench-pg.sh       pgbench -S and TPC-B, 1/8/32 clients, direct, pgbouncer,
 #                                      interceptor allow-all, interceptor default policy
 #   bulk     scripts/bench-bulk.sh     1M-row SELECT and ~100 MB COPY, with and without masking
+#   http     scripts/bench-http.sh     HTTP requests/s (8 keep-alive connections, small JSON) and
+#                                      large masked JSON bodies, direct and through the gateway
+#   ssh      scripts/bench-ssh.sh      scp of 256 MiB and exec round-trips/s, direct to sshd and
+#                                      through the gateway
+#   mysql    scripts/bench-mysql.sh    sysbench oltp_read_only, 8 clients, direct to MariaDB and
+#                                      through the gateway (default policy)
 #   memory   scripts/bench-memory.sh   gateway RSS idle and with 1,000 idle sessions
 #   micro    scripts/bench-micro.sh    criterion: policy verdicts, masking engine, journal appends
 #
@@ -21,7 +27,7 @@
 # every process and remove every directory the run started, also on failure.
 source "$(dirname "${BASH_SOURCE[0]}")/bench-lib.sh"
 bench_init run
-SECTIONS="${BENCH_SECTIONS:-capture pg bulk memory micro}"
+SECTIONS="${BENCH_SECTIONS:-capture pg bulk http ssh mysql memory micro}"
 export BENCH_COMMAND="${BENCH_COMMAND:-$(smoke && echo "BENCH_SMOKE=1 ")scripts/bench.sh}"
 STARTED="$(date +%s)"
 LOAD_BEFORE="$(cut -d' ' -f1 /proc/loadavg)"
@@ -54,6 +60,13 @@ expected = [
     ("select-masked", "large SELECT through the interceptor (default policy, masking on) vs direct"),
     ("copy-plain", "COPY TO STDOUT through the interceptor (allow-all, no masking) vs direct"),
     ("copy-masked", "COPY TO STDOUT through the interceptor (default policy, masking on) vs direct"),
+    ("http-rps-plain", "HTTP requests/s, 8 keep-alive connections, small JSON, interceptor allow-all vs direct"),
+    ("http-rps-policy", "HTTP requests/s, 8 keep-alive connections, small JSON, interceptor default policy vs direct"),
+    ("http-json-masked", "large JSON body through the interceptor (default policy, masking on) vs direct"),
+    ("http-ndjson-masked", "JSON-lines stream through the interceptor (default policy, masking on) vs direct"),
+    ("ssh-scp", "scp (SFTP read) through the gateway vs direct"),
+    ("ssh-exec-new", "SSH exec round-trips/s, a new connection each, gateway vs direct"),
+    ("ssh-exec-mux", "SSH exec round-trips/s, channels of one connection, gateway vs direct"),
     ("policy-cached", "policy verdict, statement seen before (analysis cached)"),
     ("policy-new", "policy verdict, new ~200-character statement (sqlparser + analysis)"),
     ("masking", "masking engine, every detector on"),

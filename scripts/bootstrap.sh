@@ -17,7 +17,17 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 # together with systemd, so the versions match).
 # `make deb` and tests/tests/package.rs: dpkg-dev (dpkg-shlibdeps for the package's Depends:),
 # systemd (systemd-analyze verify of the packaged unit), groff-base (renders the man page).
-APT_PACKAGES=(llvm-22-dev libpolly-22-dev libzstd-dev libclang-dev protobuf-compiler postgresql pgbouncer python3-venv iproute2 procps openssl util-linux tmux rsyslog sqlite3 dpkg-dev systemd systemd-container debootstrap groff-base)
+# openssh-server: tests/tests/trust.rs runs its own sshd on a 127.0.0.x port. Only the binary
+# is wanted: when this script installs the package, it stops and disables the ssh.service
+# Debian starts with it, so bootstrapping never leaves a new SSH server listening.
+# nginx-light: `make bench` measures it as a plain reverse proxy, the HTTP section's reference
+# second hop (as pgbouncer is PostgreSQL's); its nginx.service is stopped and disabled likewise.
+# mariadb-server: tests/tests/mysql.rs runs its own mariadbd (private datadir, 127.0.0.1, a free
+# port); likewise the mariadb.service Debian starts with the package is stopped and disabled.
+# sysbench: `make bench` runs its oltp_read_only against that MariaDB, direct and through the gateway.
+APT_PACKAGES=(llvm-22-dev libpolly-22-dev libzstd-dev libclang-dev protobuf-compiler postgresql pgbouncer python3-venv iproute2 procps openssl util-linux tmux rsyslog sqlite3 dpkg-dev systemd systemd-container debootstrap groff-base openssh-server nginx-light mariadb-server sysbench)
+# The units Debian starts with those packages (only their binaries are wanted).
+declare -A STARTED_UNITS=([openssh-server]="ssh.service ssh.socket" [nginx-light]="nginx.service" [mariadb-server]="mariadb.service")
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -26,6 +36,13 @@ if [ "${#missing[@]}" -gt 0 ]; then
   log "apt-get install ${missing[*]}"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+  if [ -d /run/systemd/system ]; then
+    for p in "${missing[@]}"; do
+      units="${STARTED_UNITS[$p]:-}"
+      # shellcheck disable=SC2086 # one word per unit
+      [ -z "$units" ] || $SUDO systemctl disable --now $units >/dev/null 2>&1 || true
+    done
+  fi
 fi
 
 if ! command -v rustup >/dev/null 2>&1 || ! command -v cargo >/dev/null 2>&1; then
@@ -78,9 +95,14 @@ if ! venv_usable; then
   log "creating python venv at $VENV with $SYSTEM_PYTHON"
   "$SYSTEM_PYTHON" -m venv --clear "$VENV"
 fi
-if ! "$VENV/bin/python" -c 'import psycopg, asyncpg, sqlalchemy' 2>/dev/null; then
+if ! "$VENV/bin/python" -c 'import psycopg, asyncpg, sqlalchemy, paramiko, asyncssh, requests, httpx, h2, websockets, pymysql, mysql.connector' 2>/dev/null; then
   log "pip install test clients"
-  "$VENV/bin/python" -m pip install -q 'psycopg[binary]' asyncpg sqlalchemy
+  "$VENV/bin/python" -m pip install -q 'psycopg[binary]' asyncpg sqlalchemy paramiko asyncssh requests 'httpx[http2]' 'websockets>=12,<16' PyMySQL mysql-connector-python
+fi
+# The official Kubernetes client, for tests/tests/kubernetes.rs.
+if ! "$VENV/bin/python" -c 'import kubernetes' 2>/dev/null; then
+  log "pip install kubernetes (the official Python client)"
+  "$VENV/bin/python" -m pip install -q 'kubernetes>=29'
 fi
 # The demo's agent (demo/agent.py): pinned, because ReplayChatCompletionClient's behaviour is
 # what the demo and its test script against.
@@ -91,5 +113,15 @@ sys.exit(0 if all(m.version(p) == '$AUTOGEN_VERSION' for p in ('autogen-agentcha
 " 2>/dev/null; then
   log "pip install autogen-agentchat and autogen-ext $AUTOGEN_VERSION"
   "$VENV/bin/python" -m pip install -q "autogen-agentchat==$AUTOGEN_VERSION" "autogen-ext==$AUTOGEN_VERSION"
+fi
+# The MCP tests and demo step: a tool server and client from the official SDK (below 2: its
+# FastMCP and streamable HTTP client are what they script against; autogen-ext's McpWorkbench
+# uses the same package).
+if ! "$VENV/bin/python" -c "
+import importlib.metadata as m, sys
+sys.exit(0 if int(m.version('mcp').split('.')[0]) < 2 else 1)
+" 2>/dev/null; then
+  log "pip install mcp<2"
+  "$VENV/bin/python" -m pip install -q 'mcp<2'
 fi
 log "ok"

@@ -36,11 +36,28 @@ mkdir -p "$OUT/logs"
 # `cargo fuzz build` takes one target or none (all of them).
 one=()
 [ -n "${FUZZ_TARGETS:-}" ] && [ "${#targets[@]}" -eq 1 ] && one=("${targets[0]}")
-if ! (cd "$FUZZ" && cargo +nightly fuzz build -s none --target-dir "$OUT" "${one[@]}") \
-  >"$OUT/logs/build.log" 2>&1; then
-  grep -v '^warning: interceptor@' "$OUT/logs/build.log" | tail -n 40 >&2
-  log "build failed"
-  exit 1
+build() { (cd "$FUZZ" && cargo +nightly fuzz build -s none --target-dir "$OUT" "${one[@]}"); }
+# What a failed build says: rustc's own error and panic lines (the tail of the log is only the
+# command line cargo echoes), and the machine's room, since a compiler that runs out of disk or
+# memory fails with the same exit status as one that crashes.
+explain_build() {
+  grep -n -E '^error|panicked|internal compiler error|No space left|memory allocation|Killed|SIG[A-Z]+' \
+    "$1" | grep -v '^[0-9]*:warning' | head -n 40 >&2 || true
+  df -h "$OUT" "${TMPDIR:-/tmp}" >&2 || true
+  free -m >&2 || true
+}
+if ! build >"$OUT/logs/build.log" 2>&1; then
+  explain_build "$OUT/logs/build.log"
+  # CI's one failure here (stop 25) was rustc exiting 101 on sqlparser in a build that succeeds
+  # from scratch on the same kind of machine; one retry, one job at a time, tells a passing
+  # blip from a real break, and a real break still fails the run with both logs kept.
+  log "build failed; retrying once, one job at a time (first log: $OUT/logs/build-1.log)"
+  mv "$OUT/logs/build.log" "$OUT/logs/build-1.log"
+  if ! CARGO_BUILD_JOBS=1 build >"$OUT/logs/build.log" 2>&1; then
+    explain_build "$OUT/logs/build.log"
+    log "build failed twice"
+    exit 1
+  fi
 fi
 bin="$OUT/x86_64-unknown-linux-gnu/release"
 log "built in $(($(date +%s) - started)) s; running each target for ${SECONDS_EACH} s"

@@ -17,7 +17,7 @@ SAMPLE="${SOAK_SAMPLE:-$(sized 10 2)}"
 pg_ensure
 pgbench -h 127.0.0.1 -p "$BENCH_PGPORT" -U postgres -i -q -s 5 bench >/dev/null 2>&1
 gateway_config "$BENCH_ROOT/policies/examples/journal-only.toml" >"$WORK/soak.toml"
-rm -f "$WORK"/journal.db*
+rm -rf "$WORK"/journal.db*
 
 say "pgbench -S at $RATE tx/s for $SECONDS_TOTAL s through the gateway"
 "$BIN" --config "$WORK/soak.toml" exec --user root -- \

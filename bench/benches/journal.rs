@@ -30,10 +30,7 @@ use std::{
 };
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
-use interceptor::{
-    config::{JournalConfig, JournalSync},
-    journal::{Event, Journal},
-};
+use interceptor::journal::{Event, Journal, JournalConfig, JournalSync};
 
 /// Concurrent callers, as many sessions each sending statements.
 const TASKS: u64 = 64;
@@ -127,7 +124,7 @@ async fn append(journal: &Journal, calls: u64, workload: Workload) {
                     }
                     Workload::CommandAndResult => {
                         let ids = journal.events(vec![command(n)]).await.expect("append");
-                        journal.record_result(ids[0], result());
+                        journal.record_result(None, ids[0], result());
                     }
                 }
             }
@@ -163,7 +160,7 @@ fn latency(runtime: &tokio::runtime::Runtime, sync: JournalSync, others: u64, sa
             let started = Instant::now();
             let ids = journal.events(vec![command(n)]).await.expect("append");
             times.push(started.elapsed());
-            journal.record_result(ids[0], result());
+            journal.record_result(None, ids[0], result());
         }
         stop.store(true, Ordering::Relaxed);
         for writer in writers {

@@ -93,6 +93,7 @@ async fn fill(journal: &Journal) {
             let events = (0..8).map(|i| command(id, chunk * 8 + i)).collect();
             for event in journal.events(events).await.expect("append") {
                 journal.record_result(
+                    Some(id),
                     event,
                     serde_json::json!({"tag": "SELECT 1", "rows": 1, "duration_ms": 0.21,
                                        "sqlstate": null, "error": null}),

@@ -18,6 +18,8 @@ use std::{
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 
+mod http;
+
 #[derive(Parser)]
 struct Cli {
     #[command(subcommand)]
@@ -78,6 +80,31 @@ enum Command {
         #[arg(long, default_value = "postgres")]
         pg_database: String,
     },
+    /// An HTTP/1.1 upstream, until killed: `GET /small` is one JSON record (about 170 bytes),
+    /// `/large.json` a JSON array of about --json-bytes, `/large.ndjson` JSON lines of about
+    /// --ndjson-bytes; records with an email each and a card number in every fourth.
+    HttpServe {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 1_000_000)]
+        json_bytes: usize,
+        #[arg(long, default_value_t = 1_000_000)]
+        ndjson_bytes: usize,
+    },
+    /// --requests GETs of --path over --connections keep-alive connections (at most --seconds,
+    /// capped at 60); every answer must be 200. Prints requests/s, MB/s and latencies.
+    HttpLoad {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long, default_value = "/small")]
+        path: String,
+        #[arg(long, default_value_t = 8)]
+        connections: u64,
+        #[arg(long)]
+        requests: u64,
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+    },
 }
 
 /// No workload may run longer than this, whatever its count.
@@ -96,6 +123,25 @@ fn require_loopback(addr: SocketAddr) -> anyhow::Result<()> {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve { addr, mode, bytes } => serve(addr, &mode, bytes),
+        Command::HttpServe {
+            addr,
+            json_bytes,
+            ndjson_bytes,
+        } => {
+            require_loopback(addr)?;
+            http::serve(addr, json_bytes, ndjson_bytes)
+        }
+        Command::HttpLoad {
+            addr,
+            path,
+            connections,
+            requests,
+            seconds,
+        } => {
+            require_loopback(addr)?;
+            let seconds = Duration::from_secs(seconds).min(WALL_CLOCK_CAP).as_secs();
+            http::load(addr, &path, connections, requests, seconds)
+        }
         Command::Setup { addr, count } => {
             require_loopback(addr)?;
             let mut in_connect = Duration::ZERO;

@@ -8,6 +8,14 @@
 - policy_file: policies/*.toml and policies/examples/*.toml.
 - masking: values with every kind of detected data, in each strategy and value kind (the first
   byte of an input picks them, see interceptor::fuzzing::masking).
+- masking_json: JSON documents (bodies with cards and emails, Kubernetes Secrets as an object, a
+  SecretList, a watch event and with a last-applied annotation), in each strategy.
+- masking_stream: terminal output built from the masking values (lines, CRLF, a prompt, a
+  private key), in each strategy and chunking.
+- commands: HTTP request lines, MCP calls, kubectl-like requests and shell command lines.
+- http_mcp: MCP POST bodies (a tool call, a batch, duplicate keys, a later listing page, not MCP).
+- http_body: response bodies by kind (JSON, an event stream with CRLF/CR/BOM, text, a JSON-RPC
+  tool result holding JSON), each with four chunk sizes.
 - postgres_client / postgres_server (--pg): one file per connection and direction, recorded by
   a loopback relay between real clients (psql; psycopg and asyncpg from INTERCEPTOR_VENV) and a
   throw-away PostgreSQL started with initdb/pg_ctl as tests/src/pg.rs does; plus a few start-up
@@ -19,6 +27,7 @@ by a hash of their content (sql, policy, masking) or by what they record (postgr
 
 import argparse
 import hashlib
+import json
 import os
 import pathlib
 import pwd
@@ -159,6 +168,32 @@ MASKING_VALUES = [
 ]
 
 
+# One example per notation and per shell construct the command-line reader knows or refuses.
+# The first byte picks the kind: 0 connect, 1 sql, 2 http, 3 mcp, 4 kubernetes, 5 ssh.
+COMMAND_SEEDS = [
+    (0, "127.0.0.1:5432"), (1, "SELECT 1"),
+    (2, "DELETE https://127.0.0.2:8443/v1/items/7?force=true"), (2, "GET http://localhost/"),
+    (2, "get HTTPS://127.0.0.2:443"),
+    (3, 'tools/call delete_customer {"id":1,"notify":"x"}'), (3, "resources/read file:///srv/x"),
+    (3, "tools/list"),
+    (4, "delete pods/web-1 -n default"), (4, "get deployments.apps web --subresource=scale -n prod"),
+    (4, "exec pods/web-1"), (4, "get pods -A"), (4, "get /healthz"),
+    (5, "ls -l /srv | grep x && rm -rf /srv; echo done &"), (5, "sudo -u postgres psql -c 'select 1'"),
+    (5, "sh -c 'cd /srv && rm -rf data'"), (5, "find /srv -name '*.log' -exec rm {} ;"),
+    (5, 'echo $(id) `id` "$(id)"'), (5, "cat <<EOF"),
+    (5, "echo x > /etc/passwd 2>&1; sort < in >> out 2> err"),
+    (5, "@shell"), (5, "@forward 127.0.0.1:5432"), (5, "@subsystem sftp"),
+    (5, "env -i A=1 timeout -s KILL 10 nice -n 5 xargs -n 1 rm"),
+]
+
+
+def command_seeds():
+    reset("commands")
+    for pick, text in COMMAND_SEEDS:
+        write("commands", bytes([pick]) + text.encode())
+    return len(COMMAND_SEEDS)
+
+
 def masking_seeds():
     reset("masking")
     n = 0
@@ -172,6 +207,80 @@ def masking_seeds():
                 choice = bytes([strategy | kind << 2])
                 body = b"\x01" + data if kind == 2 else data
                 write("masking", choice + body)
+                n += 1
+    return n
+
+
+def b64(text):
+    import base64
+
+    return base64.b64encode(text.encode()).decode()
+
+
+def secret(name):
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": "default"},
+        "data": {"username": b64("admin"), "password": b64("hunter2")},
+        "stringData": {"token": "ghp_0123456789abcdefghijklmnopqrstuvwxyzAB"},
+    }
+
+
+def json_documents():
+    import json
+
+    applied = secret("db")
+    annotated = secret("db")
+    annotated["metadata"]["annotations"] = {
+        "kubectl.kubernetes.io/last-applied-configuration": json.dumps(applied)
+    }
+    items = [secret("a"), secret("b")]
+    for item in items:
+        del item["kind"]
+    documents = [
+        secret("db"),
+        annotated,
+        {"apiVersion": "v1", "kind": "SecretList", "metadata": {}, "items": items},
+        {"type": "ADDED", "object": secret("w")},
+        {"kind": "List", "items": [{"kind": "ConfigMap", "data": {"mode": "fast"}}, secret("c")]},
+        {
+            "order": {"card": "4111 1111 1111 1111", "lines": [{"card": 5500005555555559}]},
+            "cc": ["alice@example.com", "nobody"],
+            "bob@example.com": {"plan": "pro"},
+            "data": {"ssn": "123-45-6789", "n": 1234, "ok": True},
+        },
+        {"items": [{"spec": {"env": [{"name": "TOKEN", "value": "xoxb-1234567890-abcdefghij"}]}}]},
+    ]
+    return [json.dumps(d) for d in documents] + [
+        v for v in MASKING_VALUES if v.startswith(("{", "["))
+    ]
+
+
+def masking_json_seeds():
+    reset("masking_json")
+    n = 0
+    for document in json_documents():
+        for strategy in range(4):
+            write("masking_json", bytes([strategy]) + document.encode())
+            n += 1
+    return n
+
+
+def masking_stream_seeds():
+    reset("masking_stream")
+    streams = [
+        "\n".join(MASKING_VALUES) + "\n$ ",
+        "$ env\r\n" + "\r\n".join(v for v in MASKING_VALUES if "{" not in v) + "\r\nroot@host:~# ",
+        "$ cat id_rsa\n-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA1\nbody\n"
+        "-----END RSA PRIVATE KEY-----\n$ ",
+        "x" * 5000 + " 4111 1111 1111 1111 " + "y" * 3000 + "\n",
+    ]
+    n = 0
+    for stream in streams:
+        for strategy in range(4):
+            for start in range(5):
+                write("masking_stream", bytes([strategy, start]) + stream.encode())
                 n += 1
     return n
 
@@ -367,6 +476,47 @@ def pg_seeds():
     return len(sessions) + 4
 
 
+def http_mcp_seeds():
+    reset("http_mcp")
+    call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": "delete_customer", "arguments": {"id": 1}}}
+    bodies = [
+        json.dumps(call),
+        json.dumps([call, {"jsonrpc": "2.0", "method": "notifications/initialized"},
+                    {"jsonrpc": "2.0", "id": "r", "method": "resources/read",
+                     "params": {"uri": "file:///srv/x"}},
+                    {"jsonrpc": "2.0", "id": 9, "result": {}}]),
+        '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","name":"b"}}',
+        '{"jsonrpc":"2.0","id":2,"method":"tools/list","params":{"cursor":"p2"}}',
+        json.dumps({"tools": [{"name": "search", "annotations": {"readOnlyHint": True}}]}),
+        '{"query": "not mcp"}',
+    ]
+    for i, b in enumerate(bodies):
+        write("http_mcp", b.encode())
+    return len(bodies)
+
+
+def http_body_seeds():
+    reset("http_body")
+    values = " ".join(v for v in MASKING_VALUES if '"' not in v and "\\" not in v)
+    inner = json.dumps({"email": "ada@example.com", "card": "4111 1111 1111 1111"})
+    rpc = json.dumps({"jsonrpc": "2.0", "id": 2, "result": {"content": [
+        {"type": "text", "text": inner}, {"type": "text", "text": values}]}})
+    bodies = {
+        0: json.dumps({"note": values, "card": "4111111111111111"}),
+        1: "\ufeff: ping\r\nid: 1\r\nevent: message\r\ndata: " + rpc
+           + "\r\n\r\ndata: " + values + "\rdata: x\n\ndata: cut",
+        2: values.replace(" ", "\n") + "\n$ ",
+        3: rpc,
+    }
+    n = 0
+    for kind, body in bodies.items():
+        for size in (0, 1, 6, 63):
+            write("http_body", bytes([kind | size << 2]) + body.encode())
+            n += 1
+    return n
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pg", action="store_true", help="also capture PostgreSQL traffic")
@@ -374,6 +524,11 @@ def main():
     print("sql_policy:", sql_seeds())
     print("policy_file:", policy_seeds())
     print("masking:", masking_seeds())
+    print("masking_json:", masking_json_seeds())
+    print("masking_stream:", masking_stream_seeds())
+    print("commands:", command_seeds())
+    print("http_mcp:", http_mcp_seeds())
+    print("http_body:", http_body_seeds())
     if args.pg:
         print("postgres_client/server:", pg_seeds())
 

@@ -1,13 +1,20 @@
 //! The seam between protocols and everything that judges or records what agents do.
 //!
 //! Why this exists: a protocol module (PostgreSQL today; Kubernetes, SSH, MySQL later) turns
-//! bytes into [`Command`]s and asks a [`Hooks`] implementation two things: before forwarding,
+//! bytes into [`Command`]s (whose protocol-neutral shape is in [`operation`]) and asks a [`Hooks`] implementation two things: before forwarding,
 //! "may this run?" ([`Hooks::request`]); after, "here is how it went" ([`Hooks::result`]), and
 //! while results stream back, "rewrite these values" (a [`Masker`] from [`Hooks::masker`]).
 //! Protocols never import the journal, policy, approvals or masking; the gateway implements
 //! `Hooks` with them.
 
 use serde::Serialize;
+
+mod operation;
+pub mod shell;
+pub use operation::{
+    CommandLine, Family, HttpRequest, KubeRequest, McpCall, Operation, SshChannel, SshRequest,
+    ToolAnnotations,
+};
 
 /// What the client asked for, independent of the wire protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -23,6 +30,14 @@ pub enum CommandKind {
     FunctionCall,
     /// A request to cancel a running command in another session.
     Cancel,
+    /// An HTTP request.
+    HttpRequest,
+    /// An MCP JSON-RPC call.
+    McpCall,
+    /// A Kubernetes API request.
+    KubeRequest,
+    /// An SSH channel request (exec, shell, subsystem, forward).
+    SshChannel,
 }
 
 impl CommandKind {
@@ -34,6 +49,10 @@ impl CommandKind {
             CommandKind::Execute => "execute",
             CommandKind::FunctionCall => "function_call",
             CommandKind::Cancel => "cancel",
+            CommandKind::HttpRequest => "http_request",
+            CommandKind::McpCall => "mcp_call",
+            CommandKind::KubeRequest => "kube_request",
+            CommandKind::SshChannel => "ssh_channel",
         }
     }
 }
@@ -42,13 +61,30 @@ impl CommandKind {
 #[derive(Debug, Clone)]
 pub struct Command<'a> {
     pub kind: CommandKind,
-    /// The statement (or a description, for commands without text).
+    /// The canonical text a human approves and the journal records: the statement as written
+    /// for SQL, [`Operation::canonical`] for the others.
     pub text: &'a str,
     /// Number of parameters the client supplies separately. Their values are not here on
     /// purpose: nothing upstream of masking may keep them.
     pub params: usize,
     /// Protocol-specific name (prepared statement or portal), if any.
     pub name: Option<&'a str>,
+    /// What the command does, structured for policy. SQL commands carry
+    /// `Operation::Sql { text }` (policy analyses the text itself).
+    pub operation: Operation<'a>,
+}
+
+impl<'a> Command<'a> {
+    /// A SQL command: its text is both what policy analyses and what the journal keeps.
+    pub fn sql(kind: CommandKind, text: &'a str, params: usize, name: Option<&'a str>) -> Self {
+        Command {
+            kind,
+            text,
+            params,
+            name,
+            operation: Operation::Sql { text },
+        }
+    }
 }
 
 /// What the hooks decided about a command.
@@ -91,6 +127,13 @@ pub struct CommandResult {
     pub duration_ms: f64,
     /// SQLSTATE (or the protocol's equivalent) when it failed.
     pub sqlstate: Option<String>,
+    /// The HTTP status (HTTP, MCP, Kubernetes) or the exit status (SSH exec), when the
+    /// protocol has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<i64>,
+    /// Bytes of the response body relayed to the client (HTTP), when the protocol counts them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
     pub error: Option<String>,
     /// How many values were masked, per rule (`rule:NAME`) and detector (`detector:email`).
     /// Never the values themselves.
@@ -168,6 +211,36 @@ pub trait Masker: Send {
     fn report(&mut self) -> MaskReport;
 }
 
+/// Masking of whole documents and byte streams (HTTP and MCP bodies), as a protocol sees it.
+/// Implemented by the masking engine; a protocol gets one from [`Hooks::body_masking`].
+pub trait BodyMasking: Send + Sync {
+    /// Masks a JSON document in place (field rules, then detectors); returns the counts per
+    /// rule and detector, never the values.
+    fn mask_json(&self, doc: &mut serde_json::Value) -> std::collections::BTreeMap<String, u64>;
+    /// Masks a JSON text in one pass, byte for byte where nothing matches: the masked text
+    /// (`None` when nothing was masked) and the counts. `None` when the text must be parsed
+    /// and masked as a document instead ([`crate::mask::Masking::mask_json_text`] says when).
+    #[allow(clippy::type_complexity)]
+    fn mask_json_text(
+        &self,
+        text: &[u8],
+    ) -> Option<(Option<Vec<u8>>, std::collections::BTreeMap<String, u64>)>;
+    /// A masker for one byte stream (text bodies): detectors over whole lines.
+    fn stream(&self) -> Box<dyn StreamMask>;
+}
+
+/// Masks one byte stream chunk by chunk, holding back an unfinished line.
+pub trait StreamMask: Send {
+    /// Takes a chunk; returns the masked bytes that can be sent now.
+    fn push(&mut self, chunk: &[u8]) -> Vec<u8>;
+    /// Sends everything held, masked (the stream ended or went idle).
+    fn flush(&mut self) -> Vec<u8>;
+    /// The counts so far, taken.
+    fn take_counts(&mut self) -> std::collections::BTreeMap<String, u64>;
+    /// Bytes held back now (an unfinished line), for the protocol's idle flush.
+    fn held(&self) -> usize;
+}
+
 /// Failure of the hooks themselves (the journal is down). Protocols must then refuse the
 /// command: nothing runs unrecorded.
 #[derive(Debug, thiserror::Error)]
@@ -233,6 +306,12 @@ pub trait Hooks: Send + Sync {
     /// content, like values.
     fn mask_text<'t>(&self, text: &'t str) -> std::borrow::Cow<'t, str> {
         std::borrow::Cow::Borrowed(text)
+    }
+
+    /// The masking of HTTP and MCP bodies in this session; `None` when nothing in a document
+    /// or a text would be masked (no field rule, no detector), so bodies can pass untouched.
+    fn body_masking(&self) -> Option<std::sync::Arc<dyn BodyMasking>> {
+        None
     }
 
     /// Records something about the session that is not a command (authentication failures,

@@ -8,11 +8,23 @@
 
 use std::{
     collections::HashMap,
-    net::{IpAddr, SocketAddr},
+    net::SocketAddr,
     path::{Path, PathBuf},
 };
 
 use serde::Deserialize;
+
+use crate::{
+    approval::ApprovalsConfig,
+    capture::CaptureConfig,
+    journal::JournalConfig,
+    secret::SecretSource,
+    target::{
+        Credentials, DatabaseCredentials, DestPattern, KubernetesCredentials, Protocol, Target,
+    },
+    tls::UpstreamTlsConfig,
+    toml_file::{in_range, line_and_column, parse_toml},
+};
 
 /// Where the service looks when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/interceptor/config.toml";
@@ -61,9 +73,9 @@ pub struct Config {
     pub approvals: ApprovalsConfig,
     #[serde(default)]
     pub masking: MaskingConfig,
-    /// Start-up and idle timeouts, and how many sessions may be open (`gateway::limits`).
+    /// Start-up and idle timeouts, and how many sessions may be open (`limits`).
     #[serde(default)]
-    pub limits: crate::gateway::limits::LimitsConfig,
+    pub limits: crate::limits::LimitsConfig,
     /// The Prometheus endpoint; off unless `listen` is set.
     #[serde(default)]
     pub metrics: crate::metrics::MetricsConfig,
@@ -75,58 +87,6 @@ pub struct Config {
     /// The file this came from and its text, for error messages found after parsing.
     #[serde(skip)]
     pub origin: Option<(PathBuf, String)>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ApprovalsConfig {
-    /// The service's control socket; `exec` runs put `exec-<run id>.sock` beside it.
-    #[serde(default = "default_control_socket")]
-    pub socket: PathBuf,
-    /// Members of this group (and root) may approve; the socket is mode 0660 with this group.
-    #[serde(default = "default_approvers_group")]
-    pub group: String,
-    /// How long a held command waits when its rule sets no `review_timeout_secs`.
-    #[serde(
-        default = "default_review_timeout",
-        deserialize_with = "review_timeout"
-    )]
-    pub timeout_secs: u64,
-    /// POST each new request here (http:// or https://).
-    pub webhook: Option<String>,
-    /// `json` (the request as JSON) or `slack` (a Slack-compatible `{"text": …}`).
-    #[serde(default)]
-    pub webhook_format: WebhookFormat,
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum WebhookFormat {
-    #[default]
-    Json,
-    Slack,
-}
-
-impl Default for ApprovalsConfig {
-    fn default() -> Self {
-        ApprovalsConfig {
-            socket: default_control_socket(),
-            group: default_approvers_group(),
-            timeout_secs: default_review_timeout(),
-            webhook: None,
-            webhook_format: WebhookFormat::default(),
-        }
-    }
-}
-
-fn default_control_socket() -> PathBuf {
-    PathBuf::from("/run/interceptor/control.sock")
-}
-fn default_approvers_group() -> String {
-    "interceptor-approvers".to_owned()
-}
-fn default_review_timeout() -> u64 {
-    300
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -157,64 +117,12 @@ fn default_state_dir() -> PathBuf {
     PathBuf::from("/var/lib/interceptor")
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct JournalConfig {
-    #[serde(default = "default_journal_path")]
-    pub path: PathBuf,
-    /// Rows of each result kept in the journal, after masking (0, the default, keeps none).
-    #[serde(default)]
-    pub result_sample_rows: usize,
-    /// How hard each commit is pushed to disk.
-    #[serde(default)]
-    pub sync: JournalSync,
-    /// Events older than this many days may be pruned (`interceptor journal prune`, and the
-    /// daemon daily). `None` keeps everything.
-    pub retention_days: Option<u32>,
-    /// Bytes of a statement's (masked) text the journal keeps; a longer one is kept as this
-    /// prefix with its full length and SHA-256 (`journal::clip_statement`).
-    #[serde(default = "default_statement_max_bytes")]
-    pub statement_max_bytes: usize,
-}
-
-fn default_statement_max_bytes() -> usize {
-    crate::journal::DEFAULT_STATEMENT_MAX_BYTES
-}
-
-/// SQLite's `synchronous` setting for the journal (always in WAL mode).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum JournalSync {
-    /// `synchronous=NORMAL`: a commit survives a crash of the daemon; a power loss may lose
-    /// the last commits (never corrupt the journal).
-    #[default]
-    Normal,
-    /// `synchronous=FULL`: every commit is on disk before anything is forwarded.
-    Full,
-}
-
-impl Default for JournalConfig {
-    fn default() -> Self {
-        JournalConfig {
-            path: default_journal_path(),
-            result_sample_rows: 0,
-            sync: JournalSync::Normal,
-            retention_days: None,
-            statement_max_bytes: default_statement_max_bytes(),
-        }
-    }
-}
-
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct MaskingConfig {
     /// The key of the `hash` masking strategy (at least 32 bytes). Default: `mask.key` in the
     /// state directory, created with a random key on first use.
     pub hash_key_file: Option<PathBuf>,
-}
-
-fn default_journal_path() -> PathBuf {
-    PathBuf::from("/var/lib/interceptor/journal.db")
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -296,110 +204,6 @@ fn connect_timeout<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Err
     )
 }
 
-/// Which connections the eBPF programs steer into the proxy.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum CaptureMode {
-    /// Every outbound TCP connection.
-    All,
-    /// Only destinations in `capture.intercept` and the targets' `intercept` lists.
-    Listed,
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum UdpPolicy {
-    /// DNS (port 53) only.
-    #[default]
-    DnsOnly,
-    /// Any UDP destination.
-    Allow,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CaptureConfig {
-    /// Default: `all`, for `exec` and `run` alike; `listed` is an opt-in gap (docs/security.md).
-    pub mode: Option<CaptureMode>,
-    /// Extra destinations to intercept in `listed` mode: "ip:port", "[ip6]:port" or "*:port".
-    #[serde(default)]
-    pub intercept: Vec<String>,
-    #[serde(default)]
-    pub udp: UdpPolicy,
-    /// Service mode: cgroup v2 paths (relative to the cgroup2 mount) to capture. Created if absent.
-    #[serde(default)]
-    pub cgroups: Vec<String>,
-    /// Service mode: systemd units whose cgroup is captured (resolved with systemctl).
-    #[serde(default)]
-    pub units: Vec<String>,
-    /// Service mode: where programs' links and maps are pinned so capture outlives the daemon.
-    #[serde(default = "default_bpffs_dir")]
-    pub pin_dir: PathBuf,
-    /// Which Unix-domain sockets captured processes may connect to (`capture::unix` owns it).
-    #[serde(default)]
-    pub unix: crate::capture::unix::UnixCaptureConfig,
-}
-
-impl Default for CaptureConfig {
-    fn default() -> Self {
-        CaptureConfig {
-            mode: None,
-            intercept: Vec::new(),
-            udp: UdpPolicy::default(),
-            cgroups: Vec::new(),
-            units: Vec::new(),
-            pin_dir: default_bpffs_dir(),
-            unix: Default::default(),
-        }
-    }
-}
-
-fn default_bpffs_dir() -> PathBuf {
-    PathBuf::from("/sys/fs/bpf/interceptor")
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
-#[serde(try_from = "String")]
-pub enum Protocol {
-    /// Plain TCP relay: the connection itself is the command.
-    #[default]
-    Tcp,
-    /// PostgreSQL v3 wire protocol: every statement is a command.
-    Postgres,
-}
-
-/// Protocols planned (issue 17 shapes their command model) but not built yet.
-const PLANNED_PROTOCOLS: [&str; 5] = ["mysql", "http", "https", "kubernetes", "ssh"];
-
-impl TryFrom<String> for Protocol {
-    type Error = String;
-
-    /// A protocol this version does not speak is an error, never plain TCP: relaying a
-    /// database or an API unparsed would journal connections where commands were expected.
-    fn try_from(name: String) -> Result<Protocol, String> {
-        match name.as_str() {
-            "tcp" => Ok(Protocol::Tcp),
-            "postgres" => Ok(Protocol::Postgres),
-            planned if PLANNED_PROTOCOLS.contains(&planned) => Err(format!(
-                "protocol {planned:?} is not built yet: this version speaks \"tcp\" and \
-                 \"postgres\" (a target is never relayed as plain TCP in its place)"
-            )),
-            other => Err(format!(
-                "unknown protocol {other:?}: expected \"tcp\" or \"postgres\""
-            )),
-        }
-    }
-}
-
-impl Protocol {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Protocol::Tcp => "tcp",
-            Protocol::Postgres => "postgres",
-        }
-    }
-}
-
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct TargetConfig {
@@ -427,72 +231,36 @@ pub struct TargetConfig {
     pub policy: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// `[target.credentials]` as written: the union of every protocol's fields. Which ones a
+/// target may use depends on its protocol ([`CredentialsConfig::validate`]); a field of another
+/// protocol is an error naming it, never ignored.
+#[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct CredentialsConfig {
-    pub user: String,
-    /// Exactly one of these names the password's source.
+    /// Databases and SSH: the login.
+    pub user: Option<String>,
+    /// Databases: exactly one of these names the password's source.
     pub password_file: Option<PathBuf>,
     pub password_env: Option<String>,
     /// A file name inside systemd's `$CREDENTIALS_DIRECTORY` (LoadCredential=).
     pub password_credential: Option<String>,
-    /// Connect to this database instead of the one the client asked for.
+    /// Databases: connect to this database instead of the one the client asked for.
     pub database: Option<String>,
-}
-
-/// Where a secret comes from. Resolved at start-up (so a missing file stops the daemon with a
-/// clear error) and read again for each connection (so rotation needs no restart).
-#[derive(Clone, PartialEq, Eq)]
-pub enum SecretSource {
-    File(PathBuf),
-    Env(String),
-}
-
-impl std::fmt::Debug for SecretSource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            SecretSource::File(p) => write!(f, "file {}", p.display()),
-            SecretSource::Env(v) => write!(f, "env ${v}"),
-        }
-    }
-}
-
-impl SecretSource {
-    /// Reads the secret. Trailing newlines (as `echo` writes them) are not part of it.
-    pub fn read(&self) -> Result<String, String> {
-        let raw =
-            match self {
-                SecretSource::File(path) => std::fs::read_to_string(path)
-                    .map_err(|e| format!("cannot read {path:?}: {e}"))?,
-                SecretSource::Env(var) => std::env::var(var)
-                    .map_err(|_| format!("environment variable {var} is not set"))?,
-            };
-        Ok(raw.trim_end_matches(['\n', '\r']).to_owned())
-    }
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum UpstreamTlsMode {
-    Disable,
-    /// TLS if the server offers it, plaintext otherwise; certificates are not checked.
-    #[default]
-    Prefer,
-    /// TLS or nothing; certificates are not checked.
-    Require,
-    /// TLS with the certificate chain and host name checked.
-    VerifyFull,
-}
-
-#[derive(Debug, Clone, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct UpstreamTlsConfig {
-    #[serde(default)]
-    pub mode: UpstreamTlsMode,
-    /// CA bundle (PEM) for verify-full; default: the system's trust store.
-    pub ca_file: Option<PathBuf>,
-    /// Name to verify; default: the upstream host.
-    pub server_name: Option<String>,
+    /// HTTP: the header the gateway sets (`Authorization`), and exactly one source of its value.
+    pub header: Option<String>,
+    pub value_file: Option<PathBuf>,
+    pub value_env: Option<String>,
+    pub value_credential: Option<String>,
+    /// Kubernetes: a bearer token from exactly one source, or a client certificate and key.
+    pub token_file: Option<PathBuf>,
+    pub token_env: Option<String>,
+    pub token_credential: Option<String>,
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
+    /// SSH: the private key (a file, or a systemd credential) and the upstream's known_hosts.
+    pub key_file: Option<PathBuf>,
+    pub key_credential: Option<String>,
+    pub known_hosts: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -513,91 +281,6 @@ pub struct LocalAuthConfig {
     pub password_file: Option<PathBuf>,
 }
 
-/// A destination pattern from `intercept` lists: an exact address, or any address on a port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum DestPattern {
-    Exact(SocketAddr),
-    AnyAddress(u16),
-}
-
-impl DestPattern {
-    pub fn parse(text: &str) -> Result<Self, String> {
-        if text.starts_with("unix:") {
-            // Unix sockets are routed per target (`Config::targets` takes them out of the list
-            // before this runs); elsewhere (`capture.intercept`) they mean nothing.
-            return Err(format!(
-                "{text:?}: a Unix socket is routed by listing it in a [[target]]'s intercept"
-            ));
-        }
-        if let Some(port) = text.strip_prefix("*:") {
-            return port
-                .parse::<u16>()
-                .map(DestPattern::AnyAddress)
-                .map_err(|_| format!("invalid port in {text:?}"));
-        }
-        text.parse::<SocketAddr>()
-            .map(|addr| DestPattern::Exact(normalize(addr)))
-            .map_err(|_| format!("{text:?} is not \"ip:port\", \"[ip6]:port\" or \"*:port\""))
-    }
-
-    /// As written in a config: `ip:port`, `[ip6]:port` or `*:port`.
-    pub fn describe(&self) -> String {
-        match *self {
-            DestPattern::Exact(addr) => addr.to_string(),
-            DestPattern::AnyAddress(port) => format!("*:{port}"),
-        }
-    }
-
-    pub fn matches(&self, dst: SocketAddr) -> bool {
-        match *self {
-            DestPattern::Exact(addr) => addr == normalize(dst),
-            DestPattern::AnyAddress(port) => port == dst.port(),
-        }
-    }
-}
-
-/// IPv4 and v4-mapped IPv6 name the same destination; compare them as IPv4.
-pub fn normalize(addr: SocketAddr) -> SocketAddr {
-    match addr.ip() {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(IpAddr::V4(v4), addr.port()),
-            None => addr,
-        },
-        IpAddr::V4(_) => addr,
-    }
-}
-
-/// A target after validation: patterns parsed, upstream resolved to an address, secret
-/// sources checked.
-#[derive(Debug, Clone)]
-pub struct Target {
-    pub name: String,
-    pub protocol: Protocol,
-    pub intercept: Vec<DestPattern>,
-    /// Unix socket paths (`unix:/path` in `intercept`) whose connects the kernel routes to the
-    /// gateway as this target. Such a target has an `upstream`: there is no dialed address to
-    /// fall back on.
-    pub unix_routes: Vec<String>,
-    pub upstream: Option<SocketAddr>,
-    pub max_message_bytes: usize,
-    pub credentials: Option<Credentials>,
-    pub tls: UpstreamTlsConfig,
-    /// `Some` when clients must present this password to the gateway.
-    pub local_password: Option<SecretSource>,
-}
-
-/// Validated upstream credentials. The password is only read when a connection needs it.
-#[derive(Debug, Clone)]
-pub struct Credentials {
-    pub user: String,
-    pub password: SecretSource,
-    pub database: Option<String>,
-}
-
-/// 64 MiB: larger than any sane statement or row, small enough that one client cannot make
-/// the gateway buffer gigabytes.
-pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 << 20;
-
 /// The smallest `max_message_bytes`: the largest start-up packet PostgreSQL accepts. Below it,
 /// clients the server would serve fail at start-up (at 0, every session does).
 pub const MIN_MAX_MESSAGE_BYTES: usize = crate::protocol::postgres::codec::MAX_STARTUP_LEN;
@@ -612,32 +295,200 @@ fn max_message_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<us
     .map(Some)
 }
 
+/// The fields of `[target.credentials]` each protocol family takes, in the order the error
+/// messages list them.
+const DATABASE_FIELDS: &[&str] = &[
+    "user",
+    "password_file",
+    "password_env",
+    "password_credential",
+    "database",
+];
+const HTTP_FIELDS: &[&str] = &["header", "value_file", "value_env", "value_credential"];
+const KUBERNETES_FIELDS: &[&str] = &[
+    "token_file",
+    "token_env",
+    "token_credential",
+    "client_cert_file",
+    "client_key_file",
+];
+const SSH_FIELDS: &[&str] = &["user", "key_file", "key_credential", "known_hosts"];
+
 impl CredentialsConfig {
-    fn validate(&self) -> Result<Credentials, String> {
-        let sources = [
-            self.password_file.clone().map(SecretSource::File),
-            self.password_env.clone().map(SecretSource::Env),
-            self.password_credential.as_ref().map(|name| {
-                let dir = std::env::var_os("CREDENTIALS_DIRECTORY").unwrap_or_default();
-                SecretSource::File(Path::new(&dir).join(name))
-            }),
+    /// The fields given, by their config names.
+    fn given(&self) -> Vec<&'static str> {
+        let present = [
+            ("user", self.user.is_some()),
+            ("password_file", self.password_file.is_some()),
+            ("password_env", self.password_env.is_some()),
+            ("password_credential", self.password_credential.is_some()),
+            ("database", self.database.is_some()),
+            ("header", self.header.is_some()),
+            ("value_file", self.value_file.is_some()),
+            ("value_env", self.value_env.is_some()),
+            ("value_credential", self.value_credential.is_some()),
+            ("token_file", self.token_file.is_some()),
+            ("token_env", self.token_env.is_some()),
+            ("token_credential", self.token_credential.is_some()),
+            ("client_cert_file", self.client_cert_file.is_some()),
+            ("client_key_file", self.client_key_file.is_some()),
+            ("key_file", self.key_file.is_some()),
+            ("key_credential", self.key_credential.is_some()),
+            ("known_hosts", self.known_hosts.is_some()),
         ];
-        let mut given = sources.into_iter().flatten();
-        let password = given.next().ok_or(
-            "credentials: one of password_file, password_env or password_credential is required",
-        )?;
-        if given.next().is_some() {
-            return Err(
-                "credentials: give only one of password_file, password_env, password_credential"
-                    .to_owned(),
-            );
-        }
-        Ok(Credentials {
-            user: self.user.clone(),
-            password,
-            database: self.database.clone(),
-        })
+        present
+            .into_iter()
+            .filter_map(|(name, given)| given.then_some(name))
+            .collect()
     }
+
+    /// The environment variables secrets are read from: `exec` keeps them from the agent.
+    pub fn secret_env(&self) -> impl Iterator<Item = &String> {
+        [&self.password_env, &self.value_env, &self.token_env]
+            .into_iter()
+            .flatten()
+    }
+
+    /// The secret files named directly (not through `$CREDENTIALS_DIRECTORY`), by field, for
+    /// `config check`'s file checks.
+    pub fn secret_files(&self) -> impl Iterator<Item = (&'static str, &PathBuf)> {
+        [
+            ("password_file", &self.password_file),
+            ("value_file", &self.value_file),
+            ("token_file", &self.token_file),
+            ("client_key_file", &self.client_key_file),
+            ("key_file", &self.key_file),
+        ]
+        .into_iter()
+        .filter_map(|(name, path)| Some((name, path.as_ref()?)))
+    }
+
+    /// The credentials a target of `protocol` takes: only its protocol's fields, every required
+    /// one, and exactly one source for each secret. Errors name the field (quoted, so the
+    /// message can be placed on its line) and the protocol.
+    fn validate(&self, protocol: Protocol) -> Result<Credentials, String> {
+        let allowed = match protocol {
+            Protocol::Postgres | Protocol::Mysql => DATABASE_FIELDS,
+            Protocol::Http | Protocol::Https => HTTP_FIELDS,
+            Protocol::Kubernetes => KUBERNETES_FIELDS,
+            Protocol::Ssh => SSH_FIELDS,
+            Protocol::Tcp => &[],
+        };
+        if let Some(stray) = self.given().into_iter().find(|f| !allowed.contains(f)) {
+            return Err(if allowed.is_empty() {
+                format!(
+                    "credentials: a {} target takes no credentials (the gateway does not \
+                     log in for it), but \"{stray}\" is set",
+                    protocol.as_str()
+                )
+            } else {
+                format!(
+                    "credentials: a {} target takes {}; \"{stray}\" belongs to another protocol",
+                    protocol.as_str(),
+                    allowed.join(", ")
+                )
+            });
+        }
+        match protocol {
+            Protocol::Postgres | Protocol::Mysql => Ok(Credentials::Database(DatabaseCredentials {
+                user: required(&self.user, "user")?,
+                password: one_source(
+                    "password",
+                    &self.password_file,
+                    &self.password_env,
+                    &self.password_credential,
+                )?
+                .ok_or("credentials: one of password_file, password_env or password_credential is required")?,
+                database: self.database.clone(),
+            })),
+            Protocol::Http | Protocol::Https => Ok(Credentials::Http {
+                header: required(&self.header, "header")?,
+                value: one_source("value", &self.value_file, &self.value_env, &self.value_credential)?
+                    .ok_or("credentials: one of value_file, value_env or value_credential is required")?,
+            }),
+            Protocol::Kubernetes => {
+                let token = one_source(
+                    "token",
+                    &self.token_file,
+                    &self.token_env,
+                    &self.token_credential,
+                )?;
+                let cert = match (&self.client_cert_file, &self.client_key_file) {
+                    (Some(cert), Some(key)) => Some(KubernetesCredentials::ClientCertificate {
+                        cert: SecretSource::File(cert.clone()),
+                        key: SecretSource::File(key.clone()),
+                    }),
+                    (None, None) => None,
+                    _ => {
+                        return Err("credentials: client_cert_file and client_key_file go \
+                                    together"
+                            .to_owned())
+                    }
+                };
+                match (token, cert) {
+                    (Some(token), None) => Ok(Credentials::Kubernetes(KubernetesCredentials::Token(token))),
+                    (None, Some(cert)) => Ok(Credentials::Kubernetes(cert)),
+                    (Some(_), Some(_)) => Err("credentials: give a token (token_file, token_env or \
+                         token_credential) or a client certificate (client_cert_file and \
+                         client_key_file), not both"
+                        .to_owned()),
+                    (None, None) => Err("credentials: a kubernetes target needs a token \
+                         (token_file, token_env or token_credential) or a client certificate \
+                         (client_cert_file and client_key_file)"
+                        .to_owned()),
+                }
+            }
+            Protocol::Ssh => Ok(Credentials::Ssh {
+                user: required(&self.user, "user")?,
+                key: one_source("key", &self.key_file, &None, &self.key_credential)?
+                    .ok_or("credentials: one of key_file or key_credential is required")?,
+                known_hosts: self.known_hosts.clone().ok_or(
+                    "credentials: known_hosts is required: the gateway checks the real server's \
+                     host key against it",
+                )?,
+            }),
+            Protocol::Tcp => Err("credentials: a tcp target takes no credentials".to_owned()),
+        }
+    }
+}
+
+/// A required text field of `[target.credentials]`.
+fn required(value: &Option<String>, field: &str) -> Result<String, String> {
+    value
+        .clone()
+        .ok_or_else(|| format!("credentials: {field} is required"))
+}
+
+/// At most one source of the secret `name` (`<name>_file`, `<name>_env`, `<name>_credential`):
+/// `None` when none is given, an error when two are.
+fn one_source(
+    name: &str,
+    file: &Option<PathBuf>,
+    env: &Option<String>,
+    credential: &Option<String>,
+) -> Result<Option<SecretSource>, String> {
+    let sources = [
+        file.clone().map(SecretSource::File),
+        env.clone().map(SecretSource::Env),
+        credential.as_ref().map(|name| {
+            let dir = std::env::var_os("CREDENTIALS_DIRECTORY").unwrap_or_default();
+            SecretSource::File(Path::new(&dir).join(name))
+        }),
+    ];
+    let mut given = sources.into_iter().flatten();
+    let first = given.next();
+    if given.next().is_some() {
+        let mut fields = vec![format!("{name}_file")];
+        if env.is_some() || name != "key" {
+            fields.push(format!("{name}_env"));
+        }
+        fields.push(format!("{name}_credential"));
+        return Err(format!(
+            "credentials: give only one of {}",
+            fields.join(", ")
+        ));
+    }
+    Ok(first)
 }
 
 impl Config {
@@ -701,7 +552,10 @@ impl Config {
             .proxy
             .validate(&targets)
             .map_err(|m| config.invalid(m))?;
-        config.extra_intercepts().map_err(|m| config.invalid(m))?;
+        config
+            .capture
+            .extra_intercepts()
+            .map_err(|m| config.invalid(m))?;
         config.capture.unix.rules().map_err(|m| config.invalid(m))?;
         config
             .metrics
@@ -725,9 +579,20 @@ impl Config {
         let targets = self.targets().map_err(|m| self.invalid(m))?;
         for t in &targets {
             if let Some(c) = &t.credentials {
-                c.password
-                    .read()
-                    .map_err(|e| self.invalid(format!("target {:?}: credentials: {e}", t.name)))?;
+                for (field, secret) in c.secrets() {
+                    secret.read().map_err(|e| {
+                        self.invalid(format!("target {:?}: credentials: {field}: {e}", t.name))
+                    })?;
+                }
+                if let Credentials::Ssh { known_hosts, .. } = c {
+                    std::fs::metadata(known_hosts).map_err(|e| {
+                        self.invalid(format!(
+                            "target {:?}: credentials: known_hosts {:?}: {e}",
+                            t.name,
+                            known_hosts.display().to_string()
+                        ))
+                    })?;
+                }
             }
             if let Some(local) = &t.local_password {
                 local
@@ -796,9 +661,18 @@ impl Config {
                 let credentials = t
                     .credentials
                     .as_ref()
-                    .map(CredentialsConfig::validate)
+                    .map(|c| c.validate(t.protocol))
                     .transpose()
                     .map_err(|e| format!("target {:?}: {e}", t.name))?;
+                // MySQL's server speaks first, with the salt the client must answer: the
+                // gateway greets the agent itself, so it always logs in upstream on its own.
+                if t.protocol == Protocol::Mysql && credentials.is_none() {
+                    return Err(format!(
+                        "target {:?}: a mysql target needs [target.credentials] (user and a \
+                         password source): the gateway logs in for the agent",
+                        t.name
+                    ));
+                }
                 let local_password = match t.local_auth.mode {
                     LocalAuthMode::Trust => None,
                     LocalAuthMode::Password => {
@@ -828,7 +702,9 @@ impl Config {
                     intercept,
                     unix_routes,
                     upstream,
-                    max_message_bytes: t.max_message_bytes.unwrap_or(DEFAULT_MAX_MESSAGE_BYTES),
+                    max_message_bytes: t
+                        .max_message_bytes
+                        .unwrap_or_else(|| t.protocol.default_max_message_bytes()),
                     credentials,
                     tls: t.tls.clone(),
                     local_password,
@@ -836,14 +712,6 @@ impl Config {
             })
             .collect::<Result<Vec<Target>, String>>()
             .and_then(|targets| no_shared_patterns(&targets).map(|()| targets))
-    }
-
-    pub fn extra_intercepts(&self) -> Result<Vec<DestPattern>, String> {
-        self.capture
-            .intercept
-            .iter()
-            .map(|p| DestPattern::parse(p).map_err(|e| format!("capture.intercept: {e}")))
-            .collect()
     }
 }
 
@@ -889,81 +757,44 @@ fn unix_route(entry: &str) -> Result<String, String> {
 }
 
 /// The line of the last quoted value a validation message names (`"…"`), if it appears in
-/// the file: points the operator at the offending line, not just the offending target.
+/// the file, as a value or, failing that, as a key (`header = …`): points the operator at the
+/// offending line, not just the offending target. The first quoted value is usually the
+/// target's name, so the search starts there: a value or key two targets share is found in
+/// the right one.
 fn line_of_quoted_value(text: &str, message: &str) -> Option<usize> {
-    let mut quoted = message.split('"').skip(1).step_by(2).collect::<Vec<_>>();
-    quoted.reverse();
-    quoted.into_iter().filter(|q| !q.is_empty()).find_map(|q| {
-        let needle = format!("\"{q}\"");
-        text.find(&needle).map(|at| line_and_column(text, at).0)
-    })
-}
-
-fn review_timeout<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    in_range(
-        d,
-        "timeout_secs",
-        1..=7 * 24 * 3600,
-        "0 expires every held command at once; past a week the agent waiting is long gone",
-    )
-}
-
-/// Reads an integer that must lie in `range`, for keys where a value outside it would make the
-/// gate refuse everything (a zero timeout or limit) or mean nothing (an absurd one). Rejected
-/// while deserializing, so the error carries the value's line and column like any parse
-/// error; `why` says what the value would do.
-pub(crate) fn in_range<'de, D, T>(
-    deserializer: D,
-    key: &str,
-    range: impl std::ops::RangeBounds<T>,
-    why: &str,
-) -> Result<T, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: Deserialize<'de> + PartialOrd + std::fmt::Display,
-{
-    use std::ops::Bound::{Included, Unbounded};
-    let value = T::deserialize(deserializer)?;
-    if range.contains(&value) {
-        return Ok(value);
-    }
-    let allowed = match (range.start_bound(), range.end_bound()) {
-        (Included(lo), Included(hi)) => format!("{lo} to {hi}"),
-        (Included(lo), Unbounded) => format!("at least {lo}"),
-        (Unbounded, Included(hi)) => format!("at most {hi}"),
-        _ => "another value".to_owned(),
+    let quoted = message
+        .split('"')
+        .skip(1)
+        .step_by(2)
+        .filter(|q| !q.is_empty())
+        .collect::<Vec<_>>();
+    let from = quoted
+        .first()
+        .and_then(|name| text.find(&format!("\"{name}\"")))
+        .unwrap_or(0);
+    let find = |needle: &dyn Fn(&str) -> Option<usize>| {
+        needle(&text[from..])
+            .map(|at| from + at)
+            .or_else(|| needle(text))
     };
-    Err(serde::de::Error::custom(format!(
-        "{key} = {value} is out of range: give {allowed} ({why})"
-    )))
-}
-
-/// Deserializes TOML; on error, the 1-based line and column it points at and what is wrong.
-/// Every file the daemon reads (config, policies, policy test cases) reports errors this way.
-pub(crate) fn parse_toml<T: serde::de::DeserializeOwned>(
-    text: &str,
-) -> Result<T, (usize, usize, String)> {
-    toml::from_str(text).map_err(|e| {
-        let (line, column) = e
-            .span()
-            .map(|span| line_and_column(text, span.start))
-            .unwrap_or((1, 1));
-        (line, column, e.message().to_owned())
+    quoted.into_iter().rev().find_map(|q| {
+        let as_value = |t: &str| t.find(&format!("\"{q}\""));
+        let as_key = |t: &str| {
+            let mut offset = 0;
+            t.split_inclusive('\n').find_map(|line| {
+                let at = offset;
+                offset += line.len();
+                let rest = line.trim_start().strip_prefix(q)?;
+                rest.trim_start()
+                    .starts_with('=')
+                    .then_some(at + line.len() - line.trim_start().len())
+            })
+        };
+        find(&as_value)
+            .or_else(|| find(&as_key))
+            .map(|at| line_and_column(text, at).0)
     })
 }
-
-/// 1-based line and column of a byte offset, for error messages.
-fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let column = before
-        .rfind('\n')
-        .map_or(before.len(), |nl| before.len() - nl - 1)
-        + 1;
-    (line, column)
-}
-
-pub mod check;
 
 #[cfg(test)]
 mod tests;

@@ -12,9 +12,11 @@ use std::path::Path;
 
 use crate::{
     capture::cgroup::cgroup2_mount,
-    config::{Config, JournalSync},
-    journal::JournalError,
+    config::Config,
+    journal::{JournalError, JournalSync},
 };
+
+pub mod config_check;
 
 /// One line of a report (`doctor`, `config check`); `--json` prints these as they are.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -416,7 +418,7 @@ pub fn run_checks(config: &Config) -> Vec<Check> {
     ]
     .into_iter()
     // A policy or secret file the config names that is missing would stop the service.
-    .chain(crate::config::check::files(config))
+    .chain(config_check::files(config))
     .chain(journal(config))
     .collect()
 }
@@ -441,7 +443,7 @@ pub fn print(checks: &[Check]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::JournalConfig;
+    use crate::journal::JournalConfig;
 
     fn config(path: &Path) -> Config {
         Config {
@@ -499,6 +501,7 @@ mod tests {
             ))
             .await
             .expect("event");
+        writer.flush().await.expect("flush");
         let checks = journal(&config(&path));
         assert_eq!(
             outcome(&checks),

@@ -20,13 +20,14 @@ use crate::{
         cgroup::{cgroup2_mount, Cgroup},
         peer::CapturedCgroups,
         programs::{forward_kernel_logs, Programs, Settings},
-        CaptureError,
+        CaptureError, CaptureMode,
     },
-    config::Target,
-    config::{CaptureMode, Config},
+    config::Config,
     gateway::{self, Gateway, Listeners, RunIds},
     journal::{Journal, JournalError, RunRecord},
     policy::Engine,
+    run_trust::{RunTrust, TrustOptions},
+    target::Target,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -55,9 +56,12 @@ pub enum ExecError {
     Config(String),
     #[error(transparent)]
     Ship(#[from] crate::ship::ShipError),
+    /// `--trust-tls`/`--trust-ssh` could not prepare the run's trust files.
+    #[error(transparent)]
+    Trust(#[from] crate::run_trust::RunTrustError),
     /// The open-file limit cannot hold `[limits] max_sessions`.
     #[error("cannot start: {0}")]
-    Descriptors(#[from] crate::gateway::limits::DescriptorBudget),
+    Descriptors(#[from] crate::limits::DescriptorBudget),
 }
 
 /// What a gateway needs besides capture, built the same way by `exec` and `run`.
@@ -69,15 +73,13 @@ pub(crate) struct GatewayParts {
     protocols: crate::protocol::Shared,
     mask_key: Option<Arc<crate::mask::HashKey>>,
     /// The limits in force, checked against the open-file limit.
-    pub limits: crate::gateway::limits::Limits,
+    pub limits: crate::limits::Limits,
 }
 
 impl GatewayParts {
     pub fn from_config(config: &Config, targets: &[Target]) -> Result<GatewayParts, ExecError> {
         // First: a gateway whose sessions cannot all have their descriptors must not start.
-        let limits = config
-            .limits
-            .limits(crate::gateway::limits::open_file_limit())?;
+        let limits = config.limits.limits(crate::limits::open_file_limit())?;
         let policy = Arc::new(Engine::new(
             crate::policy::load_policies(config).map_err(|e| ExecError::Config(e.to_string()))?,
         ));
@@ -141,7 +143,7 @@ impl GatewayParts {
             sample_rows: config.journal.result_sample_rows,
             captured,
             stats: self.stats,
-            admission: crate::gateway::limits::Admission::new(self.limits),
+            admission: crate::limits::Admission::new(self.limits),
         })
     }
 }
@@ -248,6 +250,7 @@ fn new_run_id() -> String {
 pub async fn exec(
     config: Config,
     user: Option<&str>,
+    trust: TrustOptions,
     command: &[String],
 ) -> Result<i32, ExecError> {
     let program = command.first().ok_or(ExecError::NoCommand)?;
@@ -266,8 +269,13 @@ pub async fn exec(
     let mut programs = Programs::load(None)?;
     let unix_gap = unix_capture_gap(&config, &programs)?;
     programs.configure(
-        &Settings::from_config(&config, &targets, CaptureMode::All, &listeners)
-            .map_err(ExecError::Config)?,
+        &Settings::from_config(
+            &config.capture,
+            &targets,
+            CaptureMode::All,
+            &listeners.steering(),
+        )
+        .map_err(ExecError::Config)?,
     )?;
     let kernel_logs = programs
         .take_logger()
@@ -345,10 +353,28 @@ pub async fn exec(
     );
     tracing::info!(run_id, cgroup = %cgroup.path().display(), "capture attached; starting command");
 
+    // Removed when the run ends (dropped at the end of this function, error paths included).
+    let owner = run_as.as_ref().map_or_else(
+        || {
+            (
+                nix::unistd::getuid().as_raw(),
+                nix::unistd::getgid().as_raw(),
+            )
+        },
+        |u| (u.uid, u.gid),
+    );
+    let trust = RunTrust::prepare(
+        trust,
+        &config.state.dir,
+        &config.runtime_dir(),
+        &run_id,
+        owner,
+    )?;
     let secret_env: Vec<String> = config
         .targets
         .iter()
-        .filter_map(|t| t.credentials.as_ref()?.password_env.clone())
+        .filter_map(|t| t.credentials.as_ref())
+        .flat_map(|c| c.secret_env().cloned())
         .collect();
     let status = run_command(
         &cgroup,
@@ -357,6 +383,7 @@ pub async fn exec(
         &command[1..],
         &run_id,
         &secret_env,
+        &trust,
     )
     .await;
 
@@ -392,6 +419,7 @@ async fn run_command(
     args: &[String],
     run_id: &str,
     secret_env: &[String],
+    trust: &RunTrust,
 ) -> Result<i32, ExecError> {
     let procs = cgroup.procs_file()?;
     let procs_fd = procs.as_raw_fd();
@@ -402,6 +430,7 @@ async fn run_command(
     for var in secret_env {
         cmd.env_remove(var);
     }
+    trust.apply(&mut cmd);
     let switch = run_as.map(|u| (u.uid, u.gid, u.groups.clone()));
     if let Some(user) = run_as {
         cmd.env("HOME", &user.home)

@@ -23,18 +23,25 @@ use futures_util::FutureExt as _;
 
 use crate::{
     command::{
-        CommandResult, Decision, EventId, HookError, Hooks, Masker, ResultColumn, Rewrite,
+        CommandResult, Decision, EventId, Family, HookError, Hooks, Masker, ResultColumn, Rewrite,
         ValueKind,
     },
     mask::{
         detect::{Detector, Found, Scanner},
-        ColumnRule, DetectorRule, HashKey, Masking, Strategy,
+        ColumnRule, DetectorRule, FieldRule, HashKey, Masking, Strategy, StreamMasker,
+        STREAM_HOLD_LIMIT,
     },
-    policy::{self, file, sql, DecisionKind, Engine, Policies, Policy, Request, Subject},
+    policy::{
+        self, asked::Asked, file, sql, DecisionKind, Engine, Policies, Policy, Request, Subject,
+    },
+    protocol::http::{body, mcp, request},
+    protocol::kubernetes::request as kube,
+    protocol::mysql::{codec as my_codec, handshake as my_handshake, results as my_results},
     protocol::postgres::{
         codec::{self, backend, frontend, Message, Startup},
         names, numbers, reading, relay, results,
     },
+    protocol::ssh::{known_hosts as ssh_known_hosts, sftp as ssh_sftp},
 };
 
 /// The body of a fuzz target: any bytes in, a panic when a property fails.
@@ -48,6 +55,16 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("sql_policy", sql_policy),
     ("policy_file", policy_file),
     ("masking", masking),
+    ("masking_json", masking_json),
+    ("masking_stream", masking_stream),
+    ("commands", commands),
+    ("http_mcp", http_mcp),
+    ("http_body", http_body),
+    ("http_request", http_request),
+    ("mysql", mysql),
+    ("sftp", sftp),
+    ("kube_request", kube_request),
+    ("known_hosts", known_hosts),
 ];
 
 /// The message size limit the PostgreSQL targets run with: small, so that inputs the fuzzer
@@ -547,10 +564,25 @@ pub fn policy_file(data: &[u8]) {
         if *refused {
             assert_eq!(verdict.decision, DecisionKind::Deny);
         }
-        policy::tooling::explain_text(&verdict);
+        policy::tooling::explain_text(&Asked::Sql(String::new()), &verdict);
     }
-    policy.evaluate_connection(&subject, Some("web"), "tcp", "127.0.0.1:443");
-    policy.evaluate_connection(&subject, None, "tcp", "[::1]:5432");
+    // Every kind of command, through the same rules.
+    for (family, text) in [
+        (Family::Connect, "127.0.0.1:443"),
+        (Family::Connect, "[::1]:5432"),
+        (Family::Http, "DELETE https://127.0.0.2/v1/items/7?force=1"),
+        (Family::Mcp, r#"tools/call delete_customer {"id":1}"#),
+        (Family::Kubernetes, "delete pods/web-1 -n default"),
+        (Family::Kubernetes, "get /healthz"),
+        (Family::Ssh, "sudo rm -rf /srv | tee x > y"),
+        (Family::Ssh, "@forward 127.0.0.1:5432"),
+    ] {
+        if let Ok(asked) = Asked::parse(family, text) {
+            let verdict =
+                policy.evaluate_operation(&subject, Some("web"), "tcp", &asked.operation());
+            policy::tooling::explain_text(&asked, &verdict);
+        }
+    }
     if let Some(masking) = policy.masking(&subject, Some("appdb"), "postgres", None, 1) {
         let masking = Arc::new(masking);
         masking.mask_text("card 4111 1111 1111 1111, mail alice@example.com");
@@ -681,6 +713,358 @@ pub fn masking(data: &[u8]) {
     }
 }
 
+/// Every detector and the field rules of a JSON body and a Kubernetes response, with one
+/// strategy each.
+fn json_maskings() -> &'static [Arc<Masking>] {
+    static MASKINGS: OnceLock<Vec<Arc<Masking>>> = OnceLock::new();
+    MASKINGS.get_or_init(|| detector_maskings(true))
+}
+
+/// Every detector, no field rules, one strategy each: what [`Masking::mask_json_text`] masks
+/// alone.
+fn text_maskings() -> &'static [Arc<Masking>] {
+    static MASKINGS: OnceLock<Vec<Arc<Masking>>> = OnceLock::new();
+    MASKINGS.get_or_init(|| detector_maskings(false))
+}
+
+/// One masking per strategy: every detector, and with `fields` the field rules.
+fn detector_maskings(fields: bool) -> Vec<Arc<Masking>> {
+    let key = Arc::new(HashKey::from_bytes(&[7; 32]));
+    STRATEGIES
+        .iter()
+        .map(|&strategy| {
+            let paths = ["$..card", "$.data.*", "$.items[*].spec.env[*].value"].map(str::to_owned);
+            let rules = if fields {
+                vec![
+                    Arc::new(
+                        FieldRule::new("paths", &paths, false, strategy).expect("valid paths"),
+                    ),
+                    Arc::new(FieldRule::new("secrets", &[], true, strategy).expect("no paths")),
+                ]
+            } else {
+                Vec::new()
+            };
+            Arc::new(
+                Masking::new(
+                    Vec::new(),
+                    &every_detector(strategy, "detectors"),
+                    Some(scanner().clone()),
+                    Some(key.clone()),
+                    0,
+                )
+                .with_fields(rules),
+            )
+        })
+        .collect()
+}
+
+/// A JSON document through field rules (JSON paths, Kubernetes Secrets) and every detector.
+/// The first byte picks the strategy (bits 0–1); the rest is the document (not JSON: nothing
+/// to do).
+///
+/// Asserts that the masked document serializes to valid JSON, and that with `redact` no value
+/// a detector finds in the document's text is left in the masked text (checked for values
+/// that occur once, ASCII without brackets or quotes and not across a JSON escape, so that no
+/// replacement, neighbour or escape can spell them again).
+pub fn masking_json(data: &[u8]) {
+    let Some((&choice, body)) = data.split_first() else {
+        return;
+    };
+    let Ok(mut doc) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return;
+    };
+    let strategy = STRATEGIES[usize::from(choice & 3)];
+    let before = doc.to_string();
+    let counts = json_maskings()[usize::from(choice & 3)].mask_json(&mut doc);
+    assert!(counts
+        .keys()
+        .all(|k| k.starts_with("rule:") || k.starts_with("detector:")));
+    let after = doc.to_string();
+    assert!(
+        serde_json::from_str::<serde::de::IgnoredAny>(&after).is_ok(),
+        "{after}"
+    );
+    if strategy == Strategy::Redact {
+        let found = values_in_json_text(before.as_bytes());
+        assert_masked(before.as_bytes(), &found, after.as_bytes());
+    }
+    masking_json_text(strategy, body);
+}
+
+/// The one-pass text masker on the same JSON text: when it decides alone, its output is JSON,
+/// and with `redact` no value a detector finds in the text is left in it (the same check as
+/// for documents, on the text as the server wrote it, which the output keeps around masks).
+fn masking_json_text(strategy: Strategy, body: &[u8]) {
+    let Some(i) = STRATEGIES.iter().position(|s| *s == strategy) else {
+        return;
+    };
+    let Some(masking) = text_maskings().get(i) else {
+        return;
+    };
+    let Some((out, _counts)) = masking.mask_json_text(body) else {
+        return;
+    };
+    let out = out.unwrap_or_else(|| body.to_vec());
+    assert!(
+        serde_json::from_slice::<serde::de::IgnoredAny>(&out).is_ok(),
+        "{}",
+        bstr(&out)
+    );
+    if strategy == Strategy::Redact {
+        assert_masked(body, &values_in_json_text(body), &out);
+    }
+}
+
+/// What the detectors find in a JSON text that lies inside one value: a match that takes in a
+/// quote or part of an escape (`\f::` read as `f::`) is not in any value, only the JSON text
+/// spells it.
+fn values_in_json_text(text: &[u8]) -> Vec<Found> {
+    let mut found = Vec::new();
+    scanner().find(text, &mut found);
+    let escaped = json_escapes(text);
+    found.retain(|f| {
+        text.get(f.range.clone()).is_some_and(|span| {
+            !span.contains(&b'"')
+                && !escaped
+                    .get(f.range.clone())
+                    .is_some_and(|e| e.contains(&true))
+        })
+    });
+    found
+}
+
+/// Which bytes of JSON text belong to an escape sequence (`\\n`, `\\u00e9`).
+fn json_escapes(text: &[u8]) -> Vec<bool> {
+    let mut escaped = vec![false; text.len()];
+    let mut i = 0;
+    while i < text.len() {
+        if text.get(i) == Some(&b'\\') {
+            let len = if text.get(i + 1) == Some(&b'u') { 6 } else { 2 };
+            let end = (i + len).min(text.len());
+            escaped
+                .get_mut(i..end)
+                .into_iter()
+                .flatten()
+                .for_each(|e| *e = true);
+            i = end;
+        } else {
+            i += 1;
+        }
+    }
+    escaped
+}
+
+/// A byte stream through [`StreamMasker`] in chunks. The first byte picks the strategy (bits
+/// 0–1), the second where the chunk sizes start in their cycle (1, 7, 64, 4096 and 65536
+/// bytes); the rest is the stream.
+///
+/// Asserts that no more than [`STREAM_HOLD_LIMIT`] bytes are ever held and none after a
+/// flush. In streams without private keys or lines longer than the hold limit (which are
+/// swallowed across lines, or cut), chunking makes no difference: the output and the counts
+/// are those of masking the whole stream at once ([`Masking::mask_bytes`], which no detector
+/// match crosses a line in); and with `redact`, no value a detector finds in the stream is
+/// left in the output (checked for values that occur once in it, ASCII without brackets).
+/// A value the detectors do not see in the whole stream (a card inside a longer run of
+/// digits) is not the stream masker's to find.
+pub fn masking_stream(data: &[u8]) {
+    let [choice, seed, stream @ ..] = data else {
+        return;
+    };
+    let strategy = STRATEGIES[usize::from(choice & 3)];
+    let masking = &json_maskings()[usize::from(choice & 3)];
+    let mut masker = StreamMasker::new(masking.clone());
+    let sizes = [1, 7, 64, 4096, 65536];
+    let mut out = Vec::new();
+    let (mut rest, mut turn) = (stream, usize::from(*seed));
+    while !rest.is_empty() {
+        let size = sizes[turn % sizes.len()].min(rest.len());
+        let (chunk, tail) = rest.split_at(size);
+        out.extend(masker.push(chunk));
+        assert!(masker.held() <= STREAM_HOLD_LIMIT, "{} held", masker.held());
+        rest = tail;
+        turn += 1;
+    }
+    out.extend(masker.flush());
+    assert_eq!(masker.held(), 0);
+    let counts = masker.take_counts();
+    let keys = memchr::memmem::find(stream, b"PRIVATE KEY").is_some();
+    if keys
+        || stream
+            .split(|&b| b == b'\n')
+            .any(|l| l.len() > STREAM_HOLD_LIMIT)
+    {
+        return;
+    }
+    let (whole, whole_counts) = masking.mask_bytes(stream);
+    assert!(
+        out == *whole,
+        "chunked output {:?} is not the whole stream masked {:?}",
+        bstr(&out),
+        bstr(&whole)
+    );
+    assert_eq!(counts, whole_counts);
+    if strategy == Strategy::Redact {
+        let mut found = Vec::new();
+        scanner().find(stream, &mut found);
+        assert_masked(stream, &found, &out);
+    }
+}
+
+/// A POST body read as MCP (size limit [`MAX_MESSAGE`]). Asserts that a partly forwarded
+/// batch is a JSON array of exactly the kept messages, that every refusal is a JSON-RPC
+/// message answering its request's id, and that learning tools from any JSON is bounded.
+pub fn http_mcp(data: &[u8]) {
+    if let Ok(doc) = serde_json::from_slice::<serde_json::Value>(data) {
+        let registry = mcp::ToolRegistry::default();
+        registry.learn(&doc, true);
+        assert!(registry.len() <= mcp::MAX_TOOLS);
+    }
+    let Ok(mcp::Reading::Mcp(body)) = mcp::read_body(data, MAX_MESSAGE) else {
+        return;
+    };
+    let n = body.messages.len();
+    let allowed: Vec<bool> = (0..n).map(|i| i % 2 == 0).collect();
+    match body.forward(&allowed) {
+        mcp::Forward::Part(part) => {
+            let kept = serde_json::from_slice::<Vec<serde_json::Value>>(&part)
+                .expect("a part of a batch is a JSON array");
+            assert_eq!(kept.len(), allowed.iter().filter(|a| **a).count());
+        }
+        mcp::Forward::All => assert!(n == 1),
+        mcp::Forward::Nothing => assert!(n == 0),
+    }
+    let why = mcp::Refusal {
+        message: "no".to_owned(),
+        rule: Some("r".to_owned()),
+        event: Some(1),
+    };
+    for m in &body.messages {
+        if let (Some(answer), mcp::Message::Request { call, .. }) = (mcp::refusal(m, &why), m) {
+            assert_eq!(answer.get("id"), call.request_id.as_ref());
+        }
+    }
+}
+
+/// A request head read by [`request::describe`], the one reading that is both judged and
+/// forwarded. The input is `METHOD TARGET` on its first line and `name: value` headers on the
+/// next ones; the first byte's low bit picks the agent's scheme (http, https). Asserts the
+/// gate's promise: the request as the gateway forwards it (HTTP/1.1 origin form, its `Host`)
+/// reads back as exactly what policy judged, and so does the HTTP/2 absolute form.
+pub fn http_request(data: &[u8]) {
+    let Some((&choice, head)) = data.split_first() else {
+        return;
+    };
+    let scheme = if choice & 1 == 0 { "http" } else { "https" };
+    let mut lines = head.split(|&b| b == b'\n');
+    let first = lines.next().unwrap_or_default();
+    let mut words = first.splitn(2, |&b| b == b' ');
+    let (Some(method), Some(target)) = (words.next(), words.next()) else {
+        return;
+    };
+    let mut builder = hyper::Request::builder().method(method).uri(target);
+    for line in lines {
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            return;
+        };
+        let (name, value) = line.split_at(colon);
+        let value = value.get(1..).unwrap_or_default().trim_ascii();
+        builder = builder.header(name, value);
+    }
+    let Ok(request) = builder.body(()) else {
+        return;
+    };
+    let (parts, ()) = request.into_parts();
+    let Ok(judged) = request::describe(&parts, scheme) else {
+        return;
+    };
+    let host = hyper::header::HeaderValue::from_str(&judged.request.host)
+        .expect("a judged host is a valid Host header");
+    let forwarded = [
+        hyper::Request::builder()
+            .method(judged.method.clone())
+            .uri(judged.path_and_query.as_str())
+            .header(hyper::header::HOST, host)
+            .body(()),
+        hyper::Request::builder()
+            .method(judged.method.clone())
+            .uri(format!(
+                "https://{}{}",
+                judged.request.host, judged.path_and_query
+            ))
+            .body(()),
+    ];
+    for (form, built) in ["origin", "absolute"].into_iter().zip(forwarded) {
+        if form == "absolute" && judged.path_and_query == "*" {
+            continue; // `OPTIONS *` has no absolute form
+        }
+        let (parts, ()) = built
+            .unwrap_or_else(|e| panic!("the {form} form of {judged:?} cannot be built: {e}"))
+            .into_parts();
+        let mut again = request::describe(&parts, scheme)
+            .unwrap_or_else(|e| panic!("the {form} form of {judged:?} is refused: {e}"));
+        if form == "absolute" {
+            // The upstream's HTTP/2 leg is TLS: the scheme in the URI is the upstream's.
+            again.request.scheme.clone_from(&judged.request.scheme);
+        }
+        assert_eq!(again, judged, "the {form} form reads another way");
+    }
+}
+
+/// A response body through [`body::ResponseMasker`]. The first byte picks the content type
+/// (bits 0–1: JSON, event stream, text, JSON-RPC JSON) and the chunk size (bits 2–7); the
+/// rest is the body. Asserts that an event stream or JSON body masked in chunks comes out
+/// exactly as masked whole, and that no value a detector found in the input and whole-body
+/// masking removed is in the chunked output (values that occur once, ASCII without
+/// brackets, quotes or backslashes).
+pub fn http_body(data: &[u8]) {
+    let Some((&choice, input)) = data.split_first() else {
+        return;
+    };
+    let ct = [
+        "application/json",
+        "text/event-stream",
+        "text/plain",
+        "application/json",
+    ][usize::from(choice & 3)];
+    let size = usize::from(choice >> 2) + 1;
+    let run = |size: usize| -> Option<Vec<u8>> {
+        let masking: Arc<dyn crate::command::BodyMasking> = Arc::new(json_maskings()[0].clone());
+        let limits = body::Limits {
+            max_json: 64 * 1024,
+        };
+        let mut m = body::ResponseMasker::new(Some(masking), None, Some(ct), None, limits).ok()?;
+        let mut out = Vec::new();
+        for chunk in input.chunks(size.max(1)) {
+            out.extend(m.push(chunk).ok()?);
+        }
+        out.extend(m.finish().ok()?);
+        m.take_counts();
+        Some(out)
+    };
+    let (Some(whole), Some(chunked)) = (run(input.len()), run(size)) else {
+        return;
+    };
+    if ct != "text/plain" {
+        assert_eq!(bstr(&whole), bstr(&chunked), "chunks of {size}");
+    }
+    let mut found = Vec::new();
+    scanner().find(input, &mut found);
+    for f in &found {
+        let span = &input[f.range.clone()];
+        let checkable = span.iter().all(|b| b.is_ascii() && !b"[]\"\\".contains(b))
+            && occurrences(input, span) == 1
+            && memchr::memmem::find(&whole, span).is_none();
+        if checkable && input.len() <= STREAM_HOLD_LIMIT {
+            assert!(
+                memchr::memmem::find(&chunked, span).is_none(),
+                "{:?} is still in {:?}",
+                bstr(span),
+                bstr(&chunked)
+            );
+        }
+    }
+}
+
 /// No found value that can be checked cheaply is still in `masked`.
 fn assert_masked(value: &[u8], found: &[Found], masked: &[u8]) {
     for f in found {
@@ -717,5 +1101,235 @@ fn bstr(b: &[u8]) -> Cow<'_, str> {
     String::from_utf8_lossy(b)
 }
 
+// ---------------------------------------------------------------------------------------------
+// MySQL, both directions
+// ---------------------------------------------------------------------------------------------
+
+/// The masking the default policy gives an agent at a MySQL target.
+fn mysql_hooks() -> &'static MaskingHooks {
+    static HOOKS: OnceLock<MaskingHooks> = OnceLock::new();
+    HOOKS.get_or_init(|| {
+        let masking = default_policy()
+            .masking(&agent(), Some("appdb"), "mysql", None, 2)
+            .expect("the default policy masks");
+        MaskingHooks(Arc::new(masking))
+    })
+}
+
+/// Bytes as the MySQL gateway reads them from either side: packets framed with the size
+/// limit (each framing back to its bytes); the first read as the client's handshake answer
+/// and as the server's greeting; every packet read as a completion (OK, ERR, EOF), an auth switch and a column
+/// definition; and, once columns are known, as a text row and a binary row of them, masked
+/// by the default policy's masking (a masked text row holds as many values as it did).
+pub fn mysql(data: &[u8]) {
+    let mut reader = data;
+    let mut packets = Vec::new();
+    while let Ok(Some(p)) = my_codec::read_packet(&mut reader, MAX_MESSAGE)
+        .now_or_never()
+        .expect("reading from memory never waits")
+    {
+        packets.push(p);
+    }
+    for p in &packets {
+        let mut out = Vec::new();
+        my_codec::put_packet(&mut out, p.seq, &p.body);
+        let again = my_codec::read_packet(&mut &out[..], MAX_MESSAGE)
+            .now_or_never()
+            .expect("reading from memory never waits");
+        assert!(matches!(again, Ok(Some(ref q)) if q == p), "{p:?}");
+    }
+    // Read, never re-encoded: the gateway sends only greetings and answers of its own making
+    // (an agent's or server's odd one, once read, says nothing of what the gateway sends).
+    if let Some(first) = packets.first() {
+        let _ = my_handshake::Response::parse(&first.body);
+        let _ = my_handshake::Greeting::parse(&first.body);
+        let _ = my_handshake::Response::is_ssl_request(&first.body);
+    }
+    let hooks = mysql_hooks();
+    let mut columns = Vec::new();
+    for p in &packets {
+        let body = &p.body[..];
+        let _ = my_codec::parse_ok(body);
+        let _ = my_codec::parse_err(body);
+        let _ = my_codec::parse_eof(body);
+        let _ = my_handshake::parse_auth_switch(body);
+        if let Ok(def) = my_results::ColumnDef::parse(body) {
+            columns.push(def);
+            continue;
+        }
+        if columns.is_empty() {
+            continue;
+        }
+        let described = columns.iter().map(my_results::ColumnDef::column).collect();
+        let Some(mut masker) = hooks.masker(described) else {
+            continue;
+        };
+        if let Ok(Some(row)) = my_results::mask_text_row(masker.as_mut(), body, columns.len()) {
+            assert_eq!(text_values(&row), text_values(body), "{body:?} -> {row:?}");
+        }
+        let _ = my_results::mask_binary_row(masker.as_mut(), body, &columns);
+    }
+}
+
+/// How many values a text row holds (`None` when it does not read as one).
+fn text_values(row: &[u8]) -> Option<usize> {
+    let mut r = my_codec::Reader::new(row, "text row");
+    let mut n = 0;
+    while !r.is_empty() {
+        r.nullable_bytes().ok()?;
+        n += 1;
+    }
+    Some(n)
+}
+
+// ---------------------------------------------------------------------------------------------
+// SSH, the sftp subsystem
+// ---------------------------------------------------------------------------------------------
+
+/// The agent's sftp stream as the SSH gateway reads it: framed into packets with the size
+/// limit, each classified (passed, judged with its words, or refused as unreadable) with the
+/// server's handles mirrored. A judged
+/// packet's words start with `sftp`, and its refusal is a packet that frames whole.
+pub fn sftp(data: &[u8]) {
+    let mut framer = ssh_sftp::Framer::default();
+    framer.push(data);
+    // One stream stands for both directions here: every packet is also read as a server's
+    // answer, so handles get mirrored and later `fsetstat`s name their files.
+    let mut handles = ssh_sftp::Handles::default();
+    while let Ok(Some(packet)) = framer.next_packet() {
+        handles.answered(&packet);
+        match ssh_sftp::classify(&packet, &handles) {
+            ssh_sftp::Verdict::Pass => handles.forwarded(&packet, None),
+            ssh_sftp::Verdict::Judge { id, words } => {
+                handles.forwarded(&packet, Some(&words));
+                assert_eq!(words.first().map(String::as_str), Some("sftp"), "{words:?}");
+                let _ = ssh_sftp::request(&words).canonical();
+                let refusal = ssh_sftp::refusal(id, "refused").expect("a status encodes");
+                let mut again = ssh_sftp::Framer::default();
+                again.push(&refusal);
+                assert_eq!(again.next_packet().ok().flatten(), Some(refusal));
+            }
+            ssh_sftp::Verdict::Unreadable { id, .. } => {
+                assert!(ssh_sftp::refusal(id, "unreadable").is_ok());
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kubernetes, the request line
+// ---------------------------------------------------------------------------------------------
+
+/// A Kubernetes API request as the gateway reads it: the method, the path and the query, one a
+/// line (the path as `http::request` hands it over: decoded and normalised, so it starts with
+/// `/`). Whatever the input, the reading ends (a request or a 400), and a resource request's
+/// group, version, resource, subresource and namespace are single path segments, so a rule
+/// about namespace `a` can never be read into `a/../b`; its canonical text and rule name exist.
+pub fn kube_request(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let mut lines = text.splitn(3, '\n');
+    let (Some(method), Some(path)) = (lines.next(), lines.next()) else {
+        return;
+    };
+    if !path.starts_with('/') {
+        return;
+    }
+    let query = lines.next();
+    let Ok(request) = kube::read(method, path, query) else {
+        return;
+    };
+    assert_eq!(kube::read(method, path, query).ok(), Some(request.clone()));
+    if request.resource.is_some() {
+        let segments = [
+            Some(request.api_group.as_str()),
+            Some(request.api_version.as_str()),
+            request.resource.as_deref(),
+            request.subresource.as_deref(),
+            request.namespace.as_deref(),
+        ];
+        for segment in segments.into_iter().flatten() {
+            assert!(!segment.contains('/'), "{request:?}");
+        }
+    }
+    let _ = request.canonical();
+    let _ = request.resource_name();
+}
+
+// ---------------------------------------------------------------------------------------------
+// SSH, the target's known_hosts
+// ---------------------------------------------------------------------------------------------
+
+/// A public key the `known_hosts` target checks (an ed25519 key made for these tests).
+const KNOWN_KEY: &str = "AAAAC3NzaC1lZDI1NTE5AAAAINsHl0iXo9hTSQBD5xWuUAzpctnSCCr2XQLQlWyP6pGJ";
+
+/// A `known_hosts` file as the SSH gateway reads it: the first line is the server's name, the
+/// rest the file. Reading never panics and fails only on an `@revoked` line it cannot read.
+/// Whatever the file holds, adding a line that revokes a key makes that key revoked for the
+/// name; and adding a plain line naming the server literally (a name with no pattern
+/// characters) makes the key trusted, unless the file already revoked it.
+pub fn known_hosts(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let (name, file) = text.split_once('\n').unwrap_or((text, ""));
+    let Ok(parsed) = ssh_known_hosts::KnownHosts::parse(file) else {
+        return;
+    };
+    let key = russh::keys::parse_public_key_base64(KNOWN_KEY).expect("a valid key");
+    let before = parsed.check_key(name, &key);
+    let _ = parsed.has_authority_for(name);
+    let revoked = format!("{file}\n@revoked * ssh-ed25519 {KNOWN_KEY}\n");
+    let with_revocation = ssh_known_hosts::KnownHosts::parse(&revoked).expect("still reads");
+    assert!(
+        matches!(
+            with_revocation.check_key(name, &key),
+            ssh_known_hosts::Verdict::Revoked { .. }
+        ),
+        "{name:?}"
+    );
+    let literal =
+        !name.is_empty() && !name.contains(|c: char| c.is_whitespace() || ",*?!#@|".contains(c));
+    if literal {
+        let listed = format!("{file}\n{name} ssh-ed25519 {KNOWN_KEY}\n");
+        let with_line = ssh_known_hosts::KnownHosts::parse(&listed).expect("still reads");
+        let verdict = with_line.check_key(name, &key);
+        match before {
+            ssh_known_hosts::Verdict::Revoked { .. } => assert_eq!(verdict, before),
+            _ => assert!(
+                matches!(verdict, ssh_known_hosts::Verdict::Trusted { .. }),
+                "{name:?}: {verdict:?}"
+            ),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;
+
+/// Command notations and shell command lines: the first byte picks the kind (connect, sql,
+/// http, mcp, kubernetes, ssh), the rest is the text. Reading never panics, and an HTTP request
+/// or MCP call reads back the same from its own canonical text (what approvers and the journal
+/// see names the same command).
+pub fn commands(data: &[u8]) {
+    let Some((&pick, rest)) = data.split_first() else {
+        return;
+    };
+    let text = String::from_utf8_lossy(rest);
+    crate::command::shell::parse(&text);
+    let family = Family::ALL[usize::from(pick) % Family::ALL.len()];
+    let Ok(asked) = Asked::parse(family, &text) else {
+        return;
+    };
+    let op = asked.operation();
+    let canonical = op.canonical();
+    op.action();
+    op.objects();
+    op.detail();
+    if matches!(family, Family::Http | Family::Mcp) {
+        let again = Asked::parse(family, &canonical)
+            .unwrap_or_else(|e| panic!("{canonical:?} does not read back: {e}"));
+        assert_eq!(again.operation().canonical(), canonical);
+    }
+}

@@ -21,7 +21,7 @@ use std::{
     process::Command,
 };
 
-use crate::capture::CaptureError;
+use crate::{capture::CaptureError, journal::SERVICE_USER};
 
 /// The unit, as installed.
 pub const UNIT: &str = include_str!("../packaging/interceptor.service");
@@ -42,8 +42,6 @@ pub const LOG_DIR: &str = "var/log/interceptor";
 /// Where the unit's `ExecStart=` expects the binary.
 pub const BIN_PATH: &str = "usr/local/bin/interceptor";
 
-/// The system user (and group) the service's files belong to.
-pub const SERVICE_USER: &str = "interceptor";
 /// Members may approve held commands (`[approvals] group`).
 pub const APPROVERS_GROUP: &str = "interceptor-approvers";
 

@@ -42,6 +42,31 @@ struct Cli {
 enum CaCommand {
     /// Print the local CA certificate (PEM), creating the CA if there is none yet (as root).
     Pem,
+    /// Print known_hosts lines that SSH clients trust for the gateway's SSH host key, creating
+    /// the SSH CA and host key if there are none yet (as root).
+    ///
+    /// By default two lines: `@cert-authority * ssh-ed25519 … interceptor-ssh-ca`, for OpenSSH
+    /// (`ssh`, `scp`, `sftp`, `git`) and asyncssh, which accept the gateway's host certificate
+    /// under any host name; and `* ssh-ed25519 …`, the host key itself, for clients without
+    /// certificate support that match wildcards. OpenSSH and asyncssh use the line they
+    /// need and skip the other. paramiko refuses to load a file that holds an
+    /// `@cert-authority` line and matches names exactly: give it only the host-key line, in a
+    /// file of its own, with the names it connects to (`--plain --pattern
+    /// 'db1,[127.0.0.5]:2222'`; `[host]:port` for ports other than 22). OpenSSH: append the
+    /// lines to /etc/ssh/ssh_known_hosts (docs/trust.md).
+    #[command(name = "known-hosts")]
+    KnownHosts {
+        /// Only the `@cert-authority` line (OpenSSH, asyncssh).
+        #[arg(long, conflicts_with = "plain")]
+        openssh: bool,
+        /// Only the host-key line (clients without certificate support: paramiko).
+        #[arg(long)]
+        plain: bool,
+        /// The host field of the lines: a known_hosts pattern list (comma-separated,
+        /// `*`/`?` wildcards, `[host]:port`).
+        #[arg(long, default_value = "*", value_name = "PATTERN")]
+        pattern: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -51,6 +76,16 @@ enum Command {
         /// Run CMD as this user (default: $SUDO_USER if set, else the caller).
         #[arg(long)]
         user: Option<String>,
+        /// Make CMD's TLS clients trust the local CA: SSL_CERT_FILE, REQUESTS_CA_BUNDLE,
+        /// NODE_EXTRA_CA_CERTS, CURL_CA_BUNDLE and GIT_SSL_CAINFO name a bundle of the
+        /// system's CA certificates plus the local CA, made for this run and removed after.
+        #[arg(long)]
+        trust_tls: bool,
+        /// Make CMD's SSH clients trust the gateway's SSH host key: `ssh` (also through git)
+        /// runs with a known_hosts file of the `ca known-hosts` lines added; asyncssh and
+        /// paramiko users read INTERCEPTOR_KNOWN_HOSTS and INTERCEPTOR_SSH_HOST_KEY.
+        #[arg(long)]
+        trust_ssh: bool,
         /// The command and its arguments (after `--`).
         #[arg(
             required = true,
@@ -85,10 +120,18 @@ enum Command {
     },
     /// Remove the service's pinned capture (detaches the programs from its cgroups).
     Detach,
-    /// The local CA that the gateway's TLS certificates chain to, for agents' trust stores.
+    /// What agents' clients trust: the local CA that the gateway's TLS certificates chain
+    /// to, and the SSH CA and host key of the SSH gateway.
     Ca {
         #[command(subcommand)]
         command: CaCommand,
+    },
+    /// Print a kubeconfig for an agent to reach a Kubernetes target through the gateway: the
+    /// address it dials and the local CA, and no user credential (the gateway logs in).
+    Kubeconfig {
+        /// The `[[target]]` (protocol "kubernetes") to write it for.
+        #[arg(long, value_name = "NAME")]
+        target: String,
     },
     /// Install the systemd service: user, groups, directories, unit, default config; then
     /// enable and start it. Idempotent (re-run to upgrade).
@@ -180,6 +223,8 @@ enum JournalCommand {
     },
     /// Delete events older than `[journal] retention_days`, keeping the rest verifiable.
     Prune,
+    /// Rebuild the database (the index) from the segment log.
+    Reindex,
 }
 
 #[derive(Subcommand)]
@@ -225,7 +270,8 @@ enum ApprovalsCommand {
 enum PolicyCommand {
     /// Validate a policy file or directory (default: the policies the configuration uses).
     Check { path: Option<PathBuf> },
-    /// Show the decision for a statement, the rule that made it, and what the statement does.
+    /// Show the decision for a command of any kind, the rule that made it, and what the
+    /// command does. Give exactly one of --sql, --connect, --http, --mcp, --kube, --ssh.
     Explain {
         /// Target name (its policy and protocol apply).
         #[arg(long)]
@@ -244,12 +290,25 @@ enum PolicyCommand {
         cgroup: Option<String>,
         #[arg(long)]
         run: Option<String>,
-        /// The SQL to judge.
-        #[arg(long, conflicts_with = "connect")]
+        /// SQL to judge.
+        #[arg(long, group = "command")]
         sql: Option<String>,
-        /// Judge a connection to this "ip:port" instead.
-        #[arg(long)]
+        /// A connection to this "ip:port".
+        #[arg(long, group = "command")]
         connect: Option<String>,
+        /// An HTTP request: 'METHOD URL', e.g. 'DELETE https://127.0.0.2/v1/items/7'.
+        #[arg(long, group = "command")]
+        http: Option<String>,
+        /// An MCP call: 'tools/call NAME {JSON arguments}', 'resources/read URI', or a method.
+        #[arg(long, group = "command")]
+        mcp: Option<String>,
+        /// A Kubernetes request, kubectl-like: 'delete pods/web-1 -n default'.
+        #[arg(long, group = "command")]
+        kube: Option<String>,
+        /// An SSH command line ('rm -rf /srv'), or '@shell', '@subsystem sftp',
+        /// '@forward 127.0.0.1:5432'.
+        #[arg(long, group = "command")]
+        ssh: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -297,7 +356,7 @@ enum SessionsCommand {
         json: bool,
     },
     /// Play a session back: statements, decisions and the (masked) results the agent saw,
-    /// paced by the journal's timestamps.
+    /// and terminal sessions' output as it came, paced by the journal's timestamps.
     Replay {
         /// The session id (from `sessions list`).
         id: i64,
@@ -317,6 +376,15 @@ enum SessionsCommand {
             allow_negative_numbers = true
         )]
         max_wait: f64,
+        /// Terminal sessions (SSH, Kubernetes exec): also play what the agent typed
+        /// (highlighted); by default only the output is played.
+        #[arg(long)]
+        input: bool,
+        /// Terminal sessions: write the recorded text as it is, escape sequences included
+        /// (colors, cursor moves). Only for recordings you trust: by default anything that
+        /// would act on your terminal is shown escaped.
+        #[arg(long)]
+        raw: bool,
     },
 }
 
@@ -345,6 +413,21 @@ fn return_freed_memory_at_once() {
     // SAFETY: sets a process-wide option of the allocator before any thread is started; the
     // call takes plain integers.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+}
+
+/// The local CA's certificate (PEM), creating the CA if there is none yet (as root).
+fn local_ca_pem(config: &Config) -> anyhow::Result<String> {
+    let path = config.state.dir.join("ca.pem");
+    // The certificate is public; only creating the CA needs root (the key is 0600).
+    match std::fs::read_to_string(&path) {
+        Ok(pem) => Ok(pem),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            interceptor::tls::LocalCa::load_or_create(&config.state.dir)?;
+            Ok(std::fs::read_to_string(&path)?)
+        }
+        // The kind stays, so a permission problem exits 3.
+        Err(e) => Err(std::io::Error::new(e.kind(), format!("{}: {e}", path.display())).into()),
+    }
 }
 
 fn main() -> ExitCode {
@@ -402,9 +485,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         config.check_secrets()?;
     }
     match cli.command {
-        Command::Exec { user, command } => {
-            let code =
-                runtime()?.block_on(interceptor::exec::exec(config, user.as_deref(), &command))?;
+        Command::Exec {
+            user,
+            trust_tls,
+            trust_ssh,
+            command,
+        } => {
+            let trust = interceptor::run_trust::TrustOptions {
+                tls: trust_tls,
+                ssh: trust_ssh,
+            };
+            let code = runtime()?.block_on(interceptor::exec::exec(
+                config,
+                user.as_deref(),
+                trust,
+                &command,
+            ))?;
             Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
         }
         Command::Run => {
@@ -418,7 +514,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Config {
             command: ConfigCommand::Check { json },
         } => {
-            let report = interceptor::config::check::run(&config);
+            let report = interceptor::doctor::config_check::run(&config);
             let failed = if report.invalid {
                 cli_exit::ExitKind::Usage.into()
             } else {
@@ -431,22 +527,41 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ca {
             command: CaCommand::Pem,
         } => {
-            let path = config.state.dir.join("ca.pem");
-            // The certificate is public; only creating the CA needs root (the key is 0600).
-            let pem = match std::fs::read_to_string(&path) {
-                Ok(pem) => pem,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    interceptor::tls::LocalCa::load_or_create(&config.state.dir)?;
-                    std::fs::read_to_string(&path)?
-                }
-                // The kind stays, so a permission problem exits 3.
-                Err(e) => {
-                    return Err(
-                        std::io::Error::new(e.kind(), format!("{}: {e}", path.display())).into(),
-                    )
-                }
+            print!("{}", local_ca_pem(&config)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Kubeconfig { target } => {
+            let targets = config.targets().map_err(|e| anyhow::anyhow!(e))?;
+            let text = interceptor::protocol::kubernetes::kubeconfig::render(
+                &targets,
+                &target,
+                &local_ca_pem(&config)?,
+            )?;
+            print!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ca {
+            command:
+                CaCommand::KnownHosts {
+                    openssh,
+                    plain,
+                    pattern,
+                },
+        } => {
+            use interceptor::ssh_trust::{KnownHostsLines, SshPublicKeys, SshTrustError};
+            let lines = match (openssh, plain) {
+                (true, _) => KnownHostsLines::CertAuthority,
+                (_, true) => KnownHostsLines::HostKey,
+                _ => KnownHostsLines::Both,
             };
-            print!("{pem}");
+            // The public keys are readable by the state directory's group; only creating the
+            // keys needs root.
+            let keys = SshPublicKeys::read_or_create(&config.state.dir)?;
+            let text = keys.known_hosts(&pattern, lines).map_err(|e| match e {
+                SshTrustError::Pattern(_) => Failure::usage(e.to_string()),
+                e => e.into(),
+            })?;
+            print!("{text}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Detach => {
@@ -514,6 +629,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 sinks: config.sinks.iter().map(|s| s.name.clone()).collect(),
             };
             let report = interceptor::journal::prune_file(&config.journal, &options)?;
+            println!("{report}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Journal {
+            command: JournalCommand::Reindex,
+        } => {
+            let report = interceptor::journal::reindex_file(&config.journal)?;
             println!("{report}");
             Ok(ExitCode::SUCCESS)
         }
@@ -770,7 +892,10 @@ fn print_requests(requests: &[interceptor::approval::Request], json: bool) -> an
 }
 
 fn run_policy(config: &Config, command: PolicyCommand) -> anyhow::Result<ExitCode> {
-    use interceptor::policy::{self, tooling, Request};
+    use interceptor::{
+        command::Family,
+        policy::{self, asked::Asked, tooling},
+    };
     match command {
         PolicyCommand::Check { path } => {
             let policies = match &path {
@@ -809,8 +934,26 @@ fn run_policy(config: &Config, command: PolicyCommand) -> anyhow::Result<ExitCod
             run,
             sql,
             connect,
+            http,
+            mcp,
+            kube,
+            ssh,
             json,
         } => {
+            let (family, text) = [
+                (Family::Sql, sql),
+                (Family::Connect, connect),
+                (Family::Http, http),
+                (Family::Mcp, mcp),
+                (Family::Kubernetes, kube),
+                (Family::Ssh, ssh),
+            ]
+            .into_iter()
+            .find_map(|(f, t)| t.map(|t| (f, t)))
+            .ok_or_else(|| {
+                Failure::usage("give one of --sql, --connect, --http, --mcp, --kube or --ssh")
+            })?;
+            let asked = Asked::parse(family, &text).map_err(Failure::usage)?;
             let policies = policy::load_policies(config)?;
             let protocol = config
                 .targets()
@@ -818,7 +961,7 @@ fn run_policy(config: &Config, command: PolicyCommand) -> anyhow::Result<ExitCod
                 .into_iter()
                 .find(|t| Some(&t.name) == target.as_ref())
                 .map(|t| t.protocol.as_str())
-                .unwrap_or(if connect.is_some() { "tcp" } else { "postgres" });
+                .unwrap_or(asked.default_protocol());
             let subject = tooling::SubjectSpec {
                 user,
                 uid,
@@ -830,16 +973,22 @@ fn run_policy(config: &Config, command: PolicyCommand) -> anyhow::Result<ExitCod
             }
             .subject();
             let engine = policy::Engine::new(policies);
-            let request = match (&sql, &connect) {
-                (Some(text), _) => Request::Sql { text },
-                (None, Some(destination)) => Request::Connect { destination },
-                (None, None) => return Err(Failure::usage("give --sql TEXT or --connect IP:PORT")),
-            };
-            let verdict = engine.evaluate(&subject, target.as_deref(), protocol, request);
+            let verdict = engine.evaluate(&subject, target.as_deref(), protocol, asked.operation());
             if json {
-                println!("{}", serde_json::to_string_pretty(&verdict)?);
+                let op = asked.operation();
+                let mut value = serde_json::to_value(&verdict)?;
+                if let serde_json::Value::Object(map) = &mut value {
+                    map.insert("kind".into(), op.family().as_str().into());
+                    map.insert("command".into(), op.canonical().into());
+                    map.insert("action".into(), op.action().into());
+                    map.insert("objects".into(), op.objects().into());
+                    if let Some((key, detail)) = op.detail() {
+                        map.insert(key.into(), detail);
+                    }
+                }
+                println!("{}", serde_json::to_string_pretty(&value)?);
             } else {
-                print!("{}", tooling::explain_text(&verdict));
+                print!("{}", tooling::explain_text(&asked, &verdict));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -935,8 +1084,11 @@ fn run_sessions(config: &Config, command: SessionsCommand) -> anyhow::Result<Exi
             id,
             speed,
             max_wait,
+            input,
+            raw,
         } => {
             let pace = replay::Pace::new(speed, max_wait)?;
+            let streams = replay::Streams { input, raw };
             let (session, events) = load(id)?;
             let counts = command_counts(&conn, &[id])?;
             let mut out = std::io::stdout().lock();
@@ -945,6 +1097,7 @@ fn run_sessions(config: &Config, command: SessionsCommand) -> anyhow::Result<Exi
                 &events,
                 counts.get(&id),
                 &pace,
+                streams,
                 &Term::stdout(),
                 &mut out,
                 &mut std::thread::sleep,

@@ -18,9 +18,9 @@ use crate::{
         cgroup::{cgroup2_mount, cgroup_of_unit, Cgroup},
         peer::CapturedCgroups,
         programs::{forward_kernel_logs, link_dir, Programs, Settings},
-        CaptureError,
+        CaptureError, CaptureMode,
     },
-    config::{CaptureMode, Config},
+    config::Config,
     exec::{require_root, unix_capture_gap, ExecError, GatewayParts},
     gateway::{self, Listeners, RunIds},
 };
@@ -258,8 +258,13 @@ pub async fn run(config: Config) -> Result<(), ExecError> {
     .map_err(ExecError::Listen)?;
     // Capture-all unless the operator opts into `listed`: every connection an agent makes is
     // journaled, a target's or not (issue 15).
-    let settings = Settings::from_config(&config, &targets, CaptureMode::All, &listeners)
-        .map_err(ExecError::Config)?;
+    let settings = Settings::from_config(
+        &config.capture,
+        &targets,
+        CaptureMode::All,
+        &listeners.steering(),
+    )
+    .map_err(ExecError::Config)?;
 
     let mut programs = if pins_complete(&pin_dir, &cgroups) {
         tracing::info!(pin_dir = %pin_dir.display(), "adopting the pinned capture");
@@ -383,7 +388,7 @@ pub async fn run(config: Config) -> Result<(), ExecError> {
     // any other listener the operator asked for.
     let _metrics = match &metrics_endpoint {
         Some(endpoint) => Some(
-            crate::metrics::serve(endpoint, crate::install::SERVICE_USER, {
+            crate::metrics::serve(endpoint, crate::journal::SERVICE_USER, {
                 let observed = observed.clone();
                 Arc::new(move || observed.exposition())
             })

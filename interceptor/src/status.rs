@@ -20,8 +20,9 @@ use serde::{Deserialize, Serialize};
 use crate::{
     approval::Approvals,
     config::Config,
-    gateway::{limits::Limits, stats::Stats},
+    gateway::stats::Stats,
     journal::Journal,
+    limits::Limits,
     metrics::{Exposition, HistogramSnapshot},
     ship::{SinkConfig, SinkStatus},
 };

@@ -24,8 +24,7 @@ use rustls::{
     pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime},
     ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme,
 };
-
-use crate::config::{UpstreamTlsConfig, UpstreamTlsMode};
+use serde::Deserialize;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -107,6 +106,39 @@ impl LocalCa {
     }
 
     /// A server configuration presenting a certificate for `names` (host names or addresses).
+    /// Accepts the agent's TLS handshake with a certificate for what it dialed: its SNI host
+    /// name when it sent one, and the address, so verification works whether it connected by
+    /// name or by IP. A routed Unix socket has no address: "localhost" stands in for it.
+    /// `alpn`: the protocols offered, most preferred first (none for PostgreSQL).
+    pub async fn accept_agent<S>(
+        &self,
+        client: S,
+        dialed: Option<std::net::SocketAddr>,
+        alpn: &[&[u8]],
+    ) -> Result<tokio_rustls::server::TlsStream<S>, String>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let start =
+            tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), client)
+                .await
+                .map_err(|e| e.to_string())?;
+        let mut names: Vec<String> = start
+            .client_hello()
+            .server_name()
+            .map(str::to_owned)
+            .into_iter()
+            .collect();
+        names.push(dialed.map_or_else(|| "localhost".to_owned(), |d| d.ip().to_string()));
+        let mut config = self.server_config(&names).map_err(|e| e.to_string())?;
+        if !alpn.is_empty() {
+            let mut with_alpn = (*config).clone();
+            with_alpn.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+            config = Arc::new(with_alpn);
+        }
+        start.into_stream(config).await.map_err(|e| e.to_string())
+    }
+
     pub fn server_config(&self, names: &[String]) -> Result<Arc<ServerConfig>, TlsError> {
         let key = names.join(",");
         if let Some(config) = self
@@ -161,7 +193,9 @@ impl LocalCa {
     }
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Writes a private key: created, never replaced (a concurrent creator makes this fail with
+/// `AlreadyExists`), mode 0600, owned by whoever runs this (the service: root).
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
     let mut file = std::fs::OpenOptions::new()
         .write(true)
@@ -169,6 +203,32 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .mode(0o600)
         .open(path)?;
     file.write_all(bytes)
+}
+
+/// A target's `[target.tls]`: how the upstream leg is secured (owned here, assembled by
+/// `config`).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpstreamTlsMode {
+    Disable,
+    /// TLS if the server offers it, plaintext otherwise; certificates are not checked.
+    #[default]
+    Prefer,
+    /// TLS or nothing; certificates are not checked.
+    Require,
+    /// TLS with the certificate chain and host name checked.
+    VerifyFull,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsConfig {
+    #[serde(default)]
+    pub mode: UpstreamTlsMode,
+    /// CA bundle (PEM) for verify-full; default: the system's trust store.
+    pub ca_file: Option<PathBuf>,
+    /// Name to verify; default: the upstream host.
+    pub server_name: Option<String>,
 }
 
 /// How to open the upstream leg, prepared once per target.
@@ -195,6 +255,40 @@ pub fn upstream(
     config: &UpstreamTlsConfig,
     default_host: Option<&str>,
 ) -> Result<Upstream, TlsError> {
+    upstream_as(config, default_host, None)
+}
+
+/// A client certificate the gateway presents upstream (a Kubernetes API server's mTLS login).
+pub struct ClientIdentity {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl ClientIdentity {
+    /// Reads a PEM certificate chain and its PEM private key (already read from their files,
+    /// so the caller decides where secrets come from).
+    pub fn from_pem(cert: &str, key: &str) -> Result<ClientIdentity, TlsError> {
+        use rustls_pki_types::pem::PemObject as _;
+        let chain = CertificateDer::pem_slice_iter(cert.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| TlsError::Upstream(format!("client certificate: {e}")))?;
+        if chain.is_empty() {
+            return Err(TlsError::Upstream(
+                "client certificate: no certificate in the PEM".to_owned(),
+            ));
+        }
+        let key = PrivateKeyDer::from_pem_slice(key.as_bytes())
+            .map_err(|e| TlsError::Upstream(format!("client key: {e}")))?;
+        Ok(ClientIdentity { chain, key })
+    }
+}
+
+/// [`upstream`], presenting `client` when the server asks for a certificate.
+pub fn upstream_as(
+    config: &UpstreamTlsConfig,
+    default_host: Option<&str>,
+    client: Option<ClientIdentity>,
+) -> Result<Upstream, TlsError> {
     let server_name = config
         .server_name
         .as_deref()
@@ -212,8 +306,7 @@ pub fn upstream(
         UpstreamTlsMode::Prefer | UpstreamTlsMode::Require => Some(
             builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider())))
-                .with_no_client_auth(),
+                .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider()))),
         ),
         UpstreamTlsMode::VerifyFull => {
             let mut roots = RootCertStore::empty();
@@ -238,8 +331,16 @@ pub fn upstream(
                     roots.add_parsable_certificates(found.certs);
                 }
             }
-            Some(builder.with_root_certificates(roots).with_no_client_auth())
+            Some(builder.with_root_certificates(roots))
         }
+    };
+    let client_config = match (client_config, client) {
+        (None, _) => None,
+        (Some(b), None) => Some(b.with_no_client_auth()),
+        (Some(b), Some(id)) => Some(
+            b.with_client_auth_cert(id.chain, id.key)
+                .map_err(|e| TlsError::Upstream(format!("client certificate: {e}")))?,
+        ),
     };
     Ok(Upstream {
         mode: config.mode,

@@ -33,8 +33,10 @@ use nix::{
 };
 pub use serde_json::{json, Value};
 
+pub mod mysql;
 pub mod nspawn;
 pub mod pg;
+pub mod sshd;
 pub use pg::*;
 
 /// System python: readable and executable by unprivileged users (`--user nobody`).
@@ -1117,6 +1119,19 @@ impl Daemon {
 // bpffs pins of the service
 // ---------------------------------------------------------------------------------------------
 
+/// A service config capturing `cgroup` with pins in `pins`. No `mode`: the service captures
+/// every connection by default, so a destination no target or `intercept` names is relayed and
+/// journaled too.
+pub fn write_service_config(cfg: &TempConfig, cgroup: &CgroupDir, pins: &PinDir) {
+    cfg.write(&format!(
+        "{}\n[proxy]\nport = {}\n\n[capture]\ncgroups = [\"{}\"]\npin_dir = \"{}\"\n",
+        cfg.journal_section(),
+        free_port(),
+        cgroup.relative(),
+        pins.path.display()
+    ));
+}
+
 /// The service's `pin_dir`. On drop: `interceptor --config CFG detach`, then `rm -rf pin_dir`.
 pub struct PinDir {
     pub path: PathBuf,
@@ -1264,5 +1279,54 @@ pub fn cleanup_cgroup(cg: &Path) {
 impl Drop for CgroupDir {
     fn drop(&mut self) {
         cleanup_cgroup(&self.path);
+    }
+}
+
+/// `interceptor --config CFG approvals ARGS…`.
+/// Starts a stand-in server (an upstream for a test) and waits up to 20 s for it to print a
+/// line holding `ready`.
+pub fn spawn_ready(cmd: Command, label: &str) -> Spawned {
+    let mut process = Spawned::spawn(cmd, label, false);
+    assert!(
+        process
+            .wait_line(false, Duration::from_secs(20), |l| l.contains("ready"))
+            .is_some(),
+        "{label} did not start: {}",
+        process.stderr_so_far()
+    );
+    process
+}
+
+/// The JSON lines a stand-in server logged (what reached it); unreadable lines are skipped.
+pub fn json_lines(path: &Path) -> Vec<Value> {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+pub fn approvals_cli(cfg: &TempConfig, args: &[&str]) -> Output {
+    let mut cmd = interceptor_cmd(Some(cfg));
+    cmd.arg("approvals").args(args);
+    run_command(cmd, Duration::from_secs(30))
+}
+
+/// Waits (up to `timeout`) for a held command and returns the first one `approvals list
+/// --json` shows.
+pub fn first_pending(cfg: &TempConfig, timeout: Duration) -> Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let out = approvals_cli(cfg, &["list", "--json"]);
+        let parsed: Option<Value> = serde_json::from_str(&out.stdout).ok();
+        if let Some(first) = parsed.and_then(|v| v.as_array().and_then(|a| a.first().cloned())) {
+            return first;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nothing held: {}",
+            out.describe()
+        );
+        std::thread::sleep(Duration::from_millis(200));
     }
 }

@@ -853,6 +853,19 @@ pub fn events_of_kind(show: &Value, kind: &str) -> Vec<Value> {
         .unwrap_or_default()
 }
 
+/// Events of `kind` in `sessions` (rows of `sessions list --json`), session by session.
+pub fn events_in(cfg: &TempConfig, sessions: &[Value], kind: &str) -> Vec<Value> {
+    sessions
+        .iter()
+        .flat_map(|s| events_of_kind(&session_show(cfg, s["id"].as_i64().expect("id")), kind))
+        .collect()
+}
+
+/// Events of `kind` in every session of the journal, session by session.
+pub fn journal_events(cfg: &TempConfig, kind: &str) -> Vec<Value> {
+    events_in(cfg, &crate::sessions(cfg), kind)
+}
+
 /// Every byte of the journal (the db file and its -wal/-shm companions), for secret greps.
 pub fn journal_bytes(cfg: &TempConfig) -> Vec<u8> {
     let name = cfg

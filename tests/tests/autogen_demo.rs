@@ -231,7 +231,7 @@ fn an_autogen_agent_gets_a_masked_read_an_approved_write_and_a_denied_drop() {
 }
 
 #[test]
-fn make_demo_shows_the_three_outcomes_and_cleans_up() {
+fn make_demo_shows_the_outcomes_sql_and_mcp_and_cleans_up() {
     require_root!();
     let before = leftover_demo_dirs();
     let mut cmd = std::process::Command::new("bash");
@@ -245,7 +245,11 @@ fn make_demo_shows_the_three_outcomes_and_cleans_up() {
         "ok    UPDATE held, then approved by the operator",
         "ok    DROP TABLE denied",
         "approved apr-",
-        "12 events intact",
+        "ok    get_customer (read-only) ran, email and card number masked",
+        "ok    delete_customer held, denied: an error result for the agent",
+        "ok    delete_customer never ran on the server",
+        "denied apr-",
+        " events intact (seq 1..",
     ] {
         assert!(
             out.stdout.contains(line),

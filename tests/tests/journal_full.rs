@@ -40,14 +40,16 @@ def dsn():
 res = {}
 conn = psycopg.connect(dsn(), autocommit=True)
 res["before"] = conn.execute("SELECT 1").fetchone()[0]
-# Fill the journal's filesystem.
-with open(FILL, "wb") as f:
-    try:
-        while True:
-            f.write(b"x" * 65536)
-            f.flush()
-    except OSError:
-        pass
+# Fill the journal's filesystem. Unbuffered: a buffered file's close would flush what the
+# full disk refused again, and raise outside the loop.
+fd = os.open(FILL, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+try:
+    while True:
+        os.write(fd, b"x" * 65536)
+except OSError:
+    pass
+finally:
+    os.close(fd)
 try:
     # Larger than the whole filesystem once journaled (statement_max_bytes is raised below):
     # a small record could still fit in WAL frames SQLite reuses after a checkpoint.

@@ -433,13 +433,21 @@ fn an_unwritable_journal_refuses_the_next_statement_and_doctor_says_why() {
         .unwrap_or_else(|| panic!("no first report\n{}", run.stderr_so_far()));
     assert_eq!(before["before"], json!(1), "{}", pretty(&before));
 
-    // The journal and its WAL can no longer be written (as on a failing or read-only disk).
-    let files: Vec<PathBuf> = ["", "-wal"]
+    // The journal's log, the database and its WAL can no longer be written (as on a failing
+    // or read-only disk).
+    let mut files: Vec<PathBuf> = ["", "-wal"]
         .iter()
         .map(|suffix| PathBuf::from(format!("{}{suffix}", cfg.journal.display())))
         .filter(|p| p.exists())
         .collect();
     assert_eq!(files.len(), 2, "journal and WAL expected: {files:?}");
+    let segments = PathBuf::from(format!("{}.segments", cfg.journal.display()));
+    let logs: Vec<PathBuf> = std::fs::read_dir(&segments)
+        .expect("the journal's segment log")
+        .filter_map(|e| Some(e.ok()?.path()))
+        .collect();
+    assert!(!logs.is_empty(), "no segment in {}", segments.display());
+    files.extend(logs);
     let immutable = Immutable::set(files);
     writeln!(run.stdin(), "go").expect("signal the client");
     let after = run

@@ -58,19 +58,6 @@ fn assert_journaled(cfg: &TempConfig, client: &Value, echo: &EchoServer) {
     assert_eq!(s["uid"], client["uid"], "{}", pretty(s));
 }
 
-/// A service config capturing `cgroup` with pins in `pins`. No `mode`: the service captures
-/// every connection by default, so a destination no target or `intercept` names is relayed and
-/// journaled too.
-fn write_service_config(cfg: &TempConfig, cgroup: &CgroupDir, pins: &PinDir) {
-    cfg.write(&format!(
-        "{}\n[proxy]\nport = {}\n\n[capture]\ncgroups = [\"{}\"]\npin_dir = \"{}\"\n",
-        cfg.journal_section(),
-        free_port(),
-        cgroup.relative(),
-        pins.path.display()
-    ));
-}
-
 #[test]
 fn service_captures_cgroup_fails_closed_while_down_and_adopts_pins_on_restart() {
     require_root!();

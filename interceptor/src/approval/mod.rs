@@ -7,6 +7,7 @@
 //! uid can never approve its own request, root included. A `run`-scoped approval lets the same
 //! statement (literals and whitespace aside) through for the rest of that run only.
 
+mod config;
 pub mod control;
 pub mod notify;
 pub mod watch;
@@ -21,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use crate::journal::{Event, Journal, JournalError};
+pub use config::{ApprovalsConfig, WebhookFormat};
 
 /// What an approver sees about a held command.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -4,10 +4,8 @@
 
 use std::time::Duration;
 
-use crate::{
-    config::WebhookFormat,
-    journal::{Event, Journal},
-};
+use super::WebhookFormat;
+use crate::journal::{Event, Journal};
 
 use super::Request;
 

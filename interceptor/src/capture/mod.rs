@@ -8,6 +8,7 @@
 //! TCP; [`peer`] for a Unix socket the kernel routed to the gateway ([`unix`])).
 
 pub mod cgroup;
+mod config;
 pub mod identity;
 pub mod peer;
 pub mod programs;
@@ -16,6 +17,7 @@ pub mod unix;
 
 use std::net::SocketAddr;
 
+pub use config::{CaptureConfig, CaptureMode, UdpPolicy};
 pub use interceptor_common::ConnRecord;
 
 #[derive(Debug, thiserror::Error)]

@@ -29,10 +29,8 @@ use super::{
     unix::{filesystem_path, Unavailable, UnixPrograms, UnixRules},
     CaptureError, ConnectionLookup,
 };
-use crate::{
-    config::{CaptureMode, Config, DestPattern, Target, UdpPolicy},
-    gateway::Listeners,
-};
+use super::{CaptureConfig as CaptureSection, CaptureMode, UdpPolicy};
+use crate::target::{normalize, DestPattern, Target};
 
 /// The object built by `interceptor/build.rs`; the daemon needs no toolchain at run time.
 static EBPF_OBJECT: &[u8] =
@@ -66,44 +64,54 @@ pub struct Settings {
     pub unix_routes: Vec<(UnixPath, UnixPath)>,
 }
 
+/// Where the programs steer captured connections: the gateway's listeners, as plain values
+/// (the gateway builds it, `gateway::Listeners::steering`; capture sits below the gateway).
+#[derive(Debug, Clone, Default)]
+pub struct Steering {
+    /// The proxy's port on 127.0.0.1 and on [::1] (0 when there is no IPv6 listener).
+    pub port4: u16,
+    pub port6: u16,
+    /// Routed Unix sockets: (the path agents connect to, the gateway's listener for it).
+    pub unix_routes: Vec<(String, std::path::PathBuf)>,
+}
+
 impl Settings {
-    /// The programs' settings for `config`, steering into `listeners`. `default_mode` applies
-    /// when the config does not choose (`all` for both `exec` and `run` today).
+    /// The programs' settings for `[capture]` and the targets, steering into the gateway's
+    /// listeners (`steering`). `default_mode` applies when the config does not choose (`all`
+    /// for both `exec` and `run` today).
     pub fn from_config(
-        config: &Config,
+        capture: &CaptureSection,
         targets: &[Target],
         default_mode: CaptureMode,
-        listeners: &Listeners,
+        steering: &Steering,
     ) -> Result<Settings, String> {
         Ok(Settings {
-            intercept_all: config.capture.mode.unwrap_or(default_mode) == CaptureMode::All,
+            intercept_all: capture.mode.unwrap_or(default_mode) == CaptureMode::All,
             // A target's real address is captured like the ones agents are meant to dial: a
             // connection straight to it is judged as that target, never relayed raw.
             intercept: targets
                 .iter()
                 .flat_map(|t| {
-                    t.intercept.iter().copied().chain(
-                        t.upstream
-                            .map(|u| DestPattern::Exact(crate::config::normalize(u))),
-                    )
+                    t.intercept
+                        .iter()
+                        .copied()
+                        .chain(t.upstream.map(|u| DestPattern::Exact(normalize(u))))
                 })
-                .chain(config.extra_intercepts()?)
+                .chain(capture.extra_intercepts()?)
                 .collect(),
-            udp_allow_all: config.capture.udp == UdpPolicy::Allow,
-            proxy_port4: listeners.port4(),
-            proxy_port6: listeners.port6(),
-            unix: config.capture.unix.rules()?,
-            unix_routes: listeners
-                .unix
+            udp_allow_all: capture.udp == UdpPolicy::Allow,
+            proxy_port4: steering.port4,
+            proxy_port6: steering.port6,
+            unix: capture.unix.rules()?,
+            unix_routes: steering
+                .unix_routes
                 .iter()
-                .map(|l| {
-                    let listener = l
-                        .route
-                        .listener
+                .map(|(routed, listener)| {
+                    let listener = listener
                         .to_str()
-                        .ok_or_else(|| format!("{}: not UTF-8", l.route.listener.display()))?;
+                        .ok_or_else(|| format!("{}: not UTF-8", listener.display()))?;
                     Ok((
-                        filesystem_path(&l.route.routed)?,
+                        filesystem_path(routed)?,
                         filesystem_path(listener).map_err(|e| format!("the route listener {e}"))?,
                     ))
                 })
@@ -541,7 +549,7 @@ pub fn key_addr(key: &AddrKey) -> SocketAddr {
 
 impl ConnectionLookup for Programs {
     fn take(&self, peer: SocketAddr) -> Option<ConnRecord> {
-        let key = addr_key(crate::config::normalize(peer));
+        let key = addr_key(normalize(peer));
         let mut map = self.by_client_data();
         let record = map.get(&key, 0).ok()?;
         // The record is consumed: a later connection reusing this source port must not inherit it.

@@ -1,4 +1,8 @@
 use super::*;
+use crate::{
+    capture::UdpPolicy,
+    target::{Credentials, KubernetesCredentials},
+};
 
 fn parse(text: &str) -> Result<Config, ConfigError> {
     Config::parse(text, Path::new("test.toml"))
@@ -170,12 +174,14 @@ fn secrets_come_from_exactly_one_source_and_lose_trailing_newlines() {
     ))
     .expect("config");
     let creds = config.targets().unwrap()[0].credentials.clone().unwrap();
-    assert_eq!(creds.password.read().unwrap(), "s3cret");
+    let login = creds.database().expect("a database login");
+    assert_eq!(login.user, "app");
+    assert_eq!(login.password.read().unwrap(), "s3cret");
     // The Debug form (used in logs) names the source, never the secret.
     assert!(!format!("{creds:?}").contains("s3cret"));
 
     let err = parse(&format!(
-        "[[target]]\nname = \"db\"\n[target.credentials]\nuser = \"app\"\npassword_file = \"{}\"\npassword_env = \"X\"\n",
+        "[[target]]\nname = \"db\"\nprotocol = \"postgres\"\n[target.credentials]\nuser = \"app\"\npassword_file = \"{}\"\npassword_env = \"X\"\n",
         secret.display()
     ))
     .unwrap_err();
@@ -234,10 +240,7 @@ fn the_most_specific_target_wins_whatever_the_order() {
 #[test]
 fn limits_have_defaults_and_refuse_what_would_refuse_everything() {
     let config = parse("").expect("defaults");
-    assert_eq!(
-        config.limits,
-        crate::gateway::limits::LimitsConfig::default()
-    );
+    assert_eq!(config.limits, crate::limits::LimitsConfig::default());
     let config = parse(
         "[limits]\nstartup_timeout_secs = 2\nidle_timeout_secs = 30\nmax_sessions = 100\n\
          max_sessions_per_uid = 5\nmax_sessions_per_run = 7\n",
@@ -303,7 +306,12 @@ fn max_message_bytes_must_hold_a_start_up_packet() {
     let config = parse("[[target]]\nname = \"db\"\n").expect("default");
     assert_eq!(
         config.targets().expect("targets")[0].max_message_bytes,
-        DEFAULT_MAX_MESSAGE_BYTES
+        crate::target::DEFAULT_MAX_MESSAGE_BYTES
+    );
+    let config = parse("[[target]]\nname = \"api\"\nprotocol = \"http\"\n").expect("default");
+    assert_eq!(
+        config.targets().expect("targets")[0].max_message_bytes,
+        crate::target::DEFAULT_HTTP_MAX_MESSAGE_BYTES
     );
 }
 
@@ -330,22 +338,15 @@ fn the_packaged_config_shows_the_limits_defaults() {
     let config = parse(&block).expect("the commented block parses");
     assert_eq!(
         config.limits,
-        crate::gateway::limits::LimitsConfig {
-            max_sessions: Some(crate::gateway::limits::DEFAULT_MAX_SESSIONS),
+        crate::limits::LimitsConfig {
+            max_sessions: Some(crate::limits::DEFAULT_MAX_SESSIONS),
             ..Default::default()
         }
     );
 }
 
 #[test]
-fn a_protocol_not_built_yet_is_an_error_not_plain_tcp() {
-    let err = parse(
-        "[[target]]\nname = \"db\"\nprotocol = \"mysql\"\nintercept = [\"127.0.0.1:3306\"]\n",
-    )
-    .unwrap_err()
-    .to_string();
-    assert!(err.starts_with("test.toml:3:"), "{err}");
-    assert!(err.contains("\"mysql\" is not built yet"), "{err}");
+fn an_unknown_protocol_is_an_error_not_plain_tcp() {
     let err = parse("[[target]]\nname = \"db\"\nprotocol = \"gopher\"\n")
         .unwrap_err()
         .to_string();
@@ -363,4 +364,224 @@ fn a_review_timeout_of_zero_is_refused_with_its_position() {
         .to_string();
     assert!(err.starts_with("test.toml:2:"), "{err}");
     assert!(parse("[approvals]\ntimeout_secs = 300\n").is_ok());
+}
+
+/// One target of `protocol` with `credentials` (TOML lines), parsed.
+fn target_with(protocol: &str, credentials: &str) -> Result<Config, ConfigError> {
+    parse(&format!(
+        "[[target]]\nname = \"t\"\nprotocol = \"{protocol}\"\nupstream = \"127.0.0.1:1\"\n\
+         [target.credentials]\n{credentials}"
+    ))
+}
+
+/// The error a target of `protocol` with these credentials gives.
+fn credentials_error(protocol: &str, credentials: &str) -> String {
+    target_with(protocol, credentials).unwrap_err().to_string()
+}
+
+#[test]
+fn database_credentials_take_a_user_and_one_password_source() {
+    for protocol in ["postgres", "mysql"] {
+        let err = credentials_error(protocol, "password_env = \"PW\"\n");
+        assert!(err.contains("user is required"), "{err}");
+        let err = credentials_error(protocol, "user = \"app\"\n");
+        assert!(err.contains("one of password_file"), "{err}");
+        let err = credentials_error(
+            protocol,
+            "user = \"app\"\npassword_env = \"PW\"\npassword_credential = \"pw\"\n",
+        );
+        assert!(err.contains("only one of password_file"), "{err}");
+    }
+    let config = target_with(
+        "postgres",
+        "user = \"app\"\npassword_env = \"PW\"\ndatabase = \"d\"\n",
+    )
+    .expect("postgres credentials");
+    let creds = config.targets().unwrap()[0].credentials.clone().unwrap();
+    let login = creds.database().expect("database login");
+    assert_eq!(login.password, SecretSource::Env("PW".to_owned()));
+    assert_eq!(login.database.as_deref(), Some("d"));
+    // MySQL takes the same credentials, and needs them: the gateway always logs in itself.
+    let config =
+        target_with("mysql", "user = \"app\"\npassword_env = \"PW\"\n").expect("mysql credentials");
+    let creds = config.targets().unwrap()[0].credentials.clone().unwrap();
+    assert_eq!(creds.database().expect("database login").user, "app");
+    let err =
+        parse("[[target]]\nname = \"db\"\nprotocol = \"mysql\"\nupstream = \"127.0.0.1:3306\"\n")
+            .unwrap_err()
+            .to_string();
+    assert!(
+        err.contains("a mysql target needs [target.credentials]"),
+        "{err}"
+    );
+}
+
+#[test]
+fn http_credentials_take_a_header_and_one_value_source() {
+    for protocol in ["http", "https"] {
+        let err = credentials_error(protocol, "value_env = \"TOKEN\"\n");
+        assert!(err.contains("header is required"), "{err}");
+        let err = credentials_error(protocol, "header = \"Authorization\"\n");
+        assert!(
+            err.contains("one of value_file, value_env or value_credential"),
+            "{err}"
+        );
+        let err = credentials_error(
+            protocol,
+            "header = \"Authorization\"\nvalue_env = \"T\"\nvalue_file = \"/t\"\n",
+        );
+        assert!(err.contains("only one of value_file"), "{err}");
+        let config = target_with(protocol, "header = \"Authorization\"\nvalue_env = \"T\"\n")
+            .expect("http credentials");
+        assert_eq!(
+            config.targets().expect("targets")[0].credentials,
+            Some(Credentials::Http {
+                header: "Authorization".to_owned(),
+                value: SecretSource::Env("T".to_owned()),
+            })
+        );
+    }
+}
+
+#[test]
+fn kubernetes_credentials_are_a_token_or_a_client_certificate() {
+    let err = credentials_error("kubernetes", "token_file = \"/t\"\ntoken_env = \"T\"\n");
+    assert!(err.contains("only one of token_file"), "{err}");
+    let err = credentials_error("kubernetes", "client_cert_file = \"/c\"\n");
+    assert!(err.contains("go together"), "{err}");
+    let err = credentials_error(
+        "kubernetes",
+        "token_env = \"T\"\nclient_cert_file = \"/c\"\nclient_key_file = \"/k\"\n",
+    );
+    assert!(err.contains("not both"), "{err}");
+    let err = credentials_error("kubernetes", "");
+    assert!(err.contains("needs a token"), "{err}");
+    for good in [
+        "token_env = \"T\"\n",
+        "client_cert_file = \"/c\"\nclient_key_file = \"/k\"\n",
+    ] {
+        let config = target_with("kubernetes", good).expect("kubernetes credentials");
+        let target = &config.targets().expect("a kubernetes target")[0];
+        assert!(
+            matches!(target.credentials, Some(Credentials::Kubernetes(_))),
+            "{:?}",
+            target.credentials
+        );
+    }
+    // What it validates to, through the validation itself.
+    let token = CredentialsConfig {
+        token_env: Some("T".to_owned()),
+        ..CredentialsConfig::default()
+    };
+    assert_eq!(
+        token.validate(Protocol::Kubernetes),
+        Ok(Credentials::Kubernetes(KubernetesCredentials::Token(
+            SecretSource::Env("T".to_owned())
+        )))
+    );
+}
+
+#[test]
+fn ssh_credentials_take_a_user_a_key_and_known_hosts() {
+    let err = credentials_error("ssh", "user = \"git\"\nknown_hosts = \"/k\"\n");
+    assert!(err.contains("one of key_file or key_credential"), "{err}");
+    let err = credentials_error("ssh", "user = \"git\"\nkey_file = \"/id\"\n");
+    assert!(err.contains("known_hosts is required"), "{err}");
+    let err = credentials_error(
+        "ssh",
+        "user = \"git\"\nkey_file = \"/id\"\nkey_credential = \"id\"\nknown_hosts = \"/k\"\n",
+    );
+    assert!(
+        err.contains("only one of key_file, key_credential"),
+        "{err}"
+    );
+    let ok = CredentialsConfig {
+        user: Some("git".to_owned()),
+        key_file: Some("/id".into()),
+        known_hosts: Some("/k".into()),
+        ..CredentialsConfig::default()
+    };
+    let Ok(Credentials::Ssh {
+        user, known_hosts, ..
+    }) = ok.validate(Protocol::Ssh)
+    else {
+        panic!("ssh credentials");
+    };
+    assert_eq!((user.as_str(), known_hosts), ("git", PathBuf::from("/k")));
+    // SSH is built: a target with its credentials loads.
+    let config = target_with(
+        "ssh",
+        "user = \"git\"\nkey_file = \"/id\"\nknown_hosts = \"/k\"\n",
+    )
+    .expect("an ssh target");
+    let targets = config.targets().expect("ssh targets");
+    assert_eq!(targets[0].protocol, Protocol::Ssh);
+    assert!(matches!(
+        targets[0].credentials,
+        Some(Credentials::Ssh { .. })
+    ));
+}
+
+#[test]
+fn a_field_of_another_protocol_is_an_error_on_its_line() {
+    let err = credentials_error(
+        "postgres",
+        "user = \"app\"\npassword_env = \"PW\"\nheader = \"Authorization\"\n",
+    );
+    assert!(err.starts_with("test.toml:8:"), "{err}");
+    assert!(
+        err.contains("\"header\" belongs to another protocol"),
+        "{err}"
+    );
+    assert!(
+        err.contains("a postgres target takes user, password_file"),
+        "{err}"
+    );
+    let err = credentials_error("ssh", "user = \"git\"\ntoken_env = \"T\"\n");
+    assert!(err.starts_with("test.toml:7:"), "{err}");
+    assert!(err.contains("\"token_env\""), "{err}");
+    let err = credentials_error("tcp", "user = \"app\"\n");
+    assert!(err.contains("a tcp target takes no credentials"), "{err}");
+    // A key unknown to every protocol is a parse error with line and column.
+    let err = credentials_error("postgres", "user = \"app\"\npasswd = \"x\"\n");
+    assert!(err.starts_with("test.toml:7:1:"), "{err}");
+}
+
+#[test]
+fn every_protocol_has_a_name() {
+    for protocol in Protocol::ALL {
+        assert_eq!(
+            Protocol::try_from(protocol.as_str().to_owned()),
+            Ok(protocol)
+        );
+    }
+}
+
+#[test]
+fn every_secret_is_read_at_start_up_and_known_hosts_must_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("id");
+    std::fs::write(&key, "private\n").unwrap();
+    let known = dir.path().join("known_hosts");
+    let ssh = CredentialsConfig {
+        user: Some("git".to_owned()),
+        key_file: Some(key.clone()),
+        known_hosts: Some(known.clone()),
+        ..CredentialsConfig::default()
+    }
+    .validate(Protocol::Ssh)
+    .expect("ssh credentials");
+    assert_eq!(ssh.secrets()[0].1.read().unwrap(), "private");
+    assert!(!format!("{ssh:?}").contains("private"));
+    // Postgres through check_secrets: a missing value names its field.
+    let config = target_with(
+        "postgres",
+        "user = \"app\"\npassword_env = \"INTERCEPTOR_TEST_UNSET\"\n",
+    )
+    .expect("config");
+    let err = config.check_secrets().unwrap_err().to_string();
+    assert!(
+        err.contains("credentials: password: environment variable"),
+        "{err}"
+    );
 }

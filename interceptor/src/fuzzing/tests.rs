@@ -60,3 +60,13 @@ fn every_target_has_a_fuzz_target_and_seeds() {
         );
     }
 }
+
+#[test]
+fn json_escapes_mark_the_bytes_of_each_escape_sequence() {
+    let text = br#"{"k":"a\f::\u0001b\\c"}"#;
+    let marked: String = super::json_escapes(text)
+        .iter()
+        .map(|&e| if e { '^' } else { ' ' })
+        .collect();
+    assert_eq!(marked, "       ^^  ^^^^^^ ^^   ");
+}

@@ -15,22 +15,74 @@ use std::{
 use crate::{
     approval::{self, Approvals, Resolution},
     command::{
-        Command, CommandResult, Decision, EventId, HookError, Hooks, Masker, ResultColumn, Verdict,
+        Command, CommandResult, Decision, EventId, Family, HookError, Hooks, Masker, Operation,
+        ResultColumn, Verdict,
     },
     journal::{Event, Journal},
     mask::Masking,
     policy::{self, DecisionKind, Engine, Request, Subject},
 };
 
-/// What a `run`-scoped approval of a reviewed statement extends to: the same rule, and a
-/// statement PostgreSQL's own parser fingerprints the same (only literal values may differ).
-/// `None` when the server's grammar rejects the text: then the approval covers only itself.
-fn approval_key(verdict: &policy::Verdict, text: &str) -> Option<String> {
-    let fingerprint = policy::pg_grammar::fingerprint(text)?;
+/// What a `run`-scoped approval of a reviewed command extends to: the same rule, and the
+/// command's canonical key. For SQL that is PostgreSQL's own parser's fingerprint (only
+/// literal values may differ), and `None` when the server's grammar rejects the text: then the
+/// approval covers only itself. For the other families it is the canonical text: the same
+/// request, exactly. MySQL's SQL is keyed by its exact text too: PostgreSQL's fingerprint
+/// reads strings and comments differently from MySQL, so two texts it calls alike may run
+/// different statements on a MySQL server.
+fn approval_key(
+    verdict: &policy::Verdict,
+    command: &Command<'_>,
+    protocol: &str,
+) -> Option<String> {
+    let key = match command.operation {
+        Operation::Sql { text } if protocol != policy::MYSQL_PROTOCOL => {
+            policy::pg_grammar::fingerprint(text)?
+        }
+        _ => format!(
+            "{}\u{1}{}",
+            command.operation.family().as_str(),
+            command.text
+        ),
+    };
     Some(format!(
-        "{}\u{1}{fingerprint}",
+        "{}\u{1}{key}",
         verdict.rule.as_deref().unwrap_or_default()
     ))
+}
+
+/// A JSON value as the journal may keep it: every string in it masked like text, the
+/// document still valid JSON.
+fn mask_strings(value: &serde_json::Value, mask: &dyn Fn(&str) -> String) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => Value::String(mask(s)),
+        Value::Array(items) => Value::Array(items.iter().map(|v| mask_strings(v, mask)).collect()),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), mask_strings(v, mask)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// Counts one wait for an approver for as long as it lasts, however it ends: a held request's
+/// future is dropped when its client goes away (an HTTP client disconnecting), and a count left
+/// up would keep the session from ever being idle again.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a AtomicUsize) -> Waiting<'a> {
+        count.fetch_add(1, Ordering::AcqRel);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// A held command waiting for its decision.
@@ -117,6 +169,38 @@ impl SessionHooks {
         }
     }
 
+    /// A command's canonical text as the journal and approvers see it. An MCP call's text
+    /// holds its arguments, a JSON document: field rules (`json_paths`) apply to it before
+    /// detectors do, so a `$..password` rule hides the password in the text too.
+    fn journal_text<'t>(&self, command: &Command<'t>) -> (Cow<'t, str>, BTreeMap<String, u64>) {
+        if let (Operation::Mcp(call), Some(masking)) = (&command.operation, &self.masking) {
+            if let Some(arguments) = &call.arguments {
+                let mut masked_arguments = arguments.clone();
+                let mut counts = masking.mask_json(&mut masked_arguments);
+                let masked_call = crate::command::McpCall {
+                    arguments: Some(masked_arguments),
+                    ..(*call).clone()
+                };
+                let canonical = Operation::Mcp(&masked_call).canonical();
+                let (text, more) = self.for_journal(&canonical);
+                let text = text.into_owned();
+                for (k, n) in more {
+                    *counts.entry(k).or_default() += n;
+                }
+                return (Cow::Owned(text), counts);
+            }
+        }
+        if let Operation::Http(request) = &command.operation {
+            // Credentials in query strings (`?api_key=…`) never reach the journal.
+            if request.query.is_some() {
+                let canonical = Operation::Http(&request.redacted()).canonical();
+                let (text, counts) = self.for_journal(&canonical);
+                return (Cow::Owned(text.into_owned()), counts);
+            }
+        }
+        self.for_journal(command.text)
+    }
+
     /// Holds a reviewed command: registers it for approvers and tells the protocol what to say.
     async fn hold(
         &self,
@@ -130,7 +214,7 @@ impl SessionHooks {
             id: id.clone(),
             status: approval::Status::Pending,
             // Approvers see what the journal keeps: detector matches masked.
-            statement: self.for_journal(command.text).0.into_owned(),
+            statement: self.journal_text(command).0.into_owned(),
             target: self.target.clone(),
             run_id: self.subject.run_id.clone(),
             pid: self.pid,
@@ -155,14 +239,26 @@ impl SessionHooks {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id.clone(), Held { decision, timeout });
+        let what = match command.operation.family() {
+            Family::Sql => "statement",
+            _ => "command",
+        };
         let notice = format!(
-            "interceptor: statement held for approval {id} ({}); approve: sudo interceptor approvals approve {id}   deny: sudo interceptor approvals deny {id} --reason TEXT",
+            "interceptor: {what} held for approval {id} ({}); approve: sudo interceptor approvals approve {id}   deny: sudo interceptor approvals deny {id} --reason TEXT",
             verdict.message
         );
         Ok(Verdict::Hold { id, notice })
     }
 
     fn judge(&self, command: &Command<'_>) -> policy::Verdict {
+        if command.operation.family() != Family::Sql {
+            return self.policy.evaluate(
+                &self.subject,
+                self.target.as_deref(),
+                self.protocol_of(command),
+                command.operation,
+            );
+        }
         let functions = self.functions.lock().unwrap_or_else(|p| p.into_inner());
         let verdict = self.policy.evaluate_with(
             &self.subject,
@@ -189,6 +285,94 @@ impl SessionHooks {
     }
 }
 
+impl SessionHooks {
+    /// The protocol a command belongs to: the session's, except MCP calls, which ride on an
+    /// HTTP session but are judged and journaled as MCP.
+    fn protocol_of(&self, command: &Command<'_>) -> &'static str {
+        match command.operation.family() {
+            Family::Mcp => "mcp",
+            _ => self.protocol,
+        }
+    }
+
+    /// The journal's `detail` of a command event: the protocol-neutral keys (`protocol`,
+    /// `action`, `objects`), the protocol's own detail, and for SQL what it always had.
+    fn event_detail(
+        &self,
+        command: &Command<'_>,
+        v: &policy::Verdict,
+        masked: BTreeMap<String, u64>,
+    ) -> serde_json::Value {
+        let reason = (v.decision != DecisionKind::Allow).then(|| v.message.clone());
+        let masked = (!masked.is_empty()).then_some(masked);
+        let protocol = self.protocol_of(command);
+        if command.operation.family() != Family::Sql {
+            let mask = |s: &str| self.for_journal(s).0.into_owned();
+            let objects: Vec<String> = command
+                .operation
+                .objects()
+                .iter()
+                .map(|o| mask(o))
+                .collect();
+            let mut detail = serde_json::json!({
+                "protocol": protocol,
+                "action": command.operation.action(),
+                "objects": objects,
+                "reason": reason,
+                "masked": masked,
+            });
+            if let (Some((key, mut value)), serde_json::Value::Object(map)) =
+                (command.operation.detail(), &mut detail)
+            {
+                // MCP arguments are a JSON document: field rules first, as in the text.
+                if let (Some(arguments), Some(masking)) =
+                    (value.get_mut("arguments"), &self.masking)
+                {
+                    masking.mask_json(arguments);
+                }
+                // Arguments, paths and command lines may carry values: masked like text.
+                map.insert(key.to_owned(), mask_strings(&value, &mask));
+            }
+            return detail;
+        }
+        let classes: Vec<_> = v
+            .statements
+            .iter()
+            .flat_map(|s| s.analysis.classes.iter().copied())
+            .collect();
+        let mut action: Vec<String> = classes
+            .iter()
+            .filter_map(|c| serde_json::to_value(c).ok())
+            .filter_map(|c| c.as_str().map(str::to_owned))
+            .collect();
+        action.sort();
+        action.dedup();
+        let objects: std::collections::BTreeSet<&String> = v
+            .statements
+            .iter()
+            .flat_map(|s| {
+                s.analysis
+                    .tables_read
+                    .iter()
+                    .chain(&s.analysis.tables_written)
+            })
+            .collect();
+        // Parameter values are never journaled here, only how many there are.
+        serde_json::json!({
+            "protocol": protocol,
+            "action": action.join(","),
+            "objects": objects,
+            "command": command.kind,
+            "params": command.params,
+            "name": command.name,
+            "classes": classes,
+            "reason": reason,
+            "parse_error": v.parse_error.as_deref().map(|e| self.for_journal(e).0.into_owned()),
+            "masked": masked,
+        })
+    }
+}
+
 impl Hooks for SessionHooks {
     async fn request(&self, command: &Command<'_>) -> Result<Decision, HookError> {
         let mut decisions = self.request_all(std::slice::from_ref(command)).await?;
@@ -204,7 +388,7 @@ impl Hooks for SessionHooks {
             .map(|c| {
                 let mut v = self.judge(c);
                 let key = (v.decision == DecisionKind::Review)
-                    .then(|| approval_key(&v, c.text))
+                    .then(|| approval_key(&v, c, self.protocol))
                     .flatten();
                 // A human already approved this statement for the rest of the run.
                 if v.decision == DecisionKind::Review
@@ -228,26 +412,12 @@ impl Hooks for SessionHooks {
             .iter()
             .zip(&verdicts)
             .map(|(c, v)| {
-                let classes: Vec<_> = v
-                    .statements
-                    .iter()
-                    .flat_map(|s| s.analysis.classes.iter().copied())
-                    .collect();
-                // The statement is forwarded as written; the journal keeps it masked, and
-                // only a prefix of a long one (never copied whole).
-                let (statement, masked) = self.for_journal(c.text);
+                // The command is forwarded as written; the journal keeps its canonical text
+                // masked, and only a prefix of a long one (never copied whole).
+                let (statement, masked) = self.journal_text(c);
                 let (statement, clipped) =
                     crate::journal::clip_text(&statement, self.journal.statement_max_bytes());
-                // Parameter values are never journaled here, only how many there are.
-                let mut detail = serde_json::json!({
-                    "command": c.kind,
-                    "params": c.params,
-                    "name": c.name,
-                    "classes": classes,
-                    "reason": (v.decision != DecisionKind::Allow).then(|| v.message.clone()),
-                    "parse_error": v.parse_error.as_deref().map(|e| self.for_journal(e).0.into_owned()),
-                    "masked": (!masked.is_empty()).then_some(masked),
-                });
+                let mut detail = self.event_detail(c, v, masked);
                 if let Some(clipped) = clipped {
                     clipped.describe(&mut detail);
                 }
@@ -297,6 +467,7 @@ impl Hooks for SessionHooks {
         let known = self.functions.lock().unwrap_or_else(|p| p.into_inner());
         let mut names: Vec<String> = commands
             .iter()
+            .filter(|c| c.operation.family() == Family::Sql)
             .flat_map(|c| {
                 let parsed = self.policy.analyze(c.text);
                 parsed
@@ -330,9 +501,9 @@ impl Hooks for SessionHooks {
                 message: format!("approval {id} is unknown"),
             };
         };
-        self.waiting.fetch_add(1, Ordering::AcqRel);
+        let waiting = Waiting::new(&self.waiting);
         let resolution = self.approvals.wait(id, held.decision, held.timeout).await;
-        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        drop(waiting);
         match resolution {
             // The approval is on disk before the statement is forwarded, like every decision.
             Resolution::Approved { .. } => match self.journal.flush().await {
@@ -367,7 +538,9 @@ impl Hooks for SessionHooks {
             _ => result,
         };
         match serde_json::to_value(result) {
-            Ok(value) => self.journal.record_result(event.0, value),
+            Ok(value) => self
+                .journal
+                .record_result(Some(self.session_id), event.0, value),
             Err(e) => tracing::error!(error = %e, "could not encode a command result"),
         }
     }
@@ -385,8 +558,16 @@ impl Hooks for SessionHooks {
         self.for_journal(text).0
     }
 
+    fn body_masking(&self) -> Option<Arc<dyn crate::command::BodyMasking>> {
+        let masking = self.masking.as_ref().filter(|m| m.masks_documents())?;
+        Some(Arc::new(masking.clone()))
+    }
+
     fn note(&self, kind: &'static str, detail: serde_json::Value) {
         self.journal
             .record_event(Event::note(Some(self.session_id), kind, detail));
     }
 }
+
+#[cfg(test)]
+mod tests;

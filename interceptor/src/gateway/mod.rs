@@ -6,7 +6,6 @@
 //! loopback TCP listeners it accepts on the listeners of routed Unix sockets ([`unix_routes`]).
 
 pub mod hooks;
-pub mod limits;
 pub mod session;
 pub mod stats;
 pub mod unix_refusals;
@@ -22,9 +21,11 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::task::TaskTracker;
 
 use crate::{
-    capture::{identity::IdentityCache, peer::CapturedCgroups, ConnectionLookup},
-    config::{DestPattern, Target},
+    capture::{
+        identity::IdentityCache, peer::CapturedCgroups, programs::Steering, ConnectionLookup,
+    },
     journal::Journal,
+    target::{DestPattern, Target},
 };
 
 /// How sessions get their run id.
@@ -70,7 +71,7 @@ pub struct Gateway {
     /// Sessions, decisions and anomalies so far (`interceptor status`, metrics).
     pub stats: Arc<stats::Stats>,
     /// The sessions open now, against the limits, and the timeouts (`[limits]`).
-    pub admission: limits::Admission,
+    pub admission: crate::limits::Admission,
 }
 
 impl Gateway {
@@ -85,7 +86,7 @@ impl Gateway {
     }
 
     pub fn is_own_address(&self, dst: SocketAddr) -> bool {
-        let dst = crate::config::normalize(dst);
+        let dst = crate::target::normalize(dst);
         self.own_addrs.iter().any(|own| {
             own.port() == dst.port() && (own.ip() == dst.ip() || dst.ip().is_unspecified())
         })
@@ -94,7 +95,7 @@ impl Gateway {
 
 /// [`Gateway::route`] over a list of targets.
 pub fn route_in(targets: &[Target], original_dst: SocketAddr) -> Option<&Target> {
-    let dst = crate::config::normalize(original_dst);
+    let dst = crate::target::normalize(original_dst);
     let intercepts = |t: &&Target, exact: bool| {
         t.intercept.iter().any(|p: &DestPattern| {
             matches!(p, DestPattern::Exact(_)) == exact && p.matches(original_dst)
@@ -106,7 +107,7 @@ pub fn route_in(targets: &[Target], original_dst: SocketAddr) -> Option<&Target>
         .or_else(|| {
             targets
                 .iter()
-                .find(|t| t.upstream.map(crate::config::normalize) == Some(dst))
+                .find(|t| t.upstream.map(crate::target::normalize) == Some(dst))
         })
         .or_else(|| targets.iter().find(|t| intercepts(t, false)))
 }
@@ -165,6 +166,19 @@ impl Listeners {
         let (dir, routes) = unix_routes::bind(runtime_dir, run, targets)?;
         listeners.unix = routes;
         Ok((listeners, dir))
+    }
+
+    /// Where capture is to steer connections into these listeners.
+    pub fn steering(&self) -> Steering {
+        Steering {
+            port4: self.port4(),
+            port6: self.port6(),
+            unix_routes: self
+                .unix
+                .iter()
+                .map(|l| (l.route.routed.clone(), l.route.listener.clone()))
+                .collect(),
+        }
     }
 
     pub fn port4(&self) -> u16 {

@@ -42,13 +42,13 @@ use super::{
 };
 use crate::{
     capture::{identity::Identity, peer, programs::key_addr},
-    config::Target,
     journal::{Event, NewSession, Outcome},
     policy::{DecisionKind, Request, Subject},
     protocol::{
         self, ClientStream, Counters, Dial, DialError, Ending, Idle, ProtocolError, Refusal,
         RefusalKind,
     },
+    target::Target,
 };
 
 /// Who arrived, where they were going, and the target that is: the outcome of phases 1 and 2.
@@ -311,9 +311,9 @@ struct Admitted<'g> {
     /// Why the client is refused; it is told by the protocol, and nothing is dialed for it.
     refusal: Option<Refusal>,
     /// Counts the session against the limits until it ends (`None` when refused).
-    permit: Option<super::limits::Permit<'g>>,
+    permit: Option<crate::limits::Permit<'g>>,
     /// Counts a refused client being told why.
-    telling: Option<super::limits::RefusalSlot<'g>>,
+    telling: Option<crate::limits::RefusalSlot<'g>>,
 }
 
 /// Phase 5: the loop guard, the connection's policy decision, then the limits. `Err`: close
@@ -369,7 +369,7 @@ fn admit<'g>(
         return Err(format!(
             "{} (closed at once: {} refused clients are being told why already)",
             refusal.message,
-            super::limits::REFUSALS_IN_FLIGHT
+            crate::limits::REFUSALS_IN_FLIGHT
         ));
     };
     Ok(Admitted {

@@ -27,7 +27,7 @@ use std::{
 
 use tokio::net::UnixListener;
 
-use crate::config::Target;
+use crate::target::Target;
 
 /// One routed socket path and where the gateway listens for it.
 #[derive(Debug)]

@@ -1,16 +1,19 @@
-//! The journal: the host's source of truth for what agents did, in SQLite.
+//! The journal: the host's source of truth for what agents did: a segment log, indexed in
+//! SQLite.
 //!
 //! Why this exists: auditors must be able to reconstruct every session, and the gateway must
-//! never forward something it failed to record. Writes are committed in groups ([`Journal`]):
-//! every caller waits for its own commit, but callers that arrive while a commit is running
-//! share the next transaction, so "record before forward" stays cheap under load. Readers
-//! (the CLI) open the file separately ([`reader`]); WAL lets them read while the daemon writes.
+//! never forward something it failed to record. Writes are appended in groups ([`Journal`]) to
+//! a hash-chained segment log ([`segment`]): every caller waits for its own group's `write(2)`
+//! (and `fdatasync` with `sync = "full"`), but callers that arrive while a group is being
+//! written share the next one, so "record before forward" stays cheap under load. A background
+//! indexer ([`index`]) applies the log to SQLite in large transactions; readers (the CLI) open
+//! the SQLite file separately ([`reader`]) and see what is indexed, normally milliseconds
+//! behind the log; WAL lets them read while the daemon writes.
 //!
 //! Schema changes are migrations keyed by `PRAGMA user_version` ([`schema`]).
 //!
 //! Every event is a link of a hash chain: it stores the hash of the event before it and its own
-//! hash over that and its content ([`event_hash`]), computed in the transaction that inserts
-//! it. Whatever the gateway later learns about a row it already wrote (a command's result, a
+//! hash over that and its content ([`event_hash`]), computed when the log appends it. Whatever the gateway later learns about a row it already wrote (a command's result, a
 //! session's end) is appended as a chained event too, besides updating the row readers use, so
 //! an edit, a deletion or a reordering after the fact shows up in [`verify`]. Retention
 //! ([`prune_file`], [`Journal::prune`]) deletes a prefix of the chain and leaves a checkpoint
@@ -18,9 +21,19 @@
 //! rewrites the whole tail, unless its head is also kept elsewhere (shipped; see
 //! docs/journal.md).
 
+mod config;
+pub mod index;
 pub mod reader;
 pub mod schema;
+pub mod segment;
 pub mod verify;
+
+pub use config::{JournalConfig, JournalSync};
+pub use segment::segments_dir;
+
+/// The service's user and group (`interceptor install` creates them): the journal and the
+/// state directory belong to it, and its members may read the journal.
+pub const SERVICE_USER: &str = "interceptor";
 
 use std::{
     collections::VecDeque,
@@ -36,10 +49,7 @@ use rusqlite::{params, Connection, OptionalExtension as _, TransactionBehavior};
 use serde::Serialize;
 use tokio::sync::oneshot;
 
-use crate::{
-    capture::identity::Identity,
-    config::{JournalConfig, JournalSync},
-};
+use crate::capture::identity::Identity;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -70,12 +80,16 @@ pub enum JournalError {
     /// `Missing`: a journal that cannot be seen is not a journal with nothing in it.
     #[error(
         "permission denied on {path}: join the `{}` group to read the journal (or run as root)",
-        crate::install::SERVICE_USER
+        SERVICE_USER
     )]
     PermissionDenied { path: PathBuf },
     /// The journal handle is gone (the daemon is shutting down).
     #[error("the journal writer has stopped")]
     Stopped,
+    #[error(transparent)]
+    Segment(#[from] segment::SegmentError),
+    #[error(transparent)]
+    Index(#[from] index::IndexError),
     /// The journal's schema predates the hash chain: it has never been opened for writing by a
     /// binary that chains events (which would have migrated it).
     #[error("journal {path} has schema version {found}, older than the hash chain (3): it is chained when the gateway or `interceptor doctor` next opens it")]
@@ -186,14 +200,12 @@ enum Op {
     Events(Vec<Event>),
     /// A command's outcome, added to its event once known (and appended as a `result` event).
     EventResult {
+        session_id: Option<i64>,
         id: i64,
         result: serde_json::Value,
     },
-    /// Does nothing; answered once everything queued before it is committed.
+    /// Does nothing; answered once everything queued before it is appended.
     Flush,
-    /// Marks every pending approval of the service's runs as expired (see
-    /// [`Journal::expire_service_approvals`]); answers with how many.
-    ExpireServiceApprovals,
 }
 
 struct Request {
@@ -213,20 +225,27 @@ impl Op {
     }
 }
 
-/// Handle to the journal. Cheap to clone; the async methods return after the commit.
+/// Handle to the journal. Cheap to clone; the async methods return once their records are in
+/// the log (written, and synced with `sync = "full"`).
 ///
 /// Group commit without a writer thread: a caller queues its request, then tries to become the
-/// committer by taking the connection lock. The committer drains the queue in transactions
-/// until it is empty; callers that find the lock taken just wait for their reply, because the
-/// committer re-checks the queue after releasing the lock. With no contention a write costs
-/// no thread hand-off, which is most of the cost of a short connection.
+/// committer by taking the log lock. The committer drains the queue in groups (one `write(2)`
+/// each) until it is empty; callers that find the lock taken just wait for their reply,
+/// because the committer re-checks the queue after releasing the lock. With no contention a
+/// write costs no thread hand-off, which is most of the cost of a short connection.
 #[derive(Clone)]
 pub struct Journal {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    conn: Mutex<Connection>,
+    /// This process's writer on the log; its lock is the committer's.
+    log: Mutex<segment::SegmentLog>,
+    /// Where the last group this process appended ended (what [`Journal::flush`] waits for
+    /// the index to pass).
+    appended: Mutex<segment::Position>,
+    index: Arc<index::Indexer>,
+    index_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     queue: Mutex<Vec<Request>>,
     /// A caller is about to commit the queue (see [`Journal::enqueue`]).
     gathering: AtomicBool,
@@ -307,8 +326,19 @@ impl Clipped {
     }
 }
 
-/// Upper bound on operations per transaction, so one commit never holds the lock for long.
+/// Upper bound on operations per group, so one write never holds the lock for long.
 const MAX_GROUP: usize = 512;
+
+impl Drop for Inner {
+    /// The indexer indexes what is left and stops (what it cannot index now is indexed at
+    /// the next open).
+    fn drop(&mut self) {
+        self.index.stop();
+        if let Some(thread) = lock(&self.index_thread).take() {
+            let _ = thread.join();
+        }
+    }
+}
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -325,6 +355,7 @@ impl Journal {
     }
 
     /// Opens (creating and migrating) the journal at `config.path` with its `sync` setting.
+    /// Whatever the log holds that the index does not (after a crash) is indexed first.
     pub fn open_with(config: &JournalConfig) -> Result<Journal, JournalError> {
         let conn = open_connection_with(&config.path, config.sync)?;
         // The migration creates it; only a journal edited by hand can lack it.
@@ -334,8 +365,18 @@ impl Journal {
                 config.path.display()
             ))
         })?;
+        let log = open_log(&config.path, config.sync, &conn)?;
+        let index = index::Indexer::new(conn, log.dir())?;
+        let appended = index.catch_up()?;
+        let thread = index.spawn().map_err(|source| JournalError::Directory {
+            path: log.dir().to_owned(),
+            source,
+        })?;
         let inner = Arc::new(Inner {
-            conn: Mutex::new(conn),
+            log: Mutex::new(log),
+            appended: Mutex::new(appended),
+            index,
+            index_thread: Mutex::new(Some(thread)),
             queue: Mutex::new(Vec::new()),
             gathering: AtomicBool::new(false),
             id,
@@ -404,8 +445,8 @@ impl Inner {
     /// Commits everything queued, unless another caller is already doing so.
     fn commit_queued(&self) {
         loop {
-            let mut conn = match self.conn.try_lock() {
-                Ok(conn) => conn,
+            let mut log = match self.log.try_lock() {
+                Ok(log) => log,
                 Err(TryLockError::Poisoned(p)) => p.into_inner(),
                 // The current committer re-checks the queue after unlocking: it will see ours.
                 Err(TryLockError::WouldBlock) => return,
@@ -424,7 +465,11 @@ impl Inner {
                 if batch.is_empty() {
                     break;
                 }
-                let (results, all_failed) = apply_batch(&mut conn, &batch);
+                let (results, all_failed) = apply_batch(&mut log, &batch);
+                if !all_failed {
+                    *lock(&self.appended) = log.position();
+                    self.index.notify();
+                }
                 for (req, result) in batch.into_iter().zip(results) {
                     if all_failed && req.reply.is_closed() && req.op.retryable() {
                         self.keep_for_retry(req);
@@ -437,7 +482,7 @@ impl Inner {
                     break;
                 }
             }
-            drop(conn);
+            drop(log);
             // A request queued between our last drain and the unlock found the lock taken.
             if lock(&self.queue).is_empty() {
                 return;
@@ -524,9 +569,17 @@ impl Journal {
         }));
     }
 
-    /// Returns once everything queued so far is committed (or has failed).
+    /// Returns once everything queued so far is in the log (or has failed) and indexed, so
+    /// readers of the database see it (`exec` calls it before exiting). If the index cannot be
+    /// written now, it returns anyway: the records are in the log and indexed later.
     pub async fn flush(&self) -> Result<(), JournalError> {
-        self.submit(Op::Flush).await.map(drop)
+        self.submit(Op::Flush).await?;
+        let target = *lock(&self.inner.appended);
+        let mut state = self.inner.index.subscribe();
+        let _ = state
+            .wait_for(|s| s.position >= target || s.error.is_some())
+            .await;
+        Ok(())
     }
 
     pub async fn event(&self, mut event: Event) -> Result<i64, JournalError> {
@@ -536,9 +589,22 @@ impl Journal {
 
     /// A restarted service lost every held client connection: their requests are expired, so
     /// nothing is ever forwarded for them later. Only the service's own runs (`cg-…`) are
-    /// touched; `exec` runs sharing the journal keep theirs.
+    /// touched; `exec` runs sharing the journal keep theirs. Reads the index once it has
+    /// caught up with the log, then appends the decisions.
     pub async fn expire_service_approvals(&self) -> Result<i64, JournalError> {
-        self.submit(Op::ExpireServiceApprovals).await
+        self.flush().await?;
+        let index = self.inner.index.clone();
+        let expired = tokio::task::spawn_blocking(move || {
+            index.catch_up()?;
+            index.with_conn(|conn| pending_service_approvals(conn))
+        })
+        .await
+        .map_err(|_| JournalError::Stopped)??;
+        let count = expired.len() as i64;
+        if !expired.is_empty() {
+            self.events(expired).await?;
+        }
+        Ok(count)
     }
 
     /// Records several events with one commit and returns their ids, in order.
@@ -556,17 +622,25 @@ impl Journal {
     }
 
     /// Queues a command's result: set on its event's `result` column (what readers show) and
-    /// appended as a chained `result` event (what makes it tamper-evident and shippable).
-    pub fn record_result(&self, id: i64, result: serde_json::Value) {
-        drop(self.inner.queue_only(Op::EventResult { id, result }));
+    /// appended as a chained `result` event of session `session_id` (what makes it
+    /// tamper-evident and shippable).
+    pub fn record_result(&self, session_id: Option<i64>, id: i64, result: serde_json::Value) {
+        drop(self.inner.queue_only(Op::EventResult {
+            session_id,
+            id,
+            result,
+        }));
     }
 
-    /// Deletes what `options` lets go, like [`prune_file`], on this handle's connection: for a
-    /// daemon that prunes on a timer. Commits wait while it runs (one transaction).
+    /// Deletes what `options` lets go, like [`prune_file`], on this handle's log and index:
+    /// for a daemon that prunes on a timer. Appends wait while it runs (one transaction).
     pub async fn prune(&self, options: PruneOptions) -> Result<PruneReport, JournalError> {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
-            let report = prune_connection(&mut lock(&inner.conn), &options, SystemTime::now());
+            let report = inner.index.with_conn(|conn| {
+                prune_log(&mut lock(&inner.log), conn, &options, SystemTime::now())
+            });
+            inner.index.notify();
             // Callers that found the connection taken left their requests for us.
             inner.commit_queued();
             report
@@ -701,169 +775,132 @@ fn restrict_permissions(path: &Path) {
     }
 }
 
-/// Applies a group in one transaction. If the commit fails, every caller in the group gets the
-/// error: nothing is reported as recorded unless it is on disk.
+/// Appends a group to the log with one write. If the write fails, every caller in the group
+/// gets the error: nothing is reported as recorded unless it is in the log.
 ///
-/// The transaction is IMMEDIATE: it takes the write lock before reading the chain head, so
-/// another process sharing the file cannot append between that read and our inserts.
-///
-/// Operations of several statements run without a savepoint each: a savepoint makes SQLite
-/// copy every page the operation touches, which cost a third of the throughput of results.
-/// The chain stays whole anyway, because the head only moves once a row is in; the errors that
-/// could stop an operation halfway (I/O, a full disk) abort the whole transaction; and
-/// anything else half-applied (a result column without its `result` event) is what `verify`
-/// reports.
-///
-/// The flag says the transaction failed as a whole (nothing of the group is in).
-fn apply_batch(conn: &mut Connection, batch: &[Request]) -> (Vec<Result<Vec<i64>, String>>, bool) {
-    let fail_all = |message: String| -> (Vec<Result<Vec<i64>, String>>, bool) {
-        tracing::error!(
-            error = %message,
-            operations = batch.len(),
-            "journal write failed; the affected commands are refused"
-        );
-        (batch.iter().map(|_| Err(message.clone())).collect(), true)
-    };
-    let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
-        Ok(tx) => tx,
-        Err(e) => return fail_all(e.to_string()),
-    };
-    let mut head = match ChainHead::read(&tx) {
-        Ok(head) => head,
-        Err(e) => return fail_all(e.to_string()),
-    };
-    // After taking the lock: times then follow the order of ids, even across processes.
-    let now = now_rfc3339();
-    let mut results = Vec::with_capacity(batch.len());
-    for req in batch {
-        let result = apply(&tx, &mut head, &req.op, &now);
-        // An I/O error or a full disk makes SQLite roll the whole transaction back: nothing of
-        // this group is in, and what followed would run outside it on a stale chain head.
-        if result.is_err() && tx.is_autocommit() {
-            let message = result.err().unwrap_or_default();
-            drop(tx);
-            return fail_all(message);
+/// The flag says the group failed as a whole (nothing of it is in).
+fn apply_batch(
+    log: &mut segment::SegmentLog,
+    batch: &[Request],
+) -> (Vec<Result<Vec<i64>, String>>, bool) {
+    let appended = log.append(|group| {
+        batch
+            .iter()
+            .map(|req| Ok(append_op(group, &req.op)))
+            .collect::<Vec<_>>()
+    });
+    match appended {
+        Ok((results, _)) => (results, false),
+        Err(e) => {
+            let message = e.to_string();
+            tracing::error!(
+                error = %message,
+                operations = batch.len(),
+                "journal write failed; the affected commands are refused"
+            );
+            (batch.iter().map(|_| Err(message.clone())).collect(), true)
         }
-        results.push(result);
     }
-    if let Err(e) = tx.commit() {
-        return fail_all(e.to_string());
-    }
-    let failed = results.iter().filter(|r| r.is_err()).count();
-    if let Some(Err(first)) = results.iter().find(|r| r.is_err()) {
-        tracing::error!(error = %first, failed, "journal write failed for some operations");
-    }
-    (results, false)
 }
 
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
 
-fn apply(tx: &Connection, head: &mut ChainHead, op: &Op, now: &str) -> Result<Vec<i64>, String> {
-    let sql = |e: rusqlite::Error| e.to_string();
-    match op {
-        Op::Events(events) => events
-            .iter()
-            .map(|e| insert_event(tx, head, e, now).map_err(sql))
-            .collect(),
-        Op::EventResult { id, result } => {
-            let session_id: Option<Option<i64>> = tx
-                .prepare_cached("SELECT session_id FROM events WHERE id = ?1")
-                .and_then(|mut s| s.query_row([id], |row| row.get(0)).optional())
-                .map_err(sql)?;
-            let Some(session_id) = session_id else {
-                return Err(format!("no event {id} to record a result for"));
-            };
-            tx.prepare_cached("UPDATE events SET result = ?2 WHERE id = ?1")
-                .and_then(|mut s| s.execute(params![id, result.to_string()]))
-                .map_err(sql)?;
-            let event = Event::note(
-                session_id,
-                "result",
-                serde_json::json!({ "event": id, "result": result }),
-            );
-            insert_event(tx, head, &event, now).map_err(sql)?;
-            Ok(vec![*id])
-        }
-        other => apply_one(tx, head, other, now)
-            .map(|id| vec![id])
-            .map_err(sql),
+fn new_event(event: &Event, hint: segment::IndexHint) -> segment::NewEvent<'_> {
+    segment::NewEvent {
+        session_id: event.session_id,
+        kind: event.kind,
+        statement: event.statement.as_deref(),
+        decision: event.decision.as_deref(),
+        rule: event.rule.as_deref(),
+        detail: event.detail.to_string(),
+        hint,
     }
 }
 
-fn apply_one(tx: &Connection, head: &mut ChainHead, op: &Op, now: &str) -> rusqlite::Result<i64> {
+/// Frames `op`'s records into the group; returns the ids its caller gets.
+fn append_op(group: &mut segment::Group<'_>, op: &Op) -> Vec<i64> {
+    use segment::{IndexHint, RunChange};
     match op {
+        Op::Event(event) => vec![group.event(new_event(event, IndexHint::None))],
+        Op::Events(events) => events
+            .iter()
+            .map(|e| group.event(new_event(e, IndexHint::None)))
+            .collect(),
+        Op::EventResult {
+            session_id,
+            id,
+            result,
+        } => {
+            let event = Event::note(
+                *session_id,
+                "result",
+                serde_json::json!({ "event": id, "result": result }),
+            );
+            group.event(new_event(
+                &event,
+                IndexHint::Result {
+                    event: *id,
+                    result: result.to_string(),
+                },
+            ));
+            vec![*id]
+        }
         Op::StartRun(run) => {
-            tx.prepare_cached(
-                "INSERT INTO runs (id, mode, command, uid, user, cgroup_path, started_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                 ON CONFLICT(id) DO NOTHING",
-            )?
-            .execute(params![
-                run.id,
-                run.mode,
-                run.command,
-                run.uid,
-                run.user,
-                run.cgroup_path,
-                now
-            ])?;
-            Ok(0)
+            let at = group.at.clone();
+            group.run(RunChange::Start {
+                id: run.id.clone(),
+                mode: run.mode.to_owned(),
+                command: run.command.clone(),
+                uid: run.uid,
+                user: run.user.clone(),
+                cgroup_path: run.cgroup_path.clone(),
+                at,
+            });
+            vec![0]
         }
         Op::EndRun { id, exit_code } => {
-            tx.prepare_cached("UPDATE runs SET ended_at = ?2, exit_code = ?3 WHERE id = ?1")?
-                .execute(params![id, now, exit_code])?;
-            Ok(0)
+            let at = group.at.clone();
+            group.run(RunChange::End {
+                id: id.clone(),
+                exit_code: *exit_code,
+                at,
+            });
+            vec![0]
         }
         Op::OpenSession(s) => {
+            // The session's id is its `session_open` event's sequence number: known here,
+            // under the log's lock, in every process sharing the journal.
+            let id = group.next_seq();
             let i = &s.identity;
-            tx.prepare_cached(
-                "INSERT INTO sessions (run_id, pid, uid, gid, user, comm, exe, cmdline, cgroup_id,
-                   cgroup_path, unit, process_start_ns, identity_stale, client_addr, original_dst,
-                   target, protocol, upstream, started_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-                   ?17, ?18, ?19)",
-            )?
-            .execute(params![
-                s.run_id,
-                i.pid,
-                i.uid,
-                i.gid,
-                i.user,
-                i.comm,
-                i.exe,
-                i.cmdline,
-                i.cgroup_id as i64,
-                i.cgroup_path,
-                i.unit,
-                i.start_boot_ns.map(|n| n as i64),
-                i.stale,
-                s.client_addr,
-                s.original_dst,
-                s.target,
-                s.protocol,
-                s.upstream,
-                now
-            ])?;
-            let id = tx.last_insert_rowid();
-            insert_event(tx, head, &session_open_event(id, s), now)?;
+            group.event(new_event(
+                &session_open_event(id, s),
+                IndexHint::SessionOpen {
+                    cgroup_id: i.cgroup_id as i64,
+                    process_start_ns: i.start_boot_ns.map(|n| n as i64),
+                    stale: i.stale,
+                },
+            ));
             if s.decision.is_some() {
-                insert_event(
-                    tx,
-                    head,
-                    &Event {
-                        session_id: Some(id),
-                        kind: "connect",
-                        statement: None,
-                        decision: s.decision.clone(),
-                        rule: s.rule.clone(),
-                        detail: serde_json::json!({ "destination": s.original_dst }),
-                    },
-                    now,
-                )?;
+                let connect = Event {
+                    session_id: Some(id),
+                    kind: "connect",
+                    statement: None,
+                    decision: s.decision.clone(),
+                    rule: s.rule.clone(),
+                    // The protocol-neutral keys every command event has (the connection
+                    // is the command of its session).
+                    detail: serde_json::json!({
+                        "destination": s.original_dst,
+                        "protocol": s.protocol,
+                        "action": "connect",
+                        "objects": [s.original_dst],
+                    }),
+                };
+                group.event(new_event(&connect, IndexHint::None));
             }
-            Ok(id)
+            vec![id]
         }
         Op::CloseSession {
             id,
@@ -872,18 +909,6 @@ fn apply_one(tx: &Connection, head: &mut ChainHead, op: &Op, now: &str) -> rusql
             outcome,
             detail,
         } => {
-            tx.prepare_cached(
-                "UPDATE sessions SET bytes_up = ?2, bytes_down = ?3, outcome = ?4, detail = ?5,
-                   ended_at = ?6 WHERE id = ?1",
-            )?
-            .execute(params![
-                id,
-                *bytes_up as i64,
-                *bytes_down as i64,
-                outcome.as_str(),
-                detail,
-                now
-            ])?;
             let close = Event::note(
                 Some(*id),
                 "session_close",
@@ -894,58 +919,77 @@ fn apply_one(tx: &Connection, head: &mut ChainHead, op: &Op, now: &str) -> rusql
                     "detail": detail,
                 }),
             );
-            insert_event(tx, head, &close, now)?;
-            Ok(*id)
+            group.event(new_event(&close, IndexHint::None));
+            vec![*id]
         }
-        Op::Event(event) => insert_event(tx, head, event, now),
-        Op::Flush => Ok(0),
-        Op::ExpireServiceApprovals => {
-            let pending = {
-                let mut stmt = tx.prepare_cached(
-                    "SELECT e.session_id, e.statement, e.rule, json_quote(json_extract(e.detail, '$.id'))
-                       FROM events e JOIN sessions s ON s.id = e.session_id
-                      WHERE e.kind = 'approval' AND s.run_id LIKE 'cg-%'
-                        AND NOT EXISTS (
-                            SELECT 1 FROM events d
-                             WHERE d.kind = 'approval_decision'
-                               AND json_extract(d.detail, '$.id') = json_extract(e.detail, '$.id'))
-                      ORDER BY e.id",
-                )?;
-                let rows = stmt.query_map([], |row| {
-                    Ok((
-                        row.get::<_, Option<i64>>(0)?,
-                        row.get::<_, Option<String>>(1)?,
-                        row.get::<_, Option<String>>(2)?,
-                        row.get::<_, Option<String>>(3)?,
-                    ))
-                })?;
-                rows.collect::<rusqlite::Result<Vec<_>>>()?
-            };
-            for (session_id, statement, rule, approval_id) in &pending {
-                // The id as it was written (a JSON value); anything unreadable stays null.
-                let approval_id: serde_json::Value = approval_id
-                    .as_deref()
-                    .and_then(|text| serde_json::from_str(text).ok())
-                    .unwrap_or(serde_json::Value::Null);
-                let expired = Event {
-                    session_id: *session_id,
-                    kind: "approval_decision",
-                    statement: statement.clone(),
-                    decision: Some("deny".to_owned()),
-                    rule: rule.clone(),
-                    detail: serde_json::json!({
-                        "id": approval_id,
-                        "status": "expired",
-                        "reason": "the daemon restarted while it was pending",
-                    }),
-                };
-                insert_event(tx, head, &expired, now)?;
-            }
-            Ok(pending.len() as i64)
-        }
-        // Handled in `apply`.
-        Op::Events(_) | Op::EventResult { .. } => Ok(0),
+        Op::Flush => vec![0],
     }
+}
+
+/// The `approval_decision` events that expire every pending approval of the service's runs.
+fn pending_service_approvals(conn: &Connection) -> Result<Vec<Event>, JournalError> {
+    let pending = {
+        let mut stmt = conn.prepare_cached(
+            "SELECT e.session_id, e.statement, e.rule, json_quote(json_extract(e.detail, '$.id'))
+               FROM events e JOIN sessions s ON s.id = e.session_id
+              WHERE e.kind = 'approval' AND s.run_id LIKE 'cg-%'
+                AND NOT EXISTS (
+                    SELECT 1 FROM events d
+                     WHERE d.kind = 'approval_decision'
+                       AND json_extract(d.detail, '$.id') = json_extract(e.detail, '$.id'))
+              ORDER BY e.id",
+        )?;
+        let rows = stmt.query_map([], |row| {
+            Ok((
+                row.get::<_, Option<i64>>(0)?,
+                row.get::<_, Option<String>>(1)?,
+                row.get::<_, Option<String>>(2)?,
+                row.get::<_, Option<String>>(3)?,
+            ))
+        })?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()?
+    };
+    Ok(pending
+        .into_iter()
+        .map(|(session_id, statement, rule, approval_id)| {
+            // The id as it was written (a JSON value); anything unreadable stays null.
+            let approval_id: serde_json::Value = approval_id
+                .as_deref()
+                .and_then(|text| serde_json::from_str(text).ok())
+                .unwrap_or(serde_json::Value::Null);
+            Event {
+                session_id,
+                kind: "approval_decision",
+                statement,
+                decision: Some("deny".to_owned()),
+                rule,
+                detail: serde_json::json!({
+                    "id": approval_id,
+                    "status": "expired",
+                    "reason": "the daemon restarted while it was pending",
+                }),
+            }
+        })
+        .collect())
+}
+
+/// Opens the log next to the database at `path`; a new log continues the chain the database
+/// holds (a journal from before the log, or a new one from the genesis).
+fn open_log(
+    path: &Path,
+    sync: JournalSync,
+    conn: &Connection,
+) -> Result<segment::SegmentLog, JournalError> {
+    let log = segment::SegmentLog::open(&segments_dir(path), sync, || {
+        ChainHead::read(conn)
+            .map(|head| segment::Head {
+                next_seq: head.next_id,
+                last_hash: head.last_hash,
+            })
+            .map_err(|e| e.to_string())
+    })?;
+    restrict_permissions(path);
+    Ok(log)
 }
 
 /// The chained record of a session's identity, next to its row in `sessions` (which readers
@@ -1195,15 +1239,19 @@ impl std::fmt::Display for PruneReport {
 /// `retention_days` ago (a prefix of the chain), the finished sessions and runs no remaining
 /// event refers to, and records a checkpoint (the last deleted event's id and hash) plus a
 /// chained `prune` event, so what remains still verifies.
+///
+/// The log's segments wholly before the checkpoint are deleted too; the newest always stays.
 pub fn prune_file(
     config: &JournalConfig,
     options: &PruneOptions,
 ) -> Result<PruneReport, JournalError> {
     let mut conn = open_connection_with(&config.path, config.sync)?;
-    prune_connection(&mut conn, options, SystemTime::now())
+    let mut log = open_log(&config.path, config.sync, &conn)?;
+    prune_log(&mut log, &mut conn, options, SystemTime::now())
 }
 
-pub(crate) fn prune_connection(
+pub(crate) fn prune_log(
+    log: &mut segment::SegmentLog,
     conn: &mut Connection,
     options: &PruneOptions,
     now: SystemTime,
@@ -1211,6 +1259,7 @@ pub(crate) fn prune_connection(
     let age = Duration::from_secs(u64::from(options.retention_days) * 86_400);
     let cutoff = now.checked_sub(age).unwrap_or(SystemTime::UNIX_EPOCH);
     prune_before(
+        log,
         conn,
         &humantime::format_rfc3339_millis(cutoff).to_string(),
         &options.sinks,
@@ -1218,7 +1267,28 @@ pub(crate) fn prune_connection(
 }
 
 /// Prunes what was recorded before `cutoff` (an RFC 3339 time as the journal writes them).
+///
+/// With the log locked (nothing is appended meanwhile, by any process), the index first
+/// catches up with it, so the prefix is decided on everything recorded; the `prune` event is
+/// appended to the log and indexed in the prune's transaction.
 pub(crate) fn prune_before(
+    log: &mut segment::SegmentLog,
+    conn: &mut Connection,
+    cutoff: &str,
+    sinks: &[String],
+) -> Result<PruneReport, JournalError> {
+    let report = log.with_lock(|held| {
+        index::catch_up(conn, held.dir())?;
+        prune_index(held, conn, cutoff, sinks)
+    })??;
+    if let Some(last_seq) = report.last_seq {
+        index::delete_segments_through(log.dir(), last_seq)?;
+    }
+    Ok(report)
+}
+
+fn prune_index(
+    held: &mut segment::Held<'_>,
     conn: &mut Connection,
     cutoff: &str,
     sinks: &[String],
@@ -1302,7 +1372,6 @@ pub(crate) fn prune_before(
         ],
     )?;
     // The prune itself is part of the record, so a shipped copy of the chain shows it too.
-    let mut head = ChainHead::read(&tx)?;
     let prune = Event::note(
         None,
         "prune",
@@ -1316,10 +1385,49 @@ pub(crate) fn prune_before(
             "broken": report.broken,
         }),
     );
-    insert_event(&tx, &mut head, &prune, &now)?;
+    held.append(|group| group.event(new_event(&prune, segment::IndexHint::None)))?;
+    index::apply_pending(&tx, held.dir(), &mut index::Cursor::default())?;
     tx.commit()?;
     report.last_seq = Some(last_seq);
     Ok(report)
+}
+
+/// What `journal reindex` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReindexReport {
+    /// The last event now indexed.
+    pub indexed_seq: i64,
+    pub events: i64,
+    pub sessions: i64,
+}
+
+impl std::fmt::Display for ReindexReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "reindexed the log: the index holds {} events and {} sessions, through seq {}",
+            self.events, self.sessions, self.indexed_seq
+        )
+    }
+}
+
+/// `interceptor journal reindex`: rebuilds the index from the segment log, with the log locked
+/// (appends wait while it runs).
+pub fn reindex_file(config: &JournalConfig) -> Result<ReindexReport, JournalError> {
+    let mut conn = open_connection_with(&config.path, config.sync)?;
+    let mut log = open_log(&config.path, config.sync, &conn)?;
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
+    let dir = log.dir().to_owned();
+    log.with_lock(|_| index::reindex(&mut conn, &dir))??;
+    let (_, indexed_seq) = index::read_position(&conn)?;
+    let count = |table: &str| -> rusqlite::Result<i64> {
+        conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+    };
+    Ok(ReindexReport {
+        indexed_seq,
+        events: count("events")?,
+        sessions: count("sessions")?,
+    })
 }
 
 #[cfg(test)]

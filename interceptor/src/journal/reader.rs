@@ -61,20 +61,40 @@ pub struct SessionFilter {
     pub decision: Option<String>,
 }
 
-/// Kinds of the events that are commands of a session (the gateway's `CommandKind`s).
-pub const COMMAND_KINDS: &[&str] = &["statement", "execute", "function_call"];
+/// The kinds of command events, then `$extra` kinds: one list, so the three lists below
+/// cannot drift apart when a protocol adds a kind.
+macro_rules! command_kinds_and {
+    ($($extra:literal),*) => {
+        &[
+            "statement",
+            "execute",
+            "function_call",
+            "http_request",
+            "mcp_call",
+            "kube_request",
+            "ssh_channel",
+            $($extra),*
+        ]
+    };
+}
+
+/// Kinds of the events that are commands of a session (the gateway's `CommandKind`s): SQL's
+/// three, then one per protocol (HTTP, MCP, Kubernetes, SSH).
+pub const COMMAND_KINDS: &[&str] = command_kinds_and!();
+
+/// Events that carry the protocol-neutral keys (`protocol`, `action`, `objects`): the
+/// commands, a SQL cancel request and a plain TCP connection.
+pub const NEUTRAL_KINDS: &[&str] = command_kinds_and!("cancel", "connect");
+
+/// Output or input of a terminal (an SSH shell or exec, a Kubernetes exec or attach): a note
+/// naming its channel's event (`detail.channel_event`), with `stream`, `offset_ms` and `data`.
+pub const TERMINAL_KIND: &str = "terminal";
 
 /// Kinds whose `decision` column counts for `--decision`: the commands, the connection itself
 /// (`connect`), and an approver's final word (`approval_decision`), so a held statement a human
 /// refused makes its session match `deny`. Kinds added later do not match until listed here:
 /// an unknown kind could put anything in that column.
-pub const DECIDED_KINDS: &[&str] = &[
-    "statement",
-    "execute",
-    "function_call",
-    "connect",
-    "approval_decision",
-];
+pub const DECIDED_KINDS: &[&str] = command_kinds_and!("connect", "approval_decision");
 
 /// A `--since` / `--until` value, normalised to compare with the journal's timestamps, which
 /// are always `YYYY-MM-DDTHH:MM:SS.mmmZ` (UTC, milliseconds), so text order is time order.
@@ -173,6 +193,8 @@ fn split_offset(text: &str) -> Option<(&str, i64)> {
     (h < 24 && m < 60).then_some((base, sign * (h * 3600 + m * 60)))
 }
 
+/// A read-only connection to the journal at `path`, after indexing what its log holds beyond
+/// the index if this process may write it ([`super::index::catch_up_file`]).
 pub fn open_read_only(path: &Path) -> Result<Connection, JournalError> {
     let open_err = |source| JournalError::Open {
         path: path.to_owned(),
@@ -194,6 +216,7 @@ pub fn open_read_only(path: &Path) -> Result<Connection, JournalError> {
         // Anything else, SQLite reports in its own words below.
         _ => {}
     }
+    super::index::catch_up_file(path);
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -348,6 +371,63 @@ pub struct EventRow {
     pub rule: Option<String>,
     pub result: Option<serde_json::Value>,
     pub detail: serde_json::Value,
+    /// `protocol`, `action` and `objects` beside the other fields, on the kinds that have them
+    /// ([`NEUTRAL_KINDS`]); absent on the others.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub neutral: Option<Neutral>,
+}
+
+/// What every protocol's command says the same way: which protocol, what it does (its verb)
+/// and what it does it to. Views and shipping read these instead of each protocol's detail.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, Default)]
+pub struct Neutral {
+    /// `postgres`, `mysql`, `http`, `mcp`, `kubernetes`, `ssh`, `tcp`.
+    pub protocol: String,
+    /// SQL: the statement classes joined by `,`; HTTP: the method; MCP: the JSON-RPC method;
+    /// Kubernetes: the verb; SSH: `exec`, `shell`, `subsystem` or `forward`; TCP: `connect`.
+    /// Empty when an old event has nothing to say.
+    pub action: String,
+    /// Tables, `host/path`, a tool name, `group/version/resource` and `namespace/name`, the
+    /// programs of a command line, `host:port`.
+    pub objects: Vec<String>,
+}
+
+/// The neutral keys of an event of `kind` with `detail`, in a session of `session_protocol`;
+/// `None` for kinds that are not commands ([`NEUTRAL_KINDS`]).
+///
+/// Events written before the keys existed fall back: the protocol is the session's, the
+/// action is SQL's `classes` joined by `,` (a connect's is `connect`, a cancel's `cancel`), and
+/// the objects are unknown (empty). A key of the wrong JSON type counts as missing.
+pub fn neutral(kind: &str, detail: &serde_json::Value, session_protocol: &str) -> Option<Neutral> {
+    use serde_json::Value;
+    if !NEUTRAL_KINDS.contains(&kind) {
+        return None;
+    }
+    let strings = |v: Option<&Value>| -> Option<Vec<String>> {
+        v?.as_array().map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+    };
+    let protocol = detail
+        .get("protocol")
+        .and_then(Value::as_str)
+        .unwrap_or(session_protocol)
+        .to_owned();
+    let action = match detail.get("action").and_then(Value::as_str) {
+        Some(action) => action.to_owned(),
+        None => match kind {
+            "connect" | "cancel" => kind.to_owned(),
+            _ => strings(detail.get("classes")).unwrap_or_default().join(","),
+        },
+    };
+    Some(Neutral {
+        protocol,
+        action,
+        objects: strings(detail.get("objects")).unwrap_or_default(),
+    })
 }
 
 pub fn get_session(conn: &Connection, id: i64) -> Result<Option<SessionRow>, JournalError> {
@@ -357,20 +437,26 @@ pub fn get_session(conn: &Connection, id: i64) -> Result<Option<SessionRow>, Jou
 
 pub fn session_events(conn: &Connection, session_id: i64) -> Result<Vec<EventRow>, JournalError> {
     let mut stmt = conn.prepare(
-        "SELECT id, at, kind, statement, decision, rule, result, detail
-           FROM events WHERE session_id = ?1 ORDER BY id",
+        "SELECT e.id, e.at, e.kind, e.statement, e.decision, e.rule, e.result, e.detail,
+                s.protocol
+           FROM events e LEFT JOIN sessions s ON s.id = e.session_id
+          WHERE e.session_id = ?1 ORDER BY e.id",
     )?;
     let parse = |text: Option<String>| text.and_then(|t| serde_json::from_str(&t).ok());
     let rows = stmt.query_map([session_id], |row| {
+        let kind: String = row.get(2)?;
+        let detail = parse(row.get(7)?).unwrap_or(serde_json::Value::Null);
+        let protocol: Option<String> = row.get(8)?;
         Ok(EventRow {
             seq: row.get(0)?,
             ts: row.get(1)?,
-            kind: row.get(2)?,
+            neutral: neutral(&kind, &detail, protocol.as_deref().unwrap_or("")),
+            kind,
             statement: row.get(3)?,
             decision: row.get(4)?,
             rule: row.get(5)?,
             result: parse(row.get(6)?),
-            detail: parse(row.get(7)?).unwrap_or(serde_json::Value::Null),
+            detail,
         })
     })?;
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -563,6 +649,92 @@ mod tests {
             ),
             vec![b]
         );
+    }
+
+    #[tokio::test]
+    async fn events_carry_the_neutral_keys_with_fallbacks_for_old_ones() {
+        use crate::journal::Event;
+        let (dir, _conn, sessions) = journal().await;
+        let journal = crate::journal::Journal::open(&dir.path().join("journal.db")).expect("open");
+        let id = sessions[0].0;
+        let command = |kind: &'static str, decision: &str, detail: serde_json::Value| Event {
+            session_id: Some(id),
+            kind,
+            statement: Some("DELETE http://127.0.0.1:8080/v1/items/7".to_owned()),
+            decision: Some(decision.to_owned()),
+            rule: None,
+            detail,
+        };
+        journal
+            .events(vec![
+                command(
+                    "http_request",
+                    "deny",
+                    serde_json::json!({"protocol": "http", "action": "DELETE",
+                                       "objects": ["127.0.0.1:8080/v1/items/7"]}),
+                ),
+                command(
+                    "statement",
+                    "allow",
+                    serde_json::json!({"classes": ["delete", "read"]}),
+                ),
+                Event::note(
+                    Some(id),
+                    TERMINAL_KIND,
+                    serde_json::json!({"channel_event": 1, "stream": "output",
+                                       "offset_ms": 5, "data": "ok"}),
+                ),
+            ])
+            .await
+            .expect("events");
+        journal.flush().await.expect("flush");
+        let conn = open_read_only(&dir.path().join("journal.db")).expect("reader");
+        let events = session_events(&conn, id).expect("events");
+        let neutral_of = |kind: &str| {
+            events
+                .iter()
+                .find(|e| e.kind == kind)
+                .and_then(|e| e.neutral.clone())
+        };
+        assert_eq!(
+            neutral_of("http_request"),
+            Some(Neutral {
+                protocol: "http".into(),
+                action: "DELETE".into(),
+                objects: vec!["127.0.0.1:8080/v1/items/7".into()],
+            })
+        );
+        // The second statement was written without the keys: the session's protocol, the
+        // classes as the action, no objects.
+        let old = events
+            .iter()
+            .rev()
+            .find(|e| e.kind == "statement")
+            .and_then(|e| e.neutral.clone());
+        assert_eq!(
+            old,
+            Some(Neutral {
+                protocol: "postgres".into(),
+                action: "delete,read".into(),
+                objects: vec![],
+            })
+        );
+        assert_eq!(neutral_of("terminal"), None);
+        assert_eq!(neutral_of("auth"), None);
+        // `--json` has them beside the other fields, and only on commands.
+        let json = serde_json::to_value(&events).expect("json");
+        let by_kind = |kind: &str| {
+            json.as_array()
+                .and_then(|a| a.iter().find(|e| e["kind"] == kind))
+                .cloned()
+                .unwrap_or_default()
+        };
+        assert_eq!(by_kind("http_request")["action"], "DELETE");
+        assert_eq!(by_kind("http_request")["protocol"], "http");
+        assert!(by_kind("auth").get("action").is_none());
+        // A new kind's decision counts like SQL's.
+        let counts = command_counts(&conn, &[id]).expect("counts");
+        assert_eq!(counts.get(&id).map(|c| c.deny), Some(1));
     }
 
     #[tokio::test]

@@ -25,6 +25,9 @@ struct Migration {
 /// The first version with the hash chain, `journal_meta` and `sink_cursors`.
 pub const CHAIN_VERSION: i64 = 3;
 
+/// The first version that is the index of a segment log (`index_position`).
+pub const LOG_VERSION: i64 = 4;
+
 const MIGRATIONS: &[Migration] = &[
     // 1: runs, sessions, and a general events table.
     Migration {
@@ -115,6 +118,19 @@ const MIGRATIONS: &[Migration] = &[
         broken TEXT
     );",
         then: Some(chain_existing_rows),
+    },
+    // 4: the database becomes the index of the segment log (journal/segment.rs): how far the
+    // indexer got. A binary older than this would write events to the database directly,
+    // forking the chain from the log's, so it must refuse the file, which the version does.
+    Migration {
+        sql: "CREATE TABLE index_position (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        segment INTEGER NOT NULL,
+        offset INTEGER NOT NULL,
+        seq INTEGER NOT NULL
+    );
+    INSERT INTO index_position (id, segment, offset, seq) VALUES (1, 1, 0, 0);",
+        then: None,
     },
 ];
 

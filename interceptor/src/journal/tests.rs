@@ -33,14 +33,16 @@ fn session(run: &str, dst: &str) -> NewSession {
 }
 
 #[tokio::test]
-async fn a_session_is_readable_once_open_session_returns() {
+async fn a_session_is_readable_once_indexed() {
     let (_dir, path) = temp_journal();
     let journal = Journal::open(&path).expect("open");
     let id = journal
         .open_session(session("r1", "127.0.0.2:7"))
         .await
         .expect("open session");
-    // Committed: a separate read-only connection sees it before the session is closed.
+    // In the log once `open_session` returns; in the index (what readers see) once flushed,
+    // or a moment later anyway.
+    journal.flush().await.expect("flush");
     let conn = open_read_only(&path).expect("reader");
     let rows = list_sessions(&conn, &SessionFilter::default()).expect("list");
     assert_eq!(rows.len(), 1);
@@ -51,7 +53,7 @@ async fn a_session_is_readable_once_open_session_returns() {
         .close_session(id, 10, 20, Outcome::Closed, None)
         .await
         .expect("close");
-    let rows = list_sessions(&conn, &SessionFilter::default()).expect("list");
+    let rows = wait_for(&conn, |rows| rows[0].outcome.is_some());
     assert_eq!((rows[0].bytes_up, rows[0].bytes_down), (10, 20));
     assert_eq!(rows[0].outcome.as_deref(), Some("closed"));
 }
@@ -75,6 +77,7 @@ async fn concurrent_writers_share_commits_and_lose_nothing() {
     for t in tasks {
         t.await.expect("join").expect("open session");
     }
+    journal.flush().await.expect("flush");
     let conn = open_read_only(&path).expect("reader");
     let all = list_sessions(&conn, &SessionFilter::default()).expect("list");
     assert_eq!(all.len(), 200);
@@ -106,16 +109,55 @@ fn reopening_keeps_data_and_refuses_newer_schema() {
     }
 }
 
+/// The sessions a reader sees once `done` holds (within 5 s).
+fn wait_for(
+    conn: &Connection,
+    done: impl Fn(&[reader::SessionRow]) -> bool,
+) -> Vec<reader::SessionRow> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let rows = list_sessions(conn, &SessionFilter::default()).expect("list");
+        if done(&rows) || std::time::Instant::now() > deadline {
+            return rows;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 #[tokio::test]
 async fn an_unwritable_journal_reports_errors_instead_of_pretending() {
     let (_dir, path) = temp_journal();
     let journal = Journal::open(&path).expect("open");
-    // Break the schema underneath the writer: every write must now fail loudly.
-    let conn = open_connection(&path).expect("side connection");
-    conn.execute_batch("DROP TABLE events; DROP TABLE sessions")
-        .expect("drop");
+    journal
+        .event(Event::note(None, "note", serde_json::json!({})))
+        .await
+        .expect("first");
+    // Another writer seals the segment, and the next one is a device where every write fails
+    // with ENOSPC: the next group cannot be written, and its callers are told.
+    let dir = segments_dir(&path);
+    let scan = segment::read_segment(&segment::segment_path(&dir, 1)).expect("scan");
+    let head = match scan.records.last() {
+        Some((segment::Record::Event(e), _)) => segment::Head {
+            next_seq: e.seq + 1,
+            last_hash: e.hash.clone(),
+        },
+        other => panic!("not an event: {other:?}"),
+    };
+    let mut seal = Vec::new();
+    segment::Record::Seal(head).frame(&mut seal);
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(segment::segment_path(&dir, 1))
+        .expect("segment");
+    std::io::Write::write_all(&mut file, &seal).expect("seal");
+    std::os::unix::fs::symlink("/dev/full", segment::segment_path(&dir, 2)).expect("symlink");
+    let refused = journal.open_session(session("r", "127.0.0.2:7")).await;
+    assert!(
+        matches!(&refused, Err(JournalError::Write(m)) if m.contains("No space")),
+        "{refused:?}"
+    );
     assert!(journal
-        .open_session(session("r", "127.0.0.2:7"))
+        .event(Event::note(None, "note", serde_json::json!({})))
         .await
         .is_err());
 }
@@ -143,7 +185,7 @@ async fn queued_closes_are_committed_by_flush_or_in_the_background() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
         let rows = list_sessions(&conn, &SessionFilter::default()).expect("list");
-        if rows[1].outcome.as_deref() == Some("error") {
+        if rows.get(1).and_then(|r| r.outcome.as_deref()) == Some("error") {
             assert_eq!((rows[1].bytes_up, rows[1].bytes_down), (3, 4));
             break;
         }
@@ -187,7 +229,11 @@ async fn recorded_session(path: &Path) -> (Journal, Vec<i64>) {
         .await
         .expect("events");
     for (n, id) in ids.iter().enumerate() {
-        journal.record_result(*id, serde_json::json!({"tag": "SELECT 1", "rows": n}));
+        journal.record_result(
+            Some(sid),
+            *id,
+            serde_json::json!({"tag": "SELECT 1", "rows": n}),
+        );
     }
     journal.record_event(Event::note(
         Some(sid),
@@ -434,33 +480,65 @@ async fn two_handles_on_one_file_keep_one_chain() {
         x.expect("x");
         y.expect("y");
     }
+    a.flush().await.expect("flush");
+    b.flush().await.expect("flush");
     let report = verify(&path);
     assert!(report.ok, "{report}");
     assert_eq!(report.events, 60);
 }
 
 #[tokio::test]
-async fn a_failed_operation_leaves_neither_rows_nor_a_gap() {
+async fn what_the_index_cannot_take_is_kept_by_the_log_and_named_by_verify() {
+    // The log cannot check references when it appends (it has no tables): a record naming a
+    // session that does not exist is recorded and chained like any other, and the index
+    // takes it too (without the foreign key). The gateway never writes one.
     let (_dir, path) = temp_journal();
     let journal = Journal::open(&path).expect("open");
     journal
-        .event(Event::note(None, "note", serde_json::json!({})))
-        .await
-        .expect("first");
-    // No such event: refused, in a group with good operations.
-    journal.record_result(999, serde_json::json!({"tag": "SELECT 1"}));
-    // No such session: the insert fails on its foreign key.
-    assert!(journal
         .event(Event::note(Some(12345), "note", serde_json::json!({})))
         .await
-        .is_err());
+        .expect("recorded");
+    journal.record_result(None, 999, serde_json::json!({"tag": "SELECT 1"}));
     journal
         .event(Event::note(None, "note", serde_json::json!({})))
         .await
         .expect("after");
+    journal.flush().await.expect("flush");
     let report = verify(&path);
-    assert!(report.ok, "{report}");
-    assert_eq!((report.events, report.last_seq), (2, Some(2)));
+    assert_eq!((report.events, report.last_seq), (3, Some(3)), "{report}");
+    assert!(
+        report
+            .findings
+            .iter()
+            .all(|f| f.problem == Problem::SessionChanged),
+        "{report}"
+    );
+    // Another process's table edit that makes the index refuse a record (here: a unique
+    // index the events cannot satisfy) does not stop the indexer: the record is skipped,
+    // the rest indexed, and verify says what the index lacks.
+    side_connection(&path)
+        .execute_batch("CREATE UNIQUE INDEX one_boom ON events(kind) WHERE kind = 'boom'")
+        .expect("index");
+    for _ in 0..2 {
+        journal
+            .event(Event::note(None, "boom", serde_json::json!({})))
+            .await
+            .expect("in the log");
+    }
+    journal
+        .event(Event::note(None, "other", serde_json::json!({})))
+        .await
+        .expect("in the log");
+    journal.flush().await.expect("flush");
+    let report = verify(&path);
+    assert_eq!(report.last_seq, Some(6), "{report}");
+    assert!(
+        report
+            .findings
+            .iter()
+            .any(|f| f.problem == Problem::Log && f.seq == Some(5)),
+        "{report}"
+    );
 }
 
 #[tokio::test]
@@ -524,6 +602,13 @@ fn the_sync_setting_reaches_sqlite() {
     }
 }
 
+/// Prunes the journal at `path` as `journal prune` does, with a cutoff.
+fn prune_at(path: &Path, cutoff: &str, sinks: &[String]) -> Result<PruneReport, JournalError> {
+    let mut conn = open_connection(path)?;
+    let mut log = open_log(path, JournalSync::Normal, &conn)?;
+    prune_before(&mut log, &mut conn, cutoff, sinks)
+}
+
 /// A cutoff between what was written so far and what comes next.
 async fn cutoff_now() -> String {
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
@@ -551,8 +636,7 @@ async fn prune_deletes_a_prefix_and_the_rest_still_verifies() {
         .await
         .expect("late");
 
-    let mut conn = open_connection(&path).expect("conn");
-    let report = prune_before(&mut conn, &cutoff, &[]).expect("prune");
+    let report = prune_at(&path, &cutoff, &[]).expect("prune");
     assert_eq!(
         (
             report.last_seq,
@@ -575,7 +659,7 @@ async fn prune_deletes_a_prefix_and_the_rest_still_verifies() {
     journal.flush().await.expect("flush");
     assert!(verify(&path).ok);
     let cutoff = cutoff_now().await;
-    let report = prune_before(&mut conn, &cutoff, &[]).expect("prune again");
+    let report = prune_at(&path, &cutoff, &[]).expect("prune again");
     assert_eq!((report.events, report.sessions), (3, 1), "{report}");
     let verified = verify(&path);
     assert!(verified.ok, "{verified}");
@@ -587,7 +671,7 @@ async fn prune_deletes_a_prefix_and_the_rest_still_verifies() {
     assert!(verify(&path).ok);
 
     // Nothing older than a cutoff before everything: nothing happens.
-    let report = prune_before(&mut conn, "2000-01-01", &[]).expect("nothing");
+    let report = prune_at(&path, "2000-01-01", &[]).expect("nothing");
     assert_eq!(report.last_seq, None);
 }
 
@@ -619,8 +703,7 @@ async fn a_forged_checkpoint_or_a_pruned_broken_part_is_reported() {
             [ids[0]],
         )
         .expect("edit");
-    let mut conn = open_connection(&path).expect("conn");
-    let report = prune_before(&mut conn, &cutoff_now().await, &[]).expect("prune");
+    let report = prune_at(&path, &cutoff_now().await, &[]).expect("prune");
     assert!(
         report
             .broken
@@ -640,18 +723,18 @@ async fn prune_keeps_what_a_sink_has_not_acknowledged() {
     let (_dir, path) = temp_journal();
     let _ = recorded_session(&path).await;
     let cutoff = cutoff_now().await;
-    let mut conn = open_connection(&path).expect("conn");
+    let conn = open_connection(&path).expect("conn");
     conn.execute(
         "INSERT INTO sink_cursors (name, acked_seq) VALUES ('siem', 4)",
         [],
     )
     .expect("cursor");
     let sinks = ["siem".to_owned(), "never-shipped".to_owned()];
-    let report = prune_before(&mut conn, &cutoff, &sinks).expect("prune");
+    let report = prune_at(&path, &cutoff, &sinks).expect("prune");
     assert_eq!(report.last_seq, None, "{report}");
     assert_eq!(report.held_back_by.as_deref(), Some("never-shipped"));
 
-    let report = prune_before(&mut conn, &cutoff, &sinks[..1]).expect("prune");
+    let report = prune_at(&path, &cutoff, &sinks[..1]).expect("prune");
     assert_eq!((report.last_seq, report.events), (Some(4), 4), "{report}");
     assert_eq!(report.held_back_by.as_deref(), Some("siem"));
     assert!(verify(&path).ok);
@@ -682,4 +765,157 @@ fn long_statements_are_kept_as_a_prefix_with_length_and_hash() {
     clip_statement(&mut short, 309);
     assert_eq!(short.statement.as_deref(), Some("SELECT 1"));
     assert!(short.detail.get("statement_truncated").is_none());
+}
+
+// ---------------------------------------------------------------------------------------------
+// The segment log and its index
+// ---------------------------------------------------------------------------------------------
+
+/// Appends `n` notes straight to the log at `path`, as a process that died before its indexer
+/// ran would leave them.
+fn append_unindexed(path: &Path, n: usize) {
+    let conn = open_connection(path).expect("conn");
+    let mut log = open_log(path, JournalSync::Normal, &conn).expect("log");
+    for i in 0..n {
+        log.append(|g| {
+            g.event(segment::NewEvent {
+                session_id: None,
+                kind: "note",
+                statement: None,
+                decision: None,
+                rule: None,
+                detail: format!("{{\"i\":{i}}}"),
+                hint: segment::IndexHint::None,
+            })
+        })
+        .expect("append");
+    }
+}
+
+fn count_events(path: &Path) -> i64 {
+    side_connection(path)
+        .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+        .expect("count")
+}
+
+#[tokio::test]
+async fn what_was_appended_but_not_indexed_is_indexed_at_open() {
+    let (_dir, path) = temp_journal();
+    let (journal, _) = recorded_session(&path).await;
+    drop(journal);
+    append_unindexed(&path, 25);
+    assert_eq!(count_events(&path), 10);
+    let journal = Journal::open(&path).expect("reopen");
+    // Before any write or flush: opening indexed everything.
+    assert_eq!(count_events(&path), 35);
+    let report = verify(&path);
+    assert!(report.ok, "{report}");
+    assert_eq!(report.log.as_ref().map(|l| l.indexed_seq), Some(35));
+    let id = journal
+        .event(Event::note(None, "note", serde_json::json!({})))
+        .await
+        .expect("continues");
+    assert_eq!(id, 36);
+}
+
+#[tokio::test]
+async fn verify_compares_the_index_with_the_log() {
+    let (_dir, path) = temp_journal();
+    let (_journal, ids) = recorded_session(&path).await;
+    // A rewrite of the index's tail with every hash recomputed chains perfectly in the
+    // database alone; the log still has what was recorded.
+    let conn = side_connection(&path);
+    let scan = segment::read_segment(&segment::segment_path(&segments_dir(&path), 1))
+        .expect("read the log");
+    let mut prev: Option<String> = None;
+    for (record, _) in scan.records {
+        let segment::Record::Event(mut e) = record else {
+            continue;
+        };
+        if e.seq < ids[0] {
+            continue;
+        }
+        if e.seq == ids[0] {
+            e.statement = Some("SELECT harmless".to_owned());
+        }
+        let prev_hash = prev.take().unwrap_or(e.prev_hash.clone());
+        let hash = event_hash(&prev_hash, &e.content());
+        conn.execute(
+            "UPDATE events SET statement = ?2, prev_hash = ?3, hash = ?4 WHERE id = ?1",
+            rusqlite::params![e.seq, e.statement, prev_hash, hash],
+        )
+        .expect("rewrite");
+        prev = Some(hash);
+    }
+    let report = verify(&path);
+    let (seq, problem, line) = first_finding(&report);
+    assert_eq!((seq, problem), (Some(ids[0]), Problem::Log), "{report}");
+    assert!(line.contains("another event"), "{line}");
+}
+
+#[tokio::test]
+async fn reindex_rebuilds_the_index_from_the_log() {
+    let (_dir, path) = temp_journal();
+    let (journal, _) = recorded_session(&path).await;
+    drop(journal);
+    let before = kinds(&path);
+    side_connection(&path)
+        .execute_batch("DELETE FROM events WHERE id > 4; DELETE FROM sessions; UPDATE events SET result = NULL")
+        .expect("damage");
+    assert!(!verify(&path).ok);
+    let report = reindex_file(&JournalConfig {
+        path: path.clone(),
+        ..JournalConfig::default()
+    })
+    .expect("reindex");
+    assert_eq!(
+        (report.events, report.sessions, report.indexed_seq),
+        (10, 1, 10),
+        "{report}"
+    );
+    assert_eq!(kinds(&path), before);
+    let verified = verify(&path);
+    assert!(verified.ok, "{verified}");
+}
+
+#[tokio::test]
+async fn prune_deletes_segments_wholly_before_the_checkpoint() {
+    let (_dir, path) = temp_journal();
+    let journal = Journal::open(&path).expect("open");
+    lock(&journal.inner.log).set_segment_bytes(1_000);
+    for n in 0..40 {
+        journal
+            .event(Event::note(None, "note", serde_json::json!({"n": n})))
+            .await
+            .expect("event");
+    }
+    let cutoff = cutoff_now().await;
+    journal
+        .event(Event::note(None, "late", serde_json::json!({})))
+        .await
+        .expect("late");
+    let dir = segments_dir(&path);
+    let before = segment::list(&dir).expect("list");
+    assert!(before.len() > 4, "{before:?}");
+    let report = prune_at(&path, &cutoff, &[]).expect("prune");
+    assert_eq!(report.last_seq, Some(40), "{report}");
+    let after = segment::list(&dir).expect("list");
+    assert!(after.len() <= 2, "{after:?}");
+    assert_eq!(after.last(), before.last());
+    journal
+        .event(Event::note(None, "after", serde_json::json!({})))
+        .await
+        .expect("after");
+    journal.flush().await.expect("flush");
+    let verified = verify(&path);
+    assert!(verified.ok, "{verified}");
+    assert_eq!(kinds(&path), ["late", "prune", "after"]);
+    // Rebuilt from what is left of the log, the index is the same.
+    reindex_file(&JournalConfig {
+        path: path.clone(),
+        ..JournalConfig::default()
+    })
+    .expect("reindex");
+    assert_eq!(kinds(&path), ["late", "prune", "after"]);
+    assert!(verify(&path).ok);
 }

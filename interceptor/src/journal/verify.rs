@@ -9,6 +9,13 @@
 //! prefix of the chain ([`super::prune_file`]): the walk then starts from the latest
 //! checkpoint, which must itself be recorded in the chain by a `prune` event.
 //!
+//! The database is the index of the segment log ([`super::segment`]), which is what the gateway
+//! writes first: the log's own chain is walked too (every frame's checksum, every link and
+//! hash, the seams between segments), and every indexed event must be in the index with the
+//! hash the log has for it, and nothing else. So a rewrite of the database's tail, hashes
+//! recomputed, shows up as long as the log is intact; events appended but not indexed yet are
+//! counted, not reported.
+//!
 //! It only reads, in one read transaction (a consistent snapshot while a daemon writes), and
 //! never repairs: a broken chain is evidence. It cannot see a rewrite of the whole tail by
 //! someone who recomputes every later hash; shipping the hashes off the host is what catches
@@ -19,7 +26,11 @@ use std::{fmt, path::Path};
 use rusqlite::{types::ValueRef, Connection, OptionalExtension as _};
 use serde::Serialize;
 
-use super::{event_hash, schema, ChainedContent, JournalError, GENESIS_HASH};
+use super::{
+    event_hash, schema,
+    segment::{self, Head, Record},
+    ChainedContent, JournalError, GENESIS_HASH,
+};
 
 /// Findings kept in one report: past this many the journal is plainly broken, and the first
 /// ones say where to look.
@@ -47,6 +58,9 @@ pub enum Problem {
     /// The checkpoint the chain starts from is not recorded by a chained `prune` event, or the
     /// part a prune deleted did not verify.
     Checkpoint,
+    /// The segment log is broken (a frame, a link, a hash, a seam between segments), or the
+    /// index differs from it.
+    Log,
 }
 
 impl Problem {
@@ -59,6 +73,7 @@ impl Problem {
             Problem::ResultChanged => "result changed",
             Problem::SessionChanged => "session changed",
             Problem::Checkpoint => "checkpoint",
+            Problem::Log => "log",
         }
     }
 }
@@ -121,6 +136,20 @@ pub struct VerifyReport {
     pub findings: Vec<Finding>,
     /// More problems were found than [`MAX_FINDINGS`].
     pub truncated: bool,
+    /// The segment log (`null`: the journal has none yet).
+    pub log: Option<LogSummary>,
+}
+
+/// What `verify` found in the segment log.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct LogSummary {
+    pub segments: u64,
+    /// Events in the log.
+    pub events: u64,
+    pub first_seq: Option<i64>,
+    pub last_seq: Option<i64>,
+    /// The index holds the log up to this event; later ones are appended, not indexed yet.
+    pub indexed_seq: i64,
 }
 
 impl fmt::Display for VerifyReport {
@@ -152,16 +181,29 @@ impl fmt::Display for VerifyReport {
             ),
             None => String::new(),
         };
+        let log = match &self.log {
+            Some(log) => {
+                let range = match (log.first_seq, log.last_seq) {
+                    (Some(first), Some(last)) => format!("seq {first}..{last}"),
+                    _ => "no events".to_owned(),
+                };
+                format!(
+                    "; log: {} segment(s), {range}, indexed through seq {}",
+                    log.segments, log.indexed_seq
+                )
+            }
+            None => String::new(),
+        };
         if self.ok {
             write!(
                 f,
-                "ok: journal {id}: {} events intact ({range}{head}){from}",
+                "ok: journal {id}: {} events intact ({range}{head}){from}{log}",
                 self.events
             )
         } else {
             write!(
                 f,
-                "journal {id}: {} problem(s) in {} events ({range}{head}){from}",
+                "journal {id}: {} problem(s) in {} events ({range}{head}){from}{log}",
                 self.findings.len(),
                 self.events
             )
@@ -186,15 +228,220 @@ pub fn verify_file(path: &Path) -> Result<VerifyReport, JournalError> {
             supported: schema::CURRENT_VERSION,
         });
     }
-    verify_connection(&conn)
+    let tx = conn.unchecked_transaction()?;
+    let mut report = verify_in(&tx)?;
+    if version >= schema::LOG_VERSION {
+        let dir = super::segments_dir(path);
+        let mut findings = Findings {
+            list: std::mem::take(&mut report.findings),
+            truncated: report.truncated,
+        };
+        let checkpoint_seq = report.checkpoint.as_ref().map_or(0, |c| c.last_seq);
+        report.log = check_log(&tx, &dir, checkpoint_seq, &mut findings)?;
+        report.ok = findings.list.is_empty();
+        report.findings = findings.list;
+        report.truncated = findings.truncated;
+    }
+    tx.finish()?;
+    Ok(report)
 }
 
-/// Verifies the journal behind `conn` (migrated to the chain), in one read transaction.
+/// Verifies the journal behind `conn` (migrated to the chain), in one read transaction; the
+/// database only (see [`verify_file`] for the log too).
 pub fn verify_connection(conn: &Connection) -> Result<VerifyReport, JournalError> {
     let tx = conn.unchecked_transaction()?;
     let report = verify_in(&tx)?;
     tx.finish()?;
     Ok(report)
+}
+
+fn log_finding(seq: Option<i64>, message: String) -> Finding {
+    Finding {
+        seq,
+        kind: None,
+        session: None,
+        problem: Problem::Log,
+        message,
+    }
+}
+
+/// Walks the segment log's chain and compares the index with it (see the module doc).
+fn check_log(
+    conn: &Connection,
+    dir: &Path,
+    checkpoint_seq: i64,
+    findings: &mut Findings,
+) -> Result<Option<LogSummary>, JournalError> {
+    let numbers = segment::list(dir)?;
+    let Some(&last_number) = numbers.last() else {
+        return Ok(None);
+    };
+    let (_, indexed_seq) = super::index::read_position(conn)?;
+    let mut summary = LogSummary {
+        segments: numbers.len() as u64,
+        indexed_seq,
+        ..LogSummary::default()
+    };
+    let first_start = super::index::segment_start(dir, numbers[0])?.unwrap_or(1);
+    // The index's rows from the log's first event through the indexed one, merged with the log.
+    let mut stmt = conn.prepare(
+        "SELECT id, hash FROM events WHERE id >= ?1 AND id > ?2 AND id <= ?3 ORDER BY id",
+    )?;
+    let mut rows = stmt.query(rusqlite::params![first_start, checkpoint_seq, indexed_seq])?;
+    let mut row: Option<(i64, Option<String>)> = match rows.next()? {
+        Some(r) => Some((r.get(0)?, r.get(1)?)),
+        None => None,
+    };
+    let mut expected: Option<Head> = None;
+    let mut previous_number: Option<u64> = None;
+    for &number in &numbers {
+        let path = segment::segment_path(dir, number);
+        if let Some(previous) = previous_number.filter(|&p| p + 1 != number) {
+            findings.push(log_finding(
+                None,
+                format!("segments {}..{} are missing", previous + 1, number - 1),
+            ));
+        }
+        previous_number = Some(number);
+        let scan = segment::read_segment(&path)?;
+        // The newest segment may end in a write still under way.
+        if let Some(problem) = scan.problem.as_ref().filter(|_| number != last_number) {
+            findings.push(log_finding(
+                None,
+                format!(
+                    "segment {} is corrupt at byte {}: {problem}",
+                    path.display(),
+                    scan.end
+                ),
+            ));
+        }
+        for (record, _) in scan.records {
+            match record {
+                Record::Start(head) => {
+                    match &expected {
+                        Some(exp) if *exp != head => findings.push(log_finding(
+                            Some(head.next_seq),
+                            format!(
+                                "segment {number} starts at seq {} after {}, but the one before                                  ended at seq {} after {}",
+                                head.next_seq,
+                                short(&head.last_hash),
+                                exp.next_seq,
+                                short(&exp.last_hash)
+                            ),
+                        )),
+                        Some(_) => {}
+                        None => {
+                            // The first segment continues what the index held before it (or
+                            // what a prune deleted).
+                            let before: Option<Option<String>> = conn
+                                .query_row(
+                                    "SELECT hash FROM events WHERE id = ?1",
+                                    [head.next_seq - 1],
+                                    |r| r.get(0),
+                                )
+                                .optional()?;
+                            if let Some(hash) = before {
+                                if hash.as_deref() != Some(head.last_hash.as_str()) {
+                                    findings.push(log_finding(
+                                        Some(head.next_seq),
+                                        format!(
+                                            "the log starts after a hash ({}) that is not the                                              index's seq {}",
+                                            short(&head.last_hash),
+                                            head.next_seq - 1
+                                        ),
+                                    ));
+                                }
+                            }
+                        }
+                    }
+                    expected = Some(head);
+                }
+                Record::Seal(head) => {
+                    if expected.as_ref() != Some(&head) {
+                        findings.push(log_finding(
+                            Some(head.next_seq),
+                            format!("segment {number} is sealed at a head it does not end with"),
+                        ));
+                    }
+                }
+                Record::Run(_) => {}
+                Record::Event(e) => {
+                    let exp = expected.take().unwrap_or(Head {
+                        next_seq: e.seq,
+                        last_hash: e.prev_hash.clone(),
+                    });
+                    if e.seq != exp.next_seq {
+                        findings.push(log_finding(
+                            Some(e.seq),
+                            format!("the log jumps from seq {} to {}", exp.next_seq - 1, e.seq),
+                        ));
+                    } else if e.prev_hash != exp.last_hash {
+                        findings.push(log_finding(
+                            Some(e.seq),
+                            "it does not link to the event before it in the log".to_owned(),
+                        ));
+                    } else if event_hash(&e.prev_hash, &e.content()) != e.hash {
+                        findings.push(log_finding(
+                            Some(e.seq),
+                            "its content in the log no longer matches its hash".to_owned(),
+                        ));
+                    }
+                    summary.events += 1;
+                    summary.first_seq.get_or_insert(e.seq);
+                    summary.last_seq = Some(e.seq);
+                    if e.seq > checkpoint_seq && e.seq <= indexed_seq && e.seq >= first_start {
+                        // Index rows the log does not have.
+                        while let Some((id, _)) = row.as_ref().filter(|(id, _)| *id < e.seq) {
+                            findings.push(log_finding(
+                                Some(*id),
+                                "in the index but not in the log".to_owned(),
+                            ));
+                            row = match rows.next()? {
+                                Some(r) => Some((r.get(0)?, r.get(1)?)),
+                                None => None,
+                            };
+                        }
+                        match &row {
+                            Some((id, hash)) if *id == e.seq => {
+                                if hash.as_deref() != Some(e.hash.as_str()) {
+                                    findings.push(log_finding(
+                                        Some(e.seq),
+                                        format!(
+                                            "the index has another event here than the log                                              (hash {} in the log)",
+                                            short(&e.hash)
+                                        ),
+                                    ));
+                                }
+                                row = match rows.next()? {
+                                    Some(r) => Some((r.get(0)?, r.get(1)?)),
+                                    None => None,
+                                };
+                            }
+                            _ => findings.push(log_finding(
+                                Some(e.seq),
+                                "in the log but not in the index".to_owned(),
+                            )),
+                        }
+                    }
+                    expected = Some(Head {
+                        next_seq: e.seq + 1,
+                        last_hash: e.hash,
+                    });
+                }
+            }
+        }
+    }
+    while let Some((id, _)) = row {
+        findings.push(log_finding(
+            Some(id),
+            "in the index but not in the log".to_owned(),
+        ));
+        row = match rows.next()? {
+            Some(r) => Some((r.get(0)?, r.get(1)?)),
+            None => None,
+        };
+    }
+    Ok(Some(summary))
 }
 
 fn verify_in(conn: &Connection) -> Result<VerifyReport, JournalError> {
@@ -222,6 +469,7 @@ fn verify_in(conn: &Connection) -> Result<VerifyReport, JournalError> {
         chain_migrated_seq,
         findings: findings.list,
         truncated: findings.truncated,
+        log: None,
     })
 }
 

@@ -47,7 +47,9 @@
 
 use std::{net::Ipv6Addr, ops::Range, str::FromStr};
 
-use regex_automata::{meta, nfa::thompson::WhichCaptures, util::syntax, Input, MatchKind};
+use regex_automata::{
+    meta, nfa::thompson::WhichCaptures, util::syntax, Anchored, Input, MatchKind, PatternID,
+};
 
 /// A kind of sensitive value recognised by content.
 #[derive(
@@ -368,10 +370,48 @@ impl Scanner {
                         range,
                     });
                 }
-                // Every pattern is non-empty, but never loop on the same position.
-                Err(resume) => at = resume.max(at + 1),
+                Err(_) => {
+                    // A rejected candidate must not hide a value of another detector that
+                    // overlaps it: `1234567890123@example.com` is a card shape that fails
+                    // Luhn, and an email. Try the other patterns anchored where it started,
+                    // then go on one byte further (never from its end), so that a value
+                    // starting inside it is still seen. Every pattern is non-empty; never loop
+                    // on the same position.
+                    if let Some(found) = self.anchored_alternative(value, m.start(), m.pattern()) {
+                        at = found.range.end.max(at + 1);
+                        out.push(found);
+                    } else {
+                        at = (m.start() + 1).max(at + 1);
+                    }
+                }
             }
         }
+    }
+
+    /// The first other pattern (in `RULES` order) whose match starting exactly at `start`
+    /// validates.
+    fn anchored_alternative(
+        &self,
+        value: &[u8],
+        start: usize,
+        rejected: PatternID,
+    ) -> Option<Found> {
+        let regex = self.regex.as_ref()?;
+        (0..self.rules.len())
+            .filter_map(|i| PatternID::new(i).ok())
+            .filter(|pid| *pid != rejected)
+            .find_map(|pid| {
+                let input = Input::new(value)
+                    .range(start..)
+                    .anchored(Anchored::Pattern(pid));
+                let m = regex.search(&input)?;
+                let rule = self.rules.get(pid.as_usize())?;
+                let range = validate(rule.check, value, m.range()).ok()?;
+                Some(Found {
+                    detector: rule.detector,
+                    range,
+                })
+            })
     }
 }
 
@@ -828,10 +868,11 @@ mod tests {
         ] {
             assert_eq!(found(not_found), vec![], "{not_found}");
         }
-        // A glued letter that starts another value: an invalid card gives way to the email.
+        // A glued letter that starts another value: an invalid card gives way to the email,
+        // which is found whole, from where the rejected candidate started.
         assert_eq!(
             found("x4111111111111112@example.com"),
-            one(Detector::Email, "4111111111111112@example.com")
+            one(Detector::Email, "x4111111111111112@example.com")
         );
         // Values glued to each other are all found.
         assert_eq!(
@@ -857,9 +898,12 @@ mod tests {
         }
         // Shorter runs are judged whole, as always: this 17-digit run fails Luhn.
         assert_eq!(found("41111111111111110"), vec![]);
-        // An invalid grouped candidate is skipped whole: a later window of the same groups
-        // (here `4111 1111 1111 1111`) is not checked, as before glue was allowed.
-        assert_eq!(found("1234 4111 1111 1111 1111"), vec![]);
+        // An invalid grouped candidate does not hide a valid card that starts inside it: the
+        // scan goes on one byte after a rejected candidate's start, never from its end.
+        assert_eq!(
+            found("1234 4111 1111 1111 1111"),
+            one(Detector::CreditCard, "4111 1111 1111 1111")
+        );
         // A digit glued to an SSN or a grouped card breaks the shape.
         assert_eq!(found("1123-45-6789"), vec![]);
         assert_eq!(found("123-45-67891"), vec![]);

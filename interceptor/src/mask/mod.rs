@@ -16,6 +16,8 @@
 //! the counts are journaled, the values never are.
 
 pub mod detect;
+mod json;
+mod stream;
 
 use std::{
     borrow::Cow,
@@ -27,8 +29,12 @@ use std::{
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::{Deserialize, Serialize};
 
-use crate::command::{MaskReport, Masker, ResultColumn, Rewrite, ValueKind};
+use crate::command::{
+    BodyMasking, MaskReport, Masker, ResultColumn, Rewrite, StreamMask, ValueKind,
+};
 use detect::{Detector, Found, Scanner};
+pub use json::{FieldRule, MaskedJsonText};
+pub use stream::{StreamMasker, STREAM_HOLD_LIMIT};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -197,6 +203,8 @@ pub struct DetectorRule {
 #[derive(Debug)]
 pub struct Masking {
     columns: Vec<Arc<ColumnRule>>,
+    /// Field rules for JSON documents (JSON paths, Kubernetes Secrets), in priority order.
+    fields: Vec<Arc<FieldRule>>,
     strategies: BTreeMap<Detector, Strategy>,
     scanner: Option<Arc<Scanner>>,
     /// `None` when no key could be read: `hash` then redacts (never a hash anyone could
@@ -245,6 +253,7 @@ impl Masking {
         }
         Masking {
             columns,
+            fields: Vec::new(),
             strategies,
             scanner: scanner.filter(|s| !s.is_empty()),
             key,
@@ -252,9 +261,25 @@ impl Masking {
         }
     }
 
+    /// Adds the field rules that select values in JSON documents (see [`Masking::mask_json`]),
+    /// in priority order. Column rules never apply to JSON documents: they name SQL columns.
+    pub fn with_fields(mut self, fields: Vec<Arc<FieldRule>>) -> Masking {
+        self.fields = fields;
+        self
+    }
+
     /// True when nothing is masked and nothing sampled: protocols can skip the work.
     pub fn is_inert(&self) -> bool {
-        self.columns.is_empty() && self.scanner.is_none() && self.sample_rows == 0
+        self.columns.is_empty()
+            && self.fields.is_empty()
+            && self.scanner.is_none()
+            && self.sample_rows == 0
+    }
+
+    /// True when a JSON document or a text could be masked: some field rule or detector is
+    /// in force (column rules name SQL columns and never apply to documents).
+    pub fn masks_documents(&self) -> bool {
+        !self.fields.is_empty() || self.scanner.is_some()
     }
 
     /// True when some column rule names a table, so sources are worth resolving.
@@ -284,22 +309,48 @@ impl Masking {
     /// an error message): spans are replaced (a `null` strategy redacts instead). Returns the
     /// counts too.
     pub fn mask_text<'t>(&self, text: &'t str) -> (Cow<'t, str>, BTreeMap<String, u64>) {
+        match self.mask_bytes(text.as_bytes()) {
+            (Cow::Borrowed(_), counts) => (Cow::Borrowed(text), counts),
+            // Replacements are ASCII and spans end on match boundaries, so this stays UTF-8;
+            // a lossy conversion covers any detector that ended inside a character.
+            (Cow::Owned(out), counts) => (
+                Cow::Owned(String::from_utf8_lossy(&out).into_owned()),
+                counts,
+            ),
+        }
+    }
+
+    /// [`Masking::mask_text`] on bytes that need not be UTF-8: what a byte stream masked
+    /// whole, at once, would be (the reference a [`StreamMasker`]'s chunked output is held to).
+    pub fn mask_bytes<'t>(&self, text: &'t [u8]) -> (Cow<'t, [u8]>, BTreeMap<String, u64>) {
         let mut counts = BTreeMap::new();
         let Some(scanner) = &self.scanner else {
             return (Cow::Borrowed(text), counts);
         };
         let mut found = Vec::new();
-        scanner.find(text.as_bytes(), &mut found);
+        scanner.find(text, &mut found);
         if found.is_empty() {
             return (Cow::Borrowed(text), counts);
         }
+        let out = self.replace_spans(text, &found, &mut counts);
+        (Cow::Owned(out), counts)
+    }
+
+    /// `text` with each match in `found` replaced (a `null` strategy redacts: a text has no
+    /// NULL), each counted under its detector.
+    fn replace_spans(
+        &self,
+        text: &[u8],
+        found: &[Found],
+        counts: &mut BTreeMap<String, u64>,
+    ) -> Vec<u8> {
         let mut out = Vec::with_capacity(text.len());
         let mut at = 0;
-        for f in &found {
-            let Some(span) = text.as_bytes().get(f.range.clone()) else {
+        for f in found {
+            let Some(span) = text.get(f.range.clone()) else {
                 continue;
             };
-            out.extend_from_slice(text.as_bytes().get(at..f.range.start).unwrap_or_default());
+            out.extend_from_slice(text.get(at..f.range.start).unwrap_or_default());
             let strategy = match self.strategy(f.detector) {
                 Strategy::Null => Strategy::Redact,
                 s => s,
@@ -310,13 +361,8 @@ impl Masking {
                 .or_default() += 1;
             at = f.range.end;
         }
-        out.extend_from_slice(text.as_bytes().get(at..).unwrap_or_default());
-        // Replacements are ASCII and spans end on match boundaries, so this stays UTF-8; a
-        // lossy conversion covers any detector that ended inside a character.
-        (
-            Cow::Owned(String::from_utf8_lossy(&out).into_owned()),
-            counts,
-        )
+        out.extend_from_slice(text.get(at..).unwrap_or_default());
+        out
     }
 
     fn strategy(&self, d: Detector) -> Strategy {
@@ -670,3 +716,19 @@ impl Masker for ResultMasker {
 
 #[cfg(test)]
 mod tests;
+
+/// HTTP and MCP bodies: JSON documents through [`Masking::mask_json`], text through a
+/// [`StreamMasker`] (which shares the session's masking, hence the `Arc`).
+impl BodyMasking for Arc<Masking> {
+    fn mask_json(&self, doc: &mut serde_json::Value) -> BTreeMap<String, u64> {
+        Masking::mask_json(self, doc)
+    }
+
+    fn mask_json_text(&self, text: &[u8]) -> Option<MaskedJsonText> {
+        Masking::mask_json_text(self, text)
+    }
+
+    fn stream(&self) -> Box<dyn StreamMask> {
+        Box::new(StreamMasker::new(self.clone()))
+    }
+}

@@ -16,10 +16,14 @@
 //! [`Engine`] adds what makes this cheap at run time: the parsed analysis of each statement
 //! text is cached, and policies are swapped atomically on reload.
 
+pub mod asked;
 pub mod file;
+mod masks;
+pub mod mysql;
 pub mod pg_grammar;
 pub mod sql;
 pub mod tooling;
+mod words;
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -31,12 +35,16 @@ use std::{
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::Serialize;
 
+use crate::command::{
+    Family, HttpRequest, KubeRequest, McpCall, Operation, SshChannel, SshRequest,
+};
 use crate::mask::{
     detect::{Detector, Scanner},
-    ColumnRule, DetectorRule, HashKey, Masking, Strategy,
+    DetectorRule, HashKey, Masking,
 };
-use file::{CommandKindMatch, MaskFile, MatchFile, RuleFile, Source};
 pub use file::{DecisionKind, PolicyError};
+use file::{MatchFile, RuleFile, Source};
+use masks::MaskRule;
 use sql::{Analysis, Parsed, StatementClass};
 
 /// The policy applied when the configuration names none.
@@ -55,14 +63,8 @@ pub struct Subject {
     pub run_id: Option<String>,
 }
 
-/// What is asked.
-#[derive(Debug, Clone, Copy)]
-pub enum Request<'a> {
-    /// Opening a connection to `destination` ("ip:port").
-    Connect { destination: &'a str },
-    /// Running SQL text (one or more statements).
-    Sql { text: &'a str },
-}
+/// What is asked: any kind of command, in the protocol-neutral model.
+pub type Request<'a> = Operation<'a>;
 
 /// The decision about one statement.
 #[derive(Debug, Clone, Serialize)]
@@ -95,6 +97,15 @@ struct Patterns {
 
 impl Patterns {
     fn compile(list: &[String], case_insensitive: bool) -> Result<Option<Patterns>, String> {
+        Patterns::compile_with(list, case_insensitive, false)
+    }
+
+    /// `separated`: `*` and `?` stop at `/` (`**` crosses it), for paths.
+    fn compile_with(
+        list: &[String],
+        case_insensitive: bool,
+        separated: bool,
+    ) -> Result<Option<Patterns>, String> {
         if list.is_empty() {
             return Ok(None);
         }
@@ -106,6 +117,7 @@ impl Patterns {
             for p in patterns {
                 let glob = GlobBuilder::new(p)
                     .case_insensitive(case_insensitive)
+                    .literal_separator(separated)
                     .build()
                     .map_err(|e| format!("pattern {p:?}: {e}"))?;
                 set.add(glob);
@@ -147,7 +159,8 @@ struct Matcher {
     cgroups: Option<Patterns>,
     runs: Option<Patterns>,
     destinations: Option<Patterns>,
-    kinds: Vec<CommandKindMatch>,
+    /// The families the rule is about; empty: every family.
+    kinds: Vec<Family>,
     classes: Option<BTreeSet<StatementClass>>,
     tables: Option<Patterns>,
     tables_read: Option<Patterns>,
@@ -155,6 +168,27 @@ struct Matcher {
     columns: Option<Patterns>,
     functions: Option<Patterns>,
     dangerous: Option<bool>,
+    methods: Option<Patterns>,
+    hosts: Option<Patterns>,
+    paths: Option<Patterns>,
+    upgrades: Option<Patterns>,
+    mcp_methods: Option<Patterns>,
+    tools: Option<Patterns>,
+    read_only: Option<bool>,
+    verbs: Option<Patterns>,
+    api_groups: Option<Patterns>,
+    resources: Option<Patterns>,
+    namespaces: Option<Patterns>,
+    names: Option<Patterns>,
+    channels: Vec<SshChannel>,
+    programs: Option<Patterns>,
+    commands: Option<words::CommandPatterns>,
+    writes: Option<bool>,
+    subsystems: Option<Patterns>,
+    forwards: Option<Patterns>,
+    opaque: Option<bool>,
+    /// The table named a key about commands (a `[mask.match]` may not).
+    about_commands: bool,
 }
 
 impl Matcher {
@@ -178,17 +212,32 @@ impl Matcher {
             columns: p(&m.columns, true)?,
             functions: p(&m.functions, true)?,
             dangerous: m.dangerous,
+            methods: p(&m.methods, true)?,
+            hosts: p(&m.hosts, true)?,
+            paths: Patterns::compile_with(&m.paths, false, true)?,
+            upgrades: p(&m.upgrades, true)?,
+            mcp_methods: p(&m.mcp_methods, false)?,
+            tools: p(&m.tools, false)?,
+            read_only: m.read_only,
+            verbs: p(&m.verbs, true)?,
+            api_groups: p(&m.api_groups, true)?,
+            resources: p(&m.resources, true)?,
+            namespaces: p(&m.namespaces, false)?,
+            names: p(&m.names, false)?,
+            channels: m.channels.clone(),
+            programs: p(&m.programs, false)?,
+            commands: words::CommandPatterns::compile(&m.commands)?,
+            writes: m.writes,
+            subsystems: p(&m.subsystems, false)?,
+            forwards: p(&m.forwards, false)?,
+            opaque: m.opaque,
+            about_commands: m.has_command_keys(),
         })
     }
 
-    fn has_sql_conditions(&self) -> bool {
-        self.classes.is_some()
-            || self.tables.is_some()
-            || self.tables_read.is_some()
-            || self.tables_written.is_some()
-            || self.columns.is_some()
-            || self.functions.is_some()
-            || self.dangerous.is_some()
+    /// Whether the rule is about commands of this family.
+    fn admits(&self, family: Family) -> bool {
+        self.kinds.is_empty() || self.kinds.contains(&family)
     }
 
     fn who_and_where(&self, subject: &Subject, target: Option<&str>, protocol: &str) -> bool {
@@ -249,7 +298,7 @@ impl Matcher {
     }
 
     fn statement(&self, a: &Analysis, every: bool) -> bool {
-        if !self.kinds.is_empty() && !self.kinds.contains(&CommandKindMatch::Sql) {
+        if !self.admits(Family::Sql) {
             return false;
         }
         let classes_ok = match &self.classes {
@@ -269,14 +318,126 @@ impl Matcher {
     }
 
     fn connection(&self, destination: &str) -> bool {
-        if !self.kinds.is_empty() && !self.kinds.contains(&CommandKindMatch::Connect) {
-            return false;
-        }
-        !self.has_sql_conditions()
+        self.admits(Family::Connect)
             && self
                 .destinations
                 .as_ref()
                 .is_none_or(|p| p.any(Some(destination)))
+    }
+
+    /// A single-valued key: absent, or the value matches.
+    fn one(patterns: &Option<Patterns>, value: Option<&str>) -> bool {
+        patterns.as_ref().is_none_or(|p| p.any(value))
+    }
+
+    /// `every` (an allow rule): an upgrade is part of what the request does, so only a rule
+    /// naming it in `upgrades` allows it; a deny or review rule without `upgrades` still holds.
+    /// `upgrades` given holds only for requests asking one of them.
+    fn http(&self, r: &HttpRequest, every: bool) -> bool {
+        let upgrade_ok = match (&self.upgrades, r.upgrade.as_deref()) {
+            (None, None) => true,
+            (None, Some(_)) => !every,
+            (Some(_), None) => false,
+            (Some(p), Some(u)) => p.matches(u),
+        };
+        self.admits(Family::Http)
+            && upgrade_ok
+            && Self::one(&self.methods, Some(&r.method))
+            && Self::one(&self.hosts, Some(&r.host))
+            && Self::one(&self.paths, Some(&r.path))
+    }
+
+    fn mcp(&self, c: &McpCall) -> bool {
+        self.admits(Family::Mcp)
+            && Self::one(&self.mcp_methods, Some(&c.method))
+            && Self::one(&self.tools, c.tool.as_deref())
+            && self
+                .read_only
+                .is_none_or(|want| (c.annotations.read_only == Some(true)) == want)
+    }
+
+    fn kubernetes(&self, k: &KubeRequest) -> bool {
+        // The core group is "" on the wire; rules may call it "core".
+        let group_ok = self.api_groups.as_ref().is_none_or(|p| {
+            p.matches(&k.api_group) || (k.api_group.is_empty() && p.matches("core"))
+        });
+        // `deployments` names deployments in any group, `deployments.apps` in apps only;
+        // a subresource is part of the name (`pods/exec`).
+        let resource_ok = self.resources.as_ref().is_none_or(|p| {
+            let Some(resource) = &k.resource else {
+                return p.any(k.path.as_deref());
+            };
+            let short = match &k.subresource {
+                Some(sub) => format!("{resource}/{sub}"),
+                None => resource.clone(),
+            };
+            p.matches(&short) || p.matches(&k.resource_name())
+        });
+        self.admits(Family::Kubernetes)
+            && Self::one(&self.verbs, Some(&k.verb))
+            && group_ok
+            && resource_ok
+            && Self::one(&self.namespaces, k.namespace.as_deref())
+            && Self::one(&self.names, k.name.as_deref())
+    }
+
+    /// `every`: an allow rule's `programs` and `commands` must cover every program and simple
+    /// command of the line.
+    fn ssh(&self, s: &SshRequest, every: bool) -> bool {
+        if !self.admits(Family::Ssh)
+            || (!self.channels.is_empty() && !self.channels.contains(&s.channel))
+        {
+            return false;
+        }
+        let line = s.line.as_ref();
+        // Keys about command lines hold only for commands (not shells or forwards).
+        let programs_ok = match (&self.programs, line) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(p), Some(line)) => {
+                let holds = |program: &String| {
+                    let base = program.rsplit('/').next().unwrap_or(program);
+                    p.matches(program) || p.matches(base)
+                };
+                if every {
+                    line.programs.iter().all(holds)
+                } else {
+                    line.programs.iter().any(holds)
+                }
+            }
+        };
+        let commands_ok = match (&self.commands, line) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(c), Some(line)) if every => line.commands.iter().all(|w| c.matches(w)),
+            (Some(c), Some(line)) => line.commands.iter().any(|w| c.matches(w)),
+        };
+        let opaque_ok = self
+            .opaque
+            .is_none_or(|o| line.is_some_and(|l| l.opaque.is_some() == o));
+        let writes_ok = self
+            .writes
+            .is_none_or(|w| line.is_some_and(|l| l.writes.is_empty() != w));
+        programs_ok
+            && commands_ok
+            && writes_ok
+            && opaque_ok
+            && Self::one(&self.subsystems, s.subsystem.as_deref())
+            && Self::one(&self.forwards, s.forward.as_deref())
+    }
+
+    /// Whether the rule holds for a command that is not SQL (SQL goes through
+    /// [`Matcher::statement`], once per statement of its analysis).
+    fn operation(&self, op: &Operation<'_>, every: bool) -> bool {
+        match op {
+            Operation::Connect { destination } => self.connection(destination),
+            // Judged per statement by `Matcher::statement`.
+            Operation::Sql { .. } => false,
+            Operation::Http(r) => self.http(r, every),
+            Operation::Mcp(c) => self.mcp(c),
+            Operation::Kubernetes(k) => self.kubernetes(k),
+            Operation::Ssh(s) => self.ssh(s, every),
+        }
     }
 }
 
@@ -287,65 +448,6 @@ struct Rule {
     message: Option<String>,
     review_timeout: Option<Duration>,
     matcher: Matcher,
-}
-
-/// A compiled `[[mask]]` entry.
-#[derive(Debug)]
-struct MaskRule {
-    name: String,
-    matcher: Matcher,
-    columns: Option<Arc<ColumnRule>>,
-    detectors: Vec<Detector>,
-    strategy: Strategy,
-    deny_transformed: bool,
-}
-
-impl MaskRule {
-    fn compile(m: MaskFile) -> Result<MaskRule, String> {
-        if m.name.trim().is_empty() {
-            return Err("a mask needs a name".to_owned());
-        }
-        if m.columns.is_empty() && m.detectors.is_empty() {
-            return Err("a mask needs `columns`, `detectors` or both".to_owned());
-        }
-        let matcher = Matcher::compile(&m.matches)?;
-        if matcher.has_sql_conditions()
-            || !matcher.kinds.is_empty()
-            || matcher.destinations.is_some()
-        {
-            return Err(
-                "[mask.match] takes identity and target keys only (users, groups, exes, units, cgroups, runs, targets, protocols)"
-                    .to_owned(),
-            );
-        }
-        let mut detectors = Vec::new();
-        for name in &m.detectors {
-            let group = Detector::parse_group(name).ok_or_else(|| {
-                format!(
-                    "unknown detector {name:?} (known: {}, and the groups pii, secrets, all)",
-                    Detector::ALL.map(Detector::name).join(", ")
-                )
-            })?;
-            for d in group {
-                if !detectors.contains(&d) {
-                    detectors.push(d);
-                }
-            }
-        }
-        let columns = if m.columns.is_empty() {
-            None
-        } else {
-            Some(Arc::new(ColumnRule::new(&m.name, &m.columns, m.strategy)?))
-        };
-        Ok(MaskRule {
-            name: m.name,
-            matcher,
-            columns,
-            detectors,
-            strategy: m.strategy,
-            deny_transformed: m.deny_transformed,
-        })
-    }
 }
 
 /// A compiled policy: rules in file order.
@@ -423,6 +525,7 @@ impl Policy {
         sample_rows: usize,
     ) -> Option<Masking> {
         let mut columns = Vec::new();
+        let mut fields = Vec::new();
         let mut detectors = Vec::new();
         for m in self
             .masks
@@ -430,6 +533,7 @@ impl Policy {
             .filter(|m| m.matcher.who_and_where(subject, target, protocol))
         {
             columns.extend(m.columns.clone());
+            fields.extend(m.fields.clone());
             for d in &m.detectors {
                 detectors.push(DetectorRule {
                     detector: *d,
@@ -438,7 +542,7 @@ impl Policy {
                 });
             }
         }
-        if columns.is_empty() && detectors.is_empty() && sample_rows == 0 {
+        if columns.is_empty() && fields.is_empty() && detectors.is_empty() && sample_rows == 0 {
             return None;
         }
         let mut set: Vec<Detector> = detectors.iter().map(|d| d.detector).collect();
@@ -452,7 +556,7 @@ impl Policy {
                 .or_insert_with(|| Arc::new(Scanner::new(&set)))
                 .clone()
         });
-        Some(Masking::new(columns, &detectors, scanner, key, sample_rows))
+        Some(Masking::new(columns, &detectors, scanner, key, sample_rows).with_fields(fields))
     }
 
     /// A mask with `deny_transformed` whose columns the statement passes through a function,
@@ -620,16 +724,29 @@ impl Policy {
         }
     }
 
-    pub fn evaluate_connection(
+    /// Judges a command of any kind: a connection, an HTTP request, an MCP call, a Kubernetes
+    /// request, an SSH channel, with the same precedence as statements; SQL through its
+    /// analysis (uncached: [`Engine`] caches).
+    pub fn evaluate_operation(
         &self,
         subject: &Subject,
         target: Option<&str>,
         protocol: &str,
-        destination: &str,
+        op: &Operation<'_>,
     ) -> Verdict {
+        if let Operation::Sql { text } = op {
+            // SQL is judged statement by statement, from its analysis in the server's dialect.
+            let parsed = if protocol == MYSQL_PROTOCOL {
+                mysql::analyze(text)
+            } else {
+                sql::analyze(text)
+            };
+            return self.evaluate_parsed(subject, target, protocol, &parsed);
+        }
         let best = self.strictest(|rule| {
+            let every = rule.decision == DecisionKind::Allow;
             rule.matcher.who_and_where(subject, target, protocol)
-                && rule.matcher.connection(destination)
+                && rule.matcher.operation(op, every)
         });
         match best {
             Some(rule) => verdict(rule.decision, Some(rule), None, Vec::new()),
@@ -696,10 +813,17 @@ const ANALYSIS_CACHE: usize = 10_000;
 /// Statements longer than this are analysed every time rather than cached.
 const CACHEABLE_TEXT: usize = 16 * 1024;
 
+/// The protocol whose SQL is read in MySQL's dialect ([`mysql::analyze`]); every other SQL
+/// protocol is PostgreSQL's.
+pub const MYSQL_PROTOCOL: &str = "mysql";
+
 /// Policies by target, swapped atomically on reload, with a cache of statement analyses.
 pub struct Engine {
     policies: RwLock<Arc<Policies>>,
     analyses: Mutex<HashMap<String, Arc<Parsed>>>,
+    /// Analyses of MySQL texts ([`mysql::analyze`]), by text: never shared by shape, since
+    /// the shape key is PostgreSQL's scanner's.
+    mysql_analyses: Mutex<HashMap<String, Arc<Parsed>>>,
     /// Analyses shared by texts that differ only in constant values, by
     /// [`pg_grammar::shape_key`]; only those [`shareable`] are kept.
     shapes: Mutex<HashMap<String, Arc<Parsed>>>,
@@ -754,6 +878,7 @@ impl Engine {
         Engine {
             policies: RwLock::new(Arc::new(policies)),
             analyses: Mutex::new(HashMap::new()),
+            mysql_analyses: Mutex::new(HashMap::new()),
             shapes: Mutex::new(HashMap::new()),
         }
     }
@@ -821,6 +946,23 @@ impl Engine {
         parsed
     }
 
+    /// The analysis of a MySQL text, parsed once per distinct text.
+    pub fn analyze_mysql(&self, text: &str) -> Arc<Parsed> {
+        if let Some(p) = self
+            .mysql_analyses
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(text)
+        {
+            return p.clone();
+        }
+        let parsed = Arc::new(mysql::analyze(text));
+        if text.len() <= CACHEABLE_TEXT {
+            remember(&self.mysql_analyses, text.to_owned(), parsed.clone());
+        }
+        parsed
+    }
+
     /// The masking for a new session, from the policies in force now.
     pub fn masking(
         &self,
@@ -859,13 +1001,15 @@ impl Engine {
         let policies = self.current();
         let policy = policies.for_target(target);
         match request {
-            Request::Sql { text } => {
-                let parsed = self.analyze(text);
+            Operation::Sql { text } => {
+                let parsed = if protocol == MYSQL_PROTOCOL {
+                    self.analyze_mysql(text)
+                } else {
+                    self.analyze(text)
+                };
                 policy.evaluate_parsed_with(subject, target, protocol, &parsed, vouched)
             }
-            Request::Connect { destination } => {
-                policy.evaluate_connection(subject, target, protocol, destination)
-            }
+            other => policy.evaluate_operation(subject, target, protocol, &other),
         }
     }
 }

@@ -82,7 +82,7 @@ use sqlparser::ast::{
     Select, Set, SetExpr, Statement, TableFactor, TableObject, TableWithJoins,
     TransactionAccessMode, TransactionMode, Value, Visit, Visitor,
 };
-use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::dialect::{MySqlDialect, PostgreSqlDialect};
 use sqlparser::keywords::Keyword;
 use sqlparser::parser::Parser;
 use sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer};
@@ -235,6 +235,25 @@ impl Parsed {
     }
 }
 
+/// Whose SQL a text is: the server's lexer decides where strings, comments and statements
+/// end, so the tokenizer and parser must be that server's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Postgres,
+    /// MySQL and MariaDB with the `sql_mode` the MySQL gateway pins (no `ANSI_QUOTES`, no
+    /// `NO_BACKSLASH_ESCAPES`; see [`super::mysql`]).
+    MySql,
+}
+
+impl Dialect {
+    fn sqlparser(self) -> &'static dyn sqlparser::dialect::Dialect {
+        match self {
+            Dialect::Postgres => &PostgreSqlDialect {},
+            Dialect::MySql => &MySqlDialect {},
+        }
+    }
+}
+
 /// Analyse `sql` (PostgreSQL dialect), checked against PostgreSQL's own grammar. Never
 /// panics; see the module documentation.
 pub fn analyze(sql: &str) -> Parsed {
@@ -250,11 +269,17 @@ pub fn analyze(sql: &str) -> Parsed {
 /// The analysis alone, without PostgreSQL's second opinion (for tests of either side). Never
 /// panics.
 pub fn analyze_unchecked(sql: &str) -> Parsed {
+    analyze_unchecked_in(sql, Dialect::Postgres)
+}
+
+/// [`analyze_unchecked`] in `dialect`: the same classes, read with that server's lexer and
+/// grammar. Never panics.
+pub fn analyze_unchecked_in(sql: &str, dialect: Dialect) -> Parsed {
     let outer = READ_LITERAL.with(|r| r.replace(false));
-    let mut parsed = match tokenize(sql) {
+    let mut parsed = match tokenize(sql, dialect) {
         Err(e) => unknown_text(sql, e),
         Ok(tokens) => match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            analyze_tokens(sql, tokens, 0)
+            analyze_tokens(sql, tokens, 0, dialect)
         })) {
             Ok(parsed) => parsed,
             Err(_) => unknown_text(sql, "internal error: the SQL parser panicked".to_string()),
@@ -289,14 +314,14 @@ fn second_opinion(sql: &str, mut parsed: Parsed) -> Parsed {
 
 /// sqlparser's tokens of `sql` (PostgreSQL dialect), or why there are none (the reason an
 /// `Unknown` analysis gives). Never panics.
-fn tokenize(sql: &str) -> Result<Vec<TokenWithSpan>, String> {
+pub(super) fn tokenize(sql: &str, dialect: Dialect) -> Result<Vec<TokenWithSpan>, String> {
     if sql.len() > MAX_SQL_BYTES {
         return Err(format!(
             "input too large: {} bytes (limit {MAX_SQL_BYTES})",
             sql.len()
         ));
     }
-    let run = || Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize_with_location();
+    let run = || Tokenizer::new(dialect.sqlparser(), sql).tokenize_with_location();
     match std::panic::catch_unwind(run) {
         Ok(Ok(tokens)) => Ok(tokens),
         Ok(Err(e)) => Err(format!("cannot tokenize: {e}")),
@@ -336,18 +361,23 @@ fn truncate_raw(sql: &str) -> String {
 fn analyze_text(sql: &str, body_depth: u8) -> Parsed {
     let dialect = PostgreSqlDialect {};
     match Tokenizer::new(&dialect, sql).tokenize_with_location() {
-        Ok(tokens) => analyze_tokens(sql, tokens, body_depth),
+        Ok(tokens) => analyze_tokens(sql, tokens, body_depth, Dialect::Postgres),
         Err(e) => unknown_text(sql, format!("cannot tokenize: {e}")),
     }
 }
 
-fn analyze_tokens(sql: &str, tokens: Vec<TokenWithSpan>, body_depth: u8) -> Parsed {
+fn analyze_tokens(
+    sql: &str,
+    tokens: Vec<TokenWithSpan>,
+    body_depth: u8,
+    dialect: Dialect,
+) -> Parsed {
     let depth = match check_limits(&tokens) {
         Ok(depth) => depth,
         Err(e) => return unknown_text(sql, e),
     };
     if depth <= INLINE_NESTING_DEPTH || ON_BIG_STACK.with(Cell::get) {
-        return parse_tokens(sql, tokens, body_depth);
+        return parse_tokens(sql, tokens, body_depth, dialect);
     }
     // Some nested constructs take more stack per level than sqlparser's stack growth allows
     // for (over 100 KiB per parenthesized join in a debug build): parse them on a thread of
@@ -358,7 +388,7 @@ fn analyze_tokens(sql: &str, tokens: Vec<TokenWithSpan>, body_depth: u8) -> Pars
             .stack_size(BIG_STACK_BYTES)
             .spawn_scoped(scope, || {
                 ON_BIG_STACK.with(|b| b.set(true));
-                let parsed = parse_tokens(sql, tokens, body_depth);
+                let parsed = parse_tokens(sql, tokens, body_depth, dialect);
                 (parsed, READ_LITERAL.with(Cell::get))
             });
         match spawned {
@@ -387,10 +417,10 @@ fn note_literal_read() {
     READ_LITERAL.with(|r| r.set(true));
 }
 
-fn parse_tokens(sql: &str, tokens: Vec<TokenWithSpan>, body_depth: u8) -> Parsed {
-    let dialect = PostgreSqlDialect {};
+fn parse_tokens(sql: &str, tokens: Vec<TokenWithSpan>, body_depth: u8, dialect: Dialect) -> Parsed {
+    let dialect = dialect.sqlparser();
     // The whole text first: it keeps `BEGIN ATOMIC … ; … END` bodies in one piece.
-    let whole = Parser::new(&dialect)
+    let whole = Parser::new(dialect)
         .with_recursion_limit(PARSER_RECURSION_LIMIT)
         .with_tokens_with_locations(tokens)
         .parse_statements();
@@ -408,7 +438,7 @@ fn parse_tokens(sql: &str, tokens: Vec<TokenWithSpan>, body_depth: u8) -> Parsed
     // What follows classifies pieces by their tokens, literals included: never shared.
     note_literal_read();
     // Rare path: tokenize again rather than clone the tokens on the common one.
-    let tokens = match Tokenizer::new(&dialect, sql).tokenize_with_location() {
+    let tokens = match Tokenizer::new(dialect, sql).tokenize_with_location() {
         Ok(tokens) => tokens,
         Err(e) => return unknown_text(sql, format!("cannot tokenize: {e}")),
     };
@@ -432,7 +462,7 @@ fn parse_tokens(sql: &str, tokens: Vec<TokenWithSpan>, body_depth: u8) -> Parsed
         let raw = lines
             .slice(sql, first.span.start, last.span.end)
             .to_string();
-        let result = Parser::new(&dialect)
+        let result = Parser::new(dialect)
             .with_recursion_limit(PARSER_RECURSION_LIMIT)
             .with_tokens_with_locations(piece.to_vec())
             .parse_statements();

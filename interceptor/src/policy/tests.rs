@@ -172,9 +172,23 @@ classes = ["read"]
 "#,
     );
     let who = subject("agent");
-    let allowed = p.evaluate_connection(&who, None, "tcp", "127.0.0.2:443");
+    let allowed = p.evaluate_operation(
+        &who,
+        None,
+        "tcp",
+        &Request::Connect {
+            destination: "127.0.0.2:443",
+        },
+    );
     assert_eq!(allowed.decision, DecisionKind::Allow);
-    let denied = p.evaluate_connection(&who, None, "tcp", "127.0.0.3:443");
+    let denied = p.evaluate_operation(
+        &who,
+        None,
+        "tcp",
+        &Request::Connect {
+            destination: "127.0.0.3:443",
+        },
+    );
     assert_eq!((denied.decision, denied.rule), (DecisionKind::Deny, None));
 }
 
@@ -197,8 +211,15 @@ fn the_default_policy_reads_reviews_writes_and_denies_the_rest() {
         assert_eq!(decide(&p, &who, "db", sql).0, expected, "{sql}");
     }
     assert_eq!(
-        p.evaluate_connection(&who, None, "tcp", "127.0.0.2:80")
-            .decision,
+        p.evaluate_operation(
+            &who,
+            None,
+            "tcp",
+            &Request::Connect {
+                destination: "127.0.0.2:80"
+            }
+        )
+        .decision,
         DecisionKind::Allow
     );
 }
@@ -591,4 +612,501 @@ fn texts_without_tokens_have_no_shape_key() {
         assert_eq!(pg_grammar::shape_key(text), None, "{text:?}");
     }
     assert!(pg_grammar::shape_key("-- only a comment").is_some());
+}
+
+fn judge(p: &Policy, family: crate::command::Family, text: &str) -> (DecisionKind, Option<String>) {
+    let asked = asked::Asked::parse(family, text).expect("a command");
+    let v = p.evaluate_operation(&subject("agent"), Some("t"), "x", &asked.operation());
+    (v.decision, v.rule)
+}
+
+const EVERY_KIND: &str = r#"
+[[rule]]
+name = "api-reads"
+decision = "allow"
+[rule.match]
+methods = ["GET", "HEAD"]
+hosts = ["127.0.0.2*"]
+paths = ["/v1/**"]
+
+[[rule]]
+name = "api-deletes"
+decision = "review"
+[rule.match]
+kinds = ["http"]
+methods = ["DELETE"]
+paths = ["/v1/items/*"]
+
+[[rule]]
+name = "tools"
+decision = "allow"
+[rule.match]
+kinds = ["mcp"]
+mcp_methods = ["tools/list"]
+
+[[rule]]
+name = "search-tool"
+decision = "allow"
+[rule.match]
+tools = ["search"]
+
+[[rule]]
+name = "read-only-tools"
+decision = "allow"
+[rule.match]
+read_only = true
+
+[[rule]]
+name = "unknown-tools"
+decision = "review"
+[rule.match]
+tools = ["lookup"]
+read_only = false
+
+[[rule]]
+name = "destructive-tools"
+decision = "review"
+[rule.match]
+tools = ["delete_*", "drop_*"]
+
+[[rule]]
+name = "kube-reads"
+decision = "allow"
+[rule.match]
+verbs = ["get", "list", "watch"]
+namespaces = ["default", "staging"]
+
+[[rule]]
+name = "kube-deletes"
+decision = "review"
+[rule.match]
+verbs = ["delete", "deletecollection"]
+resources = ["pods", "deployments.apps"]
+
+[[rule]]
+name = "no-secrets"
+decision = "deny"
+[rule.match]
+resources = ["secrets"]
+
+[[rule]]
+name = "no-exec"
+decision = "deny"
+[rule.match]
+verbs = ["exec", "attach"]
+
+[[rule]]
+name = "shell-reads"
+decision = "allow"
+[rule.match]
+channels = ["exec"]
+programs = ["ls", "cat", "grep", "head", "tail"]
+
+[[rule]]
+name = "no-rm"
+decision = "deny"
+[rule.match]
+programs = ["rm", "shred", "dd"]
+
+[[rule]]
+name = "ssh-unreadable"
+decision = "deny"
+[rule.match]
+opaque = true
+
+[[rule]]
+name = "sftp-review"
+decision = "review"
+[rule.match]
+subsystems = ["sftp"]
+"#;
+
+#[test]
+fn every_kind_of_command_is_judged_by_its_own_keys_with_one_precedence() {
+    use crate::command::Family::{Connect, Http, Kubernetes, Mcp, Ssh};
+    let p = policy(EVERY_KIND);
+    let cases = [
+        (
+            Http,
+            "GET https://127.0.0.2/v1/items",
+            DecisionKind::Allow,
+            Some("api-reads"),
+        ),
+        (
+            Http,
+            "GET https://127.0.0.3/v1/items",
+            DecisionKind::Deny,
+            None,
+        ),
+        (
+            Http,
+            "GET https://127.0.0.2/admin",
+            DecisionKind::Deny,
+            None,
+        ),
+        (
+            Http,
+            "DELETE https://127.0.0.2/v1/items/7",
+            DecisionKind::Review,
+            Some("api-deletes"),
+        ),
+        // `*` stops at `/` in paths: a deeper path is not `/v1/items/*`.
+        (
+            Http,
+            "DELETE https://127.0.0.2/v1/items/7/notes",
+            DecisionKind::Deny,
+            None,
+        ),
+        (Mcp, "tools/list", DecisionKind::Allow, Some("tools")),
+        (
+            Mcp,
+            r#"tools/call search {"q":"x"}"#,
+            DecisionKind::Allow,
+            Some("search-tool"),
+        ),
+        (
+            Mcp,
+            r#"tools/call delete_customer {"id":1}"#,
+            DecisionKind::Review,
+            Some("destructive-tools"),
+        ),
+        // `read_only = true` holds for tools annotated read-only only; an annotation does not
+        // lift a review rule by name.
+        (
+            Mcp,
+            r#"tools/call [readOnlyHint] lookup {}"#,
+            DecisionKind::Allow,
+            Some("read-only-tools"),
+        ),
+        (
+            Mcp,
+            r#"tools/call [readOnlyHint] delete_customer {"id":1}"#,
+            DecisionKind::Review,
+            Some("destructive-tools"),
+        ),
+        (
+            Mcp,
+            r#"tools/call [readOnlyHint=false] lookup {}"#,
+            DecisionKind::Review,
+            Some("unknown-tools"),
+        ),
+        (
+            Mcp,
+            r#"tools/call lookup {}"#,
+            DecisionKind::Review,
+            Some("unknown-tools"),
+        ),
+        (
+            Kubernetes,
+            "get pods -n default",
+            DecisionKind::Allow,
+            Some("kube-reads"),
+        ),
+        (Kubernetes, "get pods -n prod", DecisionKind::Deny, None),
+        (
+            Kubernetes,
+            "delete pods/web-1 -n prod",
+            DecisionKind::Review,
+            Some("kube-deletes"),
+        ),
+        (
+            Kubernetes,
+            "delete deployments.apps/web -n prod",
+            DecisionKind::Review,
+            Some("kube-deletes"),
+        ),
+        // Deny beats allow: secrets are refused even where reads are allowed.
+        (
+            Kubernetes,
+            "get secrets/db -n default",
+            DecisionKind::Deny,
+            Some("no-secrets"),
+        ),
+        (
+            Kubernetes,
+            "exec pods/web-1 -n default",
+            DecisionKind::Deny,
+            Some("no-exec"),
+        ),
+        (
+            Ssh,
+            "ls -l /srv | grep x",
+            DecisionKind::Allow,
+            Some("shell-reads"),
+        ),
+        // An allow must cover every program of the line.
+        (Ssh, "ls /srv; whoami", DecisionKind::Deny, None),
+        (
+            Ssh,
+            "cat x | sudo rm -rf /srv",
+            DecisionKind::Deny,
+            Some("no-rm"),
+        ),
+        (Ssh, "/bin/rm -rf /srv", DecisionKind::Deny, Some("no-rm")),
+        (Ssh, "cat $(ls)", DecisionKind::Deny, Some("ssh-unreadable")),
+        // `programs` is about command lines: an allow for them never admits a shell.
+        (Ssh, "@shell", DecisionKind::Deny, None),
+        (
+            Ssh,
+            "@subsystem sftp",
+            DecisionKind::Review,
+            Some("sftp-review"),
+        ),
+        // Rules about other kinds never hold for a connection.
+        (Connect, "127.0.0.1:443", DecisionKind::Deny, None),
+    ];
+    for (family, text, decision, rule) in cases {
+        assert_eq!(
+            judge(&p, family, text),
+            (decision, rule.map(str::to_owned)),
+            "{} {text}",
+            family.as_str()
+        );
+    }
+}
+
+#[test]
+fn identity_keys_and_kinds_alone_hold_for_every_kind_they_name() {
+    use crate::command::Family::{Connect, Http, Kubernetes, Mcp, Ssh};
+    let p = policy(
+        r#"
+[[rule]]
+name = "agents-everything"
+decision = "allow"
+[rule.match]
+users = ["agent"]
+
+[[rule]]
+name = "no-kube-for-anyone"
+decision = "deny"
+[rule.match]
+kinds = ["kubernetes"]
+"#,
+    );
+    for (family, text) in [
+        (Http, "GET http://127.0.0.2/"),
+        (Mcp, "tools/list"),
+        (Ssh, "ls"),
+        (Connect, "127.0.0.1:80"),
+    ] {
+        assert_eq!(judge(&p, family, text).0, DecisionKind::Allow, "{text}");
+    }
+    assert_eq!(
+        judge(&p, Kubernetes, "get pods"),
+        (DecisionKind::Deny, Some("no-kube-for-anyone".to_owned()))
+    );
+    assert_eq!(
+        decide(&p, &subject("agent"), "db", "DROP TABLE t").0,
+        DecisionKind::Allow
+    );
+}
+
+#[test]
+fn keys_given_to_the_wrong_kind_are_errors_with_their_position() {
+    for (text, expected) in [
+        (
+            "[[rule]]\nname = \"x\"\ndecision = \"deny\"\n[rule.match]\nkinds = [\"sql\"]\nmethods = [\"DELETE\"]\n",
+            ("test.toml:4:", "methods is for http commands, but kinds names \"sql\""),
+        ),
+        (
+            "[[rule]]\nname = \"x\"\ndecision = \"deny\"\n[rule.match]\nclasses = [\"read\"]\nverbs = [\"get\"]\n",
+            ("test.toml:4:", "keys for different kinds of command in one rule: classes (sql) and verbs (kubernetes)"),
+        ),
+        (
+            "[[rule]]\nname = \"x\"\ndecision = \"deny\"\n[rule.match]\nkinds = [\"ssh\", \"http\"]\nprograms = [\"rm\"]\n",
+            ("test.toml:4:", "programs is for ssh commands, but kinds names \"http\""),
+        ),
+        (
+            "[[rule]]\nname = \"x\"\ndecision = \"deny\"\n[rule.match]\nkinds = [\"ftp\"]\n",
+            ("test.toml:5:", "unknown variant `ftp`"),
+        ),
+        (
+            "[[rule]]\nname = \"x\"\ndecision = \"deny\"\n[rule.match]\nchannels = [\"telnet\"]\n",
+            ("test.toml:5:", "unknown variant `telnet`"),
+        ),
+        (
+            "[[rule]]\nname = \"x\"\ndecision = \"deny\"\n[rule.match]\nverb = [\"get\"]\n",
+            ("test.toml:5:", "unknown field `verb`"),
+        ),
+    ] {
+        let error = match file::parse(text, Path::new("test.toml")) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("{text} should not load"),
+        };
+        assert!(
+            error.starts_with(expected.0) && error.contains(expected.1),
+            "{error}"
+        );
+    }
+}
+
+#[test]
+fn mask_matches_take_no_command_keys_of_any_kind() {
+    for key in [
+        "kinds = [\"http\"]",
+        "tools = [\"x\"]",
+        "programs = [\"rm\"]",
+    ] {
+        let text = format!("[[mask]]\nname = \"m\"\ncolumns = [\"ssn\"]\n[mask.match]\n{key}\n");
+        let source = file::parse(&text, Path::new("test.toml")).expect("parses");
+        let error = Policy::compile(vec![source]).expect_err(key).to_string();
+        assert!(error.contains("identity and target keys only"), "{error}");
+    }
+}
+
+#[test]
+fn the_default_policy_judges_every_kind() {
+    use crate::command::Family::{Http, Kubernetes, Mcp, Ssh};
+    let p = Policy::embedded_default().expect("the shipped default policy compiles");
+    for (family, text, expected) in [
+        (Http, "GET https://127.0.0.2/v1/items", DecisionKind::Allow),
+        (
+            Http,
+            "DELETE https://127.0.0.2/v1/items/7",
+            DecisionKind::Review,
+        ),
+        (Mcp, "tools/list", DecisionKind::Allow),
+        (
+            Mcp,
+            r#"tools/call delete_customer {"id":1}"#,
+            DecisionKind::Review,
+        ),
+        (Mcp, "ping", DecisionKind::Allow),
+        (Mcp, "notifications/initialized", DecisionKind::Allow),
+        (
+            Mcp,
+            r#"tools/call [readOnlyHint] search {"q":"x"}"#,
+            DecisionKind::Allow,
+        ),
+        // Only `readOnlyHint: true` counts: false, or a destructive-only hint, is reviewed.
+        (
+            Mcp,
+            r#"tools/call [readOnlyHint=false] search {"q":"x"}"#,
+            DecisionKind::Review,
+        ),
+        (
+            Mcp,
+            r#"tools/call [destructiveHint=false, idempotentHint] search {}"#,
+            DecisionKind::Review,
+        ),
+        (Kubernetes, "get pods -n default", DecisionKind::Allow),
+        (
+            Kubernetes,
+            "delete pods/web-1 -n default",
+            DecisionKind::Review,
+        ),
+        (Kubernetes, "get secrets/db -n default", DecisionKind::Allow),
+        (
+            Kubernetes,
+            "exec pods/web-1 -n default",
+            DecisionKind::Review,
+        ),
+        (
+            Kubernetes,
+            "create clusterrolebindings/x",
+            DecisionKind::Deny,
+        ),
+        (Ssh, "ls -l /srv", DecisionKind::Allow),
+        (Ssh, "rm -rf /srv", DecisionKind::Deny),
+        (Ssh, "rm -f /srv/old.log", DecisionKind::Review),
+        (Ssh, "@shell", DecisionKind::Review),
+        (Ssh, "cat $(ls)", DecisionKind::Deny),
+        (Ssh, "@forward 127.0.0.1:5432", DecisionKind::Deny),
+        (Ssh, "@subsystem sftp", DecisionKind::Allow),
+        (Ssh, "@sftp read /srv/x", DecisionKind::Allow),
+        (Ssh, "@sftp rename /srv/x /srv/y", DecisionKind::Review),
+    ] {
+        assert_eq!(judge(&p, family, text).0, expected, "{text}");
+    }
+}
+
+#[test]
+fn the_default_policy_passes_its_cases_for_every_kind() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/tests/default-kinds.toml");
+    let file = tooling::load_cases(&path).expect("the cases load");
+    let results = tooling::run_cases(
+        tooling::single(&path.parent().expect("dir").join("../default.toml")).expect("policy"),
+        &file.cases,
+    );
+    assert!(results.len() >= 19);
+    let failed: Vec<String> = results
+        .iter()
+        .filter(|r| !r.passed)
+        .map(|r| format!("{}: {}", r.name, r.detail))
+        .collect();
+    assert!(failed.is_empty(), "{failed:#?}");
+}
+
+#[test]
+fn an_upgrade_is_allowed_only_by_a_rule_naming_it_and_held_by_any_review() {
+    use crate::command::Family::Http;
+    let p = policy(
+        r#"
+[[rule]]
+name = "reads"
+decision = "allow"
+[rule.match]
+methods = ["GET"]
+
+[[rule]]
+name = "events-ws"
+decision = "allow"
+[rule.match]
+paths = ["/events"]
+upgrades = ["websocket"]
+
+[[rule]]
+name = "admin-review"
+decision = "review"
+[rule.match]
+paths = ["/admin/**"]
+"#,
+    );
+    let cases = [
+        // A read rule is not about upgrades: it does not allow one.
+        (
+            "GET http://127.0.0.2/chat [upgrade websocket]",
+            DecisionKind::Deny,
+            None,
+        ),
+        (
+            "GET http://127.0.0.2/chat",
+            DecisionKind::Allow,
+            Some("reads"),
+        ),
+        (
+            "GET http://127.0.0.2/events [upgrade websocket]",
+            DecisionKind::Allow,
+            Some("events-ws"),
+        ),
+        // Another protocol than the one named.
+        (
+            "GET http://127.0.0.2/events [upgrade h3-demo]",
+            DecisionKind::Deny,
+            None,
+        ),
+        // `upgrades` holds only for requests asking one: a plain GET is the read rule's.
+        (
+            "GET http://127.0.0.2/events",
+            DecisionKind::Allow,
+            Some("reads"),
+        ),
+        // A review rule without `upgrades` still holds for an upgrade.
+        (
+            "GET http://127.0.0.2/admin/x [upgrade websocket]",
+            DecisionKind::Review,
+            Some("admin-review"),
+        ),
+    ];
+    for (text, decision, rule) in cases {
+        let (got, by) = judge(&p, Http, text);
+        assert_eq!((got, by.as_deref()), (decision, rule), "{text}");
+    }
+    let asked = asked::Asked::parse(Http, "GET http://127.0.0.2/ws [upgrade WebSocket]")
+        .expect("an upgrade request");
+    assert_eq!(
+        asked.operation().canonical(),
+        "GET http://127.0.0.2/ws [upgrade websocket]"
+    );
+    assert!(asked::Asked::parse(Http, "GET http://127.0.0.2/ws [upgrade a b]").is_err());
 }

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::{DecisionKind, Engine, Policies, Policy, PolicyError, Request, Subject, Verdict};
+use super::{asked::Asked, DecisionKind, Engine, Policies, Policy, PolicyError, Subject, Verdict};
+use crate::command::Family;
 
 /// A subject described on the command line or in a test case.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -50,15 +51,33 @@ impl SubjectSpec {
     }
 }
 
-/// Human-readable explanation of a verdict: the decision, the rule, and what each statement
-/// was found to do.
-pub fn explain_text(v: &Verdict) -> String {
+/// Human-readable explanation of a verdict: the decision, the rule, and what the command
+/// was found to do (for SQL, each statement).
+pub fn explain_text(asked: &Asked, v: &Verdict) -> String {
     let mut out = format!(
         "decision: {}\nrule:     {}\nmessage:  {}\n",
         v.decision.as_str(),
         v.rule.as_deref().unwrap_or("(none matched: deny)"),
         v.message
     );
+    let op = asked.operation();
+    if op.family() != Family::Sql {
+        let objects = op.objects();
+        out.push_str(&format!(
+            "command:  {}\n  kind:    {}\n  action:  {}\n  objects: {}\n",
+            op.canonical(),
+            op.family().as_str(),
+            op.action().unwrap_or_default(),
+            if objects.is_empty() {
+                "-".to_owned()
+            } else {
+                objects.join(", ")
+            }
+        ));
+        if let Some(opaque) = op_opaque(asked) {
+            out.push_str(&format!("  opaque:  {opaque}\n"));
+        }
+    }
     if let Some(e) = &v.parse_error {
         out.push_str(&format!("parse error: {e}\n"));
     }
@@ -98,6 +117,14 @@ pub fn explain_text(v: &Verdict) -> String {
     out
 }
 
+/// Why a command line cannot be seen through, for `explain`.
+fn op_opaque(asked: &Asked) -> Option<&str> {
+    match asked {
+        Asked::Ssh(s) => s.line.as_ref()?.opaque.as_deref(),
+        _ => None,
+    }
+}
+
 /// A file of cases for `policy test`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -113,11 +140,18 @@ pub struct CaseFile {
 pub struct Case {
     pub name: Option<String>,
     pub target: Option<String>,
-    #[serde(default = "default_protocol")]
-    pub protocol: String,
-    /// SQL to judge; or `connect` ("ip:port") for a connection.
+    /// The target's protocol; default: the one the command's kind implies (postgres for SQL,
+    /// tcp for connections, http/https, mcp, kubernetes, ssh).
+    pub protocol: Option<String>,
+    /// The command, exactly one of: SQL; a connection ("ip:port"); an HTTP request line
+    /// (`DELETE https://127.0.0.2/v1/items/7`); an MCP call (`tools/call NAME {json}`); a
+    /// kubectl-like request (`delete pods/web-1 -n default`); an SSH command line.
     pub sql: Option<String>,
     pub connect: Option<String>,
+    pub http: Option<String>,
+    pub mcp: Option<String>,
+    pub kube: Option<String>,
+    pub ssh: Option<String>,
     pub expect: DecisionKind,
     /// The rule expected to decide (optional).
     pub rule: Option<String>,
@@ -125,8 +159,42 @@ pub struct Case {
     pub subject: SubjectSpec,
 }
 
-fn default_protocol() -> String {
-    "postgres".to_owned()
+impl Case {
+    /// The case's command, read in its notation.
+    pub fn asked(&self) -> Result<Asked, String> {
+        let given: Vec<(Family, &String)> = [
+            (Family::Sql, &self.sql),
+            (Family::Connect, &self.connect),
+            (Family::Http, &self.http),
+            (Family::Mcp, &self.mcp),
+            (Family::Kubernetes, &self.kube),
+            (Family::Ssh, &self.ssh),
+        ]
+        .into_iter()
+        .filter_map(|(f, text)| text.as_ref().map(|t| (f, t)))
+        .collect();
+        match given.as_slice() {
+            [(family, text)] => Asked::parse(*family, text),
+            _ => Err(
+                "a case needs exactly one of `sql`, `connect`, `http`, `mcp`, `kube` or `ssh`"
+                    .to_owned(),
+            ),
+        }
+    }
+
+    fn text(&self) -> &str {
+        [
+            &self.sql,
+            &self.connect,
+            &self.http,
+            &self.mcp,
+            &self.kube,
+            &self.ssh,
+        ]
+        .into_iter()
+        .find_map(|t| t.as_deref())
+        .unwrap_or("")
+    }
 }
 
 /// The outcome of one case.
@@ -141,7 +209,7 @@ pub fn load_cases(path: &Path) -> Result<CaseFile, PolicyError> {
         path: path.to_owned(),
         source,
     })?;
-    crate::config::parse_toml(&text).map_err(|(line, column, message)| PolicyError::Parse {
+    crate::toml_file::parse_toml(&text).map_err(|(line, column, message)| PolicyError::Parse {
         path: path.to_owned(),
         line,
         column,
@@ -156,29 +224,28 @@ pub fn run_cases(policies: Policies, cases: &[Case]) -> Vec<CaseResult> {
         .iter()
         .enumerate()
         .map(|(i, case)| {
-            let name = case.name.clone().unwrap_or_else(|| {
-                format!(
-                    "case {}: {}",
-                    i + 1,
-                    case.sql
-                        .as_deref()
-                        .or(case.connect.as_deref())
-                        .unwrap_or("")
-                )
-            });
+            let name = case
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("case {}: {}", i + 1, case.text()));
             let subject = case.subject.subject();
-            let request = match (&case.sql, &case.connect) {
-                (Some(sql), None) => Request::Sql { text: sql },
-                (None, Some(dest)) => Request::Connect { destination: dest },
-                _ => {
+            let asked = match case.asked() {
+                Ok(asked) => asked,
+                Err(detail) => {
                     return CaseResult {
                         name,
                         passed: false,
-                        detail: "a case needs exactly one of `sql` or `connect`".to_owned(),
+                        detail,
                     }
                 }
             };
-            let v = engine.evaluate(&subject, case.target.as_deref(), &case.protocol, request);
+            let protocol = case.protocol.as_deref().unwrap_or(asked.default_protocol());
+            let v = engine.evaluate(
+                &subject,
+                case.target.as_deref(),
+                protocol,
+                asked.operation(),
+            );
             let rule_ok = case.rule.is_none() || case.rule == v.rule;
             let passed = v.decision == case.expect && rule_ok;
             let detail = format!(

@@ -2,7 +2,8 @@
 //!
 //! Why this exists: every protocol plugs into the same session phases (`gateway::session`)
 //! and talks to policy, journal and masking only through [`crate::command::Hooks`]. Plain TCP
-//! ([`tcp`]) relays bytes; PostgreSQL ([`postgres`]) turns statements into commands. Adding a
+//! ([`tcp`]) relays bytes; PostgreSQL ([`postgres`]) and MySQL ([`mysql`]) turn statements
+//! into commands, HTTP ([`http`]) requests, SSH ([`ssh`]) channel requests. Adding a
 //! protocol is a new module here, a [`Shared`] field if it needs cross-session state, and one
 //! match arm in [`serve`].
 //!
@@ -17,7 +18,12 @@
 //! too long. How a session ended, when that is more than an error, is an [`Ending`].
 
 pub mod buffers;
+pub mod http;
+pub mod kubernetes;
+pub mod masked_output;
+pub mod mysql;
 pub mod postgres;
+pub mod ssh;
 pub mod tcp;
 
 use std::{
@@ -36,7 +42,7 @@ use tokio::{
 
 use crate::{
     command::Hooks,
-    config::{Protocol, Target},
+    target::{Protocol, Target},
 };
 
 /// Bytes relayed in each direction, readable while the relay runs and after it fails.
@@ -129,7 +135,7 @@ pub struct Refusal {
 pub enum RefusalKind {
     /// Policy does not allow the connection.
     Policy,
-    /// A limit on open sessions (`gateway::limits`). A PostgreSQL cancel request is still
+    /// A limit on open sessions (`limits`). A PostgreSQL cancel request is still
     /// forwarded: it is how an agent at its limit stops a runaway statement, and it holds no
     /// session.
     TooManySessions,
@@ -211,6 +217,9 @@ impl Socket for UnixStream {
 /// State protocols keep across sessions (TLS material, cancel keys, the memory budget).
 pub struct Shared {
     pub postgres: postgres::Shared,
+    pub http: http::Shared,
+    pub mysql: mysql::Shared,
+    pub ssh: ssh::Shared,
     /// Bytes of large messages all sessions may buffer at once.
     pub buffers: buffers::Budget,
 }
@@ -220,12 +229,29 @@ impl Shared {
         targets: &[Target],
         state_dir: &std::path::Path,
         buffers: buffers::Budget,
-    ) -> Result<Shared, crate::tls::TlsError> {
+    ) -> Result<Shared, SetupError> {
+        let postgres = postgres::Shared::new(targets, state_dir)?;
+        let http = http::Shared::new(targets, postgres.local_ca.clone())?;
+        let mysql = mysql::Shared::new(targets)?;
+        let ssh = ssh::Shared::new(targets, state_dir)?;
         Ok(Shared {
-            postgres: postgres::Shared::new(targets, state_dir)?,
+            postgres,
+            http,
+            mysql,
+            ssh,
             buffers,
         })
     }
+}
+
+/// Why the protocols' shared state could not be prepared (the gateway does not start).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SetupError {
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    Ssh(#[from] crate::ssh_trust::SshTrustError),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -235,8 +261,23 @@ pub enum ProtocolError {
     Io(#[from] std::io::Error),
     #[error("postgres: {0}")]
     Postgres(postgres::PgError),
+    #[error("http: {0}")]
+    Http(http::HttpError),
+    #[error("mysql: {0}")]
+    Mysql(mysql::MyError),
+    #[error("ssh: {0}")]
+    Ssh(ssh::SshError),
     #[error(transparent)]
     Ended(#[from] Ending),
+}
+
+impl From<ssh::SshError> for ProtocolError {
+    fn from(e: ssh::SshError) -> ProtocolError {
+        match e {
+            ssh::SshError::Ended(ending) => ProtocolError::Ended(ending),
+            other => ProtocolError::Ssh(other),
+        }
+    }
 }
 
 impl From<postgres::PgError> for ProtocolError {
@@ -244,6 +285,24 @@ impl From<postgres::PgError> for ProtocolError {
         match e {
             postgres::PgError::Ended(ending) => ProtocolError::Ended(ending),
             other => ProtocolError::Postgres(other),
+        }
+    }
+}
+
+impl From<mysql::MyError> for ProtocolError {
+    fn from(e: mysql::MyError) -> ProtocolError {
+        match e {
+            mysql::MyError::Ended(ending) => ProtocolError::Ended(ending),
+            other => ProtocolError::Mysql(other),
+        }
+    }
+}
+
+impl From<http::HttpError> for ProtocolError {
+    fn from(e: http::HttpError) -> ProtocolError {
+        match e {
+            http::HttpError::Ended(ending) => ProtocolError::Ended(ending),
+            other => ProtocolError::Http(other),
         }
     }
 }
@@ -287,6 +346,47 @@ pub async fn serve<H: Hooks, D: Dial>(
                 idle: &session.idle,
             };
             Ok(postgres::serve(ctx, client, session.upstream, session.refusal).await?)
+        }
+        Some(target) if target.protocol == Protocol::Mysql => {
+            let ctx = mysql::Context {
+                hooks: session.hooks,
+                target,
+                shared: &session.shared.mysql,
+                local_ca: session.shared.postgres.local_ca.as_deref(),
+                counters: session.counters,
+                dialed: session.dialed,
+                startup_timeout: session.startup_timeout,
+                idle: &session.idle,
+            };
+            Ok(mysql::serve(ctx, client, session.upstream, session.refusal).await?)
+        }
+        Some(target)
+            if matches!(
+                target.protocol,
+                Protocol::Http | Protocol::Https | Protocol::Kubernetes
+            ) =>
+        {
+            let ctx = http::Context {
+                hooks: session.hooks,
+                target,
+                shared: &session.shared.http,
+                counters: session.counters,
+                dialed: session.dialed,
+                startup_timeout: session.startup_timeout,
+                idle: &session.idle,
+            };
+            Ok(http::serve(ctx, client, session.upstream, session.refusal).await?)
+        }
+        Some(target) if target.protocol == Protocol::Ssh => {
+            let ctx = ssh::Context {
+                hooks: session.hooks,
+                target,
+                shared: &session.shared.ssh,
+                counters: session.counters,
+                startup_timeout: session.startup_timeout,
+                idle: &session.idle,
+            };
+            Ok(ssh::serve(ctx, client, session.upstream, session.refusal).await?)
         }
         _ => {
             // Plain TCP has no start-up: dial at once, or close on a refusal.

@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use super::{config::HecSink, Record, Sink, SinkError};
-use crate::config::SecretSource;
+use crate::secret::SecretSource;
 
 /// Splunk's default `max_content_length` is larger; 1 MiB keeps one retry cheap.
 const MAX_BODY: usize = 1 << 20;

@@ -1,18 +1,32 @@
 //! The journal → OCSF mapping, in one place: `journal export --format ocsf` and every sink
 //! write what [`record_line`] returns, so a SIEM sees the same record whichever way it came.
 //!
-//! Targets OCSF 1.3. Classes used:
+//! Targets OCSF 1.3. Each protocol's commands map to the class made for that kind of
+//! activity:
 //!
-//! | journal event | class | activity |
-//! |---|---|---|
-//! | `statement`, `execute`, `function_call` | Datastore Activity (6005) | Delete / Update / Write by the statement's classes, else Query |
-//! | `cancel` | 6005 | Other |
-//! | `approval` (`approval_request`), `approval_decision` | 6005 | Query |
-//! | `result` | 6005 | as the command it reports on, with `duration` and `status_*` |
-//! | `auth` | 6005 | Connect |
-//! | `connect`, `session_open` | Network Activity (4001) | Open, or Refuse when denied |
-//! | `session_close` | 4001 | Close / Refuse / Fail / Reset by outcome |
-//! | anything else (`error`, `anomaly`, kinds added later) | 6005 | Other, `activity_name` = the kind |
+//! | journal event | class | activity | protocol objects |
+//! |---|---|---|---|
+//! | `statement`, `execute`, `function_call` (SQL) | Datastore Activity (6005) | Delete / Update / Write by the statement's classes, else Query | `database`, `query_info` |
+//! | `cancel` | 6005 | Other | |
+//! | `http_request` | HTTP Activity (4002) | by method: Connect / Delete / Get / Head / Options / Post / Put / Trace / Patch, else Other | `http_request` (`http_method`, `url`) |
+//! | `mcp_call` | API Activity (6003) | Read for `*/list`, `*/read`, `prompts/get`; else Other (a tool call can do anything) | `api` (`operation` = the JSON-RPC method, `service.name` = the target, `request.uid`), `resources` (the tool, resource or prompt) |
+//! | `kube_request` | API Activity (6003) | Create / Read (get, list, watch) / Update (update, patch) / Delete (delete, deletecollection), else Other (exec, attach, portforward, proxy) | `api` (`operation` = the verb, `service.name` = `kubernetes`, `version`), `resources` (`type` = `resource[.group][/subresource]`, `name`, `namespace`) |
+//! | `ssh_channel` | SSH Activity (4007) | Open, Refuse when denied, Other while held | `connection_info` |
+//! | `terminal` | 4007 in an SSH session (Traffic, with its size in `traffic`), else 6003 (Other) | | the text itself is not shipped |
+//! | `approval` (`approval_request`), `approval_decision` | the class of the session's protocol (6005 for SQL) | Query for SQL, else Other | |
+//! | `result` | the class of the command it reports on | the command's (an SSH channel's is Close), with `duration` and `status_*` | 4002 `http_response.code`, 6003 `api.response.code` |
+//! | `auth` | 6005 | Connect | |
+//! | `connect`, `session_open` | Network Activity (4001) | Open, or Refuse when denied | `connection_info` |
+//! | `session_close` | 4001 | Close / Refuse / Fail / Reset by outcome | `traffic` |
+//! | anything else (`error`, `anomaly`, kinds added later) | 6005 | Other, `activity_name` = the kind | |
+//!
+//! Every record has the same `metadata`, `actor` (the agent's user and process),
+//! `src_endpoint`/`dst_endpoint` (the agent and the destination it dialled), policy
+//! `action`/`disposition`, and `unmapped` (the journal's own detail). Outside the Datastore
+//! class, where `query_info` has no place, a command's canonical text (what a human approves)
+//! is `unmapped.text`. A result's `status_code` is its SQLSTATE, else its `status` (an HTTP
+//! status, or an SSH exec's exit status); it failed on an error, an HTTP status of 400 or more,
+//! or a non-zero exit status.
 //!
 //! Decisions: `action_id`/`disposition_id` 1/1 allowed, 2/2 blocked, 1/8 approved (an
 //! approver's `approval_decision`), 99/14 held for review.
@@ -81,8 +95,13 @@ pub struct JournalEvent {
     pub command: Option<CommandFacts>,
 }
 
-const DATASTORE: (i64, &str) = (6005, "Datastore Activity");
-const NETWORK: (i64, &str) = (4001, "Network Activity");
+type Class = (i64, &'static str);
+
+const DATASTORE: Class = (6005, "Datastore Activity");
+const NETWORK: Class = (4001, "Network Activity");
+const HTTP: Class = (4002, "HTTP Activity");
+const SSH: Class = (4007, "SSH Activity");
+const API: Class = (6003, "API Activity");
 
 /// What sinks need besides the JSON text: the class (syslog MSGID), the severity (syslog
 /// PRI) and the time (HEC `time`).
@@ -98,6 +117,9 @@ impl Summary {
     pub fn msgid(&self) -> &'static str {
         match self.class_uid {
             4001 => "NetworkActivity",
+            4002 => "HTTPActivity",
+            4007 => "SSHActivity",
+            6003 => "APIActivity",
             _ => "DatastoreActivity",
         }
     }
@@ -177,6 +199,14 @@ struct OcsfRecord<'a> {
     connection_info: Option<ConnectionInfo>,
     #[serde(skip_serializing_if = "Option::is_none")]
     query_info: Option<QueryInfo<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    http_request: Option<HttpRequest>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    http_response: Option<HttpResponse>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    api: Option<Api<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resources: Option<Vec<Resource<'a>>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     traffic: Option<Traffic>,
     metadata: Metadata<'a>,
@@ -279,6 +309,60 @@ struct QueryInfo<'a> {
 }
 
 #[derive(Serialize)]
+struct HttpRequest {
+    http_method: String,
+    url: Url,
+}
+
+#[derive(Serialize)]
+struct Url {
+    url_string: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scheme: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hostname: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    port: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    query_string: Option<String>,
+}
+
+#[derive(Serialize)]
+struct HttpResponse {
+    code: i64,
+}
+
+#[derive(Serialize)]
+struct Api<'a> {
+    operation: &'a str,
+    service: Named<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request: Option<ApiRequest>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response: Option<HttpResponse>,
+}
+
+#[derive(Serialize)]
+struct ApiRequest {
+    uid: String,
+}
+
+/// An OCSF `resource_details`: what an API call acted on.
+#[derive(Serialize)]
+struct Resource<'a> {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    namespace: Option<&'a str>,
+}
+
+#[derive(Serialize)]
 struct Traffic {
     bytes_out: i64,
     bytes_in: i64,
@@ -306,6 +390,9 @@ struct Unmapped<'a> {
     command_seq: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     command_uid: Option<String>,
+    /// A command's canonical text, where the class has no field for it (not Datastore).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     detail: Option<Cow<'a, Value>>,
 }
@@ -314,7 +401,9 @@ fn build<'a>(journal_id: &str, event: &'a JournalEvent) -> (OcsfRecord<'a>, Summ
     let time_ms = epoch_ms(&event.at).unwrap_or(0);
     let shape = shape(event);
     let (class_uid, class_name) = shape.class;
-    let (category_uid, category_name) = if class_uid == NETWORK.0 {
+    // Classes 4xxx are Network Activity, 6xxx Application Activity.
+    let network = class_uid / 1000 == 4;
+    let (category_uid, category_name) = if network {
         (4, "Network Activity")
     } else {
         (6, "Application Activity")
@@ -356,15 +445,24 @@ fn build<'a>(journal_id: &str, event: &'a JournalEvent) -> (OcsfRecord<'a>, Summ
         database: session.filter(|_| datastore).map(|s| Database {
             name: s.target.as_deref(),
             kind: &s.protocol,
-            type_id: if s.protocol == "postgres" { 1 } else { 99 },
+            // Database type 1: Relational.
+            type_id: if matches!(s.protocol.as_str(), "postgres" | "mysql") {
+                1
+            } else {
+                99
+            },
         }),
-        connection_info: session.filter(|_| !datastore).map(|_| ConnectionInfo {
+        connection_info: session.filter(|_| network).map(|_| ConnectionInfo {
             protocol_name: "tcp",
             protocol_num: 6,
             direction: "Outbound",
             direction_id: 2,
         }),
         query_info: shape.query,
+        http_request: shape.http_request,
+        http_response: shape.http_response,
+        api: shape.api,
+        resources: shape.resources,
         traffic: shape.traffic,
         metadata: Metadata {
             version: OCSF_VERSION,
@@ -398,9 +496,10 @@ fn build<'a>(journal_id: &str, event: &'a JournalEvent) -> (OcsfRecord<'a>, Summ
                 .command
                 .as_ref()
                 .map(|c| format!("{journal_id}:{}", c.seq)),
+            text: shape.text.filter(|_| !datastore),
             // A `session_open`'s detail repeats the session's identity, mapped above.
             detail: (!event.detail.is_null() && event.kind != "session_open")
-                .then(|| strip_samples(&event.detail)),
+                .then(|| strip_contents(&event.detail)),
         },
     };
     let summary = Summary {
@@ -413,7 +512,7 @@ fn build<'a>(journal_id: &str, event: &'a JournalEvent) -> (OcsfRecord<'a>, Summ
 
 /// Everything that differs between kinds, decided before the record is assembled.
 struct Shape<'a> {
-    class: (i64, &'static str),
+    class: Class,
     activity: (i64, &'a str),
     severity: (u8, &'static str),
     /// (action_id, action, disposition_id, disposition)
@@ -422,8 +521,264 @@ struct Shape<'a> {
     status: Option<(i64, &'static str, Option<String>, Option<String>)>,
     duration_ms: Option<i64>,
     query: Option<QueryInfo<'a>>,
+    http_request: Option<HttpRequest>,
+    http_response: Option<HttpResponse>,
+    api: Option<Api<'a>>,
+    resources: Option<Vec<Resource<'a>>>,
     traffic: Option<Traffic>,
+    /// A command's canonical text (shown as `unmapped.text` outside Datastore records).
+    text: Option<&'a str>,
     message: String,
+}
+
+/// What a command contributes to its records (the command's own, its approvals', its
+/// result's): class, activity and the class's objects.
+struct CommandParts<'a> {
+    class: Class,
+    activity: (i64, &'a str),
+    query: Option<QueryInfo<'a>>,
+    http_request: Option<HttpRequest>,
+    api: Option<Api<'a>>,
+    resources: Option<Vec<Resource<'a>>>,
+}
+
+impl<'a> CommandParts<'a> {
+    fn new(class: Class, activity: (i64, &'a str)) -> CommandParts<'a> {
+        CommandParts {
+            class,
+            activity,
+            query: None,
+            http_request: None,
+            api: None,
+            resources: None,
+        }
+    }
+
+    /// Into a record's shape, keeping `base`'s severity, decision and message.
+    fn shape(self, text: Option<&'a str>, base: Shape<'a>) -> Shape<'a> {
+        Shape {
+            class: self.class,
+            activity: self.activity,
+            query: self.query,
+            http_request: self.http_request,
+            api: self.api,
+            resources: self.resources,
+            text,
+            ..base
+        }
+    }
+}
+
+/// The parts of a command of `kind` (a SQL statement, an HTTP request, an MCP call, a
+/// Kubernetes request, an SSH channel); `None` for kinds that are not commands.
+fn command_parts<'a>(
+    kind: &str,
+    statement: Option<&'a str>,
+    detail: &'a Value,
+    session: Option<&'a SessionFacts>,
+) -> Option<CommandParts<'a>> {
+    let protocol = session.map_or("", |s| s.protocol.as_str());
+    // The action when the protocol's own object lacks it (see reader::neutral).
+    let action = || {
+        crate::journal::reader::neutral(kind, detail, protocol)
+            .map(|n| n.action)
+            .unwrap_or_default()
+    };
+    let str_at = |object: &str, key: &str| {
+        detail
+            .get(object)
+            .and_then(|o| o.get(key))
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+    };
+    Some(match kind {
+        "statement" | "execute" | "function_call" | "cancel" => CommandParts {
+            query: query_info(statement, detail),
+            ..CommandParts::new(DATASTORE, sql_activity(kind, detail))
+        },
+        "http_request" => {
+            let method = str_at("http", "method").map_or_else(action, str::to_owned);
+            let activity = http_activity(&method);
+            CommandParts {
+                http_request: Some(HttpRequest {
+                    http_method: method,
+                    url: url(detail.get("http").unwrap_or(&Value::Null)),
+                }),
+                ..CommandParts::new(HTTP, activity)
+            }
+        }
+        "mcp_call" => {
+            let method = str_at("mcp", "method").unwrap_or_default();
+            let activity = mcp_activity(method);
+            let request_id = detail
+                .get("mcp")
+                .and_then(|m| m.get("request_id"))
+                .filter(|id| !id.is_null())
+                .map(|id| id.as_str().map_or_else(|| id.to_string(), str::to_owned));
+            // The tool, resource or prompt acted on: its type from the method's family.
+            let kind = match method.split('/').next() {
+                Some("tools") => "tool",
+                Some("resources") => "resource",
+                Some("prompts") => "prompt",
+                _ => "object",
+            };
+            let resources = objects(detail)
+                .map(|name| Resource {
+                    kind: kind.to_owned(),
+                    name: Some(name),
+                    namespace: None,
+                })
+                .collect::<Vec<_>>();
+            CommandParts {
+                api: Some(Api {
+                    operation: str_at("mcp", "method").unwrap_or("unknown"),
+                    service: Named {
+                        name: session.and_then(|s| s.target.as_deref()).unwrap_or("mcp"),
+                    },
+                    version: None,
+                    request: request_id.map(|uid| ApiRequest { uid }),
+                    response: None,
+                }),
+                resources: (!resources.is_empty()).then_some(resources),
+                ..CommandParts::new(API, activity)
+            }
+        }
+        "kube_request" => {
+            let verb = str_at("kube", "verb").unwrap_or_default();
+            let group = str_at("kube", "api_group");
+            let version = str_at("kube", "api_version");
+            // kubectl's spelling: `deployments.apps/scale`.
+            let kind = str_at("kube", "resource").map(|resource| {
+                let mut kind = resource.to_owned();
+                if let Some(group) = group {
+                    kind.push('.');
+                    kind.push_str(group);
+                }
+                if let Some(sub) = str_at("kube", "subresource") {
+                    kind.push('/');
+                    kind.push_str(sub);
+                }
+                kind
+            });
+            CommandParts {
+                api: Some(Api {
+                    operation: str_at("kube", "verb").unwrap_or("unknown"),
+                    service: Named { name: "kubernetes" },
+                    version: version.map(|v| match group {
+                        Some(g) => format!("{g}/{v}"),
+                        None => v.to_owned(),
+                    }),
+                    request: None,
+                    response: None,
+                }),
+                resources: kind.map(|kind| {
+                    vec![Resource {
+                        kind,
+                        name: str_at("kube", "name"),
+                        namespace: str_at("kube", "namespace"),
+                    }]
+                }),
+                ..CommandParts::new(API, kube_activity(verb))
+            }
+        }
+        "ssh_channel" => CommandParts::new(SSH, (1, "Open")),
+        _ => return None,
+    })
+}
+
+/// The class of the session's protocol: for approvals, which do not carry their command's
+/// kind. SQL and unknown protocols keep the Datastore class.
+fn protocol_class(session: Option<&SessionFacts>) -> Class {
+    match session.map(|s| s.protocol.as_str()) {
+        Some("http" | "https") => HTTP,
+        Some("kubernetes") => API,
+        Some("ssh") => SSH,
+        _ => DATASTORE,
+    }
+}
+
+/// The strings of `detail.objects`.
+fn objects(detail: &Value) -> impl Iterator<Item = &str> {
+    detail
+        .get("objects")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+}
+
+/// HTTP Activity's activity for a method (OCSF 1.3 `activity_id`: 1 Connect … 9 Patch).
+fn http_activity(method: &str) -> (i64, &'static str) {
+    match method.to_ascii_uppercase().as_str() {
+        "CONNECT" => (1, "Connect"),
+        "DELETE" => (2, "Delete"),
+        "GET" => (3, "Get"),
+        "HEAD" => (4, "Head"),
+        "OPTIONS" => (5, "Options"),
+        "POST" => (6, "Post"),
+        "PUT" => (7, "Put"),
+        "TRACE" => (8, "Trace"),
+        "PATCH" => (9, "Patch"),
+        _ => (99, "Other"),
+    }
+}
+
+/// API Activity's activity for a Kubernetes verb (1 Create, 2 Read, 3 Update, 4 Delete).
+fn kube_activity(verb: &str) -> (i64, &'static str) {
+    match verb {
+        "create" => (1, "Create"),
+        "get" | "list" | "watch" => (2, "Read"),
+        "update" | "patch" => (3, "Update"),
+        "delete" | "deletecollection" => (4, "Delete"),
+        _ => (99, "Other"),
+    }
+}
+
+/// API Activity's activity for an MCP method: listing and reading are reads; a tool call may
+/// do anything, so it is Other (the policy's decision says what was allowed).
+fn mcp_activity(method: &str) -> (i64, &'static str) {
+    if method.ends_with("/list") || method == "resources/read" || method == "prompts/get" {
+        (2, "Read")
+    } else {
+        (99, "Other")
+    }
+}
+
+/// An OCSF `url` from the journal's `http` object (`scheme`, `host` with an optional port,
+/// `path`, `query`).
+fn url(http: &Value) -> Url {
+    let text = |key: &str| {
+        http.get(key)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+    };
+    let (scheme, host, path, query) = (text("scheme"), text("host"), text("path"), text("query"));
+    // `127.0.0.1:8080` and `[::1]:8080` have a port; `::1` alone is all host.
+    let (hostname, port) = match host.and_then(|h| h.rsplit_once(':')) {
+        Some((name, port)) if !name.is_empty() && (!name.contains(':') || name.ends_with(']')) => {
+            (Some(name), port.parse::<u16>().ok())
+        }
+        _ => (host, None),
+    };
+    let mut url_string = String::new();
+    if let Some(scheme) = scheme {
+        url_string.push_str(scheme);
+        url_string.push_str("://");
+    }
+    url_string.push_str(host.unwrap_or_default());
+    url_string.push_str(path.unwrap_or_default());
+    if let Some(query) = query {
+        url_string.push('?');
+        url_string.push_str(query);
+    }
+    Url {
+        url_string,
+        scheme: scheme.map(str::to_owned),
+        hostname: hostname.map(|h| h.trim_start_matches('[').trim_end_matches(']').to_owned()),
+        port,
+        path: path.map(str::to_owned),
+        query_string: query.map(str::to_owned),
+    }
 }
 
 const INFORMATIONAL: (u8, &str) = (1, "Informational");
@@ -440,77 +795,155 @@ fn shape(e: &JournalEvent) -> Shape<'_> {
         status: None,
         duration_ms: None,
         query: None,
+        http_request: None,
+        http_response: None,
+        api: None,
+        resources: None,
         traffic: None,
+        text: None,
         message: e.kind.clone(),
     };
-    match e.kind.as_str() {
-        "statement" | "execute" | "function_call" | "cancel" => {
-            let (action, severity) = decision(e.decision.as_deref());
+    let session = e.session.as_ref();
+    let statement = e.statement.as_deref();
+    // A command of any protocol: its class's objects, and the policy's decision.
+    if let Some(mut parts) = command_parts(&e.kind, statement, &e.detail, session) {
+        let (action, severity) = decision(e.decision.as_deref());
+        if parts.class == SSH {
+            parts.activity = match e.decision.as_deref() {
+                Some("allow") | None => (1, "Open"),
+                Some("review") => (99, "Other"),
+                Some(_) => (5, "Refuse"),
+            };
+        }
+        return parts.shape(
+            statement,
             Shape {
-                activity: sql_activity(&e.kind, &e.detail),
                 severity,
                 action,
-                query: query_info(e.statement.as_deref(), &e.detail),
                 message: decided_message(&e.kind, e.decision.as_deref(), e.rule.as_deref()),
                 ..base
-            }
-        }
-        "approval" | "approval_request" => Shape {
-            activity: sql_activity("statement", &Value::Null),
-            severity: LOW,
-            action: Some((99, "Other", 14, "Delayed")),
-            query: query_info(e.statement.as_deref(), &Value::Null),
-            message: "held for approval".to_owned(),
-            ..base
+            },
+        );
+    }
+    // Approvals name their command by seq only: their class is the session protocol's.
+    let approval_parts = || match protocol_class(session) {
+        DATASTORE => CommandParts {
+            query: query_info(statement, &Value::Null),
+            ..CommandParts::new(DATASTORE, sql_activity("statement", &Value::Null))
         },
+        class => CommandParts::new(class, (99, "Other")),
+    };
+    match e.kind.as_str() {
+        "approval" | "approval_request" => approval_parts().shape(
+            statement,
+            Shape {
+                severity: LOW,
+                action: Some((99, "Other", 14, "Delayed")),
+                message: "held for approval".to_owned(),
+                ..base
+            },
+        ),
         "approval_decision" => {
             let status = detail_str("status").unwrap_or_default();
             let approved = status == "approved";
             let by = detail_str("approver");
-            Shape {
-                activity: sql_activity("statement", &Value::Null),
-                severity: if approved { LOW } else { MEDIUM },
-                action: Some(if approved {
-                    (1, "Allowed", 8, "Approved")
-                } else {
-                    (2, "Denied", 2, "Blocked")
-                }),
-                query: query_info(e.statement.as_deref(), &Value::Null),
-                message: match (approved, by) {
-                    (true, Some(by)) => format!("approved by {by}"),
-                    (false, Some(by)) => format!("denied by {by}"),
-                    _ => format!("approval {status}"),
+            approval_parts().shape(
+                statement,
+                Shape {
+                    severity: if approved { LOW } else { MEDIUM },
+                    action: Some(if approved {
+                        (1, "Allowed", 8, "Approved")
+                    } else {
+                        (2, "Denied", 2, "Blocked")
+                    }),
+                    message: match (approved, by) {
+                        (true, Some(by)) => format!("approved by {by}"),
+                        (false, Some(by)) => format!("denied by {by}"),
+                        _ => format!("approval {status}"),
+                    },
+                    ..base
                 },
-                ..base
-            }
+            )
         }
         "result" => {
             let result = e.detail.get("result").unwrap_or(&Value::Null);
             let text = |key: &str| result.get(key).and_then(Value::as_str).map(str::to_owned);
             let (sqlstate, error) = (text("sqlstate"), text("error"));
-            let failed = sqlstate.is_some() || error.is_some();
             let command = e.command.as_ref();
+            let mut parts = command
+                .and_then(|c| command_parts(&c.kind, c.statement.as_deref(), &c.detail, session))
+                .unwrap_or_else(|| CommandParts {
+                    query: command.and_then(|c| query_info(c.statement.as_deref(), &c.detail)),
+                    ..CommandParts::new(DATASTORE, (4, "Query"))
+                });
+            // An HTTP status (HTTP, MCP, Kubernetes) or an SSH exec's exit status.
+            let status = result.get("status").and_then(Value::as_i64);
+            let failed = sqlstate.is_some()
+                || error.is_some()
+                || status.is_some_and(|s| if parts.class == SSH { s != 0 } else { s >= 400 });
+            if parts.class == SSH {
+                parts.activity = (2, "Close");
+            }
+            if let Some(api) = parts.api.as_mut() {
+                api.response = status.map(|code| HttpResponse { code });
+            }
+            let code = sqlstate.or_else(|| status.map(|s| s.to_string()));
+            parts.shape(
+                command.and_then(|c| c.statement.as_deref()),
+                Shape {
+                    severity: INFORMATIONAL,
+                    status: Some(if failed {
+                        (2, "Failure", code, error)
+                    } else {
+                        (1, "Success", code, text("tag"))
+                    }),
+                    duration_ms: result
+                        .get("duration_ms")
+                        .and_then(Value::as_f64)
+                        .map(|ms| ms.round() as i64),
+                    http_response: status
+                        .filter(|_| command.is_some_and(|c| c.kind == "http_request"))
+                        .map(|code| HttpResponse { code }),
+                    message: if failed {
+                        "command failed"
+                    } else {
+                        "command completed"
+                    }
+                    .to_owned(),
+                    ..base
+                },
+            )
+        }
+        "terminal" => {
+            let bytes = e
+                .detail
+                .get("data")
+                .and_then(Value::as_str)
+                .map_or(0, |d| i64::try_from(d.len()).unwrap_or(i64::MAX));
+            let input = detail_str("stream").as_deref() == Some("input");
+            // A Kubernetes exec's terminal belongs with its API activity; anything else is an
+            // SSH channel's.
+            let (class, activity) = match protocol_class(session) {
+                API => (API, (99, "Other")),
+                _ => (SSH, (6, "Traffic")),
+            };
             Shape {
-                activity: command
-                    .map(|c| sql_activity(&c.kind, &c.detail))
-                    .unwrap_or((4, "Query")),
-                severity: INFORMATIONAL,
-                status: Some(if failed {
-                    (2, "Failure", sqlstate, error)
-                } else {
-                    (1, "Success", None, text("tag"))
+                class,
+                activity,
+                traffic: Some(Traffic {
+                    bytes_out: if input { bytes } else { 0 },
+                    bytes_in: if input { 0 } else { bytes },
+                    bytes,
                 }),
-                duration_ms: result
-                    .get("duration_ms")
-                    .and_then(Value::as_f64)
-                    .map(|ms| ms.round() as i64),
-                query: command.and_then(|c| query_info(c.statement.as_deref(), &c.detail)),
-                message: if failed {
-                    "command failed"
-                } else {
-                    "command completed"
-                }
-                .to_owned(),
+                // A window size (`stream: "window"`) carries no text: zero bytes.
+                message: format!(
+                    "terminal {}",
+                    match detail_str("stream").as_deref() {
+                        Some("input") => "input",
+                        Some("window") => "window",
+                        _ => "output",
+                    }
+                ),
                 ..base
             }
         }
@@ -723,16 +1156,21 @@ fn endpoint(addr: &str) -> Option<Endpoint> {
     })
 }
 
-/// Result samples are rows the client received (masked, but data all the same): a SIEM gets
-/// the shape of a result, not its contents.
-fn strip_samples(detail: &Value) -> Cow<'_, Value> {
+/// Result samples are rows the client received, and a terminal's `data` is what the agent
+/// saw or typed (masked, but data all the same): a SIEM gets the shape of a result or a
+/// terminal stream, not its contents.
+fn strip_contents(detail: &Value) -> Cow<'_, Value> {
     let has_sample = |v: &Value| v.get("sample").is_some();
-    if !has_sample(detail) && !detail.get("result").is_some_and(has_sample) {
+    let terminal_data = detail.get("channel_event").is_some() && detail.get("data").is_some();
+    if !has_sample(detail) && !detail.get("result").is_some_and(has_sample) && !terminal_data {
         return Cow::Borrowed(detail);
     }
     let mut detail = detail.clone();
     if let Some(map) = detail.as_object_mut() {
         map.remove("sample");
+        if terminal_data {
+            map.remove("data");
+        }
         if let Some(Value::Object(result)) = map.get_mut("result") {
             result.remove("sample");
         }

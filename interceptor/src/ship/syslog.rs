@@ -89,8 +89,8 @@ impl SyslogOut {
             Some(t) => {
                 // The same verification as a target's `verify-full` upstream leg.
                 let upstream = crate::tls::upstream(
-                    &crate::config::UpstreamTlsConfig {
-                        mode: crate::config::UpstreamTlsMode::VerifyFull,
+                    &crate::tls::UpstreamTlsConfig {
+                        mode: crate::tls::UpstreamTlsMode::VerifyFull,
                         ca_file: t.ca_file.clone(),
                         server_name: t.server_name.clone(),
                     },

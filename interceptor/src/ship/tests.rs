@@ -190,6 +190,8 @@ async fn add_statements(journal: &Journal, session: i64, n: usize) {
         })
         .collect();
     journal.events(events).await.expect("events");
+    // Shipping reads the index: what the log holds, once indexed.
+    journal.flush().await.expect("flush");
 }
 
 fn file_sink(name: &str, path: &Path, max_bytes: u64, keep: u32) -> SinkConfig {

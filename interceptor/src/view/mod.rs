@@ -15,11 +15,14 @@ Rules every renderer follows:
 - **Journal text is untrusted**: statements and details come from the agent and the server,
   so before they reach a terminal, control characters (escape sequences) and bidirectional
   overrides are shown escaped ([`one_line`]); a statement cannot repaint the operator's screen.
+  Recorded terminal output keeps its line breaks but is escaped the same way
+  ([`terminal_text`]), unless the operator asks for it raw (`sessions replay --raw`).
 - **Widths are counted in `char`s**: no Unicode width tables (no new dependency); wide CJK
   text may misalign a column, which is cosmetic.
 
 Modules: [`sessions`] (the list table, the show timeline and the event summaries they share
-with replay), [`replay`] (timed playback, with the sleeping injectable for tests).
+with replay), [`replay`] (timed playback of commands and terminal streams, with the sleeping
+injectable for tests).
 */
 
 pub mod replay;
@@ -160,16 +163,43 @@ pub fn one_line(text: &str) -> String {
                 }
             }
             '\t' => out.push(' '),
-            c if (c as u32) < 0x80 && c.is_control() => {
-                out.push_str(&format!("\\x{:02x}", c as u32));
-            }
-            c if c.is_control() || is_bidi_control(c) => {
-                out.push_str(&format!("\\u{{{:x}}}", c as u32));
-            }
-            c => out.push(c),
+            c => push_shown(&mut out, c),
         }
     }
     out
+}
+
+/// Recorded terminal text (an SSH session's output) made safe to print: its lines stay lines
+/// (`\r\n` and a lone `\r` end a line, tabs stay), and everything else that would act on the
+/// terminal (escape sequences that move the cursor, set the title or write the clipboard;
+/// bidirectional overrides) is shown escaped, as [`one_line`] does. `sessions replay --raw`
+/// skips this for an operator who wants the colors and trusts the recording.
+pub fn terminal_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\r' => {
+                chars.next_if_eq(&'\n');
+                out.push('\n');
+            }
+            '\n' | '\t' => out.push(c),
+            c => push_shown(&mut out, c),
+        }
+    }
+    out
+}
+
+/// `c` as itself, or escaped (`\x1b`, `\u{202e}`) when it would act on a terminal instead of
+/// being shown: C0/C1 controls, and the bidirectional controls.
+fn push_shown(out: &mut String, c: char) {
+    if (c as u32) < 0x80 && c.is_control() {
+        out.push_str(&format!("\\x{:02x}", c as u32));
+    } else if c.is_control() || is_bidi_control(c) {
+        out.push_str(&format!("\\u{{{:x}}}", c as u32));
+    } else {
+        out.push(c);
+    }
 }
 
 /// Characters that reorder the display of the text around them ("Trojan Source").

@@ -11,8 +11,19 @@
 //!
 //! A held command's result is shown after the approver's decision, where the agent got it,
 //! rather than with the statement.
+//!
+//! Terminal sessions (an SSH shell or exec, a Kubernetes exec or attach) are played as a
+//! terminal recording is: the output stream (`terminal` events) is written as it came, each
+//! chunk at its channel's time plus its recorded `offset_ms` (not its commit time, which
+//! groups chunks), with the same speed and cap. What the agent typed is left out unless asked
+//! for ([`Streams::input`]): a shell echoes it in the output anyway, and it may be a password
+//! typed at a prompt. The text is made safe for the terminal ([`super::terminal_text`]) unless
+//! [`Streams::raw`] asks for it as recorded. A recorded window size (the pty's, and each
+//! resize) is shown as a line of its own, at its time: the output that follows was laid out
+//! for it.
 
 use std::{
+    borrow::Cow,
     collections::HashMap,
     io::{self, Write},
     time::{Duration, SystemTime},
@@ -22,8 +33,8 @@ use serde_json::Value;
 
 use super::{
     one_line,
-    sessions::{entries, is_command, session_header, Entry},
-    Cell, Column, Paint, Table, Term,
+    sessions::{entries, is_command, session_header, terminal_chunk, terminal_window, Entry},
+    terminal_text, Cell, Column, Paint, Table, Term,
 };
 use crate::journal::reader::{parse_timestamp, CommandCounts, EventRow, SessionRow};
 
@@ -65,6 +76,15 @@ impl Pace {
     }
 }
 
+/// Which terminal streams to play, and how.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Streams {
+    /// Also play what the agent sent (`stream: "input"`), highlighted.
+    pub input: bool,
+    /// Write the recorded text as it is, escape sequences included (colors, cursor moves).
+    pub raw: bool,
+}
+
 /// One moment of the playback.
 #[derive(Debug, Clone)]
 pub struct Step<'a> {
@@ -84,12 +104,28 @@ pub enum Frame<'a> {
         /// The held command whose result arrives with this approval decision.
         releases: Option<Entry<'a>>,
     },
+    /// A channel whose terminal stream was just played: its result (an exit status) comes
+    /// here, after the output, where the agent got it.
+    Finished { entry: Entry<'a> },
+    /// A piece of a terminal stream, ready to write (made safe unless raw).
+    Terminal {
+        seq: i64,
+        input: bool,
+        text: Cow<'a, str>,
+    },
+    /// The terminal's window size from here on.
+    Window { cols: u32, rows: u32 },
     /// The session's end (when it has ended and no `session_close` event shows it).
     End,
 }
 
 /// The playback, in journal order, with its pauses. Unparseable timestamps count as no gap.
-pub fn plan<'a>(session: &SessionRow, events: &'a [EventRow], pace: &Pace) -> Vec<Step<'a>> {
+pub fn plan<'a>(
+    session: &SessionRow,
+    events: &'a [EventRow],
+    pace: &Pace,
+    streams: Streams,
+) -> Vec<Step<'a>> {
     let entries = entries(events);
     // Held commands and the decisions that released them: the result moves to the decision.
     let decided: HashMap<i64, usize> = entries
@@ -105,10 +141,34 @@ pub fn plan<'a>(session: &SessionRow, events: &'a [EventRow], pace: &Pace) -> Ve
         last: start,
         pace,
     };
-    let mut steps: Vec<Step<'a>> = entries
+    // A chunk's time is its channel's plus its offset: the channels' times, by seq.
+    let channel_times: HashMap<i64, SystemTime> = entries
         .iter()
-        .map(|entry| {
-            let (offset, wait) = clock.advance(&entry.event.ts);
+        .filter(|e| e.terminal.is_some())
+        .filter_map(|e| Some((e.event.seq, parse_timestamp(&e.event.ts)?)))
+        .collect();
+    // A terminal event's time: its channel's plus its offset, else its own commit time.
+    let at = |channel: Option<i64>, offset_ms: Option<u64>, event: &EventRow| {
+        channel
+            .and_then(|seq| channel_times.get(&seq))
+            .zip(offset_ms)
+            .and_then(|(start, ms)| start.checked_add(Duration::from_millis(ms)))
+            .or_else(|| parse_timestamp(&event.ts))
+    };
+    let played = |e: &'a EventRow| terminal_chunk(e).filter(|c| streams.input || !c.input);
+    // The last chunk played of each channel, after which the channel's result is shown.
+    let last_chunk: HashMap<i64, i64> = events
+        .iter()
+        .filter_map(|e| Some((played(e)?.channel?, e.seq)))
+        .collect();
+    let mut finishing: HashMap<i64, Entry<'a>> = HashMap::new();
+    // Entries are a subsequence of the events, so one pass over the events, taking the next
+    // entry when its event comes up, interleaves them with the terminal chunks in order.
+    let mut next_entry = entries.iter().peekable();
+    let mut steps: Vec<Step<'a>> = Vec::new();
+    for event in events {
+        if let Some(entry) = next_entry.next_if(|e| e.event.seq == event.seq) {
+            let (offset, wait) = clock.advance(parse_timestamp(&entry.event.ts));
             let held = is_command(&entry.event.kind)
                 && entry.event.decision.as_deref() == Some("review")
                 && decided.contains_key(&entry.event.seq);
@@ -116,21 +176,67 @@ pub fn plan<'a>(session: &SessionRow, events: &'a [EventRow], pace: &Pace) -> Ve
                 .then_some(entry.command)
                 .flatten()
                 .and_then(|seq| by_seq.get(&seq).map(|e| (*e).clone()));
-            Step {
+            let streamed =
+                !held && entry.result.is_some() && last_chunk.contains_key(&entry.event.seq);
+            if streamed {
+                finishing.insert(entry.event.seq, entry.clone());
+            }
+            steps.push(Step {
                 offset,
                 wait,
                 frame: Frame::Event {
                     entry: entry.clone(),
-                    with_result: !held,
+                    with_result: !held && !streamed,
                     releases,
                 },
-            }
-        })
-        .collect();
+            });
+            continue;
+        }
+        if let Some(w) = terminal_window(event) {
+            let (offset, wait) = clock.advance(at(w.channel, w.offset_ms, event));
+            steps.push(Step {
+                offset,
+                wait,
+                frame: Frame::Window {
+                    cols: w.cols,
+                    rows: w.rows,
+                },
+            });
+            continue;
+        }
+        let Some(chunk) = played(event) else {
+            continue;
+        };
+        let (offset, wait) = clock.advance(at(chunk.channel, chunk.offset_ms, event));
+        steps.push(Step {
+            offset,
+            wait,
+            frame: Frame::Terminal {
+                seq: event.seq,
+                input: chunk.input,
+                text: if streams.raw {
+                    Cow::Borrowed(chunk.data)
+                } else {
+                    Cow::Owned(terminal_text(chunk.data))
+                },
+            },
+        });
+        let finished = chunk
+            .channel
+            .filter(|channel| last_chunk.get(channel) == Some(&event.seq))
+            .and_then(|channel| finishing.remove(&channel));
+        if let Some(entry) = finished {
+            steps.push(Step {
+                offset,
+                wait: Duration::ZERO,
+                frame: Frame::Finished { entry },
+            });
+        }
+    }
     // The end, unless a `session_close` event already showed it.
     let closed = entries.iter().any(|e| e.event.kind == "session_close");
     if let Some(end) = session.ended_at.as_ref().filter(|_| !closed) {
-        let (offset, wait) = clock.advance(end);
+        let (offset, wait) = clock.advance(parse_timestamp(end));
         steps.push(Step {
             offset,
             wait,
@@ -148,8 +254,9 @@ struct Clock<'p> {
 }
 
 impl Clock<'_> {
-    fn advance(&mut self, ts: &str) -> (Duration, Duration) {
-        let Some(t) = parse_timestamp(ts) else {
+    /// Moves to time `t` (`None`: a timestamp that did not parse).
+    fn advance(&mut self, t: Option<SystemTime>) -> (Duration, Duration) {
+        let Some(t) = t else {
             let offset = self.since_start(self.last);
             return (offset, Duration::ZERO);
         };
@@ -176,20 +283,34 @@ impl Clock<'_> {
 
 /// Plays the session to `out`: the header, then each step after its pause (`sleep` does the
 /// waiting, so tests can record instead), flushing after each so a terminal shows it live.
+#[allow(clippy::too_many_arguments)] // each is one independent choice of the caller's
 pub fn play(
     session: &SessionRow,
     events: &[EventRow],
     counts: Option<&CommandCounts>,
     pace: &Pace,
+    streams: Streams,
     term: &Term,
     out: &mut dyn Write,
     sleep: &mut dyn FnMut(Duration),
 ) -> io::Result<()> {
-    let steps = plan(session, events, pace);
+    let steps = plan(session, events, pace, streams);
     let shown = steps
         .iter()
         .filter(|s| matches!(s.frame, Frame::Event { .. }))
         .count();
+    let chunks = steps
+        .iter()
+        .filter(|s| matches!(s.frame, Frame::Terminal { .. }))
+        .count();
+    let chunks = if chunks > 0 {
+        format!(
+            " and {chunks} terminal chunk{}",
+            if chunks == 1 { "" } else { "s" }
+        )
+    } else {
+        String::new()
+    };
     let how = if pace.speed == 0.0 {
         "without pauses".to_owned()
     } else {
@@ -201,16 +322,27 @@ pub fn play(
     };
     write!(
         out,
-        "{}replaying {shown} events {how}\n\n",
-        session_header(session, counts, term)
+        "{}replaying {shown} event{}{chunks} {how}\n\n",
+        session_header(session, counts, term),
+        if shown == 1 { "" } else { "s" },
     )?;
     out.flush()?;
+    // Terminal output need not end its lines; the next event starts on a line of its own.
+    let mut mid_line = false;
     for step in &steps {
         if !step.wait.is_zero() {
             sleep(step.wait);
         }
-        out.write_all(render_step(session, step, term).as_bytes())?;
+        let text = render_step(session, step, term);
+        let terminal = matches!(step.frame, Frame::Terminal { .. });
+        if mid_line && !terminal {
+            out.write_all(b"\n")?;
+        }
+        out.write_all(text.as_bytes())?;
         out.flush()?;
+        if !text.is_empty() {
+            mid_line = !text.ends_with('\n');
+        }
     }
     Ok(())
 }
@@ -219,6 +351,27 @@ pub fn play(
 pub fn render_step(session: &SessionRow, step: &Step<'_>, term: &Term) -> String {
     let at = term.paint(Paint::Dim, &format!("[{}]", format_offset(step.offset)));
     match &step.frame {
+        // The stream as it came, without a prefix: it is the screen the agent saw.
+        Frame::Terminal { input, text, .. } => {
+            if *input {
+                term.paint(Paint::Cyan, text)
+            } else {
+                text.to_string()
+            }
+        }
+        Frame::Finished { entry } => {
+            let mut out = format!(
+                "{at} #{} {} finished\n",
+                entry.event.seq,
+                one_line(&entry.event.kind)
+            );
+            out.push_str(&result_block(entry, term));
+            out
+        }
+        Frame::Window { cols, rows } => format!(
+            "{at} {}\n",
+            term.paint(Paint::Dim, &format!("window {cols}x{rows}"))
+        ),
         Frame::End => format!(
             "{at} session ended: {}, up {} B, down {} B\n",
             one_line(session.outcome.as_deref().unwrap_or("?")),
@@ -252,7 +405,7 @@ pub fn render_step(session: &SessionRow, step: &Step<'_>, term: &Term) -> String
             }
             if *with_result {
                 out.push_str(&result_block(entry, term));
-            } else if is_command(&e.kind) {
+            } else if is_command(&e.kind) && e.decision.as_deref() == Some("review") {
                 out.push_str(&format!(
                     "  {}\n",
                     term.paint(Paint::Yellow, "(held: waiting for an approver)")

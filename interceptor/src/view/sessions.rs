@@ -1,6 +1,12 @@
 //! `sessions list` and `sessions show` as text, and the per-event summaries that `replay`
 //! shares with them (so an event reads the same in a timeline and in a playback).
 //!
+//! Every protocol's commands read the same way: decision, rule, action (a verb: SQL's
+//! statement classes, an HTTP method, a Kubernetes verb…), objects (tables, `host/path`, a
+//! tool, a resource) and the canonical text last, from the reader's protocol-neutral keys
+//! ([`crate::journal::reader::Neutral`]). Terminal output (`terminal` events) is not dumped
+//! here: it is summarised under the channel it belongs to, and `replay` plays it.
+//!
 //! Event kinds are open-ended: the journal gains kinds over time, and an old binary may read a
 //! newer journal. Known kinds get a sentence; any other kind is shown generically (its
 //! statement, or its detail as `key=value` pairs). `result` events duplicate the `result` of
@@ -11,7 +17,7 @@ use std::collections::HashMap;
 use serde_json::Value;
 
 use super::{one_line, Cell, Column, Paint, Table, Term};
-use crate::journal::reader::{CommandCounts, EventRow, SessionRow, COMMAND_KINDS};
+use crate::journal::reader::{CommandCounts, EventRow, SessionRow, COMMAND_KINDS, TERMINAL_KIND};
 
 // ---------------------------------------------------------------------------------------------
 // sessions list
@@ -113,15 +119,143 @@ pub struct Entry<'a> {
     pub result: Option<&'a Value>,
     /// For approval events, the command they hold or decide (its `seq`), when known.
     pub command: Option<i64>,
+    /// For a channel (an `ssh_channel`, a Kubernetes exec), what its terminal carried.
+    pub terminal: Option<TerminalTotals>,
+}
+
+/// How much a channel's terminal carried, in `terminal` events (their `data` is masked text).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TerminalTotals {
+    pub output_chunks: u64,
+    pub output_bytes: u64,
+    pub input_chunks: u64,
+    pub input_bytes: u64,
+    /// The last window size recorded (columns, rows), when the terminal had one.
+    pub window: Option<(u32, u32)>,
+}
+
+impl TerminalTotals {
+    /// `terminal: 42 output chunks, 3.1 KiB; 3 input chunks, 12 B`.
+    pub fn describe(&self) -> String {
+        let part = |n: u64, what: &str, bytes: u64| {
+            format!(
+                "{n} {what} chunk{}, {}",
+                if n == 1 { "" } else { "s" },
+                human_bytes(bytes)
+            )
+        };
+        let mut text = format!(
+            "terminal: {}",
+            part(self.output_chunks, "output", self.output_bytes)
+        );
+        if self.input_chunks > 0 {
+            text.push_str(&format!(
+                "; {}",
+                part(self.input_chunks, "input", self.input_bytes)
+            ));
+        }
+        if let Some((cols, rows)) = self.window {
+            text.push_str(&format!("; window {cols}x{rows}"));
+        }
+        text
+    }
+}
+
+/// `12 B`, `3.1 KiB`, `2.0 MiB`.
+pub fn human_bytes(n: u64) -> String {
+    const KIB: f64 = 1024.0;
+    let x = n as f64;
+    if n < 1024 {
+        format!("{n} B")
+    } else if x < KIB * KIB {
+        format!("{:.1} KiB", x / KIB)
+    } else {
+        format!("{:.1} MiB", x / (KIB * KIB))
+    }
+}
+
+/// A `terminal` event's parts: the channel event it belongs to, whether it is input, its
+/// offset from the channel's start, and its text. `None` when it has no text.
+pub fn terminal_chunk(e: &EventRow) -> Option<TerminalChunk<'_>> {
+    if e.kind != TERMINAL_KIND {
+        return None;
+    }
+    let d = &e.detail;
+    Some(TerminalChunk {
+        channel: d.get("channel_event").and_then(Value::as_i64),
+        input: d.get("stream").and_then(Value::as_str) == Some("input"),
+        offset_ms: d.get("offset_ms").and_then(Value::as_u64),
+        data: d.get("data").and_then(Value::as_str)?,
+    })
+}
+
+/// A `terminal` event that records a window size (`stream: "window"`, `cols`, `rows`): the
+/// channel event it belongs to, its offset from the channel's start, and the size.
+pub fn terminal_window(e: &EventRow) -> Option<TerminalWindow> {
+    let d = &e.detail;
+    if e.kind != TERMINAL_KIND || d.get("stream").and_then(Value::as_str) != Some("window") {
+        return None;
+    }
+    let size = |key: &str| {
+        d.get(key)
+            .and_then(Value::as_u64)
+            .and_then(|n| u32::try_from(n).ok())
+    };
+    Some(TerminalWindow {
+        channel: d.get("channel_event").and_then(Value::as_i64),
+        offset_ms: d.get("offset_ms").and_then(Value::as_u64),
+        cols: size("cols")?,
+        rows: size("rows")?,
+    })
+}
+
+/// A terminal's window size at one moment (see [`terminal_window`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TerminalWindow {
+    pub channel: Option<i64>,
+    pub offset_ms: Option<u64>,
+    pub cols: u32,
+    pub rows: u32,
+}
+
+/// One piece of a terminal stream (see [`terminal_chunk`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TerminalChunk<'a> {
+    pub channel: Option<i64>,
+    pub input: bool,
+    pub offset_ms: Option<u64>,
+    pub data: &'a str,
 }
 
 /// The events worth a line, in journal order: `result` events are folded into the command
-/// they name, and approval decisions are linked to the command they decide (through the
-/// approval id of the matching hold).
+/// they name, approval decisions are linked to the command they decide (through the
+/// approval id of the matching hold), and `terminal` events are counted into their channel's
+/// [`TerminalTotals`] (chunks of a channel not in `events` are left out).
 pub fn entries(events: &[EventRow]) -> Vec<Entry<'_>> {
     let mut chained: HashMap<i64, &Value> = HashMap::new();
     let mut held: HashMap<&str, i64> = HashMap::new();
+    let mut terminals: HashMap<i64, TerminalTotals> = HashMap::new();
     for e in events {
+        if let Some(w) = terminal_window(e) {
+            if let Some(channel) = w.channel {
+                terminals.entry(channel).or_default().window = Some((w.cols, w.rows));
+            }
+            continue;
+        }
+        if let Some(chunk) = terminal_chunk(e) {
+            if let Some(channel) = chunk.channel {
+                let t = terminals.entry(channel).or_default();
+                let bytes = chunk.data.len() as u64;
+                if chunk.input {
+                    t.input_chunks += 1;
+                    t.input_bytes += bytes;
+                } else {
+                    t.output_chunks += 1;
+                    t.output_bytes += bytes;
+                }
+            }
+            continue;
+        }
         match e.kind.as_str() {
             "result" => {
                 if let (Some(seq), Some(result)) =
@@ -141,7 +275,7 @@ pub fn entries(events: &[EventRow]) -> Vec<Entry<'_>> {
     }
     events
         .iter()
-        .filter(|e| e.kind != "result")
+        .filter(|e| e.kind != "result" && e.kind != TERMINAL_KIND)
         .map(|e| {
             let command = match e.kind.as_str() {
                 "approval" | "approval_request" => e.detail["event"].as_i64(),
@@ -156,12 +290,14 @@ pub fn entries(events: &[EventRow]) -> Vec<Entry<'_>> {
                     .filter(|r| !r.is_null())
                     .or_else(|| chained.get(&e.seq).copied()),
                 command,
+                terminal: terminals.get(&e.seq).copied(),
             }
         })
         .collect()
 }
 
-/// Is this a command (statement, execute, function call)?
+/// Is this a command (SQL's statement, execute and function call, an HTTP request, an MCP
+/// call, a Kubernetes request, an SSH channel)?
 pub fn is_command(kind: &str) -> bool {
     COMMAND_KINDS.contains(&kind)
 }
@@ -261,12 +397,14 @@ impl Entry<'_> {
         notes
     }
 
-    /// `=> SELECT 2 (2 rows, 0.6 ms)` or `=> ERROR 42501 …` in red, then the masking counts.
+    /// `=> SELECT 2 (2 rows, 0.6 ms)`, `=> status 404 (3.0 ms)` or `=> ERROR 42501 …` in red,
+    /// then the masking counts.
     pub fn result_notes(&self) -> Vec<Cell> {
         let Some(r) = self.result else {
             return Vec::new();
         };
-        let mut notes = vec![result_summary(r)];
+        let protocol = self.event.neutral.as_ref().map(|n| n.protocol.as_str());
+        let mut notes = vec![result_summary(r, protocol)];
         if let Some(m) = counts_text(r.get("masked")) {
             notes.push(Cell::new(format!("masked: {m}")).paint(Paint::Cyan));
         }
@@ -323,11 +461,33 @@ fn session_closed(d: &Value) -> Cell {
     Cell::new(text).paint(Paint::Dim)
 }
 
-/// A result in a few words.
-pub fn result_summary(r: &Value) -> Cell {
+/// A result in a few words. SQL results name their tag and rows; the others their `status`
+/// (an SSH exec's exit status, else an HTTP status), red when it says the command failed.
+pub fn result_summary(r: &Value, protocol: Option<&str>) -> Cell {
     let text = |key: &str| r.get(key).and_then(Value::as_str);
     let duration = r.get("duration_ms").and_then(Value::as_f64).map(format_ms);
+    let status = r.get("status").and_then(Value::as_i64);
     match (text("sqlstate"), text("error")) {
+        (None, None) if text("tag").is_none() && status.is_some() => {
+            let status = status.unwrap_or_default();
+            let (word, failed) = if protocol == Some("ssh") {
+                ("exit", status != 0)
+            } else {
+                ("status", status >= 400)
+            };
+            let mut line = format!("=> {word} {status}");
+            let mut parts: Vec<String> = r
+                .get("rows")
+                .and_then(Value::as_u64)
+                .map(|n| format!("{n} row{}", if n == 1 { "" } else { "s" }))
+                .into_iter()
+                .collect();
+            parts.extend(duration);
+            if !parts.is_empty() {
+                line.push_str(&format!(" ({})", parts.join(", ")));
+            }
+            Cell::new(line).paint(if failed { Paint::Red } else { Paint::Plain })
+        }
         (None, None) => {
             let rows = r.get("rows").and_then(Value::as_u64).unwrap_or(0);
             let mut parts = vec![format!("{rows} row{}", if rows == 1 { "" } else { "s" })];
@@ -340,7 +500,8 @@ pub fn result_summary(r: &Value) -> Cell {
         }
         (code, error) => {
             let mut line = String::from("=> ERROR");
-            for part in [code, error].into_iter().flatten() {
+            let status = status.map(|s| s.to_string());
+            for part in [code, status.as_deref(), error].into_iter().flatten() {
                 line.push(' ');
                 line.push_str(part);
             }
@@ -491,21 +652,39 @@ pub fn timeline(
         Column::new("KIND").max(18).shrink(9),
         Column::new("DECISION"),
         Column::new("RULE").max(28).shrink(8),
+        Column::new("ACTION").max(20).shrink(6),
+        Column::new("OBJECTS").max(40).shrink(7),
         Column::new("WHAT").shrink(20),
     ]);
     for entry in entries(events) {
         let e = entry.event;
         let decision = e.decision.as_deref().unwrap_or("");
+        let (action, objects) = match &e.neutral {
+            Some(n) => (n.action.as_str(), n.objects.join(" ")),
+            None => ("", String::new()),
+        };
         table.push(vec![
             Cell::new(format!("#{}", e.seq)),
             Cell::new(short_time(&e.ts, &s.started_at)),
             Cell::new(&e.kind),
             Cell::new(decision).paint(Paint::decision(decision)),
             Cell::new(e.rule.as_deref().unwrap_or("")),
+            Cell::new(action),
+            Cell::new(objects),
             entry.what(),
         ]);
         for note in entry.notes(true) {
             table.note(note);
+        }
+        if let Some(t) = entry.terminal {
+            table.note(
+                Cell::new(format!(
+                    "{}; replay with `interceptor sessions replay {}`",
+                    t.describe(),
+                    s.id
+                ))
+                .paint(Paint::Dim),
+            );
         }
     }
     if table.is_empty() {

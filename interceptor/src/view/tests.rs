@@ -4,11 +4,11 @@ use serde_json::json;
 
 use super::{
     color_allowed, one_line,
-    replay::{self, format_offset, plan, Frame, Pace},
+    replay::{self, format_offset, plan, Frame, Pace, Streams},
     sessions::{self, entries},
     truncate, Cell, Column, Paint, Table, Term,
 };
-use crate::journal::reader::{CommandCounts, EventRow, SessionRow};
+use crate::journal::reader::{neutral, CommandCounts, EventRow, SessionRow};
 
 const COLOR: Term = Term {
     color: true,
@@ -52,15 +52,20 @@ fn event(seq: i64, ts: &str, kind: &str) -> EventRow {
         rule: None,
         result: None,
         detail: json!(null),
+        neutral: None,
     }
 }
 
+/// A SQL statement written before the neutral keys existed (no `protocol`, `action`,
+/// `objects`, `classes`): what the reader gives for it.
 fn command(seq: i64, ts: &str, sql: &str, decision: &str, rule: &str) -> EventRow {
+    let detail = json!({"command": "statement", "params": 0});
     EventRow {
         statement: Some(sql.into()),
         decision: Some(decision.into()),
         rule: Some(rule.into()),
-        detail: json!({"command": "statement", "params": 0}),
+        neutral: neutral("statement", &detail, "postgres"),
+        detail,
         ..event(seq, ts, "statement")
     }
 }
@@ -447,11 +452,14 @@ fn approval_outcomes_read_as_sentences() {
 fn errors_are_red_and_rows_are_counted() {
     let e = sessions::result_summary(
         &json!({"sqlstate": "42501", "error": "permission denied", "duration_ms": 0.26, "rows": 0}),
+        Some("postgres"),
     );
     assert_eq!(e.text, "=> ERROR 42501 permission denied (0.3 ms)");
     assert_eq!(e.paint, Paint::Red);
-    let ok =
-        sessions::result_summary(&json!({"tag": "SELECT 1", "rows": 1, "duration_ms": 1500.0}));
+    let ok = sessions::result_summary(
+        &json!({"tag": "SELECT 1", "rows": 1, "duration_ms": 1500.0}),
+        Some("postgres"),
+    );
     assert_eq!(
         (ok.text.as_str(), ok.paint),
         ("=> SELECT 1 (1 row, 1.50 s)", Paint::Plain)
@@ -470,13 +478,15 @@ fn waits(steps: &[replay::Step<'_>]) -> Vec<Duration> {
 fn replay_keeps_journal_order_and_scales_the_gaps() {
     let events = events();
     let real = Pace::new(1.0, 60.0).expect("pace");
-    let steps = plan(&session(), &events, &real);
+    let steps = plan(&session(), &events, &real, Streams::default());
     // Journal order, `result` events folded away; the session_close event is the end.
     let seqs: Vec<Option<i64>> = steps
         .iter()
         .map(|s| match &s.frame {
             Frame::Event { entry, .. } => Some(entry.event.seq),
-            Frame::End => None,
+            Frame::Terminal { seq, .. } => Some(*seq),
+            Frame::Finished { entry } => Some(entry.event.seq),
+            Frame::End | Frame::Window { .. } => None,
         })
         .collect();
     assert_eq!(
@@ -509,7 +519,12 @@ fn replay_keeps_journal_order_and_scales_the_gaps() {
     );
     assert_eq!(steps[5].offset, ms(20_000));
 
-    let fast = plan(&session(), &events, &Pace::new(4.0, 60.0).expect("pace"));
+    let fast = plan(
+        &session(),
+        &events,
+        &Pace::new(4.0, 60.0).expect("pace"),
+        Streams::default(),
+    );
     assert_eq!(
         waits(&fast),
         vec![
@@ -525,7 +540,12 @@ fn replay_keeps_journal_order_and_scales_the_gaps() {
     );
     assert_eq!(fast[5].offset, ms(20_000), "offsets stay in session time");
 
-    let capped = plan(&session(), &events, &Pace::new(1.0, 1.5).expect("pace"));
+    let capped = plan(
+        &session(),
+        &events,
+        &Pace::new(1.0, 1.5).expect("pace"),
+        Streams::default(),
+    );
     assert_eq!(
         waits(&capped),
         vec![
@@ -540,7 +560,12 @@ fn replay_keeps_journal_order_and_scales_the_gaps() {
         ]
     );
 
-    let none = plan(&session(), &events, &Pace::new(0.0, 10.0).expect("pace"));
+    let none = plan(
+        &session(),
+        &events,
+        &Pace::new(0.0, 10.0).expect("pace"),
+        Streams::default(),
+    );
     assert!(waits(&none).iter().all(Duration::is_zero));
 }
 
@@ -553,7 +578,12 @@ fn replay_survives_odd_timestamps() {
         command(3, "not a time", "SELECT 3", "allow", "reads"),
         command(4, "2026-11-28T09:00:03.000Z", "SELECT 4", "allow", "reads"),
     ];
-    let steps = plan(&session(), &events, &Pace::new(1.0, 60.0).expect("pace"));
+    let steps = plan(
+        &session(),
+        &events,
+        &Pace::new(1.0, 60.0).expect("pace"),
+        Streams::default(),
+    );
     let ms = Duration::from_millis;
     assert_eq!(
         waits(&steps),
@@ -578,6 +608,7 @@ fn replay_prints_statements_decisions_and_what_the_agent_received() {
         &events,
         None,
         &Pace::new(2.0, 3.0).expect("pace"),
+        Streams::default(),
         &Term::PLAIN,
         &mut out,
         &mut |d| slept.push(d),
@@ -640,5 +671,379 @@ fn offsets_read_naturally() {
     assert_eq!(
         format_offset(Duration::from_millis(3_723_000)),
         "+1h02m03.000s"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Every protocol, and terminal sessions
+// ---------------------------------------------------------------------------------------------
+
+/// A command of any protocol as the reader gives it: the neutral keys in its detail, read back.
+fn neutral_command(
+    seq: i64,
+    ts: &str,
+    kind: &str,
+    text: &str,
+    decision: &str,
+    detail: serde_json::Value,
+) -> EventRow {
+    EventRow {
+        statement: Some(text.into()),
+        decision: Some(decision.into()),
+        rule: Some(format!("{kind}-rule")),
+        neutral: neutral(kind, &detail, "postgres"),
+        detail,
+        ..event(seq, ts, kind)
+    }
+}
+
+fn one_of_each() -> Vec<EventRow> {
+    let mut sql = neutral_command(
+        1,
+        "2026-11-28T09:00:01.000Z",
+        "statement",
+        "SELECT * FROM customers",
+        "allow",
+        json!({"protocol": "postgres", "action": "read", "objects": ["customers"],
+               "command": "statement", "classes": ["read"]}),
+    );
+    sql.rule = Some("reads".into());
+    sql.result = Some(json!({"tag": "SELECT 3", "rows": 3, "duration_ms": 1.0}));
+    let mut http = neutral_command(
+        2,
+        "2026-11-28T09:00:02.000Z",
+        "http_request",
+        "DELETE http://127.0.0.1:8080/v1/items/7",
+        "allow",
+        json!({"protocol": "http", "action": "DELETE", "objects": ["127.0.0.1:8080/v1/items/7"],
+               "http": {"method": "DELETE", "scheme": "http", "host": "127.0.0.1:8080",
+                        "path": "/v1/items/7", "query": null}}),
+    );
+    http.result = Some(json!({"status": 404, "duration_ms": 3.0}));
+    let mcp = neutral_command(
+        3,
+        "2026-11-28T09:00:03.000Z",
+        "mcp_call",
+        "tools/call delete_customer {\"id\":1}",
+        "deny",
+        json!({"protocol": "mcp", "action": "tools/call", "objects": ["delete_customer"],
+               "reason": "tools that delete need a human",
+               "mcp": {"method": "tools/call", "tool": "delete_customer",
+                       "arguments": {"id": 1}, "request_id": 4}}),
+    );
+    let mut kube = neutral_command(
+        4,
+        "2026-11-28T09:00:04.000Z",
+        "kube_request",
+        "delete pods/web-1 -n default",
+        "allow",
+        json!({"protocol": "kubernetes", "action": "delete", "objects": ["/v1/pods", "default/web-1"],
+               "kube": {"verb": "delete", "api_group": "", "api_version": "v1", "resource": "pods",
+                        "subresource": null, "namespace": "default", "name": "web-1"}}),
+    );
+    kube.result = Some(json!({"status": 200, "duration_ms": 12.0}));
+    let mut ssh = neutral_command(
+        5,
+        "2026-11-28T09:00:05.000Z",
+        "ssh_channel",
+        "rm -rf /srv",
+        "allow",
+        json!({"protocol": "ssh", "action": "exec", "objects": ["rm"],
+               "ssh": {"channel": "exec", "command": "rm -rf /srv", "programs": ["rm"]}}),
+    );
+    ssh.result = Some(json!({"status": 1, "duration_ms": 40.0}));
+    let chunk = |seq: i64, stream: &str, offset_ms: u64, data: &str| EventRow {
+        detail: json!({"channel_event": 5, "stream": stream, "offset_ms": offset_ms, "data": data}),
+        // Chunks are committed in groups: their own times say little.
+        ..event(seq, "2026-11-28T09:00:09.000Z", "terminal")
+    };
+    vec![
+        sql,
+        http,
+        mcp,
+        kube,
+        ssh,
+        chunk(6, "output", 100, "rm: cannot remove\r\n"),
+        chunk(7, "input", 1500, "yes-please\n"),
+        chunk(8, "output", 2100, "'/srv': \x1b]52;c;cHduZWQ=\x07denied"),
+    ]
+}
+
+#[test]
+fn every_protocol_reads_as_action_objects_and_text() {
+    let mut s = session();
+    s.protocol = "ssh".into();
+    let text = sessions::timeline(&s, &one_of_each(), None, &Term::PLAIN);
+    let line = |needle: &str| {
+        text.lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no line with {needle:?} in\n{text}"))
+            .to_owned()
+    };
+    let header = line("SEQ");
+    let column = |name: &str| header.find(name).expect("column");
+    let (action, objects, what) = (column("ACTION"), column("OBJECTS"), column("WHAT"));
+    // Action, objects and canonical text in their columns, for every protocol.
+    for (text_of_command, verb, object) in [
+        ("SELECT * FROM customers", "read", "customers"),
+        (
+            "DELETE http://127.0.0.1:8080/v1/items/7",
+            "DELETE",
+            "127.0.0.1:8080/v1/items/7",
+        ),
+        (
+            "tools/call delete_customer",
+            "tools/call",
+            "delete_customer",
+        ),
+        (
+            "delete pods/web-1 -n default",
+            "delete",
+            "/v1/pods default/web-1",
+        ),
+        ("rm -rf /srv", "exec", "rm"),
+    ] {
+        let l = line(text_of_command);
+        assert_eq!(l.find(text_of_command), Some(what), "{l}\n{text}");
+        assert_eq!(l[action..].find(verb), Some(0), "{l}\n{text}");
+        assert_eq!(l[objects..].find(object), Some(0), "{l}\n{text}");
+    }
+    // Results: SQL as before, HTTP statuses, SSH exit statuses.
+    line("=> SELECT 3 (3 rows, 1.0 ms)");
+    line("=> status 404 (3.0 ms)");
+    line("=> status 200 (12.0 ms)");
+    line("=> exit 1 (40.0 ms)");
+    line("reason: tools that delete need a human");
+    // The terminal is summarised under its channel, not dumped.
+    let summary = line("terminal: 2 output chunks");
+    assert_eq!(
+        summary.trim(),
+        "terminal: 2 output chunks, 49 B; 1 input chunk, 11 B; replay with `interceptor sessions replay 7`"
+    );
+    assert!(!text.contains("cannot remove"), "{text}");
+    assert!(!text.contains("#6") && !text.contains("#8"), "{text}");
+
+    // In color, failures are red.
+    let colored = sessions::timeline(&s, &one_of_each(), None, &COLOR);
+    assert!(
+        colored.contains("\x1b[31m=> status 404 (3.0 ms)\x1b[0m"),
+        "{colored}"
+    );
+    assert!(
+        colored.contains("\x1b[31m=> exit 1 (40.0 ms)\x1b[0m"),
+        "{colored}"
+    );
+    assert!(!colored.contains("\x1b[31m=> status 200"), "{colored}");
+}
+
+#[test]
+fn old_events_without_the_neutral_keys_still_render() {
+    // Written before the keys: the action comes from `classes`, objects are unknown.
+    let detail = json!({"command": "statement", "params": 0, "classes": ["delete", "read"]});
+    let old = EventRow {
+        statement: Some("DELETE FROM t".into()),
+        decision: Some("deny".into()),
+        rule: Some("no-deletes".into()),
+        neutral: neutral("statement", &detail, "postgres"),
+        detail,
+        ..event(1, "2026-11-28T09:00:01.000Z", "statement")
+    };
+    let n = old.neutral.clone().expect("a statement is a command");
+    assert_eq!(
+        (n.protocol.as_str(), n.action.as_str(), n.objects.len()),
+        ("postgres", "delete,read", 0)
+    );
+    let text = sessions::timeline(&session(), &[old], None, &Term::PLAIN);
+    let l = text
+        .lines()
+        .find(|l| l.contains("DELETE FROM t"))
+        .expect("line");
+    assert!(l.contains(" no-deletes  delete,read  "), "{l}\n{text}");
+    // No classes at all: an empty action, still a line.
+    let bare = neutral("execute", &json!({}), "mysql").expect("command");
+    assert_eq!(
+        (bare.protocol.as_str(), bare.action.as_str()),
+        ("mysql", "")
+    );
+    assert_eq!(neutral("session_open", &json!({}), "postgres"), None);
+    assert_eq!(
+        neutral("connect", &json!({}), "tcp").map(|n| n.action),
+        Some("connect".to_owned())
+    );
+}
+
+fn terminal_session() -> SessionRow {
+    SessionRow {
+        protocol: "ssh".into(),
+        ended_at: Some("2026-11-28T09:00:10.000Z".into()),
+        ..session()
+    }
+}
+
+#[test]
+fn replay_plays_the_terminal_at_its_recorded_pace() {
+    let events = one_of_each();
+    let s = terminal_session();
+    let ms = Duration::from_millis;
+    let terminal_waits = |pace: Pace, streams: Streams| -> Vec<(i64, Duration)> {
+        plan(&s, &events, &pace, streams)
+            .iter()
+            .filter_map(|step| match &step.frame {
+                Frame::Terminal { seq, .. } => Some((*seq, step.wait)),
+                _ => None,
+            })
+            .collect()
+    };
+    // Each chunk at its channel's time (09:00:05) plus its offset, not its commit time
+    // (09:00:09); input left out, so the second output chunk waits from the first.
+    assert_eq!(
+        terminal_waits(Pace::new(1.0, 60.0).expect("pace"), Streams::default()),
+        vec![(6, ms(100)), (8, ms(2000))]
+    );
+    assert_eq!(
+        terminal_waits(Pace::new(4.0, 60.0).expect("pace"), Streams::default()),
+        vec![(6, ms(25)), (8, ms(500))]
+    );
+    assert_eq!(
+        terminal_waits(
+            Pace::new(1.0, 60.0).expect("pace"),
+            Streams {
+                input: true,
+                raw: false
+            }
+        ),
+        vec![(6, ms(100)), (7, ms(1400)), (8, ms(600))]
+    );
+    // No waiting at all with speed 0.
+    assert!(
+        terminal_waits(Pace::new(0.0, 60.0).expect("pace"), Streams::default())
+            .iter()
+            .all(|(_, w)| w.is_zero())
+    );
+    let offsets: Vec<Duration> = plan(
+        &s,
+        &events,
+        &Pace::new(1.0, 60.0).expect("pace"),
+        Streams::default(),
+    )
+    .iter()
+    .filter(|step| matches!(step.frame, Frame::Terminal { .. }))
+    .map(|step| step.offset)
+    .collect();
+    assert_eq!(offsets, vec![ms(5100), ms(7100)]);
+}
+
+fn played(events: &[EventRow], streams: Streams, term: &Term) -> (String, Vec<Duration>) {
+    let mut out = Vec::new();
+    let mut slept = Vec::new();
+    replay::play(
+        &terminal_session(),
+        events,
+        None,
+        &Pace::new(1.0, 60.0).expect("pace"),
+        streams,
+        term,
+        &mut out,
+        &mut |d| slept.push(d),
+    )
+    .expect("play");
+    (String::from_utf8(out).expect("utf-8"), slept)
+}
+
+#[test]
+fn replay_writes_the_output_stream_safely_and_input_only_on_request() {
+    let events = one_of_each();
+    let (text, slept) = played(&events, Streams::default(), &Term::PLAIN);
+    assert!(
+        text.contains("replaying 5 events and 2 terminal chunks at 1x"),
+        "{text}"
+    );
+    // The channel, then its output as it came (line ends normalised), then, on a line of its
+    // own since the output stopped mid-line, the exit status where the agent got it.
+    let channel = "#5 ssh_channel allow (ssh_channel-rule)\n  > rm -rf /srv\nrm: cannot remove\n";
+    let stream = "'/srv': \\x1b]52;c;cHduZWQ=\\x07denied\n[+7.100s] #5 ssh_channel finished\n  => exit 1 (40.0 ms)\n[+10.000s] session ended";
+    let (a, b) = (
+        text.find(channel).unwrap_or_else(|| panic!("{text}")),
+        text.find(stream).unwrap_or_else(|| panic!("{text}")),
+    );
+    assert!(a < b, "{text}");
+    // What the agent typed is not shown, and the clipboard-writing sequence is not obeyed.
+    assert!(!text.contains("yes-please"), "{text}");
+    assert!(!text.contains('\x1b'), "{text}");
+    assert_eq!(slept.iter().sum::<Duration>(), Duration::from_secs(10));
+
+    let (with_input, _) = played(
+        &events,
+        Streams {
+            input: true,
+            raw: false,
+        },
+        &COLOR,
+    );
+    assert!(
+        with_input.contains("rm: cannot remove\n\x1b[36myes-please\n\x1b[0m'/srv'"),
+        "{with_input:?}"
+    );
+    let (raw, _) = played(
+        &events,
+        Streams {
+            input: false,
+            raw: true,
+        },
+        &Term::PLAIN,
+    );
+    assert!(
+        raw.contains("rm: cannot remove\r\n'/srv': \x1b]52;c;cHduZWQ=\x07denied\n"),
+        "{raw:?}"
+    );
+}
+
+#[test]
+fn replay_shows_the_recorded_window_size_at_its_time() {
+    let mut events = one_of_each();
+    // After the first output chunk: the agent's terminal was resized 1.0 s into the channel.
+    events.insert(
+        6,
+        EventRow {
+            detail: json!({"channel_event": 5, "stream": "window", "offset_ms": 1000,
+                           "cols": 120, "rows": 40}),
+            ..event(9, "2026-11-28T09:00:09.000Z", "terminal")
+        },
+    );
+    // Not a chunk of text: readers that count or play text skip it.
+    assert!(sessions::terminal_chunk(&events[6]).is_none());
+    let s = terminal_session();
+    let steps = plan(
+        &s,
+        &events,
+        &Pace::new(1.0, 60.0).expect("pace"),
+        Streams::default(),
+    );
+    let window = steps
+        .iter()
+        .find(|step| matches!(step.frame, Frame::Window { .. }))
+        .expect("a window step");
+    assert!(matches!(
+        window.frame,
+        Frame::Window {
+            cols: 120,
+            rows: 40
+        }
+    ));
+    assert_eq!(window.offset, Duration::from_millis(6000));
+    assert_eq!(window.wait, Duration::from_millis(900));
+    let text = replay::render_step(&s, window, &Term::PLAIN);
+    assert_eq!(text, "[+6.000s] window 120x40\n");
+    // The channel's summary names the last size.
+    let ssh = entries(&events)
+        .into_iter()
+        .find(|e| e.event.seq == 5)
+        .expect("the ssh channel");
+    let totals = ssh.terminal.expect("terminal totals");
+    assert_eq!(totals.window, Some((120, 40)));
+    assert!(
+        totals.describe().ends_with("; window 120x40"),
+        "{}",
+        totals.describe()
     );
 }

@@ -21,7 +21,10 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt as _;
 
 use super::{codec, startup, BoxIo, PgError};
-use crate::{config::Target, tls};
+use crate::{
+    target::{Credentials, Target},
+    tls,
+};
 
 /// How long a resolved name is trusted without having seen DDL.
 pub const TTL: Duration = Duration::from_secs(60);
@@ -229,7 +232,12 @@ impl Catalog {
 }
 
 async fn connect(upstream: &Upstream<'_>) -> Result<(BoxIo, BytesMut), PgError> {
-    let Some(creds) = &upstream.target.credentials else {
+    let Some(creds) = upstream
+        .target
+        .credentials
+        .as_ref()
+        .and_then(Credentials::database)
+    else {
         return Err(PgError::Unsupported(
             "no credentials for the catalog".to_owned(),
         ));

@@ -37,8 +37,8 @@ use super::{ClientStream, Dial, Ending, Idle, Refusal, RefusalKind};
 
 use crate::{
     command::{HookError, Hooks},
-    config::{Protocol, Target},
     protocol::Counters,
+    target::{Protocol, Target},
     tls::{self, LocalCa, TlsError},
 };
 

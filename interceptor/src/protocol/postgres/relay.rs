@@ -907,12 +907,7 @@ async fn client_to_server<H: Hooks>(
         } else {
             let commands: Vec<Command<'_>> = record
                 .iter()
-                .map(|p| Command {
-                    kind: p.kind,
-                    text: &p.text,
-                    params: p.params,
-                    name: p.name.as_deref(),
-                })
+                .map(|p| Command::sql(p.kind, &p.text, p.params, p.name.as_deref()))
                 .collect();
             if let Some((catalog, database)) = functions {
                 vouch_functions(ctx, catalog, database, &commands).await;

@@ -28,7 +28,12 @@ use super::{
     codec::{self, backend, frontend, Message, Startup},
     reading, BoxIo, Context, PgError,
 };
-use crate::{command::Hooks, config::UpstreamTlsMode, protocol::Ending, tls};
+use crate::{
+    command::Hooks,
+    protocol::Ending,
+    target::{Credentials, DatabaseCredentials},
+    tls::{self, UpstreamTlsMode},
+};
 
 /// Both legs after start-up, ready for the query phase.
 pub struct Legs {
@@ -137,7 +142,7 @@ async fn local_auth<H: Hooks>(
     ctx: &Context<'_, H>,
     client: &mut BoxIo,
     client_buf: &mut BytesMut,
-    local: &crate::config::SecretSource,
+    local: &crate::secret::SecretSource,
     deadline: Instant,
 ) -> Result<(), PgError> {
     let max = ctx.target.max_message_bytes;
@@ -298,29 +303,10 @@ async fn accept_client_tls<H: Hooks>(
     };
     client.write_all(b"S").await?;
     client.flush().await?;
-    let start = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), client)
+    let stream = ca
+        .accept_agent(client, ctx.dialed, &[])
         .await
-        .map_err(|e| PgError::ClientTls(e.to_string()))?;
-    // The certificate names what the client dialed: its SNI host name when it sent one, and
-    // the address, so verify-full works whether it connected by name or by IP. A routed Unix
-    // socket has no address (libpq never asks for TLS there): "localhost" stands in for it.
-    let mut names: Vec<String> = start
-        .client_hello()
-        .server_name()
-        .map(str::to_owned)
-        .into_iter()
-        .collect();
-    names.push(
-        ctx.dialed
-            .map_or_else(|| "localhost".to_owned(), |d| d.ip().to_string()),
-    );
-    let config = ca
-        .server_config(&names)
-        .map_err(|e| PgError::ClientTls(e.to_string()))?;
-    let stream = start
-        .into_stream(config)
-        .await
-        .map_err(|e| PgError::ClientTls(e.to_string()))?;
+        .map_err(PgError::ClientTls)?;
     Ok(Box::new(stream))
 }
 
@@ -404,7 +390,12 @@ async fn authenticate_with_credentials<H: Hooks>(
     client_buf: BytesMut,
 ) -> Result<Authenticated, PgError> {
     let max = ctx.target.max_message_bytes;
-    let Some(creds) = &ctx.target.credentials else {
+    let Some(creds) = ctx
+        .target
+        .credentials
+        .as_ref()
+        .and_then(Credentials::database)
+    else {
         return Err(PgError::Unsupported("no credentials".to_owned()));
     };
     // `local_auth` was the client's start-up with the gateway (`accept_client`).
@@ -470,7 +461,7 @@ pub(super) struct Login {
 /// parameters. An authentication failure is [`PgError::UpstreamAuth`].
 pub(super) async fn login(
     server: &mut BoxIo,
-    creds: &crate::config::Credentials,
+    creds: &DatabaseCredentials,
     params: &[(String, String)],
     max: usize,
 ) -> Result<Login, PgError> {
@@ -700,7 +691,7 @@ async fn authenticate_passthrough<H: Hooks>(
 }
 
 /// Compares secrets without leaking where they differ through timing.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

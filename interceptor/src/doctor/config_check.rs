@@ -10,8 +10,8 @@
 
 use std::{os::unix::fs::PermissionsExt as _, path::Path};
 
-use super::Config;
-use crate::doctor::{check, fail, ok, Check};
+use super::{check, fail, ok, Check};
+use crate::config::Config;
 
 const FIX_TARGETS: &str = "fix the [[target]] named in the message (docs/configuration.md)";
 const FIX_POLICY: &str = "fix the policy file at the position given; `interceptor policy check \
@@ -81,9 +81,13 @@ pub fn files(config: &Config) -> Vec<Check> {
         }
     }
     for t in &config.targets {
-        let credentials = t.credentials.as_ref();
-        if let Some(path) = credentials.and_then(|c| c.password_file.as_deref()) {
-            checks.push(secret(format!("secret {}", t.name), path));
+        for (field, path) in t.credentials.iter().flat_map(|c| c.secret_files()) {
+            // The password keeps its historical name; other secrets are named by field.
+            let name = match field {
+                "password_file" => format!("secret {}", t.name),
+                _ => format!("secret {} {field}", t.name),
+            };
+            checks.push(secret(name, path));
         }
         if let Some(path) = &t.local_auth.password_file {
             checks.push(secret(format!("secret {} local_auth", t.name), path));

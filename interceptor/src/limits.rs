@@ -23,7 +23,7 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::config::in_range;
+use crate::toml_file::in_range;
 
 /// Descriptors one session holds: the client's socket and the upstream's.
 pub const FDS_PER_SESSION: u64 = 2;
