@@ -35,7 +35,7 @@ use crate::{
         self, asked::Asked, file, sql, DecisionKind, Engine, Policies, Policy, Request, Subject,
     },
     protocol::http::{body, mcp, request},
-    protocol::kubernetes::request as kube,
+    protocol::kubernetes::{exec as kube_exec, request as kube, spdy as kube_spdy},
     protocol::mysql::{codec as my_codec, handshake as my_handshake, results as my_results},
     protocol::postgres::{
         codec::{self, backend, frontend, Message, Startup},
@@ -64,6 +64,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("mysql", mysql),
     ("sftp", sftp),
     ("kube_request", kube_request),
+    ("kube_spdy", kube_spdy),
     ("known_hosts", known_hosts),
 ];
 
@@ -1331,5 +1332,91 @@ pub fn commands(data: &[u8]) {
         let again = Asked::parse(family, &canonical)
             .unwrap_or_else(|e| panic!("{canonical:?} does not read back: {e}"));
         assert_eq!(again.operation().canonical(), canonical);
+    }
+}
+
+/// A SPDY exec or port-forward stream (`protocol::kubernetes::spdy`), both directions.
+///
+/// Input: the first byte picks exec (even) or port-forward (odd); then pieces, each a kind
+/// byte and a 16-bit length: 0 the agent's raw bytes, 1 the API server's raw bytes, 2 a
+/// SYN_STREAM whose (uncompressed) header block is the piece, after a 4-byte stream id,
+/// compressed here as a client would (so the fuzzer reaches streams that open), 3 an idle
+/// flush. Properties: nothing panics; what passes to the server is exactly the agent's bytes
+/// up to where they were read (never altered); what the agent is sent is whole frames; after
+/// a refusal in one direction nothing more is fed that way.
+pub fn kube_spdy(data: &[u8]) {
+    let Some((&first, mut rest)) = data.split_first() else {
+        return;
+    };
+    static HOOKS: OnceLock<MaskingHooks> = OnceLock::new();
+    let hooks = HOOKS.get_or_init(|| MaskingHooks::detecting(Strategy::Redact));
+    let recorder = kube_exec::Recorder {
+        hooks,
+        event: EventId(1),
+        started: std::time::Instant::now(),
+        masking: Some(Arc::new(hooks.0.clone()) as Arc<dyn crate::command::BodyMasking>),
+        channels: if first % 2 == 0 {
+            kube_exec::Channels::Terminal
+        } else {
+            kube_exec::Channels::PortForward
+        },
+    };
+    let mut probe = kube_spdy::Probe::new(&recorder);
+    let mut compressor = kube_spdy::Probe::<MaskingHooks>::compressor();
+    let (mut agent_fed, mut agent_passed) = (Vec::new(), Vec::new());
+    let (mut agent_ok, mut upstream_ok) = (true, true);
+    while rest.len() >= 3 {
+        let kind = rest[0];
+        let len = usize::from(u16::from_be_bytes([rest[1], rest[2]])).min(rest.len() - 3);
+        let piece = &rest[3..3 + len];
+        rest = &rest[3 + len..];
+        let agent_bytes = match kind % 4 {
+            0 => Some(piece.to_vec()),
+            2 if piece.len() >= 4 => {
+                let mut compressed = Vec::with_capacity(piece.len() + 64);
+                if compressor
+                    .compress_vec(&piece[4..], &mut compressed, flate2::FlushCompress::Sync)
+                    .is_err()
+                {
+                    return;
+                }
+                let mut payload = piece[..4].to_vec();
+                payload.extend([0, 0, 0, 0, 0, 0]);
+                payload.extend(compressed);
+                let Ok(len) = u32::try_from(payload.len()) else {
+                    return;
+                };
+                let mut frame = vec![0x80, 0x03, 0x00, 0x01, 0x00];
+                frame.extend(&len.to_be_bytes()[1..]);
+                frame.extend(payload);
+                Some(frame)
+            }
+            1 if upstream_ok => {
+                match probe.upstream_sent(piece) {
+                    Ok(out) => assert!(kube_spdy::Probe::<MaskingHooks>::whole_frames(&out)),
+                    Err(_) => upstream_ok = false,
+                }
+                None
+            }
+            3 => {
+                let out = probe.flush();
+                assert!(kube_spdy::Probe::<MaskingHooks>::whole_frames(&out));
+                None
+            }
+            _ => None,
+        };
+        if let (Some(bytes), true) = (agent_bytes, agent_ok) {
+            agent_fed.extend_from_slice(&bytes);
+            match probe.agent_sent(&bytes) {
+                Ok(pass) => {
+                    agent_passed.extend_from_slice(&pass);
+                    assert!(agent_fed.starts_with(&agent_passed));
+                    assert!(kube_spdy::Probe::<MaskingHooks>::whole_frames(
+                        &agent_passed
+                    ));
+                }
+                Err(_) => agent_ok = false,
+            }
+        }
     }
 }

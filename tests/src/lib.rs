@@ -1315,18 +1315,37 @@ pub fn approvals_cli(cfg: &TempConfig, args: &[&str]) -> Output {
 /// Waits (up to `timeout`) for a held command and returns the first one `approvals list
 /// --json` shows.
 pub fn first_pending(cfg: &TempConfig, timeout: Duration) -> Value {
-    let deadline = Instant::now() + timeout;
-    loop {
+    pending_where(cfg, timeout, |_| true)
+}
+
+/// The first held request `pick` accepts, waiting up to `timeout` for one.
+pub fn pending_where(
+    cfg: &TempConfig,
+    timeout: Duration,
+    mut pick: impl FnMut(&Value) -> bool,
+) -> Value {
+    eventually(timeout, "nothing held", || {
         let out = approvals_cli(cfg, &["list", "--json"]);
         let parsed: Option<Value> = serde_json::from_str(&out.stdout).ok();
-        if let Some(first) = parsed.and_then(|v| v.as_array().and_then(|a| a.first().cloned())) {
-            return first;
+        parsed
+            .and_then(|v| v.as_array()?.iter().find(|a| pick(a)).cloned())
+            .ok_or_else(|| out.describe())
+    })
+}
+
+/// What `probe` finds, asking every 200 ms for up to `within`; then fails with `what` and
+/// what the last probe saw instead (its `Err`).
+pub fn eventually<T>(
+    within: Duration,
+    what: &str,
+    mut probe: impl FnMut() -> Result<T, String>,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        match probe() {
+            Ok(found) => return found,
+            Err(seen) if Instant::now() >= deadline => panic!("{what}: {seen}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
         }
-        assert!(
-            Instant::now() < deadline,
-            "nothing held: {}",
-            out.describe()
-        );
-        std::thread::sleep(Duration::from_millis(200));
     }
 }

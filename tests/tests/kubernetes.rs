@@ -1,12 +1,19 @@
 //! The Kubernetes gateway (`protocol = "kubernetes"`) against a stand-in API server
-//! (tests/fixtures/kube_standin.py: HTTPS on loopback, a bearer token, discovery, pods,
-//! secrets, namespaces, deployments, exec over WebSocket) with real clients under
+//! (tests/fixtures/kube_standin.py: HTTPS on loopback, a bearer token or a client certificate,
+//! discovery, pods, secrets, namespaces, deployments, exec, attach and port-forward over
+//! WebSocket and over SPDY/3.1, plain or tunnelled in WebSocket) with real clients under
 //! `interceptor exec`: kubectl with the kubeconfig `interceptor kubeconfig` writes, and the
 //! official Python `kubernetes` client. Each request is read as the API server reads it,
-//! judged, journaled and, when held, approved before the stand-in sees it; the token is the
+//! judged, journaled and, when held, approved before the stand-in sees it; the login is the
 //! gateway's, never the agent's; Secret data is masked; exec is held, then recorded.
 
-use std::{fs, path::PathBuf, process::Command, time::Duration};
+use std::{
+    fs,
+    io::{Read, Write},
+    path::PathBuf,
+    process::Command,
+    time::Duration,
+};
 
 use interceptor_tests::*;
 
@@ -15,6 +22,12 @@ const SECRET_VALUE: &str = "hunter2-s3cret-value";
 /// Where the stand-in listens; agents dial [`DIALED`] on the same port.
 const UPSTREAM_HOST: &str = "127.0.0.5";
 const DIALED: &str = "127.0.0.4";
+/// The subject CN of the client certificate the gateway logs in with in
+/// [`Login::ClientCertificate`].
+const CLIENT_CN: &str = "interceptor-gateway";
+/// The settings that send kubectl back to SPDY (1.32 speaks WebSocket by default for both).
+const EXEC_OVER_SPDY: &str = "KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false";
+const PORT_FORWARD_OVER_SPDY: &str = "KUBECTL_PORT_FORWARD_WEBSOCKETS=false";
 
 struct Standin {
     _process: Spawned,
@@ -23,8 +36,13 @@ struct Standin {
 }
 
 impl Standin {
-    /// A CA and a server certificate for [`UPSTREAM_HOST`] (openssl), then the stand-in.
-    fn start(dir: &std::path::Path, token_file: &std::path::Path) -> Standin {
+    /// A CA and a server certificate for [`UPSTREAM_HOST`] (openssl), then the stand-in; given
+    /// `client_ca`, it also lets in a client certificate chained to that CA.
+    fn start(
+        dir: &std::path::Path,
+        token_file: &std::path::Path,
+        client_ca: Option<&std::path::Path>,
+    ) -> Standin {
         let script = format!(
             "set -e; cd {dir}; \
              openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
@@ -51,6 +69,7 @@ extendedKeyUsage=serverAuth\\n' > ext.cnf; \
             .arg(dir.join("server.key"))
             .arg(token_file)
             .arg(&log)
+            .args(client_ca)
             .current_dir("/");
         Standin {
             _process: spawn_ready(cmd, "kube-standin"),
@@ -62,6 +81,14 @@ extendedKeyUsage=serverAuth\\n' > ext.cnf; \
     /// Every request the stand-in received.
     fn received(&self) -> Vec<Value> {
         json_lines(&self.log)
+    }
+
+    /// Every request whose path ends with `suffix` (`/exec`, `/portforward`).
+    fn received_ending(&self, suffix: &str) -> Vec<Value> {
+        self.received()
+            .into_iter()
+            .filter(|r| r["path"].as_str().unwrap_or_default().ends_with(suffix))
+            .collect()
     }
 
     fn received_with(&self, method: &str, path: &str) -> Vec<Value> {
@@ -81,12 +108,63 @@ struct Cluster {
     cache: PathBuf,
 }
 
+/// How the gateway logs in to the stand-in.
+enum Login {
+    /// [`TOKEN`], from a root-only file.
+    Token,
+    /// A client certificate ([`CLIENT_CN`]) and its key, chained to a CA the stand-in trusts;
+    /// the stand-in still knows the token, the gateway does not send it.
+    ClientCertificate,
+}
+
+/// A client CA (`client-ca.pem`), and a client certificate for [`CLIENT_CN`] it signed
+/// (`client.pem`, its key `client.key` root-only), in `dir`.
+fn client_certificate(dir: &std::path::Path) {
+    let script = format!(
+        "set -e; cd {dir}; \
+         openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+           -keyout client-ca.key -out client-ca.pem -days 2 -subj /CN=standin-client-ca \
+           2>/dev/null; \
+         openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+           -keyout client.key -out client.csr -subj /CN={CLIENT_CN} 2>/dev/null; \
+         printf 'basicConstraints=CA:FALSE\\nextendedKeyUsage=clientAuth\\n' > client-ext.cnf; \
+         openssl x509 -req -in client.csr -CA client-ca.pem -CAkey client-ca.key \
+           -CAcreateserial -out client.pem -days 2 -extfile client-ext.cnf 2>/dev/null; \
+         chmod 600 client.key client-ca.key",
+        dir = dir.display()
+    );
+    let mut sh = Command::new("sh");
+    sh.args(["-c", &script]);
+    let out = run_command(sh, Duration::from_secs(30));
+    assert!(out.success(), "openssl: {}", out.describe());
+}
+
 /// The default policy (reviews time out after 60 s), one kubernetes target for the stand-in
 /// with the token from a root-only file, the upstream verified against the stand-in's CA.
 fn setup() -> Cluster {
+    setup_with(Login::Token)
+}
+
+/// [`setup`], the gateway logging in as `login` says.
+fn setup_with(login: Login) -> Cluster {
     let cfg = TempConfig::new("");
     let token_file = write_secret(&cfg, "token", &format!("{TOKEN}\n"));
-    let standin = Standin::start(cfg.dir(), &token_file);
+    let client_ca = match login {
+        Login::Token => None,
+        Login::ClientCertificate => {
+            client_certificate(cfg.dir());
+            Some(cfg.dir().join("client-ca.pem"))
+        }
+    };
+    let standin = Standin::start(cfg.dir(), &token_file, client_ca.as_deref());
+    let credentials = match login {
+        Login::Token => format!("token_file = \"{}\"\n", token_file.display()),
+        Login::ClientCertificate => format!(
+            "client_cert_file = \"{}\"\nclient_key_file = \"{}\"\n",
+            cfg.dir().join("client.pem").display(),
+            cfg.dir().join("client.key").display()
+        ),
+    };
     let default =
         fs::read_to_string(workspace_root().join("policies/default.toml")).expect("default policy");
     let policy = cfg.dir().join("policy.toml");
@@ -101,14 +179,13 @@ fn setup() -> Cluster {
          intercept = [\"{DIALED}:{port}\"]\nupstream = \"{UPSTREAM_HOST}:{port}\"\n\
          policy = \"{policy}\"\n\n\
          [target.tls]\nmode = \"verify-full\"\nca_file = \"{ca}\"\n\n\
-         [target.credentials]\ntoken_file = \"{token}\"\n",
+         [target.credentials]\n{credentials}",
         journal = cfg.journal_section(),
         state = state_dir(&cfg).display(),
         socket = cfg.dir().join("control.sock").display(),
         port = standin.port,
         policy = policy.display(),
         ca = cfg.dir().join("upstream-ca.pem").display(),
-        token = token_file.display(),
     ));
     let mut cmd = interceptor_cmd(Some(&cfg));
     cmd.args(["kubeconfig", "--target", "cluster"]);
@@ -142,6 +219,13 @@ impl Cluster {
         argv
     }
 
+    /// [`Cluster::kubectl`] with `setting` (`NAME=value`) in its environment.
+    fn kubectl_with(&self, setting: &str, args: &[&str]) -> Vec<String> {
+        let mut argv = vec!["env".to_owned(), setting.to_owned()];
+        argv.extend(self.kubectl(args));
+        argv
+    }
+
     /// The official Python client, configured from the kubeconfig (`v1`, `apps`, `rbac`).
     fn python(&self, code: &str) -> Vec<String> {
         let prelude = "import json, sys\nfrom kubernetes import client, config, watch\n\
@@ -165,10 +249,9 @@ impl Cluster {
     }
 }
 
-#[test]
-fn kubectl_and_the_python_client_read_with_the_gateways_token() {
-    require_root!();
-    let c = setup();
+/// `kubectl get pods -n default -o json` as the agent, through the gateway: the stand-in's
+/// pod comes back.
+fn kubectl_lists_web_1(c: &Cluster) {
     let out = run_exec(
         &c.cfg,
         Some("nobody"),
@@ -186,6 +269,13 @@ fn kubectl_and_the_python_client_read_with_the_gateways_token() {
         json!("web-1"),
         "{pods}"
     );
+}
+
+#[test]
+fn kubectl_and_the_python_client_read_with_the_gateways_token() {
+    require_root!();
+    let c = setup();
+    kubectl_lists_web_1(&c);
     // The Python client sends a token of its own making: it is dropped.
     let out = run_exec(
         &c.cfg,
@@ -299,27 +389,7 @@ fn a_pod_delete_is_held_denied_never_sent_and_approved_runs_once() {
 
 /// The first pending approval of another run (`interceptor exec`) than `seen`.
 fn wait_pending_other_than(cfg: &TempConfig, seen: &Value) -> Value {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let out = approvals_cli(cfg, &["list", "--json"]);
-        if let Ok(list) = serde_json::from_str::<Value>(&out.stdout) {
-            let found = list
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|a| a["run_id"] != *seen)
-                .cloned();
-            if let Some(found) = found {
-                return found;
-            }
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no new approval: {}",
-            out.describe()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    pending_where(cfg, Duration::from_secs(30), |a| a["run_id"] != *seen)
 }
 
 #[test]
@@ -398,9 +468,23 @@ fn namespace_deletes_rbac_changes_and_impersonation_are_refused() {
 fn exec_is_held_then_recorded_and_replayable() {
     require_root!();
     let c = setup();
-    let exec = c.kubectl(&[
+    exec_is_held_then_masked(&c, None);
+    assert_exec_recorded_and_replayable(&c);
+    assert_journal_lacks_split_values(&c);
+}
+
+/// `kubectl exec web-1 -- sh -c 'echo hi'` (with `setting` in its environment): held before
+/// the stand-in sees it, approved, then its output masked on its way to the agent (the
+/// default policy's detectors), each stream as a whole: the stand-in cut both values across
+/// two frames.
+fn exec_is_held_then_masked(c: &Cluster, setting: Option<&str>) {
+    let args = [
         "exec", "web-1", "-n", "default", "--", "sh", "-c", "echo hi",
-    ]);
+    ];
+    let exec = match setting {
+        Some(setting) => c.kubectl_with(setting, &args),
+        None => c.kubectl(&args),
+    };
     let agent = Spawned::spawn(exec_cmd(&c.cfg, Some("nobody"), &exec), "agent", false);
     let held = first_pending(&c.cfg, Duration::from_secs(30));
     assert_eq!(
@@ -408,15 +492,14 @@ fn exec_is_held_then_recorded_and_replayable() {
         json!("exec pods/web-1 -n default -- sh -c 'echo hi'")
     );
     assert_eq!(held["rule"], json!("kube-exec-needs-review"));
-    assert!(c
-        .standin
-        .received()
-        .iter()
-        .all(|r| !r["path"].as_str().unwrap_or_default().ends_with("/exec")));
+    assert!(c.standin.received_ending("/exec").is_empty());
     assert!(approvals_cli(&c.cfg, &["approve", held["id"].as_str().expect("id")]).success());
-    // The output is masked on its way to the agent (the default policy's detectors), each
-    // stream as a whole: the stand-in cut both values across two frames.
     assert_stream_output_masked(&agent.wait(Duration::from_secs(60)), "ran: sh -c echo hi\n");
+}
+
+/// The exec's output (`ran: sh -c …`) was recorded as `terminal` events, masked, and
+/// `interceptor sessions replay` plays it back.
+fn assert_exec_recorded_and_replayable(c: &Cluster) {
     let session = sessions(&c.cfg)
         .into_iter()
         .find(|s| {
@@ -451,7 +534,47 @@ fn exec_is_held_then_recorded_and_replayable() {
         "{}",
         replay.stdout
     );
+}
+
+/// kubectl exec forced to SPDY (`KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false`: a POST upgraded to
+/// SPDY/3.1, streams opened by the client): held like the WebSocket exec, then its stdout and
+/// stderr streams masked as wholes, recorded and replayable.
+#[test]
+fn kubectl_exec_over_spdy_is_held_then_masked_and_recorded() {
+    require_root!();
+    let c = setup();
+    // The stand-in cut both values across two SPDY DATA frames of their stream.
+    exec_is_held_then_masked(&c, Some(EXEC_OVER_SPDY));
+    let execs = c.standin.received_ending("/exec");
+    assert_eq!(execs.len(), 1, "{execs:#?}");
+    assert_spdy_upgrade(&execs[0], "v4.channel.k8s.io");
+    assert_exec_recorded_and_replayable(&c);
+    // The exit code, read from the error stream's Status.
+    let tag = result_tag(&c, "exec pods/web-1 -n default -- sh -c 'echo hi'");
+    assert!(tag.contains("exit 0"), "{tag}");
     assert_journal_lacks_split_values(&c);
+}
+
+/// `request` (as the stand-in logged it) was kubectl's SPDY upgrade, a POST offering
+/// `protocol`.
+fn assert_spdy_upgrade(request: &Value, protocol: &str) {
+    assert_eq!(request["method"], json!("POST"), "{request}");
+    let header = |name: &str| {
+        request["headers"][name]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(
+        header("upgrade").eq_ignore_ascii_case("SPDY/3.1"),
+        "{request}"
+    );
+    assert!(
+        header("x-stream-protocol-version")
+            .split(',')
+            .any(|p| p.trim() == protocol),
+        "{request}"
+    );
 }
 
 /// Halves of the values the stand-in's exec and attach write cut across two WebSocket frames
@@ -727,35 +850,152 @@ fn the_agent_sees_no_credential_in_its_kubeconfig_environment_or_journal() {
     );
 }
 
-/// kubectl 1.32's port-forward tunnels SPDY inside its WebSocket (or falls back to plain
-/// SPDY), which the gateway does not read: refused before judging, never sent.
+/// kubectl 1.32's own port-forward: SPDY/3.1 tunnelled in a WebSocket
+/// (`SPDY/3.1+portforward.k8s.io`), its default.
 #[test]
-fn kubectl_port_forward_speaks_spdy_and_is_refused() {
+fn kubectl_port_forward_over_tunneled_spdy_is_held_then_echoes_and_counts() {
     require_root!();
     let c = setup();
-    let out = run_exec_timeout(
-        &c.cfg,
-        Some("nobody"),
-        &c.kubectl(&["port-forward", "pods/web-1", "-n", "default", ":8080"]),
-        Duration::from_secs(60),
-    );
-    assert!(!out.success(), "{}", out.describe());
-    assert!(out.stderr.contains("SPDY"), "{}", out.describe());
+    kubectl_port_forward_round_trip(&c, None, "ping through the tunnel\n");
+    let upgrades = c.standin.received_ending("/portforward");
+    assert_eq!(upgrades.len(), 1, "{upgrades:#?}");
+    let request = &upgrades[0];
+    assert_eq!(request["method"], json!("GET"), "{request}");
     assert!(
-        c.standin.received().iter().all(|r| !r["path"]
+        request["headers"]["upgrade"]
             .as_str()
             .unwrap_or_default()
-            .ends_with("/portforward")),
-        "{}",
-        out.describe()
+            .eq_ignore_ascii_case("websocket"),
+        "{request}"
     );
-    let refused = c.events("kube_refused");
     assert!(
-        refused
-            .iter()
-            .any(|e| e["detail"]["reason"] == json!("stream")),
-        "{refused:#?}"
+        request["headers"]["sec-websocket-protocol"]
+            .as_str()
+            .unwrap_or_default()
+            .split(',')
+            .any(|p| p.trim() == "SPDY/3.1+portforward.k8s.io"),
+        "{request}"
     );
+}
+
+/// kubectl port-forward forced to plain SPDY/3.1 (`KUBECTL_PORT_FORWARD_WEBSOCKETS=false`).
+#[test]
+fn kubectl_port_forward_over_plain_spdy_is_held_then_echoes_and_counts() {
+    require_root!();
+    let c = setup();
+    kubectl_port_forward_round_trip(&c, Some(PORT_FORWARD_OVER_SPDY), "ping over plain spdy\n");
+    let upgrades = c.standin.received_ending("/portforward");
+    assert_eq!(upgrades.len(), 1, "{upgrades:#?}");
+    assert_spdy_upgrade(&upgrades[0], "portforward.k8s.io");
+}
+
+/// `kubectl port-forward pods/web-1 :8080` (with `setting` in its environment) under
+/// `interceptor exec`: held, approved; then `payload` sent from here to its local port comes
+/// back from the stand-in's echo, which logged it for port 8080; once kubectl is stopped, the
+/// request's result is in the journal.
+fn kubectl_port_forward_round_trip(c: &Cluster, setting: Option<&str>, payload: &str) {
+    let local = free_port();
+    let args = [
+        "port-forward",
+        "pods/web-1",
+        "-n",
+        "default",
+        "--address",
+        "127.0.0.1",
+        &format!("{local}:8080"),
+    ];
+    let argv = match setting {
+        Some(setting) => c.kubectl_with(setting, &args),
+        None => c.kubectl(&args),
+    };
+    let mut agent = Spawned::spawn(exec_cmd(&c.cfg, Some("nobody"), &argv), "agent", false);
+    let held = approve_first(c);
+    assert_eq!(
+        held["statement"],
+        json!("portforward pods/web-1 -n default")
+    );
+    assert_eq!(held["rule"], json!("kube-exec-needs-review"));
+    let listening = agent.wait_line(false, Duration::from_secs(60), |l| {
+        l.contains(&format!("Forwarding from 127.0.0.1:{local}"))
+    });
+    assert!(
+        listening.is_some(),
+        "kubectl is not forwarding: {}\n{}",
+        agent.stdout_so_far(),
+        agent.stderr_so_far()
+    );
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", local)).expect("kubectl's port");
+    conn.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    conn.write_all(payload.as_bytes()).expect("send");
+    let mut echoed = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while echoed.len() < payload.len() {
+        match conn.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => echoed.extend_from_slice(&chunk[..n]),
+        }
+    }
+    drop(conn);
+    assert_eq!(
+        String::from_utf8_lossy(&echoed),
+        payload,
+        "{}",
+        agent.stderr_so_far()
+    );
+    let forwarded: String = c
+        .standin
+        .received()
+        .iter()
+        .filter(|r| r["method"] == json!("PORTFORWARD") && r["port"] == json!(8080))
+        .map(|r| r["data"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(forwarded, payload);
+    // Stopped (interceptor exec hands the signal to kubectl): the stream ends and its
+    // result, what the relay counted, is journaled.
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    let _ = agent.wait(Duration::from_secs(30));
+    let tag = result_tag(c, "portforward pods/web-1 -n default");
+    // Over SPDY the URL names no port: the result names the ports the streams asked for.
+    assert!(
+        tag.contains("ports 8080"),
+        "{tag}: {:#?}",
+        c.kube_events().last()
+    );
+}
+
+/// The result tag of the stream request journaled as `statement`, once it is written (the
+/// stream's end writes it).
+fn result_tag(c: &Cluster, statement: &str) -> String {
+    eventually(
+        Duration::from_secs(20),
+        &format!("no result for {statement}"),
+        || {
+            let events = c.kube_events();
+            events
+                .iter()
+                .filter(|e| e["statement"] == json!(statement))
+                .find_map(|e| e["result"]["tag"].as_str().map(str::to_owned))
+                .ok_or_else(|| format!("{events:#?}"))
+        },
+    )
+}
+
+/// The gateway logs in with a client certificate instead of a token: the stand-in lets the
+/// request in for the certificate, and no `Authorization` header reaches it (the Basic auth
+/// kubectl makes from the kubeconfig's bare username is dropped, and there is no token).
+#[test]
+fn a_client_certificate_login_reaches_the_server_without_a_token() {
+    require_root!();
+    let c = setup_with(Login::ClientCertificate);
+    kubectl_lists_web_1(&c);
+    let got = c.standin.received();
+    assert!(!got.is_empty());
+    for r in &got {
+        assert_eq!(r["auth"], json!("client-cert"), "{r}");
+        assert_eq!(r["client_cn"], json!(CLIENT_CN), "{r}");
+        assert!(r["headers"].get("authorization").is_none(), "{r}");
+    }
 }
 
 /// kubectl attach (WebSocket, v5 channel protocol): held, then the output arrives with the

@@ -230,11 +230,11 @@ pub async fn serve<H: Hooks>(
                 event,
                 protocol,
                 started,
-                channels,
+                stream,
             } = tunnel;
             let (ended, summary) = {
                 let stream = async {
-                    if let Some(channels) = channels {
+                    if let Some((channels, framing)) = stream {
                         let upgraded = TokioIo::new(switched.await.map_err(StreamEnd::Switch)?);
                         let recorder = kubernetes::exec::Recorder {
                             hooks: ctx.hooks,
@@ -243,7 +243,7 @@ pub async fn serve<H: Hooks>(
                             masking: ctx.hooks.body_masking(),
                             channels,
                         };
-                        kubernetes::exec::relay(leg, early.to_vec(), upgraded, &recorder)
+                        kubernetes::relay_stream(framing, leg, early.to_vec(), upgraded, &recorder)
                             .await
                             .map(Some)
                             .map_err(StreamEnd::Frames)
@@ -272,8 +272,14 @@ pub async fn serve<H: Hooks>(
                 .as_ref()
                 .map(|s| {
                     let exit = s.exit.map(|c| format!(", exit {c}")).unwrap_or_default();
+                    let ports = if s.ports.is_empty() {
+                        String::new()
+                    } else {
+                        let ports: Vec<String> = s.ports.iter().map(u16::to_string).collect();
+                        format!(", ports {}", ports.join(","))
+                    };
                     format!(
-                        ", {} frames up ({} data bytes), {} frames down ({} data bytes){exit}",
+                        ", {} frames up ({} data bytes), {} frames down ({} data bytes){exit}{ports}",
                         s.frames_in, s.bytes_in, s.frames_out, s.bytes_out
                     )
                 })

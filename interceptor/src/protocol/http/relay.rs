@@ -112,9 +112,10 @@ pub struct Tunnel {
     pub event: EventId,
     pub protocol: String,
     pub started: Instant,
-    /// A Kubernetes exec, attach or port-forward: relayed frame by frame (exec and attach
-    /// masked and recorded); `None` for any other upgrade, spliced as bytes.
-    pub channels: Option<kubernetes::exec::Channels>,
+    /// A Kubernetes exec, attach or port-forward, and how the API server framed it:
+    /// relayed frame by frame (exec and attach masked and recorded); `None` for any other
+    /// upgrade, spliced as bytes.
+    pub stream: Option<(kubernetes::exec::Channels, kubernetes::headers::Framing)>,
 }
 
 impl<H: Hooks, D: Dial> Relay<'_, H, D> {
@@ -461,7 +462,13 @@ impl<H: Hooks, D: Dial> Relay<'_, H, D> {
             set.insert(header::HOST, host);
         }
         set.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        if let Ok(value) = HeaderValue::from_str(&protocol) {
+        // The protocol was read without case; SPDY is sent as its peers spell it.
+        let spelled = if protocol == "spdy/3.1" {
+            "SPDY/3.1"
+        } else {
+            &protocol
+        };
+        if let Ok(value) = HeaderValue::from_str(spelled) {
             set.insert(header::UPGRADE, value);
         }
         let started = Instant::now();
@@ -495,6 +502,29 @@ impl<H: Hooks, D: Dial> Relay<'_, H, D> {
             };
             return Ok(Response::from_parts(head, body.boxed_unsync()));
         }
+        let stream = match channels {
+            None => None,
+            Some(channels) => {
+                let port_forward = channels == kubernetes::exec::Channels::PortForward;
+                match kubernetes::headers::switched(&protocol, response.headers(), port_forward) {
+                    Some(framing) => Some((channels, framing)),
+                    None => {
+                        // The server switched to something the gateway did not offer: it
+                        // could not be read, so it is not relayed (fail closed).
+                        let detail = "interceptor: the API server switched to a stream \
+                                      protocol the gateway did not offer"
+                            .to_owned();
+                        self.bad_gateway(&[event], started, &detail);
+                        return Err(Problem::new(
+                            StatusCode::BAD_GATEWAY,
+                            "upstream-protocol",
+                            "The upstream's stream protocol cannot be read",
+                            detail,
+                        ));
+                    }
+                }
+            }
+        };
         let switched = hyper::upgrade::on(&mut response);
         let (mut head, _) = response.into_parts();
         let chosen = head.headers.get(header::UPGRADE).cloned();
@@ -510,7 +540,7 @@ impl<H: Hooks, D: Dial> Relay<'_, H, D> {
                 event,
                 protocol,
                 started,
-                channels,
+                stream,
             });
         }
         let empty = Full::new(Bytes::new()).map_err(|never| match never {});

@@ -45,8 +45,8 @@ const MAX_FRAME: usize = 16 << 20;
 
 /// Channels of the channel protocols.
 const STDIN: u8 = 0;
-const STDOUT: u8 = 1;
-const STDERR: u8 = 2;
+pub(super) const STDOUT: u8 = 1;
+pub(super) const STDERR: u8 = 2;
 const STATUS: u8 = 3;
 
 /// What a stream's channels carry, from the request's verb.
@@ -76,6 +76,8 @@ pub enum StreamError {
     Agent(tokio_tungstenite::tungstenite::Error),
     #[error("the API server's WebSocket: {0}")]
     Upstream(tokio_tungstenite::tungstenite::Error),
+    #[error(transparent)]
+    Spdy(#[from] super::spdy::SpdyError),
 }
 
 /// How the stream went, for the request's result.
@@ -91,6 +93,9 @@ pub struct Summary {
     pub exit: Option<i64>,
     /// What the detectors masked in stdout and stderr, per detector.
     pub masked: BTreeMap<String, u64>,
+    /// The ports a SPDY port-forward opened streams to (over WebSocket they are the
+    /// request's `ports`, already in its command).
+    pub ports: std::collections::BTreeSet<u16>,
 }
 
 /// Records one channel event's stream.
@@ -103,7 +108,7 @@ pub struct Recorder<'a, H: Hooks> {
 }
 
 impl<H: Hooks> Recorder<'_, H> {
-    fn note(&self, stream: &str, data: &[u8]) {
+    pub(super) fn note(&self, stream: &str, data: &[u8]) {
         if data.is_empty() || self.channels != Channels::Terminal {
             return;
         }
@@ -121,14 +126,14 @@ impl<H: Hooks> Recorder<'_, H> {
 
 /// The maskers of a terminal stream: stdout and stderr apart, and stdin for its record.
 /// Empty for port-forward, and when the session does not mask (bytes then pass as they came).
-struct Maskers {
+pub(super) struct Maskers {
     stdout: Option<MaskedOutput>,
     stderr: Option<MaskedOutput>,
-    stdin: Option<MaskedOutput>,
+    pub(super) stdin: Option<MaskedOutput>,
 }
 
 impl Maskers {
-    fn new(masking: Option<&Arc<dyn BodyMasking>>, channels: Channels) -> Maskers {
+    pub(super) fn new(masking: Option<&Arc<dyn BodyMasking>>, channels: Channels) -> Maskers {
         let new = || match (masking, channels) {
             (Some(m), Channels::Terminal) => Some(MaskedOutput::new(m.stream())),
             _ => None,
@@ -140,14 +145,14 @@ impl Maskers {
         }
     }
 
-    fn holds(&self) -> bool {
+    pub(super) fn holds(&self) -> bool {
         [&self.stdout, &self.stderr, &self.stdin]
             .iter()
             .any(|m| m.as_ref().is_some_and(MaskedOutput::holds))
     }
 
     /// The output masker of a channel (stdout or stderr); `None` for other channels.
-    fn output(&mut self, channel: u8) -> Option<&mut Option<MaskedOutput>> {
+    pub(super) fn output(&mut self, channel: u8) -> Option<&mut Option<MaskedOutput>> {
         match channel {
             STDOUT => Some(&mut self.stdout),
             STDERR => Some(&mut self.stderr),
@@ -155,7 +160,7 @@ impl Maskers {
         }
     }
 
-    fn take_counts(&mut self) -> BTreeMap<String, u64> {
+    pub(super) fn take_counts(&mut self) -> BTreeMap<String, u64> {
         let mut counts = BTreeMap::new();
         for m in [&mut self.stdout, &mut self.stderr].into_iter().flatten() {
             for (k, n) in m.take_counts() {
@@ -167,7 +172,7 @@ impl Maskers {
 }
 
 /// Bytes through a masker when there is one; as they are otherwise.
-fn through(mask: &mut Option<MaskedOutput>, data: &[u8]) -> Vec<u8> {
+pub(super) fn through(mask: &mut Option<MaskedOutput>, data: &[u8]) -> Vec<u8> {
     match mask {
         Some(m) => m.push(data),
         None => data.to_vec(),
@@ -225,6 +230,27 @@ where
     Ok(())
 }
 
+/// Both legs of a switched stream as WebSockets: the agent's (we are its server; `early` is
+/// what it sent past its upgrade request) and the API server's, with frames up to
+/// [`MAX_FRAME`].
+pub(super) async fn websockets<A, U>(
+    agent: A,
+    early: Vec<u8>,
+    upstream: U,
+) -> (WebSocketStream<A>, WebSocketStream<U>)
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_frame_size(Some(MAX_FRAME))
+        .max_message_size(Some(MAX_FRAME));
+    let agent =
+        WebSocketStream::from_partially_read(agent, early, Role::Server, Some(config)).await;
+    let upstream = WebSocketStream::from_raw_socket(upstream, Role::Client, Some(config)).await;
+    (agent, upstream)
+}
+
 /// Relays until both sides have closed (or one breaks off). `early` is what the agent sent
 /// past its upgrade request, already the stream's first bytes.
 pub async fn relay<H: Hooks>(
@@ -233,12 +259,7 @@ pub async fn relay<H: Hooks>(
     upstream: impl AsyncRead + AsyncWrite + Unpin,
     recorder: &Recorder<'_, H>,
 ) -> Result<Summary, StreamError> {
-    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-        .max_frame_size(Some(MAX_FRAME))
-        .max_message_size(Some(MAX_FRAME));
-    let mut agent =
-        WebSocketStream::from_partially_read(agent, early, Role::Server, Some(config)).await;
-    let mut upstream = WebSocketStream::from_raw_socket(upstream, Role::Client, Some(config)).await;
+    let (mut agent, mut upstream) = websockets(agent, early, upstream).await;
     let mut maskers = Maskers::new(recorder.masking.as_ref(), recorder.channels);
     let terminal = recorder.channels == Channels::Terminal;
     let mut summary = Summary::default();
@@ -328,7 +349,7 @@ pub async fn relay<H: Hooks>(
 
 /// The exit code in a status-channel message: a `metav1.Status`, `Success` (0) or a
 /// `NonZeroExitCode` failure naming it in its causes.
-fn exit_code(payload: &[u8]) -> Option<i64> {
+pub(super) fn exit_code(payload: &[u8]) -> Option<i64> {
     let status: Value = serde_json::from_slice(payload).ok()?;
     if status.get("status").and_then(Value::as_str) == Some("Success") {
         return Some(0);

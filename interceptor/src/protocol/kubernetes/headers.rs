@@ -5,7 +5,9 @@
 //! `Impersonate-*` would let a request act as another user (or group) with the gateway's
 //! token, so it is refused whatever the policy says. Responses must be JSON for masking to read
 //! them: protobuf is never asked for. And an exec is recorded frame by frame, which the
-//! gateway can do for the channel protocols it reads (`v4`/`v5.channel.k8s.io`) only.
+//! gateway can do for the stream protocols it reads only: the channel protocols over WebSocket
+//! (`v4`/`v5.channel.k8s.io`), SPDY with the v4 channel protocol or port-forward's, and SPDY
+//! tunnelled in a port-forward's WebSocket ([`super::spdy`]).
 
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 
@@ -50,28 +52,129 @@ pub fn force_json(headers: &mut HeaderMap) {
     }
 }
 
-/// Narrows the agent's WebSocket subprotocol offer to the channel protocols the gateway
-/// records; `false` when none of them was offered (the stream is then refused).
-pub fn channel_protocols(headers: &mut HeaderMap) -> bool {
-    let name = header::SEC_WEBSOCKET_PROTOCOL;
-    let offered: Vec<String> = headers
+/// The WebSocket subprotocol of `kubectl port-forward` (1.31 and later): SPDY tunnelled in
+/// the WebSocket's binary messages. Spelled as the API server compares it.
+pub const TUNNELED_SPDY: &str = "SPDY/3.1+portforward.k8s.io";
+
+/// The SPDY stream protocols the gateway reads (`X-Stream-Protocol-Version`): exec and attach
+/// in the v4 channel protocol (whose error stream carries a `Status`), port-forward's one.
+pub const SPDY_TERMINAL: &str = "v4.channel.k8s.io";
+pub const SPDY_PORT_FORWARD: &str = "portforward.k8s.io";
+
+/// The header naming a SPDY stream protocol, offered by the client and chosen by the server.
+pub const STREAM_PROTOCOL: &str = "x-stream-protocol-version";
+
+/// Narrows the agent's offer of stream protocols to those the gateway reads for this
+/// stream; `false` when none is left (the stream is then refused). A WebSocket (`upgrade`
+/// `websocket`) keeps the channel protocols (and, for a port-forward, SPDY tunnelled); SPDY
+/// (`spdy/3.1`) keeps the v4 channel protocol, or port-forward's. The other kind's header
+/// is dropped, so the server chooses from what the gateway reads and nothing else.
+pub fn stream_protocols(headers: &mut HeaderMap, upgrade: &str, port_forward: bool) -> bool {
+    let (name, other, known): (HeaderName, HeaderName, Vec<&str>) = match upgrade {
+        "websocket" => {
+            let mut known = CHANNEL_PROTOCOLS.to_vec();
+            if port_forward {
+                known.push(TUNNELED_SPDY);
+            }
+            (
+                header::SEC_WEBSOCKET_PROTOCOL,
+                HeaderName::from_static(STREAM_PROTOCOL),
+                known,
+            )
+        }
+        "spdy/3.1" => (
+            HeaderName::from_static(STREAM_PROTOCOL),
+            header::SEC_WEBSOCKET_PROTOCOL,
+            vec![if port_forward {
+                SPDY_PORT_FORWARD
+            } else {
+                SPDY_TERMINAL
+            }],
+        ),
+        _ => return false,
+    };
+    // Offered names compare without case and are sent spelled as the server knows them.
+    let offered: Vec<&str> = headers
         .get_all(&name)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|p| p.trim().to_ascii_lowercase())
-        .filter(|p| CHANNEL_PROTOCOLS.contains(&p.as_str()))
+        .filter_map(|p| {
+            known
+                .iter()
+                .find(|k| k.eq_ignore_ascii_case(p.trim()))
+                .copied()
+        })
         .collect();
     headers.remove(&name);
+    headers.remove(&other);
     if offered.is_empty() {
         return false;
     }
-    match HeaderValue::from_str(&offered.join(", ")) {
-        Ok(value) => {
-            headers.insert(name, value);
-            true
+    if upgrade == "websocket" {
+        // One header, in the agent's order of preference.
+        let mut unique: Vec<&str> = Vec::new();
+        for p in offered {
+            if !unique.contains(&p) {
+                unique.push(p);
+            }
         }
-        Err(_) => false,
+        headers.insert(
+            name,
+            HeaderValue::from_str(&unique.join(", "))
+                .unwrap_or_else(|_| HeaderValue::from_static("v4.channel.k8s.io")),
+        );
+    } else {
+        headers.insert(name, HeaderValue::from_static(offered[0]));
+    }
+    true
+}
+
+/// How the API server framed an approved stream, read from its 101.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// A WebSocket in the v4 or v5 channel protocol.
+    Channels,
+    /// Plain SPDY/3.1.
+    Spdy,
+    /// SPDY/3.1 in a WebSocket's binary messages.
+    TunneledSpdy,
+}
+
+/// The framing the API server chose, from its 101: what it names must be one of what the
+/// gateway offered for this stream (`None` otherwise: the switch is not relayed).
+pub fn switched(upgrade: &str, answer: &HeaderMap, port_forward: bool) -> Option<Framing> {
+    let one = |name: &str| {
+        let mut values = answer.get_all(name).iter();
+        match (values.next(), values.next()) {
+            (Some(v), None) => v.to_str().ok().map(str::trim),
+            _ => None,
+        }
+    };
+    match upgrade {
+        "websocket" => {
+            let chosen = one(header::SEC_WEBSOCKET_PROTOCOL.as_str())?;
+            if CHANNEL_PROTOCOLS
+                .iter()
+                .any(|p| p.eq_ignore_ascii_case(chosen))
+            {
+                Some(Framing::Channels)
+            } else if port_forward && chosen.eq_ignore_ascii_case(TUNNELED_SPDY) {
+                Some(Framing::TunneledSpdy)
+            } else {
+                None
+            }
+        }
+        "spdy/3.1" => {
+            let chosen = one(STREAM_PROTOCOL)?;
+            let wanted = if port_forward {
+                SPDY_PORT_FORWARD
+            } else {
+                SPDY_TERMINAL
+            };
+            chosen.eq_ignore_ascii_case(wanted).then_some(Framing::Spdy)
+        }
+        _ => None,
     }
 }
 
@@ -128,13 +231,74 @@ mod tests {
             "sec-websocket-protocol",
             "v5.channel.k8s.io, v4.channel.k8s.io, base64.channel.k8s.io",
         )]);
-        assert!(channel_protocols(&mut h));
+        assert!(stream_protocols(&mut h, "websocket", false));
         assert_eq!(
             h[header::SEC_WEBSOCKET_PROTOCOL],
             "v5.channel.k8s.io, v4.channel.k8s.io"
         );
         let mut h = map(&[("sec-websocket-protocol", "base64.channel.k8s.io")]);
-        assert!(!channel_protocols(&mut h));
-        assert!(!channel_protocols(&mut HeaderMap::new()));
+        assert!(!stream_protocols(&mut h, "websocket", false));
+        assert!(!stream_protocols(&mut HeaderMap::new(), "websocket", false));
+        // SPDY tunnelled in the WebSocket: port-forward only, spelled as the server knows it.
+        let tunneled = [("sec-websocket-protocol", "spdy/3.1+portforward.k8s.io")];
+        assert!(!stream_protocols(&mut map(&tunneled), "websocket", false));
+        let mut h = map(&tunneled);
+        assert!(stream_protocols(&mut h, "websocket", true));
+        assert_eq!(h[header::SEC_WEBSOCKET_PROTOCOL], TUNNELED_SPDY);
+        // Plain SPDY: one version, the one the gateway reads; the WebSocket offer is dropped.
+        let mut h = map(&[
+            ("x-stream-protocol-version", "v5.channel.k8s.io"),
+            ("x-stream-protocol-version", "v4.channel.k8s.io"),
+            ("x-stream-protocol-version", "v3.channel.k8s.io"),
+            ("sec-websocket-protocol", "v4.channel.k8s.io"),
+        ]);
+        assert!(stream_protocols(&mut h, "spdy/3.1", false));
+        let versions: Vec<_> = h.get_all(STREAM_PROTOCOL).iter().collect();
+        assert_eq!(versions, ["v4.channel.k8s.io"]);
+        assert!(h.get(header::SEC_WEBSOCKET_PROTOCOL).is_none());
+        let mut h = map(&[("x-stream-protocol-version", "v3.channel.k8s.io")]);
+        assert!(!stream_protocols(&mut h, "spdy/3.1", false));
+        let mut h = map(&[("x-stream-protocol-version", "portforward.k8s.io")]);
+        assert!(stream_protocols(&mut h, "spdy/3.1", true));
+        assert!(!stream_protocols(&mut h, "h2c", true));
+    }
+
+    #[test]
+    fn the_servers_choice_must_be_one_the_gateway_offered() {
+        let ws = |p: &str| map(&[("sec-websocket-protocol", p)]);
+        assert_eq!(
+            switched("websocket", &ws("v5.channel.k8s.io"), false),
+            Some(Framing::Channels)
+        );
+        assert_eq!(
+            switched("websocket", &ws("SPDY/3.1+portforward.k8s.io"), true),
+            Some(Framing::TunneledSpdy)
+        );
+        assert_eq!(
+            switched("websocket", &ws("SPDY/3.1+portforward.k8s.io"), false),
+            None
+        );
+        assert_eq!(
+            switched("websocket", &ws("base64.channel.k8s.io"), false),
+            None
+        );
+        assert_eq!(switched("websocket", &HeaderMap::new(), false), None);
+        let spdy = |p: &str| map(&[("x-stream-protocol-version", p)]);
+        assert_eq!(
+            switched("spdy/3.1", &spdy("v4.channel.k8s.io"), false),
+            Some(Framing::Spdy)
+        );
+        assert_eq!(
+            switched("spdy/3.1", &spdy("v3.channel.k8s.io"), false),
+            None
+        );
+        assert_eq!(
+            switched("spdy/3.1", &spdy("portforward.k8s.io"), true),
+            Some(Framing::Spdy)
+        );
+        assert_eq!(
+            switched("spdy/3.1", &spdy("portforward.k8s.io"), false),
+            None
+        );
     }
 }

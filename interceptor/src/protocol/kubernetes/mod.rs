@@ -12,8 +12,9 @@
 //! - [`request`]: path, method and query into a [`KubeRequest`], as `requestinfo.go` does.
 //! - [`object`]: the body's kind, and its namespace checked against the URL's.
 //! - [`headers`]: impersonation, `Accept` forced to JSON, the exec channel protocols.
-//! - [`exec`]: an approved exec/attach/port-forward stream, relayed frame by frame (exec and
-//!   attach masked as whole streams and recorded, port-forward counted).
+//! - [`exec`]: an approved exec/attach/port-forward WebSocket stream, relayed frame by frame
+//!   (exec and attach masked as whole streams and recorded, port-forward counted).
+//! - [`spdy`]: the same streams over SPDY/3.1, plain or tunnelled in a WebSocket.
 //! - [`kubeconfig`]: the agent's kubeconfig (no credentials in it).
 
 pub mod exec;
@@ -21,6 +22,7 @@ pub mod headers;
 pub mod kubeconfig;
 pub mod object;
 pub mod request;
+pub mod spdy;
 
 use hyper::{
     header::{self, HeaderMap, HeaderValue},
@@ -46,8 +48,10 @@ pub enum Refused {
     #[error(transparent)]
     Object(#[from] object::BadObject),
     #[error(
-        "only exec, attach and port-forward streams over WebSocket with the v4 or v5 \
-         channel protocols are relayed (and recorded); SPDY and other upgrades are refused"
+        "only exec, attach and port-forward streams are relayed (and recorded): over \
+         WebSocket with the v4 or v5 channel protocols, over SPDY/3.1 with the v4 channel \
+         protocol or port-forward's, or SPDY tunnelled in a port-forward's WebSocket; other \
+         upgrades are refused"
     )]
     Stream,
 }
@@ -80,7 +84,8 @@ pub fn describe(
     let mut kube = request::read(method.as_str(), path, query)?;
     if let Some(protocol) = upgrade {
         let streams = matches!(kube.verb.as_str(), "exec" | "attach" | "portforward");
-        if !streams || protocol != "websocket" || !headers::channel_protocols(headers) {
+        let port_forward = kube.verb == "portforward";
+        if !streams || !headers::stream_protocols(headers, protocol, port_forward) {
             return Err(Refused::Stream);
         }
     }
@@ -90,6 +95,24 @@ pub fn describe(
     let described = object::read(&kube.verb, kube.namespace.as_deref(), content_type, body)?;
     kube.kind = described.kind;
     Ok(kube)
+}
+
+/// Relays an approved exec, attach or port-forward stream in the framing the API server
+/// switched to, until either side closes.
+pub async fn relay_stream<H: crate::command::Hooks>(
+    framing: headers::Framing,
+    agent: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    early: Vec<u8>,
+    upstream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    recorder: &exec::Recorder<'_, H>,
+) -> Result<exec::Summary, exec::StreamError> {
+    match framing {
+        headers::Framing::Channels => exec::relay(agent, early, upstream, recorder).await,
+        headers::Framing::Spdy => Ok(spdy::relay(agent, early, upstream, recorder).await?),
+        headers::Framing::TunneledSpdy => {
+            Ok(spdy::relay_tunneled(agent, early, upstream, recorder).await?)
+        }
+    }
 }
 
 /// The `Authorization` value for a token login, read now (so a rotated token is used at
@@ -150,12 +173,15 @@ mod tests {
             describe(&Method::GET, "/api/v1/pods", None, &mut h, b"", None),
             Err(Refused::Impersonation(_))
         ));
-        // SPDY, or a WebSocket without a channel protocol, or an upgrade that is no stream.
-        let mut h = headers(&[("sec-websocket-protocol", "v4.channel.k8s.io")]);
+        // SPDY without a version the gateway reads, or a WebSocket without a channel
+        // protocol, or an upgrade that is no stream.
+        let mut h = headers(&[("x-stream-protocol-version", "v3.channel.k8s.io")]);
         assert_eq!(
             describe(&Method::POST, exec, None, &mut h, b"", Some("spdy/3.1")),
             Err(Refused::Stream)
         );
+        let mut h = headers(&[("x-stream-protocol-version", "v4.channel.k8s.io")]);
+        assert!(describe(&Method::POST, exec, None, &mut h, b"", Some("spdy/3.1")).is_ok());
         let mut h = headers(&[("sec-websocket-protocol", "base64.channel.k8s.io")]);
         assert_eq!(
             describe(&Method::GET, exec, None, &mut h, b"", Some("websocket")),
