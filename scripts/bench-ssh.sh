@@ -146,7 +146,9 @@ cmd = (f"`scripts/bench-ssh.sh` (SSH_ROUNDS={rounds} SSH_SCP_BYTES={scp_bytes} S
 section = section_header(
     "SSH (issue 20)", cmd,
     f"Median of {rounds} rounds (paths alternate). OpenSSH 9.2 client and server (Debian), "
-    "default ciphers; scp 9.2 speaks SFTP, so the download is an SFTP read (allowed by the "
+    "default settings (direct, OpenSSH chooses chacha20-poly1305; through the gateway, both "
+    "legs use aes256-gcm, which the gateway offers instead of chacha20); scp 9.2 speaks SFTP, "
+    "so the download is an SFTP read (allowed by the "
     "default policy, each open judged and journaled, file contents neither masked nor recorded).",
     "Gateway: `interceptor exec`, an `ssh` target (127.0.0.6 → 127.0.0.5), journal on (each "
     "channel committed before the server hears of it), the shipped default policy; it "

@@ -71,6 +71,10 @@ pub fn config(trust: SshTrust) -> Config {
         certificates: vec![trust.host_cert],
         inactivity_timeout: None,
         nodelay: true,
+        preferred: russh::Preferred {
+            cipher: Cow::Borrowed(super::AGENT_CIPHERS),
+            ..russh::Preferred::default()
+        },
         ..Config::default()
     }
 }

@@ -199,7 +199,10 @@ pub async fn login(
         trusted: trusted.clone(),
         checked: checked.clone(),
     };
-    let mut preferred = russh::Preferred::default();
+    let mut preferred = russh::Preferred {
+        cipher: std::borrow::Cow::Borrowed(super::UPSTREAM_CIPHERS),
+        ..russh::Preferred::default()
+    };
     // A server is asked for its host certificate only when an authority could vouch for it:
     // otherwise a server with one would be refused for presenting it.
     if trusted.has_authority_for(&host_field(&server.host, server.port)) {
