@@ -211,10 +211,11 @@ in_gateway() {
 # (nobody approves thousands of TPC-B writes a second); masking and every deny rule unchanged.
 writes_allowed_policy() {
   local file="$WORK/default-writes-allowed.toml"
-  sed -e 's/^decision = "review"$/decision = "allow"/' "$BENCH_ROOT/policies/default.toml" >"$file"
-  if [ "$(grep -c '^decision = "review"$' "$BENCH_ROOT/policies/default.toml")" != 1 ] \
-    || grep -q '^decision = "review"$' "$file"; then
-    say "policies/default.toml no longer has exactly one review rule: update writes_allowed_policy"
+  # The SQL rule `writes-need-review` turned to allow: its `decision` is the line after its name.
+  sed -e '/^name = "writes-need-review"$/{n;s/^decision = "review"$/decision = "allow"/}' \
+    "$BENCH_ROOT/policies/default.toml" >"$file"
+  if ! grep -A1 '^name = "writes-need-review"$' "$file" | grep -q '^decision = "allow"$'; then
+    say "policies/default.toml has no \`writes-need-review\` rule with its decision next: update writes_allowed_policy"
     return 1
   fi
   echo "$file"

@@ -8,7 +8,10 @@
 #   interceptor  pgbench (under `interceptor exec`) -> gateway (journal on, allow-all policy
 #                policies/examples/journal-only.toml) -> postgres
 #   policy       the same with the shipped default policy (journal and masking on); for TPC-B a
-#                copy of it whose one `decision = "review"` (writes wait for a human) is "allow"
+#                copy of it whose SQL rule `writes-need-review` (writes wait for a human) allows
+#   threads2     interceptor, allow-all, on two worker threads (`[proxy] worker_threads = 2`)
+#                instead of the default one: pgbench -S at 8 clients only, reported against the
+#                allow-all path of the same run (issue 22: the runtime layout, by measurement)
 # Writes TPS, ratio to direct and p50/p99 latency (and what each path adds) to $BENCH_DOC
 # between the pg-bench markers, and the 8-client goals to the summary. Loopback only; every
 # run is time-bounded.
@@ -25,6 +28,7 @@ pgbench -h 127.0.0.1 -p "$BENCH_PGPORT" -U postgres -i -q -s "$SCALE" bench >/de
 bouncer_start "$MAX_CLIENTS"
 
 gateway_config "$BENCH_ROOT/policies/examples/journal-only.toml" >"$WORK/allow.toml"
+{ cat "$WORK/allow.toml"; printf '[proxy]\nworker_threads = 2\n'; } >"$WORK/allow-threads2.toml"
 gateway_config "$BENCH_ROOT/policies/default.toml" >"$WORK/policy-select.toml"
 gateway_config "$(writes_allowed_policy)" >"$WORK/policy-tpcb.toml"
 
@@ -35,6 +39,7 @@ run() { # path script clients
   case $path in
     pgbouncer) port=$BOUNCER_PORT ;;
     interceptor) host=127.0.0.2 wrap=(in_gateway "$WORK/allow.toml") ;;
+    threads2) host=127.0.0.2 wrap=(in_gateway "$WORK/allow-threads2.toml") ;;
     policy) host=127.0.0.2 wrap=(in_gateway "$WORK/policy-$script.toml") ;;
   esac
   local log="$WORK/log-$path-$script-$clients"
@@ -57,6 +62,9 @@ for script in select tpcb; do
     for path in direct pgbouncer interceptor policy; do
       run "$path" "$script" "$clients"
     done
+    if [ "$script" = select ] && [ "$clients" = 8 ]; then
+      run threads2 "$script" "$clients"
+    fi
   done
 done
 
@@ -102,6 +110,15 @@ for script in ("select", "tpcb"):
                      f"{r:.2f}× ({tps.get((path, script, n), 0.0):,.0f} TPS; pgbouncer {b:.2f}×; "
                      f"p50/p99 {latencies(path, script, n)[0]:.2f}/{latencies(path, script, n)[1]:.2f} ms)",
                      "≥ pgbouncer's ratio and ≥ 0.75×", ok)
+        if script == "select" and n == 8 and ("threads2", script, n) in tps:
+            t = tps[("threads2", script, n)]
+            p50, p99 = latencies("threads2", script, n)
+            one = tps.get(("interceptor", script, n)) or 1.0
+            rows.append(f"| {script} | {n} | interceptor, allow-all, 2 worker threads | {t:,.0f} | "
+                        f"{t / d:.2f}x ({t / one:.2f}x of 1 thread) | {p50:.3f} / {p99:.3f} | "
+                        f"+{p50 - dl[0]:.3f} / +{p99 - dl[1]:.3f} |")
+            goal("pg-threads", "pgbench -S, 8 clients, allow-all, 2 worker threads vs 1 (issue 22)",
+                 f"{t / one:.2f}× ({t:,.0f} against {one:,.0f} TPS)", "none (reported)", None)
         if script == "select" and n == 8:
             allow = tps.get(("interceptor", script, n)) or 1.0
             within = tps.get(("policy", script, n), 0.0) / allow
@@ -114,7 +131,9 @@ section = section_header(
     "PostgreSQL 15 on 127.0.0.1, fsync and synchronous_commit off; pgbouncer in session mode",
     "interceptor, allow-all: `interceptor exec` with a postgres target, journal on, `policies/examples/journal-only.toml`",
     "interceptor, default policy: `policies/default.toml` (journal and masking on); for TPC-B a copy in which "
-    "the one `decision = \"review\"` (writes wait for a human) reads `decision = \"allow\"`",
+    "the SQL rule `writes-need-review` (writes wait for a human) reads `decision = \"allow\"`",
+    "interceptor, allow-all, 2 worker threads: the allow-all gateway with `[proxy] worker_threads = 2` "
+    "(pgbench -S, 8 clients only)",
     "Goal: the interceptor's ratio to direct at least pgbouncer's, and at 8 clients at least 0.75x",
 )
 section += ["| script | clients | path | TPS | ratio to direct | latency p50 / p99 (ms) | added p50 / p99 (ms) |",

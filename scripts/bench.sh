@@ -53,6 +53,7 @@ expected = [
     ("pg-tpcb-interceptor", "pgbench TPC-B-like, 8 clients, interceptor, allow-all vs direct"),
     ("pg-tpcb-policy", "pgbench TPC-B-like, 8 clients, interceptor, default policy vs direct"),
     ("pg-policy-cost", "pgbench -S, 8 clients, default policy vs allow-all through the interceptor"),
+    ("pg-threads", "pgbench -S, 8 clients, allow-all, 2 worker threads vs 1 (issue 22)"),
     ("hook", "connect() overhead of the eBPF hooks, destination not intercepted"),
     ("setup", "connections per second through the interceptor vs direct"),
     ("relay", "bulk relay over TCP vs direct"),

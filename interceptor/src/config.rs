@@ -145,6 +145,15 @@ pub struct ProxyConfig {
     /// Seconds a large message waits for that budget before it is refused.
     #[serde(default = "default_buffer_wait")]
     pub buffer_wait_secs: u64,
+    /// Threads that run sessions (`exec` and `run`): 1, the default, runs the whole gateway on
+    /// one thread, which measured best on small hosts where the agents and the servers share
+    /// the cores (docs/performance.md, "Worker threads"); more runs that many workers (a
+    /// session may move between them); 0 is one per CPU.
+    #[serde(
+        default = "default_worker_threads",
+        deserialize_with = "worker_threads"
+    )]
+    pub worker_threads: usize,
 }
 
 impl Default for ProxyConfig {
@@ -154,6 +163,7 @@ impl Default for ProxyConfig {
             connect_timeout_secs: default_connect_timeout(),
             buffer_budget_bytes: default_buffer_budget(),
             buffer_wait_secs: default_buffer_wait(),
+            worker_threads: default_worker_threads(),
         }
     }
 }
@@ -192,6 +202,18 @@ impl ProxyConfig {
 fn default_proxy_port() -> u16 {
     15001
 }
+fn default_worker_threads() -> usize {
+    1
+}
+fn worker_threads<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    in_range(
+        d,
+        "worker_threads",
+        0..=256,
+        "0 is one per CPU; more threads than that only contend",
+    )
+}
+
 fn default_connect_timeout() -> u64 {
     10
 }

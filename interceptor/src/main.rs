@@ -466,8 +466,23 @@ fn raise_fd_limit() {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    gateway_runtime(1)
+}
+
+/// The runtime sessions run on: one thread (`[proxy] worker_threads = 1`, the default), or a
+/// multi-thread runtime with that many workers (0: one per CPU).
+fn gateway_runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
     raise_fd_limit();
-    tokio::runtime::Builder::new_current_thread()
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        if workers > 1 {
+            builder.worker_threads(workers);
+        }
+        builder
+    };
+    builder
         .enable_all()
         .build()
         .map_err(|e| anyhow::anyhow!("starting the async runtime: {e}"))
@@ -495,7 +510,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 tls: trust_tls,
                 ssh: trust_ssh,
             };
-            let code = runtime()?.block_on(interceptor::exec::exec(
+            let workers = config.proxy.worker_threads;
+            let code = gateway_runtime(workers)?.block_on(interceptor::exec::exec(
                 config,
                 user.as_deref(),
                 trust,
@@ -504,7 +520,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
         }
         Command::Run => {
-            runtime()?.block_on(interceptor::service::run(config))?;
+            let workers = config.proxy.worker_threads;
+            gateway_runtime(workers)?.block_on(interceptor::service::run(config))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Doctor { json } => {

@@ -1,5 +1,6 @@
-//! 200 concurrent captured connections, each relaying a distinct 64 KiB payload. Bounded: the
-//! client gives up after 90 s and the exec run is killed after 150 s.
+//! 200 concurrent captured connections, each relaying a distinct 64 KiB payload, on the default
+//! one-thread gateway and on two worker threads. Bounded: the client gives up after 90 s and
+//! the exec run is killed after 150 s.
 
 use std::{collections::HashSet, time::Duration};
 
@@ -42,8 +43,22 @@ asyncio.run(main())
 #[test]
 fn two_hundred_concurrent_64k_connections_are_relayed_and_journaled() {
     require_root!();
+    relayed_and_journaled("");
+}
+
+/// The same on a gateway whose sessions run on two worker threads (`[proxy] worker_threads`):
+/// sessions move between threads, and each is still relayed whole and journaled once.
+#[test]
+fn two_worker_threads_relay_and_journal_every_connection() {
+    require_root!();
+    relayed_and_journaled("[proxy]\nworker_threads = 2\n");
+}
+
+/// [`CONNECTIONS`] payloads echoed intact through a gateway configured with `extra`, and one
+/// finished session journaled for each, with its bytes.
+fn relayed_and_journaled(extra: &str) {
     let echo = EchoServer::start("127.0.0.2");
-    let cfg = TempConfig::new("");
+    let cfg = TempConfig::new(extra);
     let out = run_python_exec(
         &cfg,
         None,

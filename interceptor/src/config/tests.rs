@@ -326,6 +326,19 @@ fn a_zero_connect_timeout_is_refused_with_its_position() {
 }
 
 #[test]
+fn worker_threads_default_to_one_and_are_bounded() {
+    assert_eq!(parse("").expect("default").proxy.worker_threads, 1);
+    let config = parse("[proxy]\nworker_threads = 0\n").expect("one per CPU");
+    assert_eq!(config.proxy.worker_threads, 0);
+    let err = parse("[proxy]\nworker_threads = 1000\n").unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("worker_threads = 1000 is out of range: give 0 to 256"),
+        "{err}"
+    );
+}
+
+#[test]
 fn the_packaged_config_shows_the_limits_defaults() {
     // Uncommented, the `[limits]` block of the packaged config is exactly the defaults.
     let block: String = crate::install::DEFAULT_CONFIG
