@@ -18,6 +18,7 @@ const GOAL_ROWS: &[&str] = &[
     "pgbench TPC-B-like, 8 clients, interceptor, allow-all vs direct",
     "pgbench TPC-B-like, 8 clients, interceptor, default policy vs direct",
     "default policy vs allow-all",
+    "2 worker threads vs 1",
     "connect() overhead of the eBPF hooks",
     "connections per second through the interceptor",
     "bulk relay",
