@@ -517,6 +517,54 @@ def http_body_seeds():
     return n
 
 
+def kube_spdy_seeds():
+    """A SPDY exec (values split across stdout and stderr frames, the status, a ping, a window
+    update) and a port-forward, in the target's pieces (see `interceptor::fuzzing::kube_spdy`:
+    a kind byte and a 16-bit length; kind 2 is a SYN_STREAM whose header block the target
+    compresses), and SYN_STREAMs the gateway refuses."""
+    reset("kube_spdy")
+
+    def block(pairs):
+        out = struct.pack(">I", len(pairs))
+        for name, value in pairs:
+            out += struct.pack(">I", len(name)) + name + struct.pack(">I", len(value)) + value
+        return out
+
+    def piece(kind, data):
+        return bytes([kind]) + struct.pack(">H", len(data)) + data
+
+    def syn(stream, pairs):
+        return piece(2, struct.pack(">I", stream) + block(pairs))
+
+    def data(stream, payload, fin=False):
+        return (struct.pack(">I", stream) + bytes([1 if fin else 0])
+                + struct.pack(">I", len(payload))[1:] + payload)
+
+    def control(kind, payload):
+        return b"\x80\x03" + struct.pack(">H", kind) + b"\0" + struct.pack(">I", len(payload))[1:] + payload
+
+    exec_ = b"\0" + b"".join(syn(i, [(b"streamtype", t)]) for i, t in
+                             [(1, b"error"), (3, b"stdout"), (5, b"stderr"), (7, b"stdin")])
+    exec_ += piece(0, data(7, b"ls -l\n")) + piece(1, control(2, b"\0\0\0\x03\x78\x9c"))
+    exec_ += piece(1, data(3, b"contact: ada.lovelace")) + piece(1, data(5, b"card 4111 1111"))
+    exec_ += piece(3, b"") + piece(1, data(3, b"@example.com\nprompt$ "))
+    exec_ += piece(1, data(5, b" 1111 1111\n", True))
+    exec_ += piece(1, data(1, b'{"metadata":{},"status":"Success"}', True))
+    exec_ += piece(0, control(6, b"\0\0\0\x01")) + piece(1, control(9, b"\0\0\0\x03\0\0\x10\0"))
+    write("kube_spdy", exec_, "exec")
+    port = [(b"port", b"8080"), (b"requestid", b"0")]
+    forward = b"\x01" + syn(1, [(b"streamtype", b"error")] + port)
+    forward += syn(3, [(b"streamtype", b"data")] + port)
+    forward += piece(0, data(3, b"GET / HTTP/1.0\r\n\r\n"))
+    forward += piece(1, data(3, b"HTTP/1.0 200 OK\r\n\r\nalice@example.com"))
+    forward += piece(0, control(3, b"\0\0\0\x03\0\0\0\x05"))
+    write("kube_spdy", forward, "port_forward")
+    refused = b"\0" + syn(1, [(b"StreamType", b"stdout")])
+    refused += syn(3, [(b"streamtype", b"stdout\0stdin")])
+    write("kube_spdy", refused, "refused")
+    return 3
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pg", action="store_true", help="also capture PostgreSQL traffic")
@@ -529,6 +577,7 @@ def main():
     print("commands:", command_seeds())
     print("http_mcp:", http_mcp_seeds())
     print("http_body:", http_body_seeds())
+    print("kube_spdy:", kube_spdy_seeds())
     if args.pg:
         print("postgres_client/server:", pg_seeds())
 
