@@ -303,10 +303,26 @@ pub async fn run<H: Hooks>(ctx: &Context<'_, H>, legs: Legs) -> Result<(), PgErr
     }
 }
 
-/// Reads more bytes into `buf`; `Ok(false)` at end of stream.
+/// What a leg reads into when nothing is pending: enough for the small messages that are
+/// most of them. An idle session waits in this read, so this, not [`READ_CHUNK`], is what it
+/// holds per leg (issue 22: 2 × 64 KiB were most of an idle session's 169 KiB).
+const IDLE_READ: usize = 4 * 1024;
+
+/// Reads more bytes into `buf`; `Ok(false)` at end of stream. With nothing pending, a buffer
+/// that grew well past [`IDLE_READ`] is given back before the wait (one at about that size is
+/// kept, so a session of small messages does not allocate per read); with part of a message
+/// in it, reads are [`READ_CHUNK`] at a time.
 async fn fill(reader: &mut (impl AsyncRead + Unpin), buf: &mut BytesMut) -> std::io::Result<bool> {
-    if buf.capacity() - buf.len() < READ_CHUNK {
-        buf.reserve(READ_CHUNK);
+    if buf.is_empty() && buf.capacity() >= 2 * IDLE_READ {
+        *buf = BytesMut::new();
+    }
+    let want = if buf.is_empty() {
+        IDLE_READ
+    } else {
+        READ_CHUNK
+    };
+    if buf.capacity() - buf.len() < want {
+        buf.reserve(want);
     }
     Ok(reader.read_buf(buf).await? > 0)
 }
