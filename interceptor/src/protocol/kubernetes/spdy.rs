@@ -64,7 +64,7 @@ const MAX_STATUS: usize = 64 << 10;
 /// How much is read from a raw leg at once.
 const READ_CHUNK: usize = 64 << 10;
 
-/// The zlib dictionary of SPDY/3 header blocks (SPDY/3 §2.6.10.1).
+/// The zlib dictionary of SPDY/3 header blocks (the SPDY/3 draft, its header compression section).
 const DICTIONARY: &[u8] = b"\
     \x00\x00\x00\x07options\x00\x00\x00\x04head\x00\x00\x00\x04post\x00\x00\x00\x03put\x00\
     \x00\x00\x06delete\x00\x00\x00\x05trace\x00\x00\x00\x06accept\x00\x00\x00\x0eaccept-char\
@@ -123,6 +123,13 @@ enum Head {
 }
 
 impl Head {
+    /// The payload's length (the frame is 8 bytes longer).
+    fn len(self) -> usize {
+        match self {
+            Head::Data { len, .. } | Head::Control { len, .. } => len,
+        }
+    }
+
     /// The head of the frame at the front of `buf`, once all of it is there.
     fn whole(buf: &[u8]) -> Result<Option<Head>, Malformed> {
         let Some(head) = buf.get(..8) else {
@@ -353,15 +360,24 @@ impl<'r, 'h, H: Hooks> Session<'r, 'h, H> {
     /// Takes the agent's bytes; returns the whole frames to send on, as they came.
     fn agent_sent(&mut self, data: &[u8]) -> Result<Bytes, Malformed> {
         self.from_agent.extend_from_slice(data);
+        // The buffer is taken out while its frames are read, so none is copied to be read.
+        let buf = std::mem::take(&mut self.from_agent);
         let mut at = 0;
-        while let Some(head) = Head::whole(&self.from_agent[at..])? {
-            let (len, payload_at) = match head {
-                Head::Data { len, .. } | Head::Control { len, .. } => (len, at + 8),
-            };
-            let payload = self.from_agent[payload_at..payload_at + len].to_vec();
-            self.agent_frame(head, &payload)?;
-            at = payload_at + len;
-        }
+        let read = loop {
+            match Head::whole(&buf[at..]) {
+                Ok(Some(head)) => {
+                    let end = at + 8 + head.len();
+                    if let Err(e) = self.agent_frame(head, &buf[at + 8..end]) {
+                        break Err(e);
+                    }
+                    at = end;
+                }
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
+            }
+        };
+        self.from_agent = buf;
+        read?;
         Ok(self.from_agent.split_to(at).freeze())
     }
 
@@ -444,15 +460,24 @@ impl<'r, 'h, H: Hooks> Session<'r, 'h, H> {
     fn upstream_sent(&mut self, data: &[u8]) -> Result<Vec<u8>, Malformed> {
         self.from_upstream.extend_from_slice(data);
         let mut out = Vec::with_capacity(data.len());
+        // Taken out while read, as the agent's (no frame copied to be read).
+        let buf = std::mem::take(&mut self.from_upstream);
         let mut at = 0;
-        while let Some(head) = Head::whole(&self.from_upstream[at..])? {
-            let len = match head {
-                Head::Data { len, .. } | Head::Control { len, .. } => len,
-            };
-            let frame = self.from_upstream[at..at + 8 + len].to_vec();
-            self.upstream_frame(head, &frame, &mut out)?;
-            at += 8 + len;
-        }
+        let read = loop {
+            match Head::whole(&buf[at..]) {
+                Ok(Some(head)) => {
+                    let end = at + 8 + head.len();
+                    if let Err(e) = self.upstream_frame(head, &buf[at..end], &mut out) {
+                        break Err(e);
+                    }
+                    at = end;
+                }
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
+            }
+        };
+        self.from_upstream = buf;
+        read?;
         self.from_upstream.advance(at);
         Ok(out)
     }
@@ -587,9 +612,7 @@ impl<'r, 'h, H: Hooks> Probe<'r, 'h, H> {
     pub fn whole_frames(mut bytes: &[u8]) -> bool {
         loop {
             match Head::whole(bytes) {
-                Ok(Some(Head::Data { len, .. } | Head::Control { len, .. })) => {
-                    bytes = &bytes[8 + len..];
-                }
+                Ok(Some(head)) => bytes = &bytes[8 + head.len()..],
                 Ok(None) => return bytes.is_empty(),
                 Err(_) => return false,
             }
