@@ -11,7 +11,8 @@
 //!
 //! - [`request`]: path, method and query into a [`KubeRequest`], as `requestinfo.go` does.
 //! - [`object`]: the body's kind, and its namespace checked against the URL's.
-//! - [`headers`]: impersonation, `Accept` forced to JSON, the exec channel protocols.
+//! - [`headers`]: impersonation, `Accept` forced to JSON, the stream protocols offered and
+//!   the one the API server chose.
 //! - [`exec`]: an approved exec/attach/port-forward WebSocket stream, relayed frame by frame
 //!   (exec and attach masked as whole streams and recorded, port-forward counted).
 //! - [`spdy`]: the same streams over SPDY/3.1, plain or tunnelled in a WebSocket.
