@@ -119,11 +119,12 @@ pub fn stream_protocols(headers: &mut HeaderMap, upgrade: &str, port_forward: bo
                 unique.push(p);
             }
         }
-        headers.insert(
-            name,
-            HeaderValue::from_str(&unique.join(", "))
-                .unwrap_or_else(|_| HeaderValue::from_static("v4.channel.k8s.io")),
-        );
+        // The names are the constants above, so this is always a valid value; were it not,
+        // the stream is refused rather than offered something else.
+        let Ok(value) = HeaderValue::from_str(&unique.join(", ")) else {
+            return false;
+        };
+        headers.insert(name, value);
     } else {
         headers.insert(name, HeaderValue::from_static(offered[0]));
     }
