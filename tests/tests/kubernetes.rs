@@ -775,23 +775,14 @@ print(got.decode().strip())
     assert_eq!(echoed[0]["data"], json!("ping through the gateway\n"));
     // The request's result: the stream's byte counts (25 data bytes each way, plus the two
     // 2-byte port frames down), recorded once the stream ended.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let tag = loop {
-        let results: Vec<String> = c
-            .kube_events()
+    let tag = eventually(Duration::from_secs(20), "no port-forward result", || {
+        let events = c.kube_events();
+        events
             .iter()
             .filter_map(|e| e["result"]["tag"].as_str().map(str::to_owned))
-            .filter(|t| t.contains("frames up"))
-            .collect();
-        if let Some(tag) = results.into_iter().next() {
-            break tag;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no port-forward result"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+            .find(|t| t.contains("frames up"))
+            .ok_or_else(|| format!("{events:#?}"))
+    });
     assert!(tag.contains("(25 data bytes), "), "{tag}");
     assert!(tag.contains("(29 data bytes)"), "{tag}");
 }

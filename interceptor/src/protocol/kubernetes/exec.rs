@@ -251,6 +251,20 @@ where
     (agent, upstream)
 }
 
+/// A read error that only says the peer is gone without the closing handshake (a client
+/// stopped, a socket reset, a TLS peer without close_notify): the stream ends there as at a
+/// close, and its result keeps its counts, instead of losing them to an error.
+pub(super) fn peer_gone(e: &tokio_tungstenite::tungstenite::Error) -> bool {
+    use tokio_tungstenite::tungstenite::{error::ProtocolError, Error};
+    match e {
+        Error::ConnectionClosed
+        | Error::AlreadyClosed
+        | Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => true,
+        Error::Io(io) => super::spdy::gone(io),
+        _ => false,
+    }
+}
+
 /// Relays until both sides have closed (or one breaks off). `early` is what the agent sent
 /// past its upgrade request, already the stream's first bytes.
 pub async fn relay<H: Hooks>(
@@ -273,6 +287,7 @@ pub async fn relay<H: Hooks>(
                 }
                 from_agent = agent.next() => match from_agent {
                     None => agent_open = false,
+                    Some(Err(e)) if peer_gone(&e) => agent_open = false,
                     Some(Err(e)) => return Err(StreamError::Agent(e)),
                     Some(Ok(Message::Binary(data))) => {
                         summary.frames_in += 1;
@@ -296,6 +311,7 @@ pub async fn relay<H: Hooks>(
                 },
                 from_upstream = upstream.next() => match from_upstream {
                     None => upstream_open = false,
+                    Some(Err(e)) if peer_gone(&e) => upstream_open = false,
                     Some(Err(e)) => return Err(StreamError::Upstream(e)),
                     Some(Ok(Message::Binary(data))) => {
                         summary.frames_out += 1;

@@ -33,10 +33,7 @@ use bytes::{Buf as _, Bytes, BytesMut};
 use flate2::{Decompress, FlushDecompress, Status};
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
-use tokio_tungstenite::{
-    tungstenite::{self, Message},
-    WebSocketStream,
-};
+use tokio_tungstenite::{tungstenite::Message, WebSocketStream};
 
 use super::exec::{self, Channels, Maskers, Recorder, Summary, STDERR, STDOUT};
 use crate::{command::Hooks, protocol::masked_output};
@@ -650,7 +647,7 @@ trait Leg {
 /// close_notify, or a client stopped with unread data (reset). The stream ends there as at a
 /// close, and its result keeps its counts: SPDY says itself where its streams end (FIN,
 /// RST_STREAM, GOAWAY), so nothing is cut unseen.
-fn gone(e: &std::io::Error) -> bool {
+pub(super) fn gone(e: &std::io::Error) -> bool {
     matches!(
         e.kind(),
         std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
@@ -693,17 +690,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Leg for Tunnel<S> {
                 }
                 // Pings are answered by tungstenite on the leg they came on.
                 Some(Ok(_)) => {}
-                // A peer gone without the closing handshake (a client stopped, a TLS peer
-                // without close_notify) ends the stream as a close does: the SPDY inside
-                // says itself where its streams end.
-                Some(Err(
-                    tungstenite::Error::ConnectionClosed
-                    | tungstenite::Error::AlreadyClosed
-                    | tungstenite::Error::Protocol(
-                        tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
-                    ),
-                )) => return Ok(None),
-                Some(Err(tungstenite::Error::Io(e))) if gone(&e) => return Ok(None),
+                // A peer gone without the closing handshake ends the stream as a close does:
+                // the SPDY inside says itself where its streams end.
+                Some(Err(e)) if exec::peer_gone(&e) => return Ok(None),
                 Some(Err(e)) => return Err(e.to_string()),
             }
         }
