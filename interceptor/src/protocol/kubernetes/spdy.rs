@@ -158,6 +158,21 @@ impl Head {
     }
 }
 
+/// Calls `each` with every whole frame at the front of `buf` (its head, and its bytes head
+/// included); returns how many bytes they span. The first error ends the walk.
+fn each_frame(
+    buf: &[u8],
+    mut each: impl FnMut(Head, &[u8]) -> Result<(), Malformed>,
+) -> Result<usize, Malformed> {
+    let mut at = 0;
+    while let Some(head) = Head::whole(&buf[at..])? {
+        let end = at + 8 + head.len();
+        each(head, &buf[at..end])?;
+        at = end;
+    }
+    Ok(at)
+}
+
 /// The header blocks of one direction: one zlib stream with the SPDY/3 dictionary, each
 /// block sync-flushed, as spdystream writes and reads them.
 struct HeaderBlocks {
@@ -359,22 +374,9 @@ impl<'r, 'h, H: Hooks> Session<'r, 'h, H> {
         self.from_agent.extend_from_slice(data);
         // The buffer is taken out while its frames are read, so none is copied to be read.
         let buf = std::mem::take(&mut self.from_agent);
-        let mut at = 0;
-        let read = loop {
-            match Head::whole(&buf[at..]) {
-                Ok(Some(head)) => {
-                    let end = at + 8 + head.len();
-                    if let Err(e) = self.agent_frame(head, &buf[at + 8..end]) {
-                        break Err(e);
-                    }
-                    at = end;
-                }
-                Ok(None) => break Ok(()),
-                Err(e) => break Err(e),
-            }
-        };
+        let read = each_frame(&buf, |head, frame| self.agent_frame(head, &frame[8..]));
         self.from_agent = buf;
-        read?;
+        let at = read?;
         Ok(self.from_agent.split_to(at).freeze())
     }
 
@@ -459,22 +461,11 @@ impl<'r, 'h, H: Hooks> Session<'r, 'h, H> {
         let mut out = Vec::with_capacity(data.len());
         // Taken out while read, as the agent's (no frame copied to be read).
         let buf = std::mem::take(&mut self.from_upstream);
-        let mut at = 0;
-        let read = loop {
-            match Head::whole(&buf[at..]) {
-                Ok(Some(head)) => {
-                    let end = at + 8 + head.len();
-                    if let Err(e) = self.upstream_frame(head, &buf[at..end], &mut out) {
-                        break Err(e);
-                    }
-                    at = end;
-                }
-                Ok(None) => break Ok(()),
-                Err(e) => break Err(e),
-            }
-        };
+        let read = each_frame(&buf, |head, frame| {
+            self.upstream_frame(head, frame, &mut out)
+        });
         self.from_upstream = buf;
-        read?;
+        let at = read?;
         self.from_upstream.advance(at);
         Ok(out)
     }
@@ -606,14 +597,8 @@ impl<'r, 'h, H: Hooks> Probe<'r, 'h, H> {
     }
 
     /// Whether `bytes` are whole frames, each of a length its field says.
-    pub fn whole_frames(mut bytes: &[u8]) -> bool {
-        loop {
-            match Head::whole(bytes) {
-                Ok(Some(head)) => bytes = &bytes[8 + head.len()..],
-                Ok(None) => return bytes.is_empty(),
-                Err(_) => return false,
-            }
-        }
+    pub fn whole_frames(bytes: &[u8]) -> bool {
+        matches!(each_frame(bytes, |_, _| Ok(())), Ok(n) if n == bytes.len())
     }
 
     /// A header block compressor as a client's: zlib with the SPDY/3 dictionary.
