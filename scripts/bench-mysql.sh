@@ -3,6 +3,10 @@
 # 21's goal: sysbench oltp_read_only at MYSQL_THREADS clients (default 8) through the gateway
 # with the shipped default policy, against the same MariaDB direct (goal >= 0.75x).
 #   direct    sysbench -> mariadbd (127.0.0.1)
+#   relay     sysbench under `interceptor exec` -> 127.0.0.3 -> the same gateway's plain `tcp`
+#             target (bytes relayed, nothing parsed, judged or journaled after the connect) ->
+#             mariadbd: what one more hop on loopback costs on this machine, the reference
+#             for the gateway's own work
 #   gateway   sysbench under `interceptor exec` -> 127.0.0.2 -> gateway (journal on, the shipped
 #             default policy: reads allowed, every statement judged and journaled, result
 #             rows through the detectors) -> mariadbd, logging in as `app` with the password
@@ -56,6 +60,13 @@ policy = "$BENCH_ROOT/policies/default.toml"
 [target.credentials]
 user = "app"
 password_file = "$WORK/password"
+
+[[target]]
+name = "sbtest-relay"
+protocol = "tcp"
+intercept = ["127.0.0.3:$PORT"]
+upstream = "127.0.0.1:$PORT"
+policy = "$BENCH_ROOT/policies/default.toml"
 CONF
 
 run() { # path
@@ -64,6 +75,10 @@ run() { # path
   if [ "$1" = direct ]; then
     out="$(timeout "$limit" sysbench "${common[@]}" --mysql-host=127.0.0.1 --mysql-port="$PORT" \
       --mysql-password="$PASSWORD" "${flags[@]}" 2>&1)" || true
+  elif [ "$1" = relay ]; then
+    out="$(BENCH_TIMEOUT=$limit in_gateway "$WORK/gateway.toml" sysbench "${common[@]}" \
+      --mysql-host=127.0.0.3 --mysql-port="$PORT" --mysql-password="$PASSWORD" \
+      "${flags[@]}" 2>&1)" || true
   else
     out="$(BENCH_TIMEOUT=$limit in_gateway "$WORK/gateway.toml" sysbench "${common[@]}" \
       --mysql-host=127.0.0.2 --mysql-port="$PORT" --mysql-password=not-the-password \
@@ -77,7 +92,7 @@ run() { # path
   echo "$1 ${tps:-0} ${p99:-0} ${errors:-0}" >>"$WORK/results"
 }
 for i in $(seq "$ROUNDS"); do
-  for path in direct gateway; do
+  for path in direct relay gateway; do
     say "round $i/$ROUNDS, $path, $THREADS threads, ${SECONDS_EACH}s"
     run "$path"
   done
@@ -96,6 +111,7 @@ def fig(path, k):
 rows = ["| path | transactions/s | ratio to direct | latency p99 (ms) | runs |", "|---|---|---|---|---|"]
 tps = {}
 for path, label in [("direct", "direct to MariaDB"),
+                    ("relay", "through the gateway's plain `tcp` relay (nothing parsed)"),
                     ("gateway", "through the gateway (default policy, journal on)")]:
     t = fig(path, 0)
     if t is None:
@@ -115,7 +131,8 @@ section = section_header(
     "transaction BEGIN, 14 SELECTs, COMMIT.",
     "Gateway: `interceptor exec`, a `mysql` target (127.0.0.2 → 127.0.0.1), journal on (each "
     "statement committed before the server sees it), the shipped default policy (reads allowed, "
-    "result rows through the detectors), the gateway logging in as `app` with its own password.",
+    "result rows through the detectors), the gateway logging in as `app` with its own password. "
+    "Relay: the same gateway's `tcp` target, the cost of one more loopback hop alone.",
     "Goal (issue 21): ≥ 0.75× of direct at 8 clients.")
 write_section("mysql-bench", section + rows)
 ok = "direct" in tps and "gateway" in tps

@@ -38,6 +38,8 @@ pub enum CommandKind {
     KubeRequest,
     /// An SSH channel request (exec, shell, subsystem, forward).
     SshChannel,
+    /// A new login inside an open session (MySQL `COM_CHANGE_USER`).
+    Login,
 }
 
 impl CommandKind {
@@ -53,6 +55,7 @@ impl CommandKind {
             CommandKind::McpCall => "mcp_call",
             CommandKind::KubeRequest => "kube_request",
             CommandKind::SshChannel => "ssh_channel",
+            CommandKind::Login => "login",
         }
     }
 }

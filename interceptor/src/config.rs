@@ -268,6 +268,8 @@ pub struct CredentialsConfig {
     pub password_credential: Option<String>,
     /// Databases: connect to this database instead of the one the client asked for.
     pub database: Option<String>,
+    /// MySQL: the server's RSA public key (PEM), for `caching_sha2_password` without TLS.
+    pub server_public_key_file: Option<PathBuf>,
     /// HTTP: the header the gateway sets (`Authorization`), and exactly one source of its value.
     pub header: Option<String>,
     pub value_file: Option<PathBuf>,
@@ -326,6 +328,15 @@ const DATABASE_FIELDS: &[&str] = &[
     "password_credential",
     "database",
 ];
+/// MySQL's: the database login, and the server's RSA key to encrypt the password to.
+const MYSQL_FIELDS: &[&str] = &[
+    "user",
+    "password_file",
+    "password_env",
+    "password_credential",
+    "database",
+    "server_public_key_file",
+];
 const HTTP_FIELDS: &[&str] = &["header", "value_file", "value_env", "value_credential"];
 const KUBERNETES_FIELDS: &[&str] = &[
     "token_file",
@@ -345,6 +356,10 @@ impl CredentialsConfig {
             ("password_env", self.password_env.is_some()),
             ("password_credential", self.password_credential.is_some()),
             ("database", self.database.is_some()),
+            (
+                "server_public_key_file",
+                self.server_public_key_file.is_some(),
+            ),
             ("header", self.header.is_some()),
             ("value_file", self.value_file.is_some()),
             ("value_env", self.value_env.is_some()),
@@ -390,7 +405,8 @@ impl CredentialsConfig {
     /// message can be placed on its line) and the protocol.
     fn validate(&self, protocol: Protocol) -> Result<Credentials, String> {
         let allowed = match protocol {
-            Protocol::Postgres | Protocol::Mysql => DATABASE_FIELDS,
+            Protocol::Postgres => DATABASE_FIELDS,
+            Protocol::Mysql => MYSQL_FIELDS,
             Protocol::Http | Protocol::Https => HTTP_FIELDS,
             Protocol::Kubernetes => KUBERNETES_FIELDS,
             Protocol::Ssh => SSH_FIELDS,
@@ -422,6 +438,7 @@ impl CredentialsConfig {
                 )?
                 .ok_or("credentials: one of password_file, password_env or password_credential is required")?,
                 database: self.database.clone(),
+                server_public_key: self.server_public_key_file.clone(),
             })),
             Protocol::Http | Protocol::Https => Ok(Credentials::Http {
                 header: required(&self.header, "header")?,
@@ -604,6 +621,14 @@ impl Config {
                 for (field, secret) in c.secrets() {
                     secret.read().map_err(|e| {
                         self.invalid(format!("target {:?}: credentials: {field}: {e}", t.name))
+                    })?;
+                }
+                if let Some(path) = c.database().and_then(|d| d.server_public_key.as_ref()) {
+                    crate::protocol::mysql::auth::read_public_key(path).map_err(|e| {
+                        self.invalid(format!(
+                            "target {:?}: credentials: server_public_key_file: {e}",
+                            t.name
+                        ))
                     })?;
                 }
                 if let Credentials::Ssh { known_hosts, .. } = c {

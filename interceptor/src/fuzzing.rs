@@ -36,7 +36,10 @@ use crate::{
     },
     protocol::http::{body, mcp, request},
     protocol::kubernetes::{exec as kube_exec, request as kube, spdy as kube_spdy},
-    protocol::mysql::{codec as my_codec, handshake as my_handshake, results as my_results},
+    protocol::mysql::{
+        codec as my_codec, handshake as my_handshake, relay as my_relay, results as my_results,
+        threads as my_threads,
+    },
     protocol::postgres::{
         codec::{self, backend, frontend, Message, Startup},
         names, numbers, reading, relay, results,
@@ -577,6 +580,7 @@ pub fn policy_file(data: &[u8]) {
         (Family::Kubernetes, "get /healthz"),
         (Family::Ssh, "sudo rm -rf /srv | tee x > y"),
         (Family::Ssh, "@forward 127.0.0.1:5432"),
+        (Family::Login, "reporting database appdb"),
     ] {
         if let Ok(asked) = Asked::parse(family, text) {
             let verdict =
@@ -1119,8 +1123,8 @@ fn mysql_hooks() -> &'static MaskingHooks {
 
 /// Bytes as the MySQL gateway reads them from either side: packets framed with the size
 /// limit (each framing back to its bytes); the first read as the client's handshake answer
-/// and as the server's greeting; every packet read as a completion (OK, ERR, EOF), an auth switch and a column
-/// definition; and, once columns are known, as a text row and a binary row of them, masked
+/// and as the server's greeting; every packet read as a completion (OK, ERR, EOF), an auth switch, a
+/// `COM_CHANGE_USER`, a `KILL` statement and a column definition; and, once columns are known, as a text row and a binary row of them, masked
 /// by the default policy's masking (a masked text row holds as many values as it did).
 pub fn mysql(data: &[u8]) {
     let mut reader = data;
@@ -1154,6 +1158,13 @@ pub fn mysql(data: &[u8]) {
         let _ = my_codec::parse_err(body);
         let _ = my_codec::parse_eof(body);
         let _ = my_handshake::parse_auth_switch(body);
+        let _ = my_relay::ChangeUser::parse(body);
+        if let Some(text) = body.get(1..).and_then(|t| std::str::from_utf8(t).ok()) {
+            if let Some((scope, id)) = my_threads::parse_kill(text) {
+                // A cancel names one id, and the gateway's statement names the same one.
+                assert!(my_threads::kill_statement(scope, id).ends_with(&id.to_string()));
+            }
+        }
         if let Ok(def) = my_results::ColumnDef::parse(body) {
             columns.push(def);
             continue;

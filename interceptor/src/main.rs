@@ -309,6 +309,9 @@ enum PolicyCommand {
         /// '@forward 127.0.0.1:5432'.
         #[arg(long, group = "command")]
         ssh: Option<String>,
+        /// A login inside a session, as MySQL's COM_CHANGE_USER asks it: 'USER [database DB]'.
+        #[arg(long, group = "command")]
+        login: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -955,6 +958,7 @@ fn run_policy(config: &Config, command: PolicyCommand) -> anyhow::Result<ExitCod
             mcp,
             kube,
             ssh,
+            login,
             json,
         } => {
             let (family, text) = [
@@ -964,11 +968,14 @@ fn run_policy(config: &Config, command: PolicyCommand) -> anyhow::Result<ExitCod
                 (Family::Mcp, mcp),
                 (Family::Kubernetes, kube),
                 (Family::Ssh, ssh),
+                (Family::Login, login),
             ]
             .into_iter()
             .find_map(|(f, t)| t.map(|t| (f, t)))
             .ok_or_else(|| {
-                Failure::usage("give one of --sql, --connect, --http, --mcp, --kube or --ssh")
+                Failure::usage(
+                    "give one of --sql, --connect, --http, --mcp, --kube, --ssh or --login",
+                )
             })?;
             let asked = Asked::parse(family, &text).map_err(Failure::usage)?;
             let policies = policy::load_policies(config)?;

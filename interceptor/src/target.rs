@@ -178,6 +178,9 @@ pub struct DatabaseCredentials {
     pub password: SecretSource,
     /// Connect to this database instead of the one the client asked for.
     pub database: Option<String>,
+    /// MySQL: the server's RSA public key (a PEM file) that `caching_sha2_password` encrypts
+    /// the password to when the upstream leg is not TLS. `None`: asked of the server.
+    pub server_public_key: Option<std::path::PathBuf>,
 }
 
 /// How the gateway authenticates to the Kubernetes API: exactly one way.

@@ -7,6 +7,13 @@
 //! [`APP_PASSWORD`] and every privilege (so refusals are the gateway's, never the server's)
 //! are created over the socket as the OS root (`unix_socket` authentication).
 //!
+//! The server also speaks TLS, with a throwaway CA made in the same dir
+//! ([`MyServer::ca_path`]; [`MyServer::wrong_ca_path`] is an unrelated one), and has two more
+//! accounts whose use proves something about the gateway's login: [`TLS_USER`] (`REQUIRE
+//! SSL`: a login without TLS is refused by the server) and [`ED25519_USER`] (`IDENTIFIED VIA
+//! ed25519`: only a `client_ed25519` answer gets in). Plain connections keep working for
+//! every other account.
+//!
 //! The server is started under a small shell that waits for the test process to end, then
 //! stops the server and removes the directory: statics are never dropped, so this is how the
 //! shared server is cleaned up, also when a test panicked.
@@ -26,6 +33,12 @@ pub const APP_PASSWORD: &str = "mysql-Secret-5b9d2c71e4";
 pub const APP_USER: &str = "app";
 /// The database every test uses.
 pub const MY_DB: &str = "appdb";
+/// An account the server accepts only over TLS (`REQUIRE SSL`), password [`TLS_PASSWORD`].
+pub const TLS_USER: &str = "app_tls";
+pub const TLS_PASSWORD: &str = "mysql-Tls-Secret-8e31a0c2";
+/// An account of MariaDB's `ed25519` plugin, password [`ED25519_PASSWORD`].
+pub const ED25519_USER: &str = "app_ed";
+pub const ED25519_PASSWORD: &str = "mysql-Ed-Secret-27c4f9d1";
 
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -71,14 +84,27 @@ impl MyServer {
         );
         let port = free_port();
         let socket = dir.join("mysqld.sock");
+        // The server's certificate names 127.0.0.1 (what the gateway dials) and localhost.
+        let tls = dir.join("tls");
+        crate::pg::make_test_ca(&tls, "ca", "interceptor MySQL test CA");
+        crate::pg::make_test_ca(&tls, "wrong-ca", "interceptor MySQL wrong CA");
+        crate::pg::make_server_cert(
+            &tls,
+            "ca",
+            "server",
+            "127.0.0.1",
+            &["IP:127.0.0.1", "DNS:localhost"],
+        );
         let server = format!(
             "/usr/sbin/mariadbd --no-defaults --datadir={data} --socket={socket} --port={port} \
              --bind-address=127.0.0.1 --user=root --pid-file={dir}/mysqld.pid \
              --log-error={dir}/error.log --skip-log-bin --innodb-buffer-pool-size=16M \
-             --secure-file-priv={dir}/files --local-infile=1",
+             --secure-file-priv={dir}/files --local-infile=1 --max-allowed-packet=64M \
+             --ssl-ca={tls}/ca.pem --ssl-cert={tls}/server.pem --ssl-key={tls}/server.key",
             data = data.display(),
             socket = socket.display(),
             dir = dir.display(),
+            tls = tls.display(),
         );
         std::fs::create_dir_all(dir.join("files")).expect("secure-file-priv dir");
         // The reaper: starts the server, waits for this test process to end, stops it.
@@ -115,9 +141,29 @@ impl MyServer {
         me.root(&format!(
             "CREATE DATABASE {MY_DB}; \
              CREATE USER '{APP_USER}'@'%' IDENTIFIED VIA mysql_native_password USING PASSWORD('{APP_PASSWORD}'); \
-             GRANT ALL ON *.* TO '{APP_USER}'@'%' WITH GRANT OPTION;"
+             GRANT ALL ON *.* TO '{APP_USER}'@'%' WITH GRANT OPTION; \
+             CREATE USER '{TLS_USER}'@'%' IDENTIFIED BY '{TLS_PASSWORD}' REQUIRE SSL; \
+             GRANT ALL ON {MY_DB}.* TO '{TLS_USER}'@'%'; \
+             INSTALL SONAME 'auth_ed25519'; \
+             CREATE USER '{ED25519_USER}'@'%' IDENTIFIED VIA ed25519 USING PASSWORD('{ED25519_PASSWORD}'); \
+             GRANT ALL ON {MY_DB}.* TO '{ED25519_USER}'@'%';"
         ));
+        assert!(
+            me.root("SHOW VARIABLES LIKE 'have_ssl'").contains("YES"),
+            "the test server did not enable TLS\n{}",
+            std::fs::read_to_string(me.dir.join("error.log")).unwrap_or_default()
+        );
         me
+    }
+
+    /// The CA that signed the server's certificate (for `[target.tls] ca_file`).
+    pub fn ca_path(&self) -> PathBuf {
+        self.dir.join("tls/ca.pem")
+    }
+
+    /// A CA that signed nothing the server uses.
+    pub fn wrong_ca_path(&self) -> PathBuf {
+        self.dir.join("tls/wrong-ca.pem")
     }
 
     pub fn port(&self) -> u16 {
@@ -166,8 +212,20 @@ pub fn my_dial_host() -> &'static str {
 /// journal-only policy. `extra` is appended after the target (more tables), with `{dir}`
 /// replaced by the config's directory.
 pub fn my_config(server: &MyServer, policy: Option<&str>, extra: &str) -> TempConfig {
+    my_config_as(server, APP_USER, APP_PASSWORD, policy, extra)
+}
+
+/// [`my_config`] logging in upstream as `user` with `password`. `extra` may hold the target's
+/// own tables (`[target.tls]`): it follows the credentials directly.
+pub fn my_config_as(
+    server: &MyServer,
+    user: &str,
+    password: &str,
+    policy: Option<&str>,
+    extra: &str,
+) -> TempConfig {
     let cfg = TempConfig::new("");
-    let secret = crate::pg::write_secret(&cfg, "mysql-password", APP_PASSWORD);
+    let secret = crate::pg::write_secret(&cfg, "mysql-password", password);
     let policy = match policy {
         Some(text) => {
             let path = cfg.dir().join("policy.toml");
@@ -181,7 +239,7 @@ pub fn my_config(server: &MyServer, policy: Option<&str>, extra: &str) -> TempCo
         "{journal}\n[state]\ndir = \"{state}\"\n\n[[target]]\nname = \"appdb\"\n\
          protocol = \"mysql\"\nintercept = [\"{dial}:{port}\"]\n\
          upstream = \"127.0.0.1:{port}\"\npolicy = \"{policy}\"\n\
-         [target.credentials]\nuser = \"{APP_USER}\"\npassword_file = \"{secret}\"\n\n{extra}\n",
+         [target.credentials]\nuser = \"{user}\"\npassword_file = \"{secret}\"\n\n{extra}\n",
         journal = cfg.journal_section(),
         state = crate::pg::state_dir(&cfg).display(),
         dial = my_dial_host(),

@@ -14,6 +14,7 @@
 //! | mcp | JSON-RPC method | tool (tools/call), uri (resources/read) | arguments |
 //! | kubernetes | verb | `group/version/resource[/subresource]`, `namespace/name` | |
 //! | ssh | exec, shell, subsystem, forward | programs of the command line | subsystem, forward |
+//! | login | change_user | the user name asked for | database |
 
 use serde::{Deserialize, Serialize};
 
@@ -33,16 +34,19 @@ pub enum Family {
     Kubernetes,
     /// An SSH channel request: a command, a shell, a subsystem or a forward.
     Ssh,
+    /// A new login inside an open session (MySQL's `COM_CHANGE_USER`).
+    Login,
 }
 
 impl Family {
-    pub const ALL: [Family; 6] = [
+    pub const ALL: [Family; 7] = [
         Family::Connect,
         Family::Sql,
         Family::Http,
         Family::Mcp,
         Family::Kubernetes,
         Family::Ssh,
+        Family::Login,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -53,6 +57,7 @@ impl Family {
             Family::Mcp => "mcp",
             Family::Kubernetes => "kubernetes",
             Family::Ssh => "ssh",
+            Family::Login => "login",
         }
     }
 }
@@ -480,6 +485,12 @@ pub enum Operation<'a> {
     Mcp(&'a McpCall),
     Kubernetes(&'a KubeRequest),
     Ssh(&'a SshRequest),
+    /// A new login inside an open session, as the user `user` (and default `database`). The
+    /// gateway keeps logging in upstream with the target's credentials whatever user is named.
+    Login {
+        user: &'a str,
+        database: Option<&'a str>,
+    },
 }
 
 impl Operation<'_> {
@@ -491,6 +502,7 @@ impl Operation<'_> {
             Operation::Mcp(_) => Family::Mcp,
             Operation::Kubernetes(_) => Family::Kubernetes,
             Operation::Ssh(_) => Family::Ssh,
+            Operation::Login { .. } => Family::Login,
         }
     }
 
@@ -503,6 +515,10 @@ impl Operation<'_> {
             Operation::Mcp(c) => c.canonical(),
             Operation::Kubernetes(k) => k.canonical(),
             Operation::Ssh(s) => s.canonical(),
+            Operation::Login { user, database } => match database {
+                Some(db) => format!("change user {user} database {db}"),
+                None => format!("change user {user}"),
+            },
         }
     }
 
@@ -516,6 +532,7 @@ impl Operation<'_> {
             Operation::Mcp(c) => Some(c.method.clone()),
             Operation::Kubernetes(k) => Some(k.verb.clone()),
             Operation::Ssh(s) => Some(s.channel.as_str().to_owned()),
+            Operation::Login { .. } => Some("change_user".to_owned()),
         }
     }
 
@@ -528,6 +545,7 @@ impl Operation<'_> {
             Operation::Mcp(c) => c.tool.iter().chain(c.uri.iter()).cloned().collect(),
             Operation::Kubernetes(k) => k.objects(),
             Operation::Ssh(s) => s.objects(),
+            Operation::Login { user, .. } => vec![(*user).to_owned()],
         }
     }
 
@@ -537,6 +555,10 @@ impl Operation<'_> {
         let value = |v: Result<serde_json::Value, serde_json::Error>| v.unwrap_or_default();
         match self {
             Operation::Connect { .. } | Operation::Sql { .. } => None,
+            Operation::Login { user, database } => Some((
+                "login",
+                serde_json::json!({ "user": user, "database": database }),
+            )),
             Operation::Http(r) => Some(("http", value(serde_json::to_value(r.redacted())))),
             Operation::Mcp(c) => Some(("mcp", value(serde_json::to_value(c)))),
             Operation::Kubernetes(k) => Some(("kube", value(serde_json::to_value(k)))),

@@ -393,6 +393,51 @@ fn credentials_error(protocol: &str, credentials: &str) -> String {
 }
 
 #[test]
+fn only_mysql_credentials_take_a_server_public_key_file() {
+    let err = credentials_error(
+        "postgres",
+        "user = \"app\"\npassword_env = \"PW\"\nserver_public_key_file = \"/k.pem\"\n",
+    );
+    assert!(
+        err.contains("\"server_public_key_file\" belongs to another protocol"),
+        "{err}"
+    );
+    // (The password comes from PATH, a variable every test process has.)
+    let config = target_with(
+        "mysql",
+        "user = \"app\"\npassword_env = \"PATH\"\nserver_public_key_file = \"/k.pem\"\n",
+    )
+    .expect("mysql credentials");
+    let creds = config.targets().unwrap()[0].credentials.clone().unwrap();
+    let login = creds.database().expect("database login");
+    assert_eq!(
+        login.server_public_key.as_deref(),
+        Some(std::path::Path::new("/k.pem"))
+    );
+    // Start-up reads it: a missing file, or one that holds no RSA public key, stops it.
+    let err = config.check_secrets().unwrap_err().to_string();
+    assert!(err.contains("server_public_key_file: /k.pem"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("key.pem");
+    std::fs::write(
+        &bad,
+        "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n",
+    )
+    .unwrap();
+    let config = target_with(
+        "mysql",
+        &format!(
+            "user = \"app\"\npassword_env = \"PATH\"\nserver_public_key_file = \"{}\"\n",
+            bad.display()
+        ),
+    )
+    .unwrap();
+    let err = config.check_secrets().unwrap_err().to_string();
+    assert!(err.contains("server_public_key_file"), "{err}");
+    assert!(err.contains("unusable"), "{err}");
+}
+
+#[test]
 fn database_credentials_take_a_user_and_one_password_source() {
     for protocol in ["postgres", "mysql"] {
         let err = credentials_error(protocol, "password_env = \"PW\"\n");

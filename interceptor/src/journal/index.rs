@@ -5,7 +5,9 @@
 //! everything that reads the journal by session, run or sequence. A background thread per
 //! `Journal` ([`Indexer`]) applies appended records in large transactions (up to
 //! [`BATCH_RECORDS`] each), woken after every group and every [`IDLE_POLL`] (for records other
-//! processes appended). Each transaction also moves the index position (`index_position`:
+//! processes appended). Once woken it gathers records for [`GATHER`] before it applies them,
+//! unless someone waits for the index (`Journal::flush`): under load a group is a few records,
+//! and a transaction per group cost the gateway a third of its CPU (docs/performance.md). Each transaction also moves the index position (`index_position`:
 //! segment, offset and last sequence number), so applying is idempotent and exactly once, even
 //! with several processes' indexers on one file: each reads the position inside its IMMEDIATE
 //! transaction. At open, everything appended but not indexed (after a crash) is indexed before
@@ -55,6 +57,11 @@ const READ_BYTES: u64 = 8 << 20;
 /// How often an idle indexer looks for records appended by other processes (and retries after
 /// an error).
 const IDLE_POLL: Duration = Duration::from_millis(100);
+
+/// How long a woken indexer lets records gather before one transaction applies them all. The
+/// index (what `sessions`, `approvals` and shipping read) then lags the log by about this much;
+/// `Journal::flush` does not wait it out.
+const GATHER: Duration = Duration::from_millis(25);
 
 /// The indexed position, and the last sequence number indexed.
 pub(crate) fn read_position(conn: &Connection) -> rusqlite::Result<(Position, i64)> {
@@ -380,6 +387,8 @@ pub(crate) struct Indexer {
     woken: Mutex<bool>,
     wake: Condvar,
     stop: AtomicBool,
+    /// Someone waits for the index: apply now, without gathering.
+    hurry: AtomicBool,
     state: watch::Sender<IndexState>,
 }
 
@@ -394,6 +403,7 @@ impl Indexer {
             woken: Mutex::new(false),
             wake: Condvar::new(),
             stop: AtomicBool::new(false),
+            hurry: AtomicBool::new(false),
             state: watch::Sender::new(IndexState::default()),
         }))
     }
@@ -436,10 +446,22 @@ impl Indexer {
         }
     }
 
+    /// Wakes the thread to index now, without gathering: a caller waits for the index.
+    pub(crate) fn hurry(&self) {
+        let mut woken = lock(&self.woken);
+        self.hurry.store(true, Ordering::Release);
+        *woken = true;
+        self.wake.notify_one();
+    }
+
+    fn hurried(&self) -> bool {
+        self.hurry.load(Ordering::Acquire) || self.stop.load(Ordering::Acquire)
+    }
+
     /// Asks the thread to index what is left and stop.
     pub(crate) fn stop(&self) {
         self.stop.store(true, Ordering::Release);
-        self.notify();
+        self.hurry();
     }
 
     pub(crate) fn spawn(self: &Arc<Self>) -> std::io::Result<std::thread::JoinHandle<()>> {
@@ -454,7 +476,16 @@ impl Indexer {
                         .wait_timeout_while(woken, IDLE_POLL, |w| !*w)
                         .unwrap_or_else(|p| p.into_inner());
                     *woken = false;
+                    if !indexer.hurried() {
+                        // Let the records of the next few groups gather (a hurry ends it).
+                        let (mut woken, _) = indexer
+                            .wake
+                            .wait_timeout_while(woken, GATHER, |_| !indexer.hurried())
+                            .unwrap_or_else(|p| p.into_inner());
+                        *woken = false;
+                    }
                 }
+                indexer.hurry.store(false, Ordering::Release);
                 let stopping = indexer.stop.load(Ordering::Acquire);
                 let _ = indexer.catch_up();
                 if stopping {

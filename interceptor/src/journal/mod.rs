@@ -576,6 +576,7 @@ impl Journal {
         self.submit(Op::Flush).await?;
         let target = *lock(&self.inner.appended);
         let mut state = self.inner.index.subscribe();
+        self.inner.index.hurry();
         let _ = state
             .wait_for(|s| s.position >= target || s.error.is_some())
             .await;

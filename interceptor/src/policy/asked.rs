@@ -23,6 +23,8 @@ pub enum Asked {
     Mcp(McpCall),
     Kubernetes(KubeRequest),
     Ssh(SshRequest),
+    /// A new login inside a session: the user, and the database asked for.
+    Login(String, Option<String>),
 }
 
 impl Asked {
@@ -34,6 +36,10 @@ impl Asked {
             Asked::Mcp(c) => Operation::Mcp(c),
             Asked::Kubernetes(k) => Operation::Kubernetes(k),
             Asked::Ssh(s) => Operation::Ssh(s),
+            Asked::Login(user, database) => Operation::Login {
+                user,
+                database: database.as_deref(),
+            },
         }
     }
 
@@ -46,6 +52,7 @@ impl Asked {
             Family::Mcp => mcp(text).map(Asked::Mcp),
             Family::Kubernetes => kube(text).map(Asked::Kubernetes),
             Family::Ssh => Ok(Asked::Ssh(ssh(text))),
+            Family::Login => login(text),
         }
     }
 
@@ -59,7 +66,21 @@ impl Asked {
             Asked::Mcp(_) => "mcp",
             Asked::Kubernetes(_) => "kubernetes",
             Asked::Ssh(_) => "ssh",
+            Asked::Login(..) => "mysql",
         }
+    }
+}
+
+/// `USER [database DB]`, as the canonical text reads after `change user`.
+fn login(text: &str) -> Result<Asked, String> {
+    let usage = "expected `USER [database DB]`, e.g. `reporting database appdb`";
+    let words: Vec<&str> = text.split_whitespace().collect();
+    match words.as_slice() {
+        [user] => Ok(Asked::Login((*user).to_owned(), None)),
+        [user, kw, db] if kw.eq_ignore_ascii_case("database") => {
+            Ok(Asked::Login((*user).to_owned(), Some((*db).to_owned())))
+        }
+        _ => Err(usage.to_owned()),
     }
 }
 

@@ -69,7 +69,7 @@ impl DecisionKind {
 /// The `[rule.match]` keys that are about one family of commands, and only that family. A
 /// rule with any of them is about that family (its `kinds`, if given, must say so); a rule with
 /// none is about every family its `kinds` name (all, when absent).
-pub const FAMILY_KEYS: [(Family, &[&str]); 6] = [
+pub const FAMILY_KEYS: [(Family, &[&str]); 7] = [
     (Family::Connect, &["destinations"]),
     (
         Family::Sql,
@@ -101,6 +101,8 @@ pub const FAMILY_KEYS: [(Family, &[&str]); 6] = [
             "opaque",
         ],
     ),
+    // A login is matched by `kinds = ["login"]` and who asks (`users`, `exes`, …) alone.
+    (Family::Login, &[]),
 ];
 
 /// `[rule.match]` (and `[mask.match]`) as written. Checked into a [`MatchFile`], so that a key

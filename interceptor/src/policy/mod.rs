@@ -437,6 +437,7 @@ impl Matcher {
             Operation::Mcp(c) => self.mcp(c),
             Operation::Kubernetes(k) => self.kubernetes(k),
             Operation::Ssh(s) => self.ssh(s, every),
+            Operation::Login { .. } => self.admits(Family::Login),
         }
     }
 }

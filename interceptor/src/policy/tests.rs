@@ -154,6 +154,42 @@ units = ["!agent.service"]
 }
 
 #[test]
+fn a_login_inside_a_session_is_allowed_only_by_a_rule_about_logins() {
+    let who = subject("agent");
+    let asked = Request::Login {
+        user: "reporting",
+        database: Some("appdb"),
+    };
+    let shipped = Policy::embedded_default().expect("the shipped default policy compiles");
+    assert_eq!(
+        shipped
+            .evaluate_operation(&who, None, "mysql", &asked)
+            .decision,
+        DecisionKind::Deny,
+        "no rule of the shipped default allows a change of user"
+    );
+    let p = policy(
+        r#"
+[[rule]]
+name = "reads"
+decision = "allow"
+[rule.match]
+kinds = ["sql"]
+classes = ["read"]
+
+[[rule]]
+name = "pool-resets"
+decision = "allow"
+[rule.match]
+kinds = ["login"]
+"#,
+    );
+    let v = p.evaluate_operation(&who, None, "mysql", &asked);
+    assert_eq!(v.decision, DecisionKind::Allow);
+    assert_eq!(asked.canonical(), "change user reporting database appdb");
+}
+
+#[test]
 fn connections_are_judged_by_connection_rules_only() {
     let p = policy(
         r#"

@@ -152,6 +152,8 @@ pub struct Case {
     pub mcp: Option<String>,
     pub kube: Option<String>,
     pub ssh: Option<String>,
+    /// A login inside a session (`USER [database DB]`, MySQL's `COM_CHANGE_USER`).
+    pub login: Option<String>,
     pub expect: DecisionKind,
     /// The rule expected to decide (optional).
     pub rule: Option<String>,
@@ -169,6 +171,7 @@ impl Case {
             (Family::Mcp, &self.mcp),
             (Family::Kubernetes, &self.kube),
             (Family::Ssh, &self.ssh),
+            (Family::Login, &self.login),
         ]
         .into_iter()
         .filter_map(|(f, text)| text.as_ref().map(|t| (f, t)))
@@ -176,7 +179,8 @@ impl Case {
         match given.as_slice() {
             [(family, text)] => Asked::parse(*family, text),
             _ => Err(
-                "a case needs exactly one of `sql`, `connect`, `http`, `mcp`, `kube` or `ssh`"
+                "a case needs exactly one of `sql`, `connect`, `http`, `mcp`, `kube`, `ssh` or \
+                 `login`"
                     .to_owned(),
             ),
         }
@@ -190,6 +194,7 @@ impl Case {
             &self.mcp,
             &self.kube,
             &self.ssh,
+            &self.login,
         ]
         .into_iter()
         .find_map(|t| t.as_deref())

@@ -99,7 +99,20 @@ impl<'b> Inflight<'b> {
         let Some(total) = total.filter(|t| *t > LARGE) else {
             return Ok(());
         };
-        if self.held.is_none() {
+        self.reserve(total).await?;
+        // Room for the whole message and one read beyond it, so the reads that complete it
+        // never make the buffer grow again (a growth doubles: 60 MB would become 120 MB).
+        let wanted = total + READ_CHUNK;
+        if buf.capacity() < wanted {
+            buf.reserve(wanted - buf.len());
+        }
+        Ok(())
+    }
+
+    /// Reserves `total` bytes for the message being read, when it is large and nothing is
+    /// reserved yet; waits for other sessions to give room back, up to the budget's wait.
+    pub async fn reserve(&mut self, total: usize) -> Result<(), BudgetError> {
+        if total > LARGE && self.held.is_none() {
             let needed = u32::try_from(total.div_ceil(UNIT)).unwrap_or(u32::MAX);
             if needed > self.budget.units {
                 return Err(BudgetError::TooLarge {
@@ -120,19 +133,18 @@ impl<'b> Inflight<'b> {
                 }
             }
         }
-        // Room for the whole message and one read beyond it, so the reads that complete it
-        // never make the buffer grow again (a growth doubles: 60 MB would become 120 MB).
-        let wanted = total + READ_CHUNK;
-        if buf.capacity() < wanted {
-            buf.reserve(wanted - buf.len());
-        }
         Ok(())
+    }
+
+    /// The message reserved for is consumed: its reservation ends.
+    pub fn release(&mut self) {
+        self.held = None;
     }
 
     /// After messages were taken from the front of `buf`: the reservation ends, and a buffer
     /// that grew for a large message is replaced by a small one (keeping what is left in it).
     pub fn consumed(&mut self, buf: &mut BytesMut) {
-        self.held = None;
+        self.release();
         if buf.capacity() > KEEP_CAPACITY && buf.len() <= LARGE {
             let mut fresh = BytesMut::with_capacity(READ_CHUNK.max(buf.len()));
             fresh.extend_from_slice(buf);

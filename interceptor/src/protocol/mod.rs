@@ -354,6 +354,7 @@ pub async fn serve<H: Hooks, D: Dial>(
                 shared: &session.shared.mysql,
                 local_ca: session.shared.postgres.local_ca.as_deref(),
                 counters: session.counters,
+                buffers: &session.shared.buffers,
                 dialed: session.dialed,
                 startup_timeout: session.startup_timeout,
                 idle: &session.idle,

@@ -5,17 +5,23 @@
 //! length-encoded integers and strings, NUL-terminated strings). They are read here once,
 //! bounds-checked, so that no other module indexes into untrusted bytes.
 //!
-//! A payload of 16 MiB − 1 or more is split by MySQL into several packets; the gateway does not
-//! follow such splits (it would have to renumber every packet after them) and ends the session
-//! with a clear error instead. See `docs/mysql.md`.
+//! A payload of 16 MiB − 1 or more is split by MySQL into several packets (each full one
+//! followed by the next, with the next sequence id; a payload that is an exact multiple ends
+//! with an empty packet). [`read_packet`] joins them into one payload, bounded as a whole by
+//! the target's limit, and [`put_packet`] splits a payload the same way. A rewritten payload
+//! (masking) may then take another number of packets than it came in: the relay numbers the
+//! packets it sends the agent itself.
 
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+
+use crate::protocol::buffers::{BudgetError, Inflight};
 
 /// The largest payload of one packet; a payload this long continues in the next packet.
 pub const MAX_PAYLOAD: usize = 0xFF_FFFF;
 
 /// Error codes and SQLSTATEs the gateway sends.
 pub const ER_SPECIFIC_ACCESS_DENIED: u16 = 1227;
+pub const ER_OUT_OF_RESOURCES: u16 = 1041;
 pub const ER_ACCESS_DENIED: u16 = 1045;
 pub const ER_UNKNOWN_COM: u16 = 1047;
 pub const ER_UNKNOWN_STMT_HANDLER: u16 = 1243;
@@ -24,6 +30,7 @@ pub const ER_CON_COUNT: u16 = 1040;
 pub const ER_BAD_HOST: u16 = 1130;
 pub const ER_NET_PACKET_TOO_LARGE: u16 = 1153;
 pub const ER_NET_PACKETS_OUT_OF_ORDER: u16 = 1156;
+pub const ER_STMT_HAS_NO_OPEN_CURSOR: u16 = 1421;
 
 /// Server status flags the relay follows.
 pub const SERVER_MORE_RESULTS_EXISTS: u16 = 0x0008;
@@ -33,10 +40,6 @@ pub const SERVER_MORE_RESULTS_EXISTS: u16 = 0x0008;
 pub enum FrameError {
     #[error("packet of {size} bytes exceeds the limit of {max} ([target] max_message_bytes)")]
     TooLarge { size: usize, max: usize },
-    #[error(
-        "payloads of 16 MiB or more (split over several packets) are not supported by the gateway"
-    )]
-    Split,
     #[error("malformed {what}: {why}")]
     Malformed {
         what: &'static str,
@@ -69,6 +72,17 @@ impl Packet {
     pub fn is_eof(&self) -> bool {
         self.tag() == 0xFE && self.body.len() < 9
     }
+
+    /// How many packets this payload takes on the wire.
+    pub fn parts(&self) -> usize {
+        self.body.len() / MAX_PAYLOAD + 1
+    }
+
+    /// The sequence id that follows this payload's last packet.
+    pub fn next_seq(&self) -> u8 {
+        // Sequence ids wrap at 256 (a 4 GiB payload would wrap them more than once).
+        self.seq.wrapping_add((self.parts() % 256) as u8)
+    }
 }
 
 /// Why reading a packet failed.
@@ -78,42 +92,86 @@ pub enum ReadError {
     Frame(#[from] FrameError),
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    /// The gateway's memory for large messages had no room for this payload in time.
+    #[error(transparent)]
+    Budget(#[from] BudgetError),
 }
 
-/// Reads one packet. `Ok(None)`: the peer closed the connection between packets.
+/// Reads one payload, joining the packets it was split into; `max` bounds the whole payload.
+/// `Ok(None)`: the peer closed the connection between payloads.
 pub async fn read_packet(
     io: &mut (impl AsyncRead + Unpin),
     max: usize,
+) -> Result<Option<Packet>, ReadError> {
+    read_reserved(io, max, None).await
+}
+
+/// [`read_packet`], reserving a large payload's room from the shared budget before its body
+/// is read (the caller releases it once the payload is consumed). A payload split over
+/// several packets announces no total, so it reserves `max`, the most it can take.
+pub async fn read_reserved(
+    io: &mut (impl AsyncRead + Unpin),
+    max: usize,
+    mut inflight: Option<&mut Inflight<'_>>,
 ) -> Result<Option<Packet>, ReadError> {
     let mut header = [0u8; 4];
     match io.read(&mut header[..1]).await? {
         0 => return Ok(None),
         _ => io.read_exact(&mut header[1..]).await?,
     };
-    let size = usize::from(header[0]) | usize::from(header[1]) << 8 | usize::from(header[2]) << 16;
-    if size == MAX_PAYLOAD {
-        return Err(FrameError::Split.into());
+    let seq = header[3];
+    let mut expected = seq;
+    let mut body = Vec::new();
+    loop {
+        let size =
+            usize::from(header[0]) | usize::from(header[1]) << 8 | usize::from(header[2]) << 16;
+        if header[3] != expected {
+            return Err(FrameError::Malformed {
+                what: "packet",
+                why: "a continuation packet does not carry the next sequence id",
+            }
+            .into());
+        }
+        let total = body.len().saturating_add(size);
+        if total > max {
+            return Err(FrameError::TooLarge { size: total, max }.into());
+        }
+        if let Some(inflight) = inflight.as_deref_mut() {
+            let announced = if size == MAX_PAYLOAD { max } else { total };
+            inflight.reserve(announced).await?;
+        }
+        let start = body.len();
+        body.resize(total, 0);
+        io.read_exact(&mut body[start..]).await?;
+        if size < MAX_PAYLOAD {
+            return Ok(Some(Packet { seq, body }));
+        }
+        expected = expected.wrapping_add(1);
+        io.read_exact(&mut header).await?;
     }
-    if size > max {
-        return Err(FrameError::TooLarge { size, max }.into());
-    }
-    let mut body = vec![0u8; size];
-    io.read_exact(&mut body).await?;
-    Ok(Some(Packet {
-        seq: header[3],
-        body,
-    }))
 }
 
-/// Appends one packet to `out`. Payloads are always shorter than [`MAX_PAYLOAD`] here: the
-/// gateway only writes what it read (bounded by the same limit) or built (small).
+/// Appends a payload to `out` as the packets MySQL splits it into, numbered from `seq`.
 pub fn put_packet(out: &mut Vec<u8>, seq: u8, body: &[u8]) {
-    let len = body.len().min(MAX_PAYLOAD - 1);
-    out.extend_from_slice(&header(len, seq));
-    out.extend_from_slice(&body[..len]);
+    let mut seq = seq;
+    for chunk in chunks(body) {
+        out.extend_from_slice(&header(chunk.len(), seq));
+        out.extend_from_slice(chunk);
+        seq = seq.wrapping_add(1);
+    }
 }
 
-/// The 4-byte header of a packet with a payload of `len` (< [`MAX_PAYLOAD`]) bytes.
+/// The packets' payloads of `body`: full ones of [`MAX_PAYLOAD`] bytes, then a shorter last
+/// one (empty when `body` is an exact multiple).
+pub fn chunks(body: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let full = body.len() / MAX_PAYLOAD;
+    (0..=full).map(move |i| {
+        let start = i * MAX_PAYLOAD;
+        &body[start..(start + MAX_PAYLOAD).min(body.len())]
+    })
+}
+
+/// The 4-byte header of a packet with a payload of `len` (≤ [`MAX_PAYLOAD`]) bytes.
 pub fn header(len: usize, seq: u8) -> [u8; 4] {
     [len as u8, (len >> 8) as u8, (len >> 16) as u8, seq]
 }

@@ -259,16 +259,15 @@ pub fn auth_switch_body(plugin: &str, salt: &[u8]) -> Vec<u8> {
     b
 }
 
-/// Reads an AuthSwitchRequest: the plugin and its data (a trailing NUL dropped).
+/// Reads an AuthSwitchRequest: the plugin and its data, exactly as sent. The data's length
+/// is the plugin's business: `mysql_native_password` sends its 20-byte salt and a NUL (the
+/// scrambles read the first 20 bytes), `client_ed25519` a 32-byte nonce whose last byte may
+/// well be 0, so no trailing NUL is dropped here.
 pub fn parse_auth_switch(body: &[u8]) -> Result<(String, Vec<u8>), FrameError> {
     let mut r = Reader::new(body, "auth switch request");
     r.u8()?;
     let plugin = String::from_utf8_lossy(r.nul_bytes()?).into_owned();
-    let mut data = r.rest().to_vec();
-    if data.last() == Some(&0) {
-        data.pop();
-    }
-    Ok((plugin, data))
+    Ok((plugin, r.rest().to_vec()))
 }
 
 fn digest(algorithm: &'static ring::digest::Algorithm, parts: &[&[u8]]) -> Vec<u8> {

@@ -12,19 +12,24 @@
 //! - [`startup`]: both legs' connection phase: the gateway is the server toward the agent
 //!   (its own greeting; any user, or the target's `local_auth` password) and the client
 //!   toward the real server, logging in with the target's credentials.
+//! - [`auth`]: the upstream plugin answers that are more than a hash: MariaDB's
+//!   `client_ed25519` signature, `caching_sha2_password`'s RSA-encrypted password.
 //! - [`results`]: result sets: column definitions → [`crate::command::ResultColumn`]s, rows
 //!   through the [`crate::command::Masker`].
 //! - [`statements`]: the prepared statements the server confirmed, by id.
+//! - [`threads`]: the connection ids agents are given, mapped to the server's threads (`KILL`).
 //! - [`relay`]: the command phase.
 //!
 //! It talks to the rest of the gateway only through [`crate::command::Hooks`].
 
+pub mod auth;
 pub mod codec;
 pub mod handshake;
 pub mod relay;
 pub mod results;
 pub mod startup;
 pub mod statements;
+pub mod threads;
 
 use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
@@ -53,10 +58,15 @@ pub enum MyError {
     ClientTls(String),
     #[error("upstream authentication failed: {0}")]
     UpstreamAuth(String),
+    /// The gateway could not answer the server's authentication plugin.
+    #[error("upstream authentication failed: {0}")]
+    UpstreamPlugin(#[from] auth::AuthError),
     #[error("client authentication failed")]
     LocalAuth,
     #[error("unsupported: {0}")]
     Unsupported(String),
+    #[error(transparent)]
+    Budget(#[from] crate::protocol::buffers::BudgetError),
     #[error("recording failed, command refused: {0}")]
     Journal(#[from] HookError),
     #[error(transparent)]
@@ -71,6 +81,7 @@ impl MyError {
         match e {
             codec::ReadError::Frame(f) => MyError::Client(f),
             codec::ReadError::Io(io) => MyError::Io(io),
+            codec::ReadError::Budget(b) => MyError::Budget(b),
         }
     }
 
@@ -78,13 +89,16 @@ impl MyError {
         match e {
             codec::ReadError::Frame(f) => MyError::Server(f),
             codec::ReadError::Io(io) => MyError::Io(io),
+            codec::ReadError::Budget(b) => MyError::Budget(b),
         }
     }
 }
 
-/// State shared by all MySQL sessions of a gateway: the upstream TLS settings per target.
+/// State shared by all MySQL sessions of a gateway: the upstream TLS settings per target, and
+/// the connection ids given to agents.
 pub struct Shared {
     upstream_tls: HashMap<String, tls::Upstream>,
+    pub threads: threads::Registry,
 }
 
 impl Shared {
@@ -94,7 +108,10 @@ impl Shared {
             let host = t.upstream.map(|a| a.ip().to_string());
             upstream_tls.insert(t.name.clone(), tls::upstream(&t.tls, host.as_deref())?);
         }
-        Ok(Shared { upstream_tls })
+        Ok(Shared {
+            upstream_tls,
+            threads: threads::Registry::default(),
+        })
     }
 }
 
@@ -106,6 +123,8 @@ pub struct Context<'a, H: Hooks> {
     /// The local CA for the agent's TLS (`None`: TLS is not offered to the agent).
     pub local_ca: Option<&'a tls::LocalCa>,
     pub counters: &'a Counters,
+    /// The memory budget for large payloads, shared by every session.
+    pub buffers: &'a crate::protocol::buffers::Budget,
     /// What the client dialed: the name its TLS certificate must carry.
     pub dialed: Option<SocketAddr>,
     pub startup_timeout: Duration,

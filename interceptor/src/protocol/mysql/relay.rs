@@ -8,10 +8,12 @@
 //!
 //! Commands the relay does not judge are either harmless and relayed (`COM_PING`,
 //! `COM_INIT_DB`, `COM_STATISTICS`, `COM_RESET_CONNECTION`, `COM_SET_OPTION`, the
-//! `COM_STMT_*` housekeeping of a known statement), or refused (`COM_CHANGE_USER`, whose new
-//! login would bypass the gateway's; `COM_FIELD_LIST`, `COM_STMT_FETCH`, replication and
-//! debugging commands). The answers are followed packet by packet: result sets (several for
-//! multi-statements), with text and binary rows masked.
+//! `COM_STMT_*` housekeeping of a known statement), or refused (`COM_FIELD_LIST`, replication
+//! and debugging commands). `COM_STMT_FETCH` from a read-only cursor is judged as an execution
+//! of its statement; `COM_CHANGE_USER` as a `login` command (refused unless a policy allows
+//! it), run upstream as the reset it amounts to under the gateway's own login. The
+//! answers are followed packet by packet: result sets (several for multi-statements), with
+//! text and binary rows masked.
 
 use std::sync::atomic::Ordering;
 
@@ -21,14 +23,16 @@ use tokio::{
 };
 
 use super::{
-    codec::{self, put_packet, read_packet, Packet, ReadError},
+    codec::{self, read_reserved, Packet, ReadError},
     results::{self, ColumnDef},
     startup::Legs,
     statements::{Prepared, Statements},
+    threads::{self, Registration},
     Context, MyError,
 };
 use crate::{
-    command::{Command, CommandKind, CommandResult, EventId, Hooks, Verdict},
+    command::{Command, CommandKind, CommandResult, EventId, Hooks, Operation, Verdict},
+    protocol::buffers::Inflight,
     protocol::{postgres::BoxIo, Ending},
 };
 
@@ -44,10 +48,18 @@ const COM_STMT_SEND_LONG_DATA: u8 = 0x18;
 const COM_STMT_CLOSE: u8 = 0x19;
 const COM_STMT_RESET: u8 = 0x1A;
 const COM_SET_OPTION: u8 = 0x1B;
+const COM_STMT_FETCH: u8 = 0x1C;
 const COM_RESET_CONNECTION: u8 = 0x1F;
 
 /// The server status flag that says `NO_BACKSLASH_ESCAPES` is on.
 const SERVER_STATUS_NO_BACKSLASH_ESCAPES: u16 = 0x0200;
+/// Status flags of a cursor: the execute opened one (no rows follow its column definitions);
+/// a fetch sent the last row (the server closed it).
+const SERVER_STATUS_CURSOR_EXISTS: u16 = 0x0040;
+const SERVER_STATUS_LAST_ROW_SENT: u16 = 0x0080;
+
+/// `COM_STMT_EXECUTE` flags: the only cursor the gateway follows is the read-only one.
+const CURSOR_TYPE_READ_ONLY: u8 = 0x01;
 
 /// Which row encoding an answer uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +76,16 @@ struct Relay<'c, 'a, H: Hooks> {
     max: usize,
     /// Whether the agent turned multi-statements on (`COM_SET_OPTION`, or its capabilities).
     multi_statements: bool,
+    /// The statement whose execution asked for a read-only cursor, while its answer is read.
+    opening_cursor: Option<u32>,
+    /// The agent's connection id, registered for as long as the session lasts.
+    _thread: Registration,
+    /// The sequence id of the next packet to the agent. The relay numbers what it sends the
+    /// agent itself, from the id after the command's last packet: a masked payload may take
+    /// another number of packets than the server's did (see [`codec`]).
+    client_seq: u8,
+    /// The budget reservation of the server's payload being relayed, if it is large.
+    server_room: Inflight<'a>,
 }
 
 /// Runs the command phase until the agent quits or either side fails.
@@ -75,27 +97,41 @@ pub async fn run<H: Hooks>(ctx: &Context<'_, H>, legs: Legs) -> Result<(), MyErr
         statements: Statements::default(),
         max: ctx.target.max_message_bytes,
         multi_statements: legs.capabilities & super::handshake::caps::MULTI_STATEMENTS != 0,
+        opening_cursor: None,
+        _thread: legs.thread,
+        client_seq: 0,
+        server_room: Inflight::new(ctx.buffers),
     };
+    // The budget reservation of the agent's command being handled, if it is large.
+    let mut client_room = Inflight::new(ctx.buffers);
     loop {
+        client_room.release();
         let next = tokio::select! {
-            next = read_packet(&mut relay.client, relay.max) => next,
+            next = read_reserved(&mut relay.client, relay.max, Some(&mut client_room)) => next,
             () = ctx.idle.expired() => return Err(Ending::IdleTimeout(ctx.idle.after).into()),
         };
         let packet = match next {
             Ok(Some(p)) => p,
             Ok(None) => return Ok(()),
-            Err(ReadError::Frame(e)) => {
-                let text = format!("interceptor: {e}");
-                relay
-                    .tell(0, codec::ER_NET_PACKET_TOO_LARGE, "08S01", &text)
-                    .await;
-                return Err(MyError::Client(e));
-            }
             Err(ReadError::Io(e)) => return Err(e.into()),
+            // A payload the gateway will not hold (too large, or no room in the memory
+            // budget): the agent is told why, and its session ends.
+            Err(e) => {
+                let (code, sqlstate) = match e {
+                    ReadError::Budget(_) => (codec::ER_OUT_OF_RESOURCES, "HY000"),
+                    _ => (codec::ER_NET_PACKET_TOO_LARGE, "08S01"),
+                };
+                relay
+                    .tell(0, code, sqlstate, &format!("interceptor: {e}"))
+                    .await;
+                return Err(MyError::from_client(e));
+            }
         };
-        ctx.counters
-            .up
-            .fetch_add(packet.body.len() as u64 + 4, Ordering::Relaxed);
+        ctx.counters.up.fetch_add(
+            (packet.body.len() + 4 * packet.parts()) as u64,
+            Ordering::Relaxed,
+        );
+        relay.client_seq = packet.next_seq();
         // Every command opens an exchange, so its sequence id is 0. The server ends a session
         // whose client sends another (1156, packets out of order) without running it; the
         // gateway does the same before judging or journaling a statement that would not run.
@@ -103,7 +139,7 @@ pub async fn run<H: Hooks>(ctx: &Context<'_, H>, legs: Legs) -> Result<(), MyErr
             let text = "interceptor: got packets out of order (a command's sequence id is 0)";
             relay
                 .tell(
-                    packet.seq.wrapping_add(1),
+                    packet.next_seq(),
                     codec::ER_NET_PACKETS_OUT_OF_ORDER,
                     "08S01",
                     text,
@@ -131,6 +167,7 @@ impl<H: Hooks> Relay<'_, '_, H> {
             COM_QUERY => self.query(packet).await?,
             COM_STMT_PREPARE => self.prepare(packet).await?,
             COM_STMT_EXECUTE => self.execute(packet).await?,
+            COM_STMT_FETCH => self.fetch(packet).await?,
             COM_STMT_SEND_LONG_DATA | COM_STMT_CLOSE => {
                 // No answer either way. Data for, or the close of, an id the gateway does
                 // not know goes nowhere (the server might know it under another meaning).
@@ -145,7 +182,13 @@ impl<H: Hooks> Relay<'_, '_, H> {
                 }
             }
             COM_STMT_RESET => match statement_id(&packet) {
-                Some(id) if self.statements.contains(id) => self.simple(&packet).await?,
+                Some(id) if self.statements.contains(id) => {
+                    // A reset closes the statement's cursor on the server.
+                    if let Some(prepared) = self.statements.get_mut(id) {
+                        prepared.cursor = None;
+                    }
+                    self.simple(&packet).await?;
+                }
                 _ => self.unknown_statement(&packet).await?,
             },
             COM_INIT_DB => {
@@ -155,7 +198,9 @@ impl<H: Hooks> Relay<'_, '_, H> {
                     .note("init_db", serde_json::json!({ "database": db }));
                 self.simple(&packet).await?;
             }
-            COM_PING | COM_STATISTICS => self.simple(&packet).await?,
+            COM_PING | COM_STATISTICS => {
+                self.simple(&packet).await?;
+            }
             COM_RESET_CONNECTION => {
                 self.statements.clear();
                 self.simple(&packet).await?;
@@ -170,13 +215,7 @@ impl<H: Hooks> Relay<'_, '_, H> {
                     .note("set_option", serde_json::json!({ "multi_statements": on }));
                 self.simple(&packet).await?;
             }
-            COM_CHANGE_USER => {
-                self.refuse_command(
-                    &packet,
-                    "COM_CHANGE_USER is refused: the gateway logs in for the agent",
-                )
-                .await?
-            }
+            COM_CHANGE_USER => self.change_user(packet).await?,
             other => {
                 let why =
                     format!("command 0x{other:02x} is not supported by the gateway (refused)");
@@ -191,6 +230,11 @@ impl<H: Hooks> Relay<'_, '_, H> {
         let Some(text) = self.text_of(&packet).await? else {
             return Ok(());
         };
+        if let Some((scope, id)) = threads::parse_kill(&text) {
+            if let Some(thread) = self.ctx.shared.threads.thread(&self.ctx.target.name, id) {
+                return self.cancel(&packet, scope, id, thread).await;
+            }
+        }
         let started = Instant::now();
         let command = Command::sql(CommandKind::Statement, &text, 0, None);
         let Some(event) = self.decide(&packet, &command, started).await? else {
@@ -198,6 +242,119 @@ impl<H: Hooks> Relay<'_, '_, H> {
         };
         self.forward(&packet).await?;
         self.answer(event, started, Rows::Text).await
+    }
+
+    /// A `KILL` of a connection id the gateway gave one of this target's sessions: the gateway
+    /// runs it as a `KILL` of that session's server thread, on this session's own login, and
+    /// relays the answer. Like a PostgreSQL cancel request it is noted, not judged: it can only
+    /// end the agent's own work (see [`threads`]).
+    async fn cancel(
+        &mut self,
+        packet: &Packet,
+        scope: threads::Scope,
+        id: u32,
+        thread: u32,
+    ) -> Result<(), MyError> {
+        let mut body = vec![COM_QUERY];
+        body.extend_from_slice(threads::kill_statement(scope, thread).as_bytes());
+        let ok = self
+            .simple(&Packet {
+                seq: packet.seq,
+                body,
+            })
+            .await?;
+        let scope = match scope {
+            threads::Scope::Query => "query",
+            threads::Scope::Connection => "connection",
+        };
+        self.ctx.hooks.note(
+            "cancel",
+            serde_json::json!({ "ok": ok, "scope": scope, "id": id, "thread": thread }),
+        );
+        Ok(())
+    }
+
+    /// `COM_CHANGE_USER`: a new login inside the session, judged as a `login` command (no rule
+    /// of the shipped default allows one, so it is refused unless a policy says otherwise).
+    ///
+    /// The gateway logs in upstream with the target's credentials, whoever the agent names, so
+    /// what an allowed change of user can do on the server is what a new login as the same
+    /// account does: reset the session and use the database asked for. That is what the server
+    /// is asked to run (`COM_RESET_CONNECTION`, then `COM_INIT_DB`), and the agent is told OK.
+    async fn change_user(&mut self, packet: Packet) -> Result<(), MyError> {
+        let Some(asked) = ChangeUser::parse(&packet.body) else {
+            return self
+                .refuse_command(&packet, "malformed COM_CHANGE_USER (refused)")
+                .await;
+        };
+        let readable = |c: u16| {
+            u8::try_from(c)
+                .ok()
+                .and_then(super::handshake::readable_collation)
+                .is_some()
+        };
+        if asked.collation.is_some_and(|c| !readable(c)) {
+            let why = format!(
+                "COM_CHANGE_USER with collation {} is refused: the gateway reads statements only \
+                 in utf8mb4, utf8mb3, latin1 or ascii",
+                asked.collation.unwrap_or_default()
+            );
+            return self.refuse_command(&packet, &why).await;
+        }
+        let operation = Operation::Login {
+            user: &asked.user,
+            database: asked.database.as_deref(),
+        };
+        let text = operation.canonical();
+        let command = Command {
+            kind: CommandKind::Login,
+            text: &text,
+            params: 0,
+            name: None,
+            operation,
+        };
+        let started = Instant::now();
+        let Some(event) = self.decide(&packet, &command, started).await? else {
+            return Ok(());
+        };
+        self.statements.clear();
+        let mut steps = vec![Packet {
+            seq: packet.seq,
+            body: vec![COM_RESET_CONNECTION],
+        }];
+        if let Some(db) = &asked.database {
+            let mut body = vec![COM_INIT_DB];
+            body.extend_from_slice(db.as_bytes());
+            steps.push(Packet {
+                seq: packet.seq,
+                body,
+            });
+        }
+        self.ctx.counters.owed.store(1, Ordering::Relaxed);
+        let mut answer = None;
+        for step in steps {
+            self.forward(&step).await?;
+            let reply = self.server_packet().await?;
+            if reply.is_err() {
+                let result = self.relay_error(&reply).await?;
+                self.ctx.counters.owed.store(0, Ordering::Relaxed);
+                self.finish(event, started, result);
+                return Ok(());
+            }
+            self.check_status(&reply)?;
+            answer = Some(reply);
+        }
+        if let Some(ok) = answer {
+            self.send_client(&ok).await?;
+            self.flush_client().await?;
+        }
+        self.ctx.counters.owed.store(0, Ordering::Relaxed);
+        let result = CommandResult {
+            tag: Some("CHANGE USER".to_owned()),
+            ..CommandResult::default()
+        };
+        self.finish(event, started, result);
+        Ok(())
     }
 
     /// `COM_STMT_PREPARE`: the text is judged here; the id is mirrored from the server's OK.
@@ -241,6 +398,7 @@ impl<H: Hooks> Relay<'_, '_, H> {
             params: usize::from(params),
             event,
             claimed: false,
+            cursor: None,
         };
         if !self.statements.insert(id, prepared) {
             // Too many: the statement is closed on the server, and unknown to the gateway.
@@ -269,18 +427,21 @@ impl<H: Hooks> Relay<'_, '_, H> {
         let Some(id) = statement_id(&packet).filter(|id| self.statements.contains(*id)) else {
             return self.unknown_statement(&packet).await;
         };
-        if packet.body.get(5).is_some_and(|flags| *flags != 0) {
+        let flags = packet.body.get(5).copied().unwrap_or(0);
+        if flags != 0 && flags != CURSOR_TYPE_READ_ONLY {
             return self
                 .refuse_command(
                     &packet,
-                    "server-side cursors (COM_STMT_EXECUTE with a cursor flag) are not supported \
-                     by the gateway",
+                    "only read-only cursors are followed by the gateway (COM_STMT_EXECUTE flags \
+                     other than CURSOR_TYPE_READ_ONLY are refused)",
                 )
                 .await;
         }
         let Some(prepared) = self.statements.get_mut(id) else {
             return self.unknown_statement(&packet).await;
         };
+        // A new execution closes the statement's previous cursor on the server.
+        prepared.cursor = None;
         let started = Instant::now();
         let event = if prepared.claimed {
             let (text, params) = (prepared.text.clone(), prepared.params);
@@ -295,7 +456,64 @@ impl<H: Hooks> Relay<'_, '_, H> {
             prepared.event
         };
         self.forward(&packet).await?;
-        self.answer(event, started, Rows::Binary).await
+        self.opening_cursor = (flags == CURSOR_TYPE_READ_ONLY).then_some(id);
+        let answered = self.answer(event, started, Rows::Binary).await;
+        self.opening_cursor = None;
+        answered
+    }
+
+    /// `COM_STMT_FETCH` from the read-only cursor of a statement the gateway saw opened: each
+    /// fetch is judged and journaled as an execution of the statement's text (as each
+    /// PostgreSQL Execute of a portal is), and its rows are masked by the cursor's columns.
+    async fn fetch(&mut self, packet: Packet) -> Result<(), MyError> {
+        let Some((id, prepared)) =
+            statement_id(&packet).and_then(|id| Some((id, self.statements.get(id)?)))
+        else {
+            return self.unknown_statement(&packet).await;
+        };
+        let Some(defs) = prepared.cursor.clone() else {
+            let detail = serde_json::json!({
+                "command": packet.tag(), "reason": "no open cursor", "id": id
+            });
+            let text = format!(
+                "interceptor: the statement ({id}) has no open cursor that the gateway saw \
+                 opened (refused)"
+            );
+            return self
+                .refuse_with(
+                    &packet,
+                    (codec::ER_STMT_HAS_NO_OPEN_CURSOR, "HY000"),
+                    detail,
+                    &text,
+                )
+                .await;
+        };
+        let (text, params) = (prepared.text.clone(), prepared.params);
+        let name = id.to_string();
+        let started = Instant::now();
+        let command = Command::sql(CommandKind::Execute, &text, params, Some(&name));
+        let Some(event) = self.decide(&packet, &command, started).await? else {
+            return Ok(());
+        };
+        self.forward(&packet).await?;
+        self.ctx.counters.owed.store(1, Ordering::Relaxed);
+        let mut result = CommandResult::default();
+        let end = self.rows(&defs, Rows::Binary, &mut result).await?;
+        self.flush_client().await?;
+        self.ctx.counters.owed.store(0, Ordering::Relaxed);
+        let open = end.is_some_and(|status| {
+            status & SERVER_STATUS_CURSOR_EXISTS != 0 && status & SERVER_STATUS_LAST_ROW_SENT == 0
+        });
+        if !open {
+            if let Some(prepared) = self.statements.get_mut(id) {
+                prepared.cursor = None;
+            }
+        }
+        if end.is_some() {
+            result.tag = Some(format!("FETCH {}", result.rows));
+        }
+        self.finish(event, started, result);
+        Ok(())
     }
 
     /// Asks the hooks; waits out a hold. `Some(event)` when the command may run; otherwise
@@ -311,7 +529,7 @@ impl<H: Hooks> Relay<'_, '_, H> {
             Err(e) => {
                 let text = "interceptor: the journal is unavailable; the statement was not run";
                 self.tell(
-                    packet.seq.wrapping_add(1),
+                    packet.next_seq(),
                     codec::ER_SPECIFIC_ACCESS_DENIED,
                     "58000",
                     text,
@@ -331,7 +549,7 @@ impl<H: Hooks> Relay<'_, '_, H> {
         };
         let text = format!("interceptor: {message}");
         self.tell(
-            packet.seq.wrapping_add(1),
+            packet.next_seq(),
             codec::ER_SPECIFIC_ACCESS_DENIED,
             "42000",
             &text,
@@ -406,25 +624,26 @@ impl<H: Hooks> Relay<'_, '_, H> {
         text: &str,
     ) -> Result<(), MyError> {
         self.ctx.hooks.note("refused", detail);
-        self.tell(packet.seq.wrapping_add(1), code, sqlstate, text)
-            .await;
+        self.tell(packet.next_seq(), code, sqlstate, text).await;
         Ok(())
     }
 
     /// Relays a command whose answer is one packet (OK, ERR, EOF or a status string).
-    async fn simple(&mut self, packet: &Packet) -> Result<(), MyError> {
+    /// Returns whether the server answered with anything but an ERR.
+    async fn simple(&mut self, packet: &Packet) -> Result<bool, MyError> {
         self.forward(packet).await?;
         self.ctx.counters.owed.store(1, Ordering::Relaxed);
         let answer = self.server_packet().await?;
-        if answer.is_err() {
-            self.relay_error(&answer).await?;
-        } else {
+        let ok = !answer.is_err();
+        if ok {
             self.check_status(&answer)?;
             self.send_client(&answer).await?;
             self.flush_client().await?;
+        } else {
+            self.relay_error(&answer).await?;
         }
         self.ctx.counters.owed.store(0, Ordering::Relaxed);
-        Ok(())
+        Ok(ok)
     }
 
     /// Follows the server's answer to a statement: OK, ERR, or result sets (as many as the
@@ -518,14 +737,41 @@ impl<H: Hooks> Relay<'_, '_, H> {
                 why: "no EOF after the column definitions",
             }));
         }
+        let status = codec::parse_eof(&eof.body).map_err(MyError::Server)?.status;
         header.push(eof);
+        for p in &header {
+            self.send_client(p).await?;
+        }
+        if let Some(id) = self.opening_cursor.take() {
+            if rows == Rows::Binary && status & SERVER_STATUS_CURSOR_EXISTS != 0 {
+                // The server opened a cursor: no rows follow; COM_STMT_FETCH asks for them.
+                if let Some(prepared) = self.statements.get_mut(id) {
+                    prepared.cursor = Some(defs);
+                }
+                tags.push("CURSOR OPEN".to_owned());
+                return Ok(false);
+            }
+        }
+        let before = result.rows;
+        let Some(status) = self.rows(&defs, rows, result).await? else {
+            return Ok(false);
+        };
+        tags.push(format!("SELECT {}", result.rows - before));
+        Ok(status & codec::SERVER_MORE_RESULTS_EXISTS != 0)
+    }
+
+    /// Relays rows, masked by `defs`, up to the EOF that ends them (returning its status) or
+    /// an ERR (`None`).
+    async fn rows(
+        &mut self,
+        defs: &[ColumnDef],
+        rows: Rows,
+        result: &mut CommandResult,
+    ) -> Result<Option<u16>, MyError> {
         let mut masker = self
             .ctx
             .hooks
             .masker(defs.iter().map(ColumnDef::column).collect());
-        for p in &header {
-            self.send_client(p).await?;
-        }
         let mut returned = 0u64;
         loop {
             let row = self.server_packet().await?;
@@ -537,22 +783,20 @@ impl<H: Hooks> Relay<'_, '_, H> {
                     result.absorb(m.report());
                 }
                 result.rows += returned;
-                tags.push(format!("SELECT {returned}"));
-                return Ok(end.status & codec::SERVER_MORE_RESULTS_EXISTS != 0);
+                return Ok(Some(end.status));
             }
             if row.is_err() {
                 let failed = self.relay_error(&row).await?;
                 result.sqlstate = failed.sqlstate;
                 result.error = failed.error;
                 result.rows += returned;
-                return Ok(false);
+                return Ok(None);
             }
             returned += 1;
             let rewritten = match (rows, masker.as_mut()) {
-                (Rows::Text, Some(m)) => {
-                    results::mask_text_row(m.as_mut(), &row.body, count).map_err(MyError::Server)?
-                }
-                (Rows::Binary, Some(m)) => results::mask_binary_row(m.as_mut(), &row.body, &defs)
+                (Rows::Text, Some(m)) => results::mask_text_row(m.as_mut(), &row.body, defs.len())
+                    .map_err(MyError::Server)?,
+                (Rows::Binary, Some(m)) => results::mask_binary_row(m.as_mut(), &row.body, defs)
                     .map_err(MyError::Server)?,
                 (_, None) => None,
             };
@@ -610,13 +854,17 @@ impl<H: Hooks> Relay<'_, '_, H> {
     /// Sends an ERR to the agent and flushes (best effort: it may be gone).
     async fn tell(&mut self, seq: u8, code: u16, sqlstate: &str, text: &str) {
         let body = codec::err_body(code, sqlstate, text);
+        self.client_seq = seq;
         if self.send_client(&Packet { seq, body }).await.is_ok() {
             let _ = self.flush_client().await;
         }
     }
 
+    /// The server's next payload. The one before it has been relayed by now, so its budget
+    /// reservation ends here.
     async fn server_packet(&mut self) -> Result<Packet, MyError> {
-        match read_packet(&mut self.server, self.max).await {
+        self.server_room.release();
+        match read_reserved(&mut self.server, self.max, Some(&mut self.server_room)).await {
             Ok(Some(p)) => Ok(p),
             Ok(None) => Err(MyError::Io(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
@@ -630,24 +878,35 @@ impl<H: Hooks> Relay<'_, '_, H> {
         self.send_server(packet).await
     }
 
+    /// Sends a payload to the server as the packets it was read as (or, for the gateway's own,
+    /// built as), numbered from its `seq`.
     async fn send_server(&mut self, packet: &Packet) -> Result<(), MyError> {
-        let mut out = Vec::with_capacity(packet.body.len() + 4);
-        put_packet(&mut out, packet.seq, &packet.body);
-        self.server.write_all(&out).await?;
+        let mut seq = packet.seq;
+        for chunk in codec::chunks(&packet.body) {
+            self.server
+                .write_all(&codec::header(chunk.len(), seq))
+                .await?;
+            self.server.write_all(chunk).await?;
+            seq = seq.wrapping_add(1);
+        }
         self.server.flush().await?;
         Ok(())
     }
 
+    /// Sends a payload to the agent, numbered by [`Relay::client_seq`] (not by the `seq` it
+    /// came with), split as MySQL splits payloads of 16 MiB or more.
     async fn send_client(&mut self, packet: &Packet) -> Result<(), MyError> {
-        let len = packet.body.len();
-        self.client
-            .write_all(&codec::header(len, packet.seq))
-            .await?;
-        self.client.write_all(&packet.body).await?;
-        self.ctx
-            .counters
-            .down
-            .fetch_add(len as u64 + 4, Ordering::Relaxed);
+        for chunk in codec::chunks(&packet.body) {
+            self.client
+                .write_all(&codec::header(chunk.len(), self.client_seq))
+                .await?;
+            self.client.write_all(chunk).await?;
+            self.client_seq = self.client_seq.wrapping_add(1);
+        }
+        self.ctx.counters.down.fetch_add(
+            (packet.body.len() + 4 * packet.parts()) as u64,
+            Ordering::Relaxed,
+        );
         Ok(())
     }
 
@@ -657,8 +916,76 @@ impl<H: Hooks> Relay<'_, '_, H> {
     }
 }
 
+/// What a `COM_CHANGE_USER` asks for. The authentication data is skipped: the gateway never
+/// uses an agent's credentials upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ChangeUser {
+    user: String,
+    database: Option<String>,
+    collation: Option<u16>,
+}
+
+impl ChangeUser {
+    /// `0x11, user NUL, auth length (1 byte) + auth, database NUL, [collation u16, plugin NUL,
+    /// attributes]`. `None` for anything shorter or not UTF-8.
+    pub(crate) fn parse(body: &[u8]) -> Option<ChangeUser> {
+        let mut r = codec::Reader::new(body.get(1..)?, "COM_CHANGE_USER");
+        let user = std::str::from_utf8(r.nul_bytes().ok()?).ok()?.to_owned();
+        let auth_len = r.u8().ok()?;
+        r.take(usize::from(auth_len)).ok()?;
+        let database = std::str::from_utf8(r.nul_bytes().ok()?).ok()?;
+        let database = (!database.is_empty()).then(|| database.to_owned());
+        let collation = if r.is_empty() {
+            None
+        } else {
+            Some(r.u16().ok()?)
+        };
+        Some(ChangeUser {
+            user,
+            database,
+            collation,
+        })
+    }
+}
+
 /// The statement id of a `COM_STMT_*` command.
 fn statement_id(packet: &Packet) -> Option<u32> {
     let b = packet.body.get(1..5)?;
     Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_change_of_user_is_read_without_its_credentials() {
+        let mut body = vec![COM_CHANGE_USER];
+        body.extend_from_slice(b"reporting\0");
+        body.push(20);
+        body.extend_from_slice(&[7u8; 20]);
+        body.extend_from_slice(b"appdb\0");
+        body.extend_from_slice(&45u16.to_le_bytes());
+        body.extend_from_slice(b"mysql_native_password\0");
+        assert_eq!(
+            ChangeUser::parse(&body),
+            Some(ChangeUser {
+                user: "reporting".to_owned(),
+                database: Some("appdb".to_owned()),
+                collation: Some(45),
+            })
+        );
+        let short = [COM_CHANGE_USER, b'a', 0, 5, 1, 2];
+        assert_eq!(ChangeUser::parse(&short), None, "auth cut short");
+        let mut no_db = vec![COM_CHANGE_USER];
+        no_db.extend_from_slice(b"u\0\0\0");
+        assert_eq!(
+            ChangeUser::parse(&no_db),
+            Some(ChangeUser {
+                user: "u".to_owned(),
+                database: None,
+                collation: None,
+            })
+        );
+    }
 }

@@ -8,17 +8,30 @@
 //! accepted: the agent's own credentials are never used upstream. It must end by the start-up
 //! deadline.
 //!
-//! [`establish`], once the agent is accepted: the gateway dials the server and logs in there
-//! as a client with the target's credentials (`mysql_native_password`, or
-//! `caching_sha2_password`: its fast path, and its full path over TLS), switching plugins when
-//! the server asks. The agent only ever sees the server's OK. The server's `sql_mode` is then
-//! checked: modes that change how statements are tokenized end the session.
+//! [`establish`], once the agent is accepted: the gateway dials the server, starts TLS there
+//! per `[target.tls]` (before any credential is sent; `require` and `verify-full` fail
+//! closed when the server offers none), and logs in as a client with the target's
+//! credentials, switching plugins when the server asks: `mysql_native_password`,
+//! `caching_sha2_password` (its fast path; its full path with the password in clear over
+//! TLS, or encrypted to the server's RSA key without TLS), MariaDB's `client_ed25519` (a
+//! signature of the server's nonce, see [`super::auth`]), and `mysql_clear_password` over
+//! TLS only. Any other plugin ends the session with an error to the agent. The agent only
+//! ever sees the server's OK. The server's `sql_mode` is then checked: modes that change how
+//! statements are tokenized end the session.
+//!
+//! The RSA exchange uses the target's `server_public_key_file` when it is set, else the key
+//! the server sends, which on a plain upstream whoever can rewrite packets can replace to
+//! read the password. With `verify-full` TLS the password goes over the verified channel and
+//! the exchange is never used; that, or a pinned key, is the setting for
+//! `caching_sha2_password` accounts.
 
 use tokio::{io::BufStream, time::Instant};
 
 use super::{
+    auth,
     codec::{self, read_packet, write_packet, Packet},
     handshake::{self, caps, Greeting, Response},
+    threads::Registration,
     Context, MyError,
 };
 use crate::{
@@ -44,12 +57,20 @@ const UNREAD_MODES: [&str; 7] = [
     "POSTGRESQL",
 ];
 
+/// The largest payload of the connection phase, on either leg: greetings, handshake answers
+/// (with connection attributes), auth switches, a server's RSA key and the gateway's own small
+/// queries all fit many times over. Kept at the size below which payloads never wait for the
+/// memory budget, so that no unauthenticated peer can hold any of it.
+const STARTUP_MAX: usize = crate::protocol::buffers::LARGE;
+
 /// The agent's leg once its connection phase with the gateway is accepted.
 pub struct AgentLeg {
     pub client: BoxIo,
     pub response: Response,
     /// The sequence id of the gateway's next packet to the agent (its final OK).
     pub next_seq: u8,
+    /// The connection id the agent was given.
+    pub thread: Registration,
 }
 
 /// Both legs after the connection phase, ready for the command phase.
@@ -58,6 +79,8 @@ pub struct Legs {
     pub server: BufStream<BoxIo>,
     /// The capabilities in force on both legs.
     pub capabilities: u32,
+    /// The agent's connection id, mapped to the server's thread while the session lasts.
+    pub thread: Registration,
 }
 
 /// Tells the client why its session ends (best effort: it may already be gone).
@@ -78,9 +101,10 @@ pub async fn accept_client<H: Hooks>(
     if ctx.local_ca.is_some() {
         capabilities |= caps::SSL;
     }
+    let thread = ctx.shared.threads.register(&ctx.target.name);
     let greeting = Greeting {
         version: SERVER_VERSION.to_owned(),
-        connection_id: 1,
+        connection_id: thread.id(),
         salt: salt.clone(),
         capabilities,
         collation: handshake::GATEWAY_COLLATION,
@@ -91,7 +115,7 @@ pub async fn accept_client<H: Hooks>(
     ctx.counters
         .down
         .fetch_add(sent as u64, std::sync::atomic::Ordering::Relaxed);
-    let accepted = tokio::time::timeout_at(deadline, answer(ctx, client, &salt)).await;
+    let accepted = tokio::time::timeout_at(deadline, answer(ctx, client, &salt, thread)).await;
     match accepted {
         Ok(result) => result,
         Err(_) => Err(Ending::StartupTimeout(ctx.startup_timeout).into()),
@@ -103,8 +127,9 @@ async fn answer<H: Hooks>(
     ctx: &Context<'_, H>,
     mut client: BoxIo,
     salt: &[u8],
+    thread: Registration,
 ) -> Result<Option<AgentLeg>, MyError> {
-    let max = ctx.target.max_message_bytes;
+    let max = STARTUP_MAX.min(ctx.target.max_message_bytes);
     let Some(mut packet) = read_packet(&mut client, max)
         .await
         .map_err(MyError::from_client)?
@@ -197,6 +222,7 @@ async fn answer<H: Hooks>(
         client,
         response,
         next_seq: seq,
+        thread,
     }))
 }
 
@@ -211,6 +237,7 @@ pub async fn establish<H: Hooks>(
         mut client,
         response,
         next_seq,
+        thread,
     } = agent;
     let server = match upstream.dial().await {
         Ok(s) => s,
@@ -226,7 +253,8 @@ pub async fn establish<H: Hooks>(
     let _ = server.set_nodelay(true);
     let addr = upstream.addr();
     match login(ctx, Box::new(server), &response, upstream_tls, addr).await {
-        Ok((server, ok, capabilities)) => {
+        Ok((server, ok, capabilities, server_thread)) => {
+            thread.logged_in(server_thread);
             let sent = write_packet(&mut client, next_seq, &ok).await?;
             ctx.counters
                 .down
@@ -239,6 +267,7 @@ pub async fn establish<H: Hooks>(
                 client: BufStream::new(client),
                 server: BufStream::new(server),
                 capabilities,
+                thread,
             })
         }
         Err(e) => {
@@ -264,16 +293,16 @@ pub async fn establish<H: Hooks>(
     }
 }
 
-/// The gateway's own login: returns the server leg, the server's OK payload and the
-/// capabilities in force.
+/// The gateway's own login: returns the server leg, the server's OK payload, the
+/// capabilities in force and the server's thread id for this connection.
 async fn login<H: Hooks>(
     ctx: &Context<'_, H>,
     mut server: BoxIo,
     agent: &Response,
     upstream_tls: &tls::Upstream,
     addr: std::net::SocketAddr,
-) -> Result<(BoxIo, Vec<u8>, u32), MyError> {
-    let max = ctx.target.max_message_bytes;
+) -> Result<(BoxIo, Vec<u8>, u32, u32), MyError> {
+    let max = STARTUP_MAX.min(ctx.target.max_message_bytes);
     let Some(creds) = ctx
         .target
         .credentials
@@ -345,12 +374,14 @@ async fn login<H: Hooks>(
         // Answer with the native scramble; the server switches us to its plugin if it must.
         plugin = handshake::NATIVE_PASSWORD.to_owned();
     }
+    // The challenge in force: the greeting's salt, or the data of the last auth switch.
+    let mut salt = greeting.salt.clone();
     let response = Response {
         capabilities,
         max_packet: 16 << 20,
         collation: agent.collation,
         user: creds.user.clone(),
-        auth: scramble(&plugin, password, &greeting.salt, tls_on)?,
+        auth: scramble(&plugin, password, &salt, tls_on)?,
         database,
         plugin: Some(plugin.clone()),
     };
@@ -364,16 +395,15 @@ async fn login<H: Hooks>(
         match packet.tag() {
             0x00 => {
                 check_sql_mode(&mut server, max).await?;
-                return Ok((server, packet.body, capabilities));
+                return Ok((server, packet.body, capabilities, greeting.connection_id));
             }
             0xFF => {
                 let e = codec::parse_err(&packet.body).map_err(MyError::Server)?;
                 return Err(MyError::UpstreamAuth(format!("{} ({})", e.message, e.code)));
             }
             0xFE => {
-                let (switched, salt) =
+                (plugin, salt) =
                     handshake::parse_auth_switch(&packet.body).map_err(MyError::Server)?;
-                plugin = switched;
                 let auth = scramble(&plugin, password, &salt, tls_on)?;
                 write_packet(&mut server, seq, &auth).await?;
             }
@@ -386,12 +416,15 @@ async fn login<H: Hooks>(
                     clear.push(0);
                     write_packet(&mut server, seq, &clear).await?;
                 }
+                // Without TLS: encrypted to the server's RSA key, the configured one if
+                // there is one, else the one the server sends.
                 (handshake::CACHING_SHA2, Some(4)) => {
-                    return Err(MyError::Unsupported(
-                        "caching_sha2_password full authentication needs TLS to the server \
-                         (the RSA key exchange is not built)"
-                            .to_owned(),
-                    ))
+                    let pinned = match &creds.server_public_key {
+                        Some(path) => Some(auth::read_public_key(path)?),
+                        None => None,
+                    };
+                    rsa_full_auth(&mut server, seq, max, password, &salt, pinned.as_deref())
+                        .await?;
                 }
                 _ => {
                     return Err(MyError::Unsupported(format!(
@@ -413,11 +446,56 @@ async fn login<H: Hooks>(
     }
 }
 
+/// `caching_sha2_password` full authentication without TLS, from the gateway's side: the
+/// password encrypted to the server's RSA key ([`auth::rsa_encrypted_password`]). With a
+/// `pinned` key (the target's `server_public_key_file`) it is sent at once; without, the
+/// gateway asks for the server's key (a packet holding 0x02) and reads it (a packet starting
+/// with 0x01, then the PEM). The server's OK or ERR follows, read by the caller. `seq` is the
+/// sequence id of the gateway's next packet.
+///
+/// A key taken as the server sends it can be anyone's: on a path where someone can rewrite
+/// packets, they can send their own key and read the password. That is the protocol's own
+/// weakness (every MySQL client's with `get-server-public-key`); a pinned key, or
+/// `verify-full` TLS to the server (then this exchange is never used), removes it.
+async fn rsa_full_auth(
+    server: &mut (impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin),
+    seq: u8,
+    max: usize,
+    password: &[u8],
+    scramble: &[u8],
+    pinned: Option<&[u8]>,
+) -> Result<(), MyError> {
+    if let Some(pem) = pinned {
+        let sealed = auth::rsa_encrypted_password(pem, password, scramble)?;
+        write_packet(server, seq, &sealed).await?;
+        return Ok(());
+    }
+    write_packet(server, seq, &[0x02]).await?;
+    let key = read_packet(server, max)
+        .await
+        .map_err(MyError::from_server)?
+        .ok_or_else(|| MyError::UpstreamAuth("the server closed the connection".to_owned()))?;
+    if key.is_err() {
+        let e = codec::parse_err(&key.body).map_err(MyError::Server)?;
+        return Err(MyError::UpstreamAuth(format!("{} ({})", e.message, e.code)));
+    }
+    let Some((&0x01, pem)) = key.body.split_first() else {
+        return Err(MyError::Server(codec::FrameError::Malformed {
+            what: "caching_sha2_password public key",
+            why: "not a public key packet",
+        }));
+    };
+    let sealed = auth::rsa_encrypted_password(pem, password, scramble)?;
+    write_packet(server, key.seq.wrapping_add(1), &sealed).await?;
+    Ok(())
+}
+
 /// The answer to a plugin's challenge.
 fn scramble(plugin: &str, password: &[u8], salt: &[u8], tls_on: bool) -> Result<Vec<u8>, MyError> {
     match plugin {
         handshake::NATIVE_PASSWORD => Ok(handshake::native_scramble(password, salt)),
         handshake::CACHING_SHA2 => Ok(handshake::caching_sha2_scramble(password, salt)),
+        auth::ED25519 => Ok(auth::ed25519_signature(password, salt)?.to_vec()),
         handshake::CLEAR_PASSWORD if tls_on => {
             let mut clear = password.to_vec();
             clear.push(0);
@@ -425,7 +503,7 @@ fn scramble(plugin: &str, password: &[u8], salt: &[u8], tls_on: bool) -> Result<
         }
         other => Err(MyError::Unsupported(format!(
             "authentication plugin {other} (the gateway logs in with mysql_native_password, \
-             or caching_sha2_password)"
+             caching_sha2_password, client_ed25519, or mysql_clear_password over TLS)"
         ))),
     }
 }
@@ -481,3 +559,6 @@ async fn single_value(server: &mut BoxIo, max: usize, sql: &str) -> Result<Strin
     }
     Ok(value.unwrap_or_default())
 }
+
+#[cfg(test)]
+mod tests;

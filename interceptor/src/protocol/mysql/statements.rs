@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 
+use super::results::ColumnDef;
 use crate::command::EventId;
 
 /// Bound on the statements one session may keep prepared (MySQL's own default
@@ -22,6 +23,9 @@ pub struct Prepared {
     pub event: EventId,
     /// Set once an execution used the prepare's decision: later ones are judged again.
     pub claimed: bool,
+    /// The columns of the read-only cursor the server opened for the last execution, if it
+    /// did: `COM_STMT_FETCH` answers with rows only, masked by these definitions.
+    pub cursor: Option<Vec<ColumnDef>>,
 }
 
 /// The session's prepared statements.
@@ -39,6 +43,10 @@ impl Statements {
         }
         self.by_id.insert(id, prepared);
         true
+    }
+
+    pub fn get(&self, id: u32) -> Option<&Prepared> {
+        self.by_id.get(&id)
     }
 
     pub fn get_mut(&mut self, id: u32) -> Option<&mut Prepared> {

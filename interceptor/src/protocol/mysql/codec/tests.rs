@@ -24,12 +24,46 @@ async fn packets_round_trip_and_limits_hold() {
         err,
         ReadError::Frame(FrameError::TooLarge { size: 50, max: 10 })
     ));
+}
 
-    let split = vec![0xFF, 0xFF, 0xFF, 0];
-    let err = read_packet(&mut std::io::Cursor::new(split), usize::MAX)
+#[tokio::test]
+async fn a_payload_of_16_mib_or_more_is_split_and_joined_with_consecutive_ids() {
+    for len in [
+        MAX_PAYLOAD - 1,
+        MAX_PAYLOAD,
+        MAX_PAYLOAD + 5,
+        2 * MAX_PAYLOAD,
+    ] {
+        let body: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let mut out = Vec::new();
+        put_packet(&mut out, 7, &body);
+        let packet = Packet { seq: 7, body };
+        assert_eq!(out.len(), len + 4 * packet.parts(), "{len}");
+        let mut io = std::io::Cursor::new(out);
+        let read = read_packet(&mut io, usize::MAX).await.unwrap().unwrap();
+        assert_eq!(read, packet, "{len}");
+        assert_eq!(read.next_seq(), 7 + packet.parts() as u8, "{len}");
+        assert!(read_packet(&mut io, usize::MAX).await.unwrap().is_none());
+    }
+    // The limit holds for the whole payload, not each packet.
+    let mut out = Vec::new();
+    put_packet(&mut out, 0, &vec![1u8; MAX_PAYLOAD + 10]);
+    let err = read_packet(&mut std::io::Cursor::new(out.clone()), MAX_PAYLOAD + 5)
         .await
         .unwrap_err();
-    assert!(matches!(err, ReadError::Frame(FrameError::Split)));
+    assert!(matches!(
+        err,
+        ReadError::Frame(FrameError::TooLarge { size, .. }) if size == MAX_PAYLOAD + 10
+    ));
+    // A continuation out of sequence is refused.
+    out[MAX_PAYLOAD + 4 + 3] = 9;
+    let err = read_packet(&mut std::io::Cursor::new(out), usize::MAX)
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        ReadError::Frame(FrameError::Malformed { .. })
+    ));
 }
 
 #[test]
