@@ -72,6 +72,7 @@ expected = [
     ("policy-new", "policy verdict, new ~200-character statement (sqlparser + analysis)"),
     ("masking", "masking engine, every detector on"),
     ("journal", "journal appends"),
+    ("journal-durable", "journal appends durable in the segment log (issue 22)"),
     ("rss-idle", "gateway RSS, idle (`interceptor exec`)"),
     ("rss-held", "gateway RSS with idle TCP sessions open"),
     ("rss-per-session", "gateway memory per idle TCP session"),

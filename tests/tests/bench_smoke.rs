@@ -37,6 +37,7 @@ const GOAL_ROWS: &[&str] = &[
     "policy verdict, new",
     "masking engine",
     "journal appends",
+    "journal appends durable",
     "gateway RSS, idle",
     "gateway RSS with",
     "per idle TCP session",

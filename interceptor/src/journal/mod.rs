@@ -1051,22 +1051,44 @@ pub(crate) struct ChainedContent<'a> {
 /// `[id, session_id, at, kind, statement, decision, rule, detail]` (docs/journal.md shows how
 /// to recompute it with other tools).
 pub(crate) fn event_hash(prev_hash: &str, content: &ChainedContent<'_>) -> String {
-    let canonical = serde_json::to_vec(&(
-        content.id,
-        content.session_id,
-        content.at,
-        content.kind,
-        content.statement,
-        content.decision,
-        content.rule,
-        content.detail,
-    ))
+    String::from_utf8_lossy(&event_hash_hex(prev_hash, content)).into_owned()
+}
+
+/// [`event_hash`] as 64 ASCII hex digits, without allocating them (the append path).
+pub(crate) fn event_hash_hex(prev_hash: &str, content: &ChainedContent<'_>) -> [u8; 64] {
+    // Sized for the canonical array at once: its texts plus quotes, commas and numbers.
+    let estimate = 96
+        + content.at.len()
+        + content.kind.len()
+        + content.statement.map_or(0, str::len)
+        + content.decision.map_or(0, str::len)
+        + content.rule.map_or(0, str::len)
+        + content.detail.len();
+    let mut canonical = Vec::with_capacity(estimate + estimate / 8);
     // Integers, strings and nulls: serde_json cannot fail on them.
-    .unwrap_or_default();
+    let _ = serde_json::to_writer(
+        &mut canonical,
+        &(
+            content.id,
+            content.session_id,
+            content.at,
+            content.kind,
+            content.statement,
+            content.decision,
+            content.rule,
+            content.detail,
+        ),
+    );
     let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
     digest.update(prev_hash.as_bytes());
     digest.update(&canonical);
-    hex(digest.finish().as_ref())
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 64];
+    for (i, b) in digest.finish().as_ref().iter().enumerate() {
+        out[2 * i] = DIGITS[usize::from(b >> 4)];
+        out[2 * i + 1] = DIGITS[usize::from(b & 0x0f)];
+    }
+    out
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {

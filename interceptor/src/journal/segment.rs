@@ -29,7 +29,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use super::{event_hash, ChainedContent, JournalSync};
+use super::{event_hash_hex, ChainedContent, JournalSync};
 
 /// A segment is sealed and the next one started once it holds this many bytes.
 pub(crate) const SEGMENT_BYTES: u64 = 64 << 20;
@@ -194,6 +194,65 @@ impl Writer<'_> {
     }
 }
 
+/// An event's fields as they are encoded, borrowed: [`Group::event`] frames a new event from
+/// them without first building an owned [`LoggedEvent`] (the append path's allocations were a
+/// large share of its cost).
+struct EventView<'a> {
+    content: ChainedContent<'a>,
+    prev_hash: &'a str,
+    hash: &'a str,
+    hint: &'a IndexHint,
+}
+
+impl EventView<'_> {
+    fn encode(&self, w: &mut Writer<'_>) {
+        let c = &self.content;
+        w.u8(TAG_EVENT);
+        w.i64(c.id);
+        w.opt_i64(c.session_id);
+        w.str(c.at);
+        w.str(c.kind);
+        w.opt_str(c.statement);
+        w.opt_str(c.decision);
+        w.opt_str(c.rule);
+        w.str(c.detail);
+        w.str(self.prev_hash);
+        w.str(self.hash);
+        match self.hint {
+            IndexHint::None => w.u8(HINT_NONE),
+            IndexHint::SessionOpen {
+                cgroup_id,
+                process_start_ns,
+                stale,
+            } => {
+                w.u8(HINT_SESSION_OPEN);
+                w.i64(*cgroup_id);
+                w.opt_i64(*process_start_ns);
+                w.u8(u8::from(*stale));
+            }
+            IndexHint::Result { event, result } => {
+                w.u8(HINT_RESULT);
+                w.i64(*event);
+                w.str(result);
+            }
+        }
+    }
+}
+
+/// Appends a frame to `out`: length and CRC-32 of the payload `encode` writes, the payload,
+/// and the length again (so the log can be read backwards from its end).
+fn frame_with(out: &mut Vec<u8>, encode: impl FnOnce(&mut Vec<u8>)) {
+    let start = out.len();
+    out.extend_from_slice(&[0; 8]);
+    encode(out);
+    let len = out.len() - start - 8;
+    let crc = crc32fast::hash(&out[start + 8..]);
+    let len = len as u32;
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(&len.to_le_bytes());
+}
+
 impl Record {
     fn encode(&self, out: &mut Vec<u8>) {
         let mut w = Writer(out);
@@ -207,37 +266,13 @@ impl Record {
                 w.i64(head.next_seq);
                 w.str(&head.last_hash);
             }
-            Record::Event(e) => {
-                w.u8(TAG_EVENT);
-                w.i64(e.seq);
-                w.opt_i64(e.session_id);
-                w.str(&e.at);
-                w.str(&e.kind);
-                w.opt_str(e.statement.as_deref());
-                w.opt_str(e.decision.as_deref());
-                w.opt_str(e.rule.as_deref());
-                w.str(&e.detail);
-                w.str(&e.prev_hash);
-                w.str(&e.hash);
-                match &e.hint {
-                    IndexHint::None => w.u8(HINT_NONE),
-                    IndexHint::SessionOpen {
-                        cgroup_id,
-                        process_start_ns,
-                        stale,
-                    } => {
-                        w.u8(HINT_SESSION_OPEN);
-                        w.i64(*cgroup_id);
-                        w.opt_i64(*process_start_ns);
-                        w.u8(u8::from(*stale));
-                    }
-                    IndexHint::Result { event, result } => {
-                        w.u8(HINT_RESULT);
-                        w.i64(*event);
-                        w.str(result);
-                    }
-                }
+            Record::Event(e) => EventView {
+                content: e.content(),
+                prev_hash: &e.prev_hash,
+                hash: &e.hash,
+                hint: &e.hint,
             }
+            .encode(&mut w),
             Record::Run(RunChange::Start {
                 id,
                 mode,
@@ -267,15 +302,7 @@ impl Record {
 
     /// Appends this record as a frame to `out`.
     pub(crate) fn frame(&self, out: &mut Vec<u8>) {
-        let start = out.len();
-        out.extend_from_slice(&[0; 8]);
-        self.encode(out);
-        let len = out.len() - start - 8;
-        let crc = crc32fast::hash(&out[start + 8..]);
-        let len = len as u32;
-        out[start..start + 4].copy_from_slice(&len.to_le_bytes());
-        out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
-        out.extend_from_slice(&len.to_le_bytes());
+        frame_with(out, |out| self.encode(out));
     }
 
     fn decode(payload: &[u8]) -> Result<Record, String> {
@@ -919,35 +946,30 @@ impl Group<'_> {
     /// Appends an event as the next link of the chain and returns its sequence number.
     pub(crate) fn event(&mut self, e: NewEvent<'_>) -> i64 {
         let seq = self.head.next_seq;
-        let hash = event_hash(
-            &self.head.last_hash,
-            &ChainedContent {
-                id: seq,
-                session_id: e.session_id,
-                at: &self.at,
-                kind: e.kind,
-                statement: e.statement,
-                decision: e.decision,
-                rule: e.rule,
-                detail: &e.detail,
-            },
-        );
-        let record = Record::Event(Box::new(LoggedEvent {
-            seq,
+        let content = ChainedContent {
+            id: seq,
             session_id: e.session_id,
-            at: self.at.clone(),
-            kind: e.kind.to_owned(),
-            statement: e.statement.map(str::to_owned),
-            decision: e.decision.map(str::to_owned),
-            rule: e.rule.map(str::to_owned),
-            detail: e.detail,
-            prev_hash: std::mem::take(&mut self.head.last_hash),
-            hash: hash.clone(),
-            hint: e.hint,
-        }));
-        record.frame(self.buf);
+            at: &self.at,
+            kind: e.kind,
+            statement: e.statement,
+            decision: e.decision,
+            rule: e.rule,
+            detail: &e.detail,
+        };
+        let hash = event_hash_hex(&self.head.last_hash, &content);
+        // Hex digits: always ASCII.
+        let hash = std::str::from_utf8(&hash).unwrap_or_default();
+        let view = EventView {
+            content,
+            prev_hash: &self.head.last_hash,
+            hash,
+            hint: &e.hint,
+        };
+        frame_with(self.buf, |out| view.encode(&mut Writer(out)));
         self.head.next_seq = seq + 1;
-        self.head.last_hash = hash;
+        // In place: the head's string keeps its capacity from link to link.
+        self.head.last_hash.clear();
+        self.head.last_hash.push_str(hash);
         seq
     }
 

@@ -1,5 +1,5 @@
 use super::*;
-use crate::journal::GENESIS_HASH;
+use crate::journal::{event_hash, GENESIS_HASH};
 
 fn genesis() -> Result<Head, String> {
     Ok(Head {
