@@ -37,8 +37,8 @@ use crate::{
     protocol::http::{body, mcp, request},
     protocol::kubernetes::{exec as kube_exec, request as kube, spdy as kube_spdy},
     protocol::mysql::{
-        codec as my_codec, handshake as my_handshake, relay as my_relay, results as my_results,
-        threads as my_threads,
+        auth as my_auth, codec as my_codec, handshake as my_handshake, relay as my_relay,
+        results as my_results, threads as my_threads,
     },
     protocol::postgres::{
         codec::{self, backend, frontend, Message, Startup},
@@ -1124,7 +1124,9 @@ fn mysql_hooks() -> &'static MaskingHooks {
 /// Bytes as the MySQL gateway reads them from either side: packets framed with the size
 /// limit (each framing back to its bytes); the first read as the client's handshake answer
 /// and as the server's greeting; every packet read as a completion (OK, ERR, EOF), an auth switch, a
-/// `COM_CHANGE_USER`, a `KILL` statement and a column definition; and, once columns are known, as a text row and a binary row of them, masked
+/// `COM_CHANGE_USER`, a `KILL` statement and a column definition, and its data (after the
+/// first byte) as a server's login challenge: the RSA public key `caching_sha2_password` sends
+/// and the nonce `client_ed25519` signs; and, once columns are known, as a text row and a binary row of them, masked
 /// by the default policy's masking (a masked text row holds as many values as it did).
 pub fn mysql(data: &[u8]) {
     let mut reader = data;
@@ -1159,6 +1161,16 @@ pub fn mysql(data: &[u8]) {
         let _ = my_codec::parse_eof(body);
         let _ = my_handshake::parse_auth_switch(body);
         let _ = my_relay::ChangeUser::parse(body);
+        if let Some(data) = body.get(1..) {
+            // What the server sends during a login: a PEM key, a nonce. Only a key that parses
+            // is encrypted to, and only a 32-byte nonce is signed.
+            let _ = my_auth::rsa_encrypted_password(data, b"fuzz-password", &[7u8; 20]);
+            assert_eq!(
+                my_auth::ed25519_signature(b"fuzz-password", data).is_ok(),
+                data.len() == 32,
+                "{data:?}"
+            );
+        }
         if let Some(text) = body.get(1..).and_then(|t| std::str::from_utf8(t).ok()) {
             if let Some((scope, id)) = my_threads::parse_kill(text) {
                 // A cancel names one id, and the gateway's statement names the same one.
